@@ -1,0 +1,1 @@
+"""Dataset builders: synthetic videos and training/evaluation data in Tarsier's conversation format."""

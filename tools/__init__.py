@@ -1,0 +1,1 @@
+"""Command-line tools and helpers around Tarsier checkpoints (conversion, local models, description)."""
