@@ -1,0 +1,293 @@
+"""DREAM-S: determinism, real decodable videos, events visible in the pixels, exact grammar parsing, splits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from dataset_builders.dream_s import (
+    BuildConfig,
+    ClipSpec,
+    EventSpec,
+    ShapeSpec,
+    build_dataset,
+    corpus_event_scores,
+    corpus_event_scores_by,
+    event_scores,
+    parse_description,
+    parse_events,
+)
+from dataset_builders.dream_s.render import PAN_SPAN, compute_boxes, render_frames
+from dataset_builders.dream_s.scene import COLLIDE_PUSH, MOVE_DISTANCE, event_triples
+from dataset_builders.dream_s.vocab import BACKGROUNDS, COLOURS
+from dataset_builders.video_writer import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE1 = {"caption", "action", "mcqa", "qa", "boxes"}
+STAGE2 = {"describe_detailed", "describe_short", "describe_camera"}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _decode(path: Path) -> np.ndarray:
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+_PALETTE = np.array(list(COLOURS.values()) + [c for pair in BACKGROUNDS for c in pair], dtype=np.float64)
+
+
+def _colour_mask(frames: np.ndarray, colour: str, tol: float = 60.0) -> np.ndarray:
+    """`(T, H, W)` pixels whose nearest palette colour (shape colours and backgrounds) is `colour`, within `tol`."""
+    dist = np.sqrt(((frames.astype(np.float64)[..., None, :] - _PALETTE) ** 2).sum(-1))
+    return (dist.argmin(-1) == list(COLOURS).index(colour)) & (dist.min(-1) < tol)
+
+
+def _centroid(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return np.array([xs.mean(), ys.mean()])
+
+
+def _frame_at(clip: ClipSpec, t: float) -> int:
+    return int(round(t * (clip.num_frames - 1)))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dream_s") / "data"
+    build_dataset(BuildConfig(out=str(out), seed=3, num_train=40, num_test=12), progress=False)
+    return out
+
+
+def test_build_is_deterministic_and_worker_independent(built, tmp_path):
+    again = tmp_path / "again"
+    build_dataset(BuildConfig(out=str(again), seed=3, num_train=40, num_test=12, num_workers=2), progress=False)
+    for name in ("stage1.jsonl", "stage2.jsonl", "test.jsonl", "clips_train.jsonl", "clips_test.jsonl"):
+        assert (built / name).read_bytes() == (again / name).read_bytes(), name
+    info_a, info_b = json.loads((built / "info.json").read_text()), json.loads((again / "info.json").read_text())
+    assert info_a["heldout_combinations"] == info_b["heldout_combinations"]
+    for split in ("train", "test"):
+        for video in sorted((built / "videos" / split).glob("*.mp4")):
+            assert np.array_equal(_decode(video), _decode(again / "videos" / split / video.name)), video.name
+
+    other = tmp_path / "other_seed"
+    build_dataset(BuildConfig(out=str(other), seed=4, num_train=4, num_test=0), progress=False)
+    first = [r["descriptions"]["detailed"] for r in _read_jsonl(built / "clips_train.jsonl")[:4]]
+    assert first != [r["descriptions"]["detailed"] for r in _read_jsonl(other / "clips_train.jsonl")]
+
+
+def test_videos_decode_with_right_frames_and_size(built):
+    videos = sorted((built / "videos").rglob("*.mp4"))
+    assert len(videos) == 52
+    for video in videos[::5]:
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == "h264"
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        assert len(frames) == 16
+        assert frames[0].shape == (64, 64, 3)
+
+
+def test_rows_follow_the_documented_format(built):
+    stage1, stage2, test = (_read_jsonl(built / f) for f in ("stage1.jsonl", "stage2.jsonl", "test.jsonl"))
+    assert {r["task"] for r in stage1} == STAGE1 and len(stage1) == 5 * 40
+    assert {r["task"] for r in stage2} == STAGE2 and len(stage2) == 3 * 40
+    assert len(test) == 12
+    for row in stage1 + stage2 + test:
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert user["content"][0]["type"] == "video" and (built / user["content"][0]["path"]).is_file()
+        assert user["content"][1]["type"] == "text" and user["content"][1]["text"].strip()
+        assert assistant["content"][0]["text"].strip()
+        assert row["source"] == "dream_s" and row["idx"]
+    assert len({r["idx"] for r in stage1 + stage2 + test}) == len(stage1) + len(stage2) + len(test)
+    prompts = {task: {r["messages"][0]["content"][1]["text"] for r in stage2 if r["task"] == task} for task in STAGE2}
+    assert all(len(p) >= 2 for p in prompts.values())  # drawn from a pool
+    assert not (prompts["describe_detailed"] & prompts["describe_short"]) and not (prompts["describe_short"] & prompts["describe_camera"])
+    for row in test:
+        assert row["reference"] == row["messages"][1]["content"][0]["text"]
+        assert row["n_events"] == len(row["events"]) and [e["order"] for e in row["events"]] == list(range(1, row["n_events"] + 1))
+        assert 1 <= row["n_subjects"] <= 3 and row["n_shots"] in (1, 2)
+
+
+def test_parser_inverts_every_generated_description(built):
+    records = _read_jsonl(built / "clips_train.jsonl") + _read_jsonl(built / "clips_test.jsonl")
+    scores = []
+    for record in records:
+        gt = record["events"]
+        for kind in ("detailed", "short"):
+            parsed = parse_description(record["descriptions"][kind])
+            assert parsed.events == gt and parsed.unmatched == [], record["descriptions"][kind]
+        detailed = parse_description(record["descriptions"]["detailed"])
+        camera = parse_description(record["descriptions"]["camera"])
+        for parsed in (detailed, camera):
+            assert parsed.camera == record["camera"] and parsed.n_cuts == record["n_shots"] - 1
+        assert sorted(detailed.initial) == sorted(s for s, v in zip(record["shapes"], record["spec"]["shapes"]) if v["visible_at_start"])
+        messy = "  " + record["descriptions"]["detailed"].upper().replace(" ", "   \n ")
+        assert parse_events(messy) == gt
+        scores.append(event_scores(record["descriptions"]["detailed"], gt))
+        assert scores[-1]["f1"] == 1.0
+    assert corpus_event_scores(scores) == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "n": len(records)}
+
+
+def test_event_scores_penalise_perturbed_and_unrelated_text(built):
+    records = [r for r in _read_jsonl(built / "clips_train.jsonl") if len(r["events"]) >= 3]
+    assert records
+    record = records[0]
+    gt, short = record["events"], record["descriptions"]["short"]
+    clauses = short[:-1].split(", then ")
+    swapped = ", then ".join([clauses[1], clauses[0]] + clauses[2:]) + "."
+    order_aware, order_free = event_scores(swapped, gt), event_scores(swapped, gt, ordered=False)
+    assert order_free["f1"] == 1.0 and order_aware["n_matched"] == len(gt) - 1 and order_aware["f1"] < 1.0
+    dropped = event_scores(", then ".join(clauses[:-1]) + ".", gt)
+    assert dropped["precision"] == 1.0 and dropped["recall"] == pytest.approx((len(gt) - 1) / len(gt))
+    extra = event_scores(short + " Then, the " + gt[0]["subject"] + " disappears and explodes. A cat sings.", gt)
+    assert extra["recall"] == 1.0 and extra["unmatched"]  # out-of-grammar clauses are reported, never fatal
+    unrelated = event_scores("A man walks his dog in the park while it rains.", gt)
+    assert unrelated["f1"] == 0.0 and unrelated["n_pred"] == 0 and unrelated["unmatched"]
+    for junk in ("", "   ", ". , ; then, and then", None, "the red circle moves sideways"):
+        assert event_scores(junk, gt)["f1"] == 0.0
+    assert event_scores("", [])["f1"] == 1.0
+    by_events = corpus_event_scores_by([order_aware, unrelated, dropped], [3, 1, 3])
+    assert list(by_events) == [1, 3] and by_events[1]["f1"] == 0.0 and by_events[3]["n"] == 2
+    assert by_events[3]["recall"] == pytest.approx((order_aware["recall"] + dropped["recall"]) / 2)
+    with pytest.raises(ValueError, match=r"gt_events\[0\]"):
+        event_scores("x", [{"action": "grow"}])
+
+
+def test_test_split_holds_only_unseen_combinations(built):
+    info = json.loads((built / "info.json").read_text())
+    heldout = {tuple(t) for t in info["heldout_combinations"]}
+    assert heldout and len(heldout) < info["num_combinations"]
+    train = {tuple(t) for r in _read_jsonl(built / "clips_train.jsonl") for t in r["combinations"]}
+    assert not train & heldout
+    for record in _read_jsonl(built / "clips_test.jsonl"):
+        clip = ClipSpec.from_dict(record["spec"])
+        assert {tuple(t) for e in clip.events for t in event_triples(clip, e)} & heldout, record["idx"]
+    # held-out triples recombine parts the training split does show
+    colours, shapes, actions = {t[0] for t in train}, {t[1] for t in train}, {t[2] for t in train}
+    assert all(c in colours and s in shapes and a in actions for c, s, a in heldout)
+
+
+def _write_and_decode(clip: ClipSpec, tmp_path: Path) -> np.ndarray:
+    path = write_video(tmp_path / "clip.mp4", render_frames(clip), fps=clip.fps, max_b_frames=0)
+    frames = _decode(Path(path))
+    assert frames.shape == (clip.num_frames, clip.size, clip.size, 3)
+    return frames
+
+
+def test_object_events_are_visible_in_decoded_pixels(tmp_path):
+    clip = ClipSpec(
+        shapes=[ShapeSpec("red", "circle", 0.3, 0.35, 0.09), ShapeSpec("blue", "square", 0.7, 0.7, 0.08, visible_at_start=False)],
+        events=[
+            EventSpec(0, "move right", delta=(MOVE_DISTANCE, 0.0)),
+            EventSpec(1, "appear"),
+            EventSpec(0, "grow"),
+            EventSpec(1, "change colour", colour="green"),
+        ],
+        num_frames=24,
+        size=96,
+    )
+    frames = _write_and_decode(clip, tmp_path)
+    red, blue, green = (_colour_mask(frames, c) for c in ("red", "blue", "green"))
+    window = [tuple(_frame_at(clip, t) for t in clip.event_window(k)) for k in range(4)]
+    # move right: the red centroid travels MOVE_DISTANCE of the frame width to the right, and not vertically
+    (a, b) = window[0]
+    shift = _centroid(red[b]) - _centroid(red[a])
+    assert shift[0] == pytest.approx(MOVE_DISTANCE * clip.size, abs=2.0) and abs(shift[1]) < 1.0
+    # appear: no blue pixel before, a full square after
+    (a, b) = window[1]
+    assert blue[a].sum() == 0 and blue[b].sum() > 0.8 * (2 * 0.886 * 0.08 * clip.size) ** 2
+    # grow: the red area grows by GROW_FACTOR squared (1.5 ** 2)
+    (a, b) = window[2]
+    assert red[b].sum() / red[a].sum() == pytest.approx(2.25, rel=0.15)
+    # change colour: the blue pixels become green
+    (a, b) = window[3]
+    assert blue[a].sum() > 100 and green[a].sum() == 0 and blue[b].sum() == 0 and green[b].sum() > 100
+
+
+def test_collision_and_camera_pan_are_visible_in_decoded_pixels(tmp_path):
+    clip = ClipSpec(
+        shapes=[ShapeSpec("yellow", "circle", 0.25, 0.5, 0.08), ShapeSpec("purple", "triangle", 0.65, 0.5, 0.08)],
+        events=[EventSpec(0, "collide", target=1, delta=(0.24, 0.0), push=(COLLIDE_PUSH, 0.0))],
+        camera="pan left",
+        num_frames=24,
+        size=96,
+    )
+    frames = _write_and_decode(clip, tmp_path)
+    yellow, purple = _colour_mask(frames, "yellow"), _colour_mask(frames, "purple")
+    x_yellow = np.array([_centroid(m)[0] for m in yellow])
+    x_purple = np.array([_centroid(m)[0] for m in purple])
+    pan = np.linspace(0, 1, clip.num_frames) * PAN_SPAN * clip.size  # a left pan drifts the scene right
+    # in world terms: the yellow circle approaches then bounces back; the triangle is pushed away to the right
+    yellow_world, purple_world = x_yellow - pan, x_purple - pan
+    peak = int(np.argmax(yellow_world))
+    assert 0 < peak < clip.num_frames - 1
+    assert yellow_world[peak] - yellow_world[0] > 0.8 * 0.24 * clip.size
+    assert yellow_world[peak] - yellow_world[-1] > 0.3 * 0.24 * clip.size
+    assert purple_world[-1] - purple_world[0] == pytest.approx(COLLIDE_PUSH * clip.size, abs=2.5)
+    assert abs(purple_world[peak] - purple_world[0]) < 2.0  # nothing moves the triangle before contact
+    # the pan is visible on its own: the triangle drifts right while nothing moves it in the world
+    assert x_purple[peak] - x_purple[0] == pytest.approx(pan[peak], abs=1.5)
+
+
+def test_generated_moves_and_boxes_match_the_pixels(built):
+    checked_moves = checked_boxes = 0
+    for record in _read_jsonl(built / "clips_train.jsonl"):
+        clip = ClipSpec.from_dict(record["spec"])
+        frames = _decode(built / record["video"])
+        boxes = compute_boxes(clip)
+        for k, event in enumerate(record["events"]):
+            if not event["action"].startswith("move") or clip.camera != "static" or clip.cut_after is not None:
+                continue
+            colour = event["subject"].split()[0]
+            a, b = (_frame_at(clip, t) for t in clip.event_window(k))
+            mask = _colour_mask(frames, colour)
+            shift = _centroid(mask[b]) - _centroid(mask[a])
+            expected = {"move left": (-1, 0), "move right": (1, 0), "move up": (0, -1), "move down": (0, 1)}[event["action"]]
+            assert shift @ np.array(expected) > 0.8 * MOVE_DISTANCE * clip.size, (record["idx"], event)
+            checked_moves += 1
+        recoloured = {e.subject: e.colour for e in clip.events if e.action == "change colour"}
+        for i, shape in enumerate(clip.shapes):
+            for f in (0, clip.num_frames - 1):  # the still ends of the clip: no half-faded shape
+                box = boxes[f, i]
+                colour = recoloured.get(i, shape.colour) if f else shape.colour
+                mask = _colour_mask(frames[f : f + 1], colour)[0]
+                # a box exactly when the shape shows (a few stray edge pixels of blended colours aside)
+                assert np.isnan(box).any() == (mask.sum() < 6), (record["idx"], shape.name, f)
+                if mask.sum() < 6:
+                    continue
+                # nearly all of its colour lies in the box (padded by 2 px: x264's half-resolution chroma blurs
+                # edges), the box is tight (the shape fills a good part of it) and centred on the colour
+                px = np.arange(clip.size) + 0.5
+                lo, hi = box[:2] * clip.size - 2, box[2:] * clip.size + 2
+                in_box = ((px >= lo[1]) & (px <= hi[1]))[:, None] & ((px >= lo[0]) & (px <= hi[0]))[None, :]
+                assert (mask & in_box).sum() >= 0.9 * mask.sum(), (record["idx"], shape.name, f)
+                box_px = box * clip.size
+                assert mask.sum() >= 0.2 * np.prod(box_px[2:] - box_px[:2]), (record["idx"], shape.name, f)
+                centre, half = (box_px[:2] + box_px[2:]) / 2, (box_px[2:] - box_px[:2]) / 2
+                assert np.all(np.abs(_centroid(mask & in_box) + 0.5 - centre) <= 0.5 * half), (record["idx"], shape.name, f)
+                checked_boxes += 1
+    assert checked_moves >= 3 and checked_boxes >= 20
+
+
+def test_cli_shows_progress_and_rejects_bad_options(tmp_path):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "dataset_builders.dream_s", "--out", str(out), "--seed", "1", "--num-train", "3", "--num-test", "2"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "DREAM-S clips" in done.stderr and "5/5" in done.stderr  # the tqdm bar
+    assert "3 train clips" in done.stdout
+    assert len(_read_jsonl(out / "test.jsonl")) == 2 and len(_read_jsonl(out / "stage2.jsonl")) == 9
+    bad = subprocess.run(cmd[:-6] + ["--size", "63"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--size" in bad.stderr
+    with pytest.raises(ValueError, match="heldout-fraction"):
+        build_dataset(BuildConfig(out=str(tmp_path / "x"), num_train=1, num_test=1, heldout_fraction=0.0), progress=False)
