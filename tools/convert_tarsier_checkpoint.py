@@ -1,0 +1,821 @@
+"""Convert a released Tarsier checkpoint (Tarsier-7b / Tarsier-34b) into this repository's format, and back.
+
+    # released layout -> ours (loads with AutoModelForImageTextToText / AutoProcessor, trust_remote_code=True)
+    python -m tools.convert_tarsier_checkpoint --input Tarsier-7b --output tarsier-7b-hf
+    # ours -> released layout (for engines that serve the released layout, e.g. vLLM's Tarsier support)
+    python -m tools.convert_tarsier_checkpoint --input tarsier-7b-hf --output Tarsier-7b-released --export
+
+Both directions stream the checkpoint shard by shard with `safetensors.safe_open`: one input shard is read,
+renamed and written as one output shard before the next is opened, so peak memory stays near the size of the
+largest shard (a 34B checkpoint converts on a machine that could never hold it). The output shards keep the
+input's partition and dtype, tensors are written in sorted order with fixed metadata, so export -> convert
+reproduces the converted folder byte for byte.
+
+Released layout, as confirmed by reading the public release (bytedance/tarsier, branch `tarsier`, and vLLM):
+
+- `models/modeling_tarsier.py` (branch `tarsier`): `LlavaConfig` with `model_type = "llava"`, keys
+  `image_token_index` (default 32000), `image_newline_idx` (default 32002), `image_new_idx` (default 32003),
+  `vision_feature_layer` (-2), `vision_feature_select_strategy` ("default": CLS dropped), `projector_hidden_act`
+  ("gelu"), a CLIP ViT-L/14-336 default `vision_config` (hidden 1024, 24 layers, 16 heads, patch 14, 336 px)
+  and a llama default `text_config`. `TarsierForConditionalGeneration` holds `vision_tower` (AutoModel of the
+  vision config, i.e. `CLIPVisionModel` -> weights `vision_tower.vision_model.*`), `multi_modal_projector`
+  (`linear_1`, act, `linear_2`, both with bias) and `language_model` (AutoModelForCausalLM -> weights
+  `language_model.model.*` and `language_model.lm_head.*`). `add_split_tokens` reshapes each frame's projected
+  patches to (rows, cols), appends the input embedding of row `image_newline_idx` after every row and the
+  embedding of row `image_new_idx` after the frame: `rows * (cols + 1) + 1` = 601 LM positions per frame.
+  The embeddings are looked up with `get_input_embeddings()`, i.e. they are rows of the LM embedding table.
+- `dataset/processor.py` (branch `tarsier`): `<video>` in a prompt is replaced by `<image>` once per sampled
+  frame, and every `<image>` token id (`image_token_index`) is replaced by one frame's 601 features inside the
+  model; frames are resized to a square (`resize2square`) before the CLIP image processor of `LlavaProcessor`.
+- `tools/conversation.py` (branch `tarsier`): prompts are `"USER: " + "<image>" * n + "\\n" + text + " ASSISTANT: "`
+  and a finished assistant turn ends with `sep2`: `"</s>"` for tarsier-7b/13b (Vicuna), `"<|endoftext|>"` for
+  tarsier-34b (Yi); no system prompt.
+- vLLM `vllm/model_executor/models/tarsier.py`: reads `image_token_index`, `image_newline_idx`, `image_new_idx`,
+  `vision_feature_layer`, `vision_feature_select_strategy`, `projector_hidden_act`, `multimodal_projector_bias`
+  (default True) from a transformers `LlavaConfig`, loads the weight prefixes above, and serves the
+  `TarsierForConditionalGeneration` architecture (`omni-research/Tarsier-7b` in its examples). Its per-image
+  count is `rows * (cols + 1) + num_additional_image_tokens + 1`, minus 1 for the "default" strategy, so the
+  export writes a LLaVA `processor_config.json` with `num_additional_image_tokens: 1` (601 for 336 px).
+  Newer vLLM lists the architecture in `_PREVIOUSLY_SUPPORTED_MODELS` as supported until v0.24.0
+  (`vllm/model_executor/models/registry.py`): serve exports with vLLM <= 0.24.
+- Model card of omni-research/Tarsier-7b (Hub README): base LLM llava-v1.6-vicuna-7b, license llama2.
+
+Not confirmed from public text (the Hub repos' config.json / tokenizer files are not readable here), so the
+converter reads them from the checkpoint instead of assuming them: the vocabulary size (32,064 for 7b), the
+exact ids in config.json (the release's defaults are used only when a key is absent), which rows the tokenizer
+names (`<image>` must be the token at `image_token_index`), and the shard names. The tokenizer is loaded with
+`AutoTokenizer`; a sentencepiece-only tokenizer (no tokenizer.json) needs `pip install sentencepiece protobuf`.
+
+Our layout (docs/design.md): the same numbers in `TarsierConfig` (`image_token_id`, `image_newline_token_id`,
+`frame_end_token_id`) and the tokens `<image>`, `<video>`, `<image_newline>`, `<frame_end>` in the tokenizer.
+The converter names the released rows: `<image_newline>` and `<frame_end>` become the tokens at rows
+`image_newline_idx` / `image_new_idx` (the model keeps those rows' embeddings at those positions, exactly as
+`add_split_tokens` does), and `<video>` takes the first free row. Weight names: `vision_tower.*` ->
+`model.vision_tower.*`, `multi_modal_projector.*` -> `model.multi_modal_projector.*`, `language_model.model.*`
+-> `model.language_model.*`, `language_model.lm_head.*` -> `lm_head.*`. Chat template: the processor's
+`vicuna` template for both checkpoints (for 34b with `eos_token` rebound to `<|endoftext|>`), because the
+release's 34b conversation is the same `USER: ... ASSISTANT:` format, not Yi's ChatML.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `python -m tools.convert_tarsier_checkpoint` from any directory
+    sys.path.insert(0, str(REPO_ROOT))
+
+from configuration_tarsier import TarsierConfig  # noqa: E402
+from processing_tarsier import (  # noqa: E402
+    CHAT_TEMPLATES,
+    FRAME_END_TOKEN,
+    IMAGE_NEWLINE_TOKEN,
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    TarsierProcessor,
+)
+
+logger = logging.getLogger(__name__)
+
+RELEASED_MODEL_TYPE = "llava"
+RELEASED_ARCHITECTURE = "TarsierForConditionalGeneration"
+# Defaults of the released LlavaConfig (models/modeling_tarsier.py), used only when config.json omits a key.
+RELEASED_DEFAULTS = {
+    "image_token_index": 32000,
+    "image_newline_idx": 32002,
+    "image_new_idx": 32003,
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "projector_hidden_act": "gelu",
+    "multimodal_projector_bias": True,
+    "ignore_index": -100,
+}
+CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py")
+# (released prefix, our prefix), tried in order.
+RELEASED_TO_OURS = (
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+)
+# Buffers older transformers saved with the weights but that are rebuilt at load time (CLIP position ids,
+# rotary inverse frequencies): dropped, never renamed.
+REBUILT_BUFFERS = re.compile(r"(^|\.)(position_ids|rotary_emb\.inv_freq)$")
+# What ends a finished assistant turn in the released conversation templates (tools/conversation.py).
+CHAT_SEPARATORS = {"vicuna": "</s>", "yi": "<|endoftext|>"}
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+SHARD_METADATA = {"format": "pt"}
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """The input folder is not a checkpoint of the expected layout; the message names the file and the cause."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Weight names
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _swap_prefix(name: str, pairs: tuple[tuple[str, str], ...], source: str) -> str:
+    for old, new in pairs:
+        if name.startswith(old):
+            return new + name[len(old):]
+    expected = ", ".join(old + "*" for old, _ in pairs)
+    raise CheckpointError(f"{source}: tensor {name!r} matches none of the expected prefixes ({expected})")
+
+
+def released_to_ours(name: str, source: str = "checkpoint") -> str:
+    """`language_model.model.layers.0...` -> `model.language_model.layers.0...` (see module docstring)."""
+    return _swap_prefix(name, RELEASED_TO_OURS, source)
+
+
+def ours_to_released(name: str, source: str = "checkpoint") -> str:
+    """Inverse of `released_to_ours`."""
+    return _swap_prefix(name, tuple((new, old) for old, new in RELEASED_TO_OURS), source)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streaming shard conversion
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def list_shards(folder: Path) -> list[Path]:
+    """Safetensors shards of a checkpoint folder, in index order (or the single `model.safetensors`)."""
+    index_path = folder / INDEX_FILE
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{index_path}: not a safetensors index with a 'weight_map' ({error})") from None
+        names = sorted(set(weight_map.values()))
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{index_path}: lists shards that are missing from the folder: {missing}")
+        return [folder / n for n in names]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    if any(folder.glob("*.bin")):
+        raise CheckpointError(
+            f"{folder}: holds PyTorch .bin weights; this converter streams safetensors only "
+            "(re-save the checkpoint with safe_serialization=True first)"
+        )
+    raise CheckpointError(f"{folder}: no {INDEX_FILE} and no model.safetensors")
+
+
+def tensor_shapes(
+    shards: list[Path], rename: Callable[[str, str], str | None] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """(Renamed) name -> shape of every tensor in the shards, read from the headers only (no tensor data)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as handle:
+            for name in handle.keys():
+                new_name = rename(name, str(shard)) if rename is not None else name
+                if new_name is None:
+                    continue
+                if new_name in shapes:
+                    raise CheckpointError(f"{shard}: tensor {new_name!r} also appears in an earlier shard")
+                shapes[new_name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def stream_shards(
+    shards: list[Path], output: Path, rename: Callable[[str, str], str | None], description: str
+) -> dict[str, str]:
+    """Rename every tensor shard by shard and write the new shards plus their index.
+
+    One input shard is held in memory at a time. Output shard `i` holds exactly the tensors of input shard `i`
+    (renamed), in sorted order, with their original dtype and bytes.
+
+    Args:
+        shards: input safetensors files.
+        output: destination folder.
+        rename: `(name, shard_path) -> new name`, or `None` to drop the tensor.
+        description: progress bar label.
+
+    Returns:
+        The index's `weight_map` (new tensor name -> shard file name).
+    """
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    count = len(shards)
+    for number, shard in enumerate(tqdm(shards, desc=description, unit="shard"), start=1):
+        file_name = f"model-{number:05d}-of-{count:05d}.safetensors"
+        tensors: dict[str, torch.Tensor] = {}
+        with safe_open(str(shard), framework="pt") as handle:
+            for name in handle.keys():
+                new_name = rename(name, str(shard))
+                if new_name is None:
+                    continue
+                if new_name in weight_map or new_name in tensors:
+                    raise CheckpointError(f"{shard}: two tensors map to {new_name!r}")
+                tensors[new_name] = handle.get_tensor(name)
+        for name, tensor in tensors.items():
+            weight_map[name] = file_name
+            total_size += tensor.numel() * tensor.element_size()
+        save_file({name: tensors[name] for name in sorted(tensors)}, str(output / file_name), metadata=SHARD_METADATA)
+        del tensors
+    index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    (output / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return weight_map
+
+
+def check_weights_fit(config: TarsierConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Compare renamed tensor names/shapes with those of `TarsierForConditionalGeneration(config)` (built on the
+    meta device, so no memory is used) and raise on any missing, unexpected or mis-shaped tensor."""
+    from modeling_tarsier import TarsierForConditionalGeneration
+
+    with torch.device("meta"):
+        model = TarsierForConditionalGeneration(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+        shapes = {k: v for k, v in shapes.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(n for n in set(expected) & set(shapes) if expected[n] != shapes[n])
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if wrong:
+        problems.append(
+            "shape mismatches " + ", ".join(f"{n}: checkpoint {shapes[n]} vs config {expected[n]}" for n in wrong[:8])
+        )
+    if problems:
+        raise CheckpointError(f"{source}: the weights do not fit the config: " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: invalid JSON ({error})") from None
+
+
+def read_released_config(folder: Path) -> dict:
+    """Load and check the released `config.json` (model_type "llava", a Tarsier architecture)."""
+    path = folder / "config.json"
+    released = read_json(path)
+    model_type = released.get("model_type")
+    if model_type == "tarsier":
+        raise CheckpointError(f"{path}: is already in this repository's format (model_type 'tarsier'); use --export")
+    if model_type != RELEASED_MODEL_TYPE:
+        raise CheckpointError(f"{path}: model_type is {model_type!r}, expected {RELEASED_MODEL_TYPE!r}")
+    architectures = released.get("architectures") or []
+    if RELEASED_ARCHITECTURE not in architectures:
+        raise CheckpointError(f"{path}: architectures {architectures} do not name {RELEASED_ARCHITECTURE!r}")
+    for key in ("vision_config", "text_config"):
+        if not isinstance(released.get(key), dict):
+            raise CheckpointError(f"{path}: field {key!r} is missing or not an object")
+    text_type = released["text_config"].get("model_type")
+    if text_type in ("qwen2_vl", "qwen2_5_vl"):
+        raise CheckpointError(
+            f"{path}: text_config.model_type is {text_type!r}: a Tarsier2 (Qwen2-VL) checkpoint, whose layout "
+            "this converter does not handle; see docs/tarsier2.md"
+        )
+    if released.get("projection_head", "MLP") != "MLP":
+        raise CheckpointError(
+            f"{path}: projection_head {released['projection_head']!r} is not the MLP of Tarsier-7b/34b"
+        )
+    return released
+
+
+def _released(released: dict, key: str):
+    return released.get(key, RELEASED_DEFAULTS[key])
+
+
+def tarsier_config_from_released(released: dict, video_token_id: int) -> TarsierConfig:
+    """Our `TarsierConfig` for a released `config.json` (see the module docstring for the key mapping)."""
+    text_config = dict(released["text_config"])
+    if "vocab_size" not in text_config and "vocab_size" in released:
+        text_config["vocab_size"] = released["vocab_size"]
+    dtype = released.get("dtype", released.get("torch_dtype"))
+    try:
+        return TarsierConfig(
+            vision_config=dict(released["vision_config"]),
+            text_config=text_config,
+            image_token_id=_released(released, "image_token_index"),
+            video_token_id=video_token_id,
+            image_newline_token_id=_released(released, "image_newline_idx"),
+            frame_end_token_id=_released(released, "image_new_idx"),
+            use_frame_separators=True,
+            vision_feature_layer=_released(released, "vision_feature_layer"),
+            vision_feature_select_strategy=_released(released, "vision_feature_select_strategy"),
+            projector_hidden_act=_released(released, "projector_hidden_act"),
+            multimodal_projector_bias=_released(released, "multimodal_projector_bias"),
+            ignore_index=_released(released, "ignore_index"),
+            tie_word_embeddings=bool(
+                text_config.get("tie_word_embeddings", released.get("tie_word_embeddings", False))
+            ),
+            dtype=dtype,
+        )
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"config.json: cannot build a TarsierConfig: {error}") from None
+
+
+def _legacy_sub_config(sub_config) -> dict:
+    """A sub-config as a full dict that also carries the pre-5.0 rope keys (`rope_theta`, `rope_scaling`)."""
+    data = sub_config.to_dict()
+    data.pop("transformers_version", None)
+    rope = data.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        data["rope_theta"] = rope["rope_theta"]
+        data["rope_scaling"] = None if rope.get("rope_type", "default") == "default" else dict(rope)
+    return data
+
+
+def released_config_from_tarsier(config: TarsierConfig) -> dict:
+    """The released `config.json` for one of our configs (inverse of `tarsier_config_from_released`)."""
+    if not config.use_frame_separators:
+        raise CheckpointError("config.json: use_frame_separators=False has no released equivalent (the release "
+                              "always appends row newlines and an end-of-frame embedding)")
+    dtype = config.dtype
+    dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
+    text = config.text_config
+    released = {
+        "architectures": [RELEASED_ARCHITECTURE],
+        "model_type": RELEASED_MODEL_TYPE,
+        "vision_config": _legacy_sub_config(config.vision_config),
+        "text_config": _legacy_sub_config(text),
+        "image_token_index": config.image_token_id,
+        "image_newline_idx": config.image_newline_token_id,
+        "image_new_idx": config.frame_end_token_id,
+        "vision_feature_layer": config.vision_feature_layer,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy,
+        "projector_hidden_act": config.projector_hidden_act,
+        "multimodal_projector_bias": config.multimodal_projector_bias,
+        "ignore_index": config.ignore_index,
+        "vocab_size": text.vocab_size,
+        "tie_word_embeddings": bool(config.tie_word_embeddings),
+        "torch_dtype": dtype,
+    }
+    if getattr(text, "pad_token_id", None) is not None:
+        released["pad_token_id"] = text.pad_token_id
+    return released
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tokenizer, processor, chat template, generation config
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def map_special_tokens(tokenizer, image_id: int, newline_id: int, frame_end_id: int, vocab_size: int) -> dict:
+    """Name the released embedding rows with our special tokens, in place.
+
+    `<image>` must already be the token at `image_id`. `<image_newline>` / `<frame_end>` become the tokens at
+    `newline_id` / `frame_end_id` (added when the tokenizer is shorter; rows between its end and those ids get
+    `<video>` first, then unused placeholders). `<video>` takes the first free id otherwise.
+
+    Returns:
+        `{"<image>": id, "<video>": id, "<image_newline>": id, "<frame_end>": id, "placeholders": [...]}`.
+    """
+    from tokenizers import AddedToken
+
+    def add(content: str) -> int:
+        tokenizer.add_tokens([AddedToken(content, special=True, normalized=False)], special_tokens=True)
+        return tokenizer.convert_tokens_to_ids(content)
+
+    vocab = tokenizer.get_vocab()
+    if IMAGE_TOKEN not in vocab:
+        if len(tokenizer) != image_id:
+            raise CheckpointError(
+                f"tokenizer: has no {IMAGE_TOKEN} token and image_token_index={image_id} is not its next free id "
+                f"({len(tokenizer)})"
+            )
+        add(IMAGE_TOKEN)
+    elif vocab[IMAGE_TOKEN] != image_id:
+        raise CheckpointError(f"tokenizer: {IMAGE_TOKEN} is id {vocab[IMAGE_TOKEN]} but config.json says "
+                              f"image_token_index={image_id}")
+    placeholders = []
+    for token_id, content in sorted({newline_id: IMAGE_NEWLINE_TOKEN, frame_end_id: FRAME_END_TOKEN}.items()):
+        while len(tokenizer) < token_id:
+            if VIDEO_TOKEN not in tokenizer.get_vocab():
+                add(VIDEO_TOKEN)
+            else:
+                placeholders.append(f"<tarsier_unused_{len(tokenizer)}>")
+                add(placeholders[-1])
+        if len(tokenizer) == token_id:
+            add(content)
+        existing = tokenizer.convert_ids_to_tokens(token_id)
+        if existing != content:
+            key = "image_newline_idx" if content == IMAGE_NEWLINE_TOKEN else "image_new_idx"
+            raise CheckpointError(
+                f"tokenizer: row {token_id} (config.json {key}) is already the token {existing!r}; it cannot "
+                f"also be named {content}"
+            )
+    if VIDEO_TOKEN not in tokenizer.get_vocab():
+        add(VIDEO_TOKEN)
+    ids = dict(zip((IMAGE_TOKEN, VIDEO_TOKEN, IMAGE_NEWLINE_TOKEN, FRAME_END_TOKEN),
+                   tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, VIDEO_TOKEN, IMAGE_NEWLINE_TOKEN, FRAME_END_TOKEN])))
+    if len(tokenizer) > vocab_size:
+        raise CheckpointError(
+            f"tokenizer: needs {len(tokenizer)} ids after adding {VIDEO_TOKEN}, but the embedding table has "
+            f"{vocab_size} rows (text_config.vocab_size)"
+        )
+    ids["placeholders"] = placeholders
+    return ids
+
+
+def detect_chat_format(tokenizer) -> str:
+    """`vicuna` (Tarsier-7b/13b) or `yi` (Tarsier-34b), from the tokenizer's special tokens."""
+    if tokenizer.eos_token == "</s>":
+        return "vicuna"
+    if "<|endoftext|>" in (tokenizer.eos_token, tokenizer.bos_token) or tokenizer.bos_token == "<|startoftext|>":
+        return "yi"
+    raise CheckpointError(
+        f"tokenizer: cannot tell the released chat format from eos={tokenizer.eos_token!r} / "
+        f"bos={tokenizer.bos_token!r}; pass --chat_template vicuna or yi"
+    )
+
+
+def released_chat_template(chat_format: str, tokenizer) -> str:
+    """The released conversation format (`USER: ... ASSISTANT: answer<sep>`) as a Jinja template.
+
+    Built on the processor's `vicuna` template. When the tokenizer's eos token is not the release's separator
+    (Tarsier-34b ends turns with `<|endoftext|>`), the template first rebinds `eos_token` to the separator.
+    """
+    if chat_format not in CHAT_SEPARATORS:
+        raise CheckpointError(
+            f"--chat_template must be one of {sorted(CHAT_SEPARATORS)} or 'auto', got {chat_format!r}"
+        )
+    separator = CHAT_SEPARATORS[chat_format]
+    if separator not in tokenizer.get_vocab():
+        raise CheckpointError(f"tokenizer: the {chat_format} turn separator {separator!r} is not a token")
+    template = CHAT_TEMPLATES["vicuna"]
+    if tokenizer.eos_token != separator:
+        template = "{%- set eos_token = " + json.dumps(separator) + " -%}" + template
+    return template
+
+
+def build_image_processor(vision_config, preprocessor: dict | None):
+    """CLIP (or SigLIP) PIL image processor at the vision tower's size, with the released mean/std if known."""
+    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
+
+    size = vision_config.image_size
+    preprocessor = preprocessor or {}
+    if vision_config.model_type == "siglip_vision_model":
+        return SiglipImageProcessorPil(
+            size={"height": size, "width": size},
+            image_mean=list(preprocessor.get("image_mean", [0.5, 0.5, 0.5])),
+            image_std=list(preprocessor.get("image_std", [0.5, 0.5, 0.5])),
+        )
+    return CLIPImageProcessorPil(
+        size={"height": size, "width": size},
+        crop_size={"height": size, "width": size},
+        do_center_crop=False,
+        image_mean=list(preprocessor.get("image_mean", CLIP_MEAN)),
+        image_std=list(preprocessor.get("image_std", CLIP_STD)),
+    )
+
+
+def build_generation_config(folder: Path, tokenizer, separator: str, pad_token_id: int | None):
+    """The input's generation config (or greedy decoding with 512 new tokens, the released default) that stops
+    at the eos token and at the chat separator."""
+    from transformers import GenerationConfig
+
+    if (folder / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(folder)
+    else:
+        generation = GenerationConfig(do_sample=False, max_new_tokens=512)
+    eos = generation.eos_token_id
+    eos = list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+    for token_id in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(separator)):
+        if token_id is not None and token_id not in eos:
+            eos.append(token_id)
+    generation.eos_token_id = eos[0] if len(eos) == 1 else eos
+    if generation.bos_token_id is None:
+        generation.bos_token_id = tokenizer.bos_token_id
+    if generation.pad_token_id is None:
+        generation.pad_token_id = pad_token_id if pad_token_id is not None else tokenizer.pad_token_id
+    return generation
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model card
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _front_matter(readme: Path) -> dict[str, str]:
+    """`key: value` lines of a README's YAML front matter (enough for `license` and `base_model`)."""
+    if not readme.is_file():
+        return {}
+    text = readme.read_text(errors="replace")
+    match = re.match(r"---\n(.*?)\n---", text, re.S)
+    if not match:
+        return {}
+    return dict(re.findall(r"^(\w+):\s*(\S.*)$", match.group(1), re.M))
+
+
+def model_card(config: TarsierConfig, chat_format: str, token_ids: dict, source_card: dict[str, str]) -> str:
+    rows, cols = config.patch_grid
+    text = config.text_config
+    license_name = source_card.get("license", "other")
+    lines = [
+        "---",
+        f"license: {license_name}",
+        "library_name: transformers",
+        "pipeline_tag: video-text-to-text",
+        "tags:",
+        "- tarsier",
+        "- video-description",
+        "- custom_code",
+        "---",
+        "",
+        "# Tarsier (converted)",
+        "",
+        "A released Tarsier checkpoint (Wang et al., *Tarsier: Recipes for Training and Evaluating Large Video",
+        "Description Models*) converted to the Hugging Face-native Tarsier classes: config, model and processor",
+        "load as remote code with `trust_remote_code=True`. The weights are the released ones, renamed only.",
+        "",
+        "```python",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "",
+        'model = AutoModelForImageTextToText.from_pretrained("PATH", trust_remote_code=True)',
+        'processor = AutoProcessor.from_pretrained("PATH", trust_remote_code=True)',
+        "messages = [{\"role\": \"user\", \"content\": [",
+        "    {\"type\": \"video\", \"path\": \"video.mp4\"},",
+        "    {\"type\": \"text\", \"text\": \"Describe the video in detail.\"}]}]",
+        "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,",
+        "                                       return_dict=True, processor_kwargs={\"num_frames\": 8})",
+        "out = model.generate(**inputs, max_new_tokens=512)",
+        "print(processor.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))",
+        "```",
+        "",
+        "## Layout",
+        "",
+        f"- Vision tower: {config.vision_config.model_type}, {config.vision_config.image_size} px, patch "
+        f"{config.vision_config.patch_size} ({rows}x{cols} patches), features of layer {config.vision_feature_layer}"
+        f" ({'CLS dropped' if config.vision_feature_select_strategy == 'default' else 'all positions'}).",
+        f"- Language model: {text.model_type}, {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
+        f"vocabulary {text.vocab_size}.",
+        f"- Every frame takes {config.num_positions_per_frame} LM positions: "
+        f"`([<image>] * {cols} + [<image_newline>]) * {rows} + [<frame_end>]`.",
+        f"- Special tokens: `<image>` = {token_ids[IMAGE_TOKEN]}, `<video>` = {token_ids[VIDEO_TOKEN]}, "
+        f"`<image_newline>` = {token_ids[IMAGE_NEWLINE_TOKEN]} and `<frame_end>` = {token_ids[FRAME_END_TOKEN]} "
+        "(the released per-row newline and end-of-frame embedding rows).",
+        f"- Chat format: released `{chat_format}` conversation (`USER: <video>\\n... ASSISTANT: answer"
+        f"{CHAT_SEPARATORS[chat_format]}`).",
+        "",
+        "Export back to the released layout (for engines that serve it, e.g. vLLM's Tarsier support) with",
+        "`python -m tools.convert_tarsier_checkpoint --input THIS_FOLDER --output OUT --export`.",
+        "",
+    ]
+    if "base_model" in source_card:
+        lines.insert(2, f"base_model: {source_card['base_model']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The two directions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _prepare_output(output: Path, overwrite: bool, source: Path) -> None:
+    if output.resolve() == source.resolve():
+        raise CheckpointError(f"{output}: output folder must differ from the input folder")
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"{output}: output folder exists and is not empty (pass --overwrite)")
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+
+
+def _drop_rebuilt(rename: Callable[[str, str], str], log: bool = True) -> Callable[[str, str], str | None]:
+    def wrapped(name: str, source: str) -> str | None:
+        if REBUILT_BUFFERS.search(name):
+            if log:
+                logger.info("%s: dropping %s (a buffer rebuilt at load time)", source, name)
+            return None
+        return rename(name, source)
+
+    return wrapped
+
+
+def convert_released(input_dir, output_dir, chat_template: str = "auto", overwrite: bool = False) -> Path:
+    """Released Tarsier folder -> our folder (config, weights, tokenizer, processor, generation config, code,
+    model card). Returns the output path."""
+    from transformers import AutoTokenizer
+
+    source, output = Path(input_dir), Path(output_dir)
+    released = read_released_config(source)
+    shards = list_shards(source)
+    shapes = tensor_shapes(shards, _drop_rebuilt(released_to_ours, log=False))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as error:  # noqa: BLE001 - the tokenizer loaders raise many types
+        raise CheckpointError(f"{source}: cannot load the tokenizer ({type(error).__name__}: {error})") from None
+    vocab_size = released["text_config"].get("vocab_size", released.get("vocab_size"))
+    if vocab_size is None:
+        raise CheckpointError(f"{source / 'config.json'}: text_config.vocab_size is missing")
+    token_ids = map_special_tokens(
+        tokenizer,
+        _released(released, "image_token_index"),
+        _released(released, "image_newline_idx"),
+        _released(released, "image_new_idx"),
+        vocab_size,
+    )
+    if token_ids["placeholders"]:
+        logger.warning("tokenizer: rows %s had no token; named them %s", token_ids["placeholders"],
+                       token_ids["placeholders"])
+    config = tarsier_config_from_released(released, token_ids[VIDEO_TOKEN])
+    check_weights_fit(config, shapes, str(source))
+    chat_format = detect_chat_format(tokenizer) if chat_template == "auto" else chat_template
+    template = released_chat_template(chat_format, tokenizer)
+
+    preprocessor_path = source / "preprocessor_config.json"
+    preprocessor = read_json(preprocessor_path) if preprocessor_path.is_file() else None
+    processor = TarsierProcessor.from_parts(
+        tokenizer,
+        image_processor=build_image_processor(config.vision_config, preprocessor),
+        chat_template=template,
+        patch_size=config.vision_config.patch_size,
+        use_frame_separators=True,
+        resize_mode="stretch",
+        num_frames=8,
+        sampling="uniform",
+    )
+    processor_ids = (processor.image_token_id, processor.video_token_id, processor.image_newline_token_id,
+                     processor.frame_end_token_id)
+    config_ids = (
+        config.image_token_id, config.video_token_id, config.image_newline_token_id, config.frame_end_token_id
+    )
+    if processor_ids != config_ids:
+        raise RuntimeError(f"processor token ids {processor_ids} differ from config ids {config_ids}")
+
+    _prepare_output(output, overwrite, source)
+    stream_shards(shards, output, _drop_rebuilt(released_to_ours), "converting shards")
+    config.save_pretrained(output)
+    processor.save_pretrained(output)
+    separator = CHAT_SEPARATORS[chat_format]
+    build_generation_config(source, tokenizer, separator, getattr(config.text_config, "pad_token_id", None)
+                            ).save_pretrained(output)
+    for name in CODE_FILES:
+        shutil.copyfile(REPO_ROOT / name, output / name)
+    (output / "README.md").write_text(model_card(config, chat_format, token_ids, _front_matter(source / "README.md")))
+    return output
+
+
+def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
+    """Our folder -> the released layout (config.json of a `llava` / `TarsierForConditionalGeneration` model,
+    `vision_tower.*` / `multi_modal_projector.*` / `language_model.*` weights, tokenizer, CLIP
+    `preprocessor_config.json`, a LLaVA `processor_config.json`, generation config). Returns the output path."""
+    from transformers import AutoTokenizer
+
+    source, output = Path(input_dir), Path(output_dir)
+    ours = read_json(source / "config.json")
+    if ours.get("model_type") != TarsierConfig.model_type:
+        raise CheckpointError(f"{source / 'config.json'}: model_type is {ours.get('model_type')!r}, expected "
+                              f"'tarsier' (convert released checkpoints without --export)")
+    config = TarsierConfig.from_pretrained(source)
+    released = released_config_from_tarsier(config)
+    shards = list_shards(source)
+    tensor_shapes(shards, ours_to_released)  # every name must map before anything is written
+    # Passing the config keeps AutoTokenizer from resolving the folder's auto_map (remote code) by itself.
+    tokenizer = AutoTokenizer.from_pretrained(source, config=config)
+    processor_path = source / "processor_config.json"
+    image_processor = read_json(processor_path).get("image_processor", {}) if processor_path.is_file() else {}
+    size = config.vision_config.image_size
+
+    _prepare_output(output, overwrite, source)
+    stream_shards(shards, output, ours_to_released, "exporting shards")
+    (output / "config.json").write_text(json.dumps(released, indent=2, sort_keys=True) + "\n")
+    tokenizer.save_pretrained(output)
+    # The released folder has no processing_tarsier.py: its tokenizer must not point at our processor.
+    tokenizer_config = read_json(output / "tokenizer_config.json")
+    tokenizer_config.pop("auto_map", None)
+    tokenizer_config["processor_class"] = "LlavaProcessor"
+    (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    preprocessor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "processor_class": "LlavaProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(image_processor.get("image_mean", CLIP_MEAN)),
+        "image_std": list(image_processor.get("image_std", CLIP_STD)),
+        "do_convert_rgb": True,
+    }
+    (output / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
+    # vLLM's TarsierProcessor (a LlavaProcessor) counts rows * (cols + 1) + num_additional_image_tokens + 1 - 1
+    # positions per image with the "default" strategy: num_additional_image_tokens=1 (CLIP's CLS) gives 601.
+    llava_processor = {
+        "processor_class": "LlavaProcessor",
+        "image_token": IMAGE_TOKEN,
+        "patch_size": config.vision_config.patch_size,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy,
+        "num_additional_image_tokens": 1 if config.vision_config.model_type == "clip_vision_model" else 0,
+    }
+    (output / "processor_config.json").write_text(json.dumps(llava_processor, indent=2, sort_keys=True) + "\n")
+    if (source / "generation_config.json").is_file():
+        shutil.copyfile(source / "generation_config.json", output / "generation_config.json")
+    if (source / "README.md").is_file():
+        shutil.copyfile(source / "README.md", output / "README.md")
+    return output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tarsier2-Recap-7b (Qwen2-VL based): loaded with transformers' own Qwen2-VL classes, not converted
+# ----------------------------------------------------------------------------------------------------------------
+
+# vLLM's Tarsier2ForConditionalGeneration (vllm/model_executor/models/qwen2_vl.py) reads the released
+# Tarsier2-Recap-7b folder as: config.json `model_type` "llava" whose `text_config` is a full Qwen2-VL config,
+# weights `vision_tower.*` (the Qwen2-VL vision transformer) and `language_model.model.*` /
+# `language_model.lm_head.*`. These are the same tensors under transformers' Qwen2-VL names.
+TARSIER2_KEY_MAPPING = {
+    r"^vision_tower\.": "model.visual.",
+    r"^language_model\.model\.": "model.language_model.",
+    r"^language_model\.lm_head\.": "lm_head.",
+}
+
+
+def load_tarsier2_as_qwen2vl(folder, **from_pretrained_kwargs):
+    """Load a released Tarsier2 checkpoint (e.g. Tarsier2-Recap-7b) as `Qwen2VLForConditionalGeneration`.
+
+    The Qwen2-VL config is the released `text_config` (its `vision_config` inside it, or the top-level one);
+    weights are renamed on the fly with `TARSIER2_KEY_MAPPING`. See docs/tarsier2.md for evaluating it.
+    """
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    path = Path(folder) / "config.json"
+    released = read_json(path)
+    text_config = released.get("text_config")
+    if released.get("model_type") != RELEASED_MODEL_TYPE or not isinstance(text_config, dict) or \
+            text_config.get("model_type") != "qwen2_vl":
+        raise CheckpointError(f"{path}: not a Tarsier2 checkpoint (expected model_type 'llava' with a "
+                              "text_config of model_type 'qwen2_vl')")
+    text_config = dict(text_config)
+    if "vision_config" not in text_config and isinstance(released.get("vision_config"), dict):
+        text_config["vision_config"] = released["vision_config"]
+    config = Qwen2VLConfig.from_dict(text_config)
+    return Qwen2VLForConditionalGeneration.from_pretrained(
+        folder, config=config, key_mapping=TARSIER2_KEY_MAPPING, **from_pretrained_kwargs
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvertArguments:
+    """Command-line arguments of `python -m tools.convert_tarsier_checkpoint`."""
+
+    input: str = field(metadata={"help": "Checkpoint folder: the released layout (or ours with --export)."})
+    output: str = field(metadata={"help": "Destination folder (created; must be empty unless --overwrite)."})
+    export: bool = field(default=False, metadata={"help": "Convert our format back to the released layout."})
+    chat_template: str = field(
+        default="auto",
+        metadata={"help": "Released chat format: 'vicuna' (Tarsier-7b/13b), 'yi' (Tarsier-34b) or 'auto' (from "
+                  "the tokenizer's eos/bos tokens)."},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(ConvertArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.export:
+            output = export_released(args.input, args.output, overwrite=args.overwrite)
+        else:
+            output = convert_released(args.input, args.output, chat_template=args.chat_template,
+                                      overwrite=args.overwrite)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
+    logger.info("wrote %s", output)
+    return output
+
+
+if __name__ == "__main__":
+    main()
