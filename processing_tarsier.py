@@ -1,0 +1,1153 @@
+"""Tarsier processor: conversations with videos and images -> model inputs, plus the PyAV video reader under it.
+
+This file is remote code: it is copied next to every checkpoint and loaded with
+`AutoProcessor.from_pretrained(folder, trust_remote_code=True)`. It therefore depends only on transformers,
+PyAV, numpy, Pillow and torch (no torchvision, torchcodec or decord), and holds everything the processor needs:
+
+- frame-sampling policies (paper §3.2 and §5.1), public so the training collator and the eval runners share them:
+  `sample_uniform`, `sample_random_segments`, `sample_instruction_tuning`, `sample_by_fps`, `sample_frame_indices`;
+- `VideoReader`: exact, keyframe-aware PyAV frame access by index (timestamps, rotation, clear errors);
+- `load_video`: any supported video source -> sampled `(n, H, W, 3)` uint8 frames + metadata;
+- `TarsierProcessor`: the `ProcessorMixin` that expands `<video>` / `<image>` into the model's token layout.
+
+Token layout (the contract with the model, see docs/design.md): every frame becomes
+`([<image>] * cols + [<image_newline>]) * rows + [<frame_end>]` with `use_frame_separators=True`, or
+`[<image>] * (rows * cols)` otherwise, where `rows = cols = image_size // patch_size`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import av
+import numpy as np
+from PIL import Image
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+
+IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+IMAGE_NEWLINE_TOKEN = "<image_newline>"
+FRAME_END_TOKEN = "<frame_end>"
+SPECIAL_TOKENS = (IMAGE_TOKEN, VIDEO_TOKEN, IMAGE_NEWLINE_TOKEN, FRAME_END_TOKEN)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
+
+# Frame rate assumed for frame sequences (folders, file lists, arrays) that carry no timing of their own.
+DEFAULT_SEQUENCE_FPS = 1.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Frame sampling. Every policy takes the presentation timestamps (seconds, increasing) of all T frames and
+# returns frame indices into them, in temporal order. Working on timestamps keeps variable-frame-rate files
+# right: "uniform" means uniform in time, not in frame count (the two agree for constant frame rate).
+#
+# Videos shorter than the requested count: the count-based policies (uniform, random segments, instruction
+# tuning) always return exactly `num_frames` indices, so every sample of a policy has the same number of
+# visual tokens; when T < num_frames frames repeat (each frame at least once, in temporal order). `sample_by_fps`
+# never repeats a frame: it returns at most one index per frame.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _as_timestamps(timestamps: Sequence[float] | np.ndarray | int) -> np.ndarray:
+    """Accept timestamps in seconds, or a frame count `T` (meaning constant frame rate, one frame per second)."""
+    if isinstance(timestamps, (int, np.integer)):
+        timestamps = np.arange(int(timestamps), dtype=np.float64)
+    ts = np.asarray(timestamps, dtype=np.float64)
+    if ts.ndim != 1 or len(ts) == 0:
+        raise ValueError(f"frame sampling needs at least one frame timestamp, got shape {ts.shape}")
+    if len(ts) > 1 and np.any(np.diff(ts) <= 0):
+        raise ValueError("frame timestamps must be strictly increasing")
+    return ts
+
+
+def _frame_duration(ts: np.ndarray) -> float:
+    """Display duration of the last frame: the median frame interval (1 s for a single frame)."""
+    return float(np.median(np.diff(ts))) if len(ts) > 1 else 1.0
+
+
+def _nearest_frames(ts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the frame whose timestamp is nearest to each time (ties go to the even fractional index, like
+    Python's `round`, so constant-frame-rate videos give exactly `round(i * (T - 1) / (n - 1))`)."""
+    positions = np.interp(times, ts, np.arange(len(ts), dtype=np.float64))
+    # Snap away float noise so exact halves stay halves before banker's rounding.
+    return np.array([round(float(p)) for p in np.round(positions, 6)], dtype=np.int64)
+
+
+def _displayed_frames(ts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the frame on screen at each time (the last frame whose timestamp is <= the time)."""
+    return np.clip(np.searchsorted(ts, times, side="right") - 1, 0, len(ts) - 1).astype(np.int64)
+
+
+def sample_uniform(timestamps: Sequence[float] | np.ndarray | int, num_frames: int) -> np.ndarray:
+    """Inference sampling: `num_frames` frames evenly spread in time, first and last frame included.
+
+    For constant frame rate this is the released Tarsier rule `round(i * (T - 1) / (num_frames - 1))`.
+
+    Args:
+        timestamps: `(T,)` presentation times in seconds (or the frame count T for constant frame rate).
+        num_frames: number of frames to return (>= 1); one frame means the middle frame.
+
+    Returns:
+        `(num_frames,)` int64 frame indices, non-decreasing.
+    """
+    ts = _as_timestamps(timestamps)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if num_frames == 1:
+        return _nearest_frames(ts, np.array([(ts[0] + ts[-1]) / 2]))
+    times = ts[0] + (ts[-1] - ts[0]) * np.arange(num_frames) / (num_frames - 1)
+    return _nearest_frames(ts, times)
+
+
+def sample_random_segments(
+    timestamps: Sequence[float] | np.ndarray | int,
+    num_frames: int | tuple[int, int] = (8, 32),
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
+    """Pre-training sampling: split the video into `n` equal time segments and take a random frame from each.
+
+    Args:
+        timestamps: `(T,)` presentation times in seconds (or the frame count T).
+        num_frames: `n`, or an inclusive range `(low, high)` from which `n` is drawn uniformly (paper: [8, 32]).
+        rng: a numpy Generator or a seed; `None` draws fresh entropy.
+
+    Returns:
+        `(n,)` int64 frame indices, non-decreasing. A segment that holds no frame (videos shorter than `n`)
+        takes the frame on screen at a random instant of the segment.
+    """
+    ts = _as_timestamps(timestamps)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if isinstance(num_frames, (tuple, list)):
+        low, high = int(num_frames[0]), int(num_frames[1])
+        if not 1 <= low <= high:
+            raise ValueError(f"num_frames range must satisfy 1 <= low <= high, got {num_frames}")
+        n = int(rng.integers(low, high + 1))
+    else:
+        n = int(num_frames)
+    if n < 1:
+        raise ValueError(f"num_frames must be >= 1, got {n}")
+    start, end = ts[0], ts[-1] + _frame_duration(ts)
+    edges = start + (end - start) * np.arange(n + 1) / n
+    # Segment of every frame, snapped so that float noise never moves a frame sitting on a boundary.
+    segment_of_frame = np.floor(np.round((ts - start) / (end - start) * n, 9)).astype(np.int64)
+    first = np.searchsorted(segment_of_frame, np.arange(n), side="left")
+    stop = np.searchsorted(segment_of_frame, np.arange(n), side="right")
+    indices = np.empty(n, dtype=np.int64)
+    for segment in range(n):
+        if stop[segment] > first[segment]:
+            indices[segment] = rng.integers(first[segment], stop[segment])
+        else:
+            instant = rng.uniform(edges[segment], edges[segment + 1])
+            indices[segment] = _displayed_frames(ts, np.array([instant]))[0]
+    return indices
+
+
+def sample_instruction_tuning(
+    timestamps: Sequence[float] | np.ndarray | int, complex_clip: bool = False, num_frames: int | None = None
+) -> np.ndarray:
+    """Instruction-tuning sampling: first and last frame always, the others evenly spaced between them.
+
+    Args:
+        timestamps: `(T,)` presentation times in seconds (or the frame count T).
+        complex_clip: paper §3.2: 16 frames for complex (movie) clips, 8 for the others.
+        num_frames: explicit count, overriding `complex_clip`.
+
+    Returns:
+        `(n,)` int64 frame indices.
+    """
+    n = num_frames if num_frames is not None else (16 if complex_clip else 8)
+    return sample_uniform(timestamps, int(n))
+
+
+def sample_by_fps(timestamps: Sequence[float] | np.ndarray | int, fps: float, max_frames: int = 64) -> np.ndarray:
+    """Sample at a fixed rate: the frame on screen every `1 / fps` seconds from the first frame.
+
+    Args:
+        timestamps: `(T,)` presentation times in seconds (or the frame count T).
+        fps: sampling rate in frames per second (> 0).
+        max_frames: cap; when the rate would give more frames, `max_frames` uniform frames are returned instead.
+
+    Returns:
+        `(m,)` int64 distinct frame indices, `1 <= m <= max_frames` (a rate above the video's gives each frame once).
+    """
+    ts = _as_timestamps(timestamps)
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    end = ts[-1] + _frame_duration(ts)
+    times = ts[0] + np.arange(0.0, end - ts[0], 1.0 / fps)
+    indices = np.unique(_displayed_frames(ts, times))
+    if len(indices) > max_frames:
+        return sample_uniform(ts, max_frames)
+    return indices
+
+
+SAMPLING_POLICIES = ("uniform", "random_segments", "instruction", "fps")
+
+
+def sample_frame_indices(
+    timestamps: Sequence[float] | np.ndarray | int,
+    policy: str = "uniform",
+    num_frames: int | tuple[int, int] = 8,
+    fps: float | None = None,
+    max_frames: int = 64,
+    complex_clip: bool = False,
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
+    """Dispatch to one of the sampling policies by name (`SAMPLING_POLICIES`); returns int64 frame indices."""
+    if policy == "uniform":
+        return sample_uniform(timestamps, int(num_frames))
+    if policy == "random_segments":
+        return sample_random_segments(timestamps, num_frames, rng=rng)
+    if policy == "instruction":
+        return sample_instruction_tuning(timestamps, complex_clip=complex_clip)
+    if policy == "fps":
+        if fps is None:
+            raise ValueError("policy 'fps' needs fps")
+        return sample_by_fps(timestamps, fps, max_frames=max_frames)
+    raise ValueError(f"unknown frame sampling policy {policy!r}; expected one of {SAMPLING_POLICIES}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Video reading
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class VideoReadError(ValueError):
+    """A video source cannot be read; the message names the source and the cause."""
+
+
+def _apply_rotation(array: np.ndarray, rotation: float | int | None) -> np.ndarray:
+    """Turn a decoded `(H, W, 3)` frame as a player would show it (`rotation`: counter-clockwise degrees)."""
+    if not rotation:
+        return array
+    turns = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
+
+
+class VideoReader:
+    """Exact random access to the frames of one video file with PyAV.
+
+    Opening lists every frame's presentation timestamp and the keyframes without decoding anything: from the
+    mp4/mov sample table when the stream has a constant frame rate (no file data read, so opening costs the same
+    for a 10 s and a 10 min clip), otherwise by demuxing the video stream once. `get_frames` then decodes only
+    what it needs: it seeks to a keyframe only when the next wanted frame lies in a later GOP than the decoder's
+    position, decodes forward (skipping unreferenced frames it does not return), and converts to RGB only the
+    frames it returns. Frames are identical to a full sequential decode (checked in tests/test_video_reader.py);
+    a decoded timestamp that contradicts the fast index makes the reader rebuild the index by demuxing and retry.
+
+    Attributes:
+        path: the file.
+        num_frames: T, the number of frames.
+        timestamps: `(T,)` float64 presentation times in seconds, relative to the first frame.
+        fps: average frame rate (T / duration).
+        rotation: display rotation (counter-clockwise degrees) applied to returned frames.
+        index_source: `"sample_table"` or `"demux"`, how the frame list was built.
+    """
+
+    def __init__(self, path: str | os.PathLike, apply_rotation: bool = True, fast_index: bool = True):
+        self.path = str(path)
+        self.apply_rotation = apply_rotation
+        _check_file(self.path)
+        try:
+            self._container = av.open(self.path, metadata_errors="ignore")
+        except av.error.FFmpegError as error:
+            raise VideoReadError(
+                f"{self.path}: not a readable video file; the container cannot be parsed, so it is truncated, "
+                f"corrupt or not a video ({_describe(error)})"
+            ) from None
+        try:
+            self._open_stream(fast_index)
+        except BaseException:
+            self._container.close()
+            raise
+
+    def _open_stream(self, fast_index: bool) -> None:
+        container = self._container
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["no"]
+            raise VideoReadError(f"{self.path}: has no video stream (found {', '.join(kinds)} streams)")
+        stream = container.streams.video[0]
+        if stream.codec_context is None or stream.codec_context.codec is None:
+            raise VideoReadError(f"{self.path}: unsupported video codec (no decoder for stream 0)")
+        self._stream = stream
+        self.time_base = float(stream.time_base) if stream.time_base else 1.0
+        self._seekable = container.format.name not in ("gif", "image2", "apng")
+        self.rotation = 0
+        if not (fast_index and self._index_from_sample_table()):
+            self._index_by_demuxing()
+
+    def _set_index(self, pts: np.ndarray, key_pts: np.ndarray, source: str) -> None:
+        self._pts = pts
+        self._key_pts = key_pts
+        # A stream that starts without a keyframe (cut files) still decodes from its first packet.
+        if self._key_pts[0] > self._pts[0]:
+            self._key_pts = np.concatenate([[self._pts[0]], self._key_pts])
+        self.timestamps = (self._pts - self._pts[0]).astype(np.float64) * self.time_base
+        self.num_frames = len(self._pts)
+        duration = self.timestamps[-1] + _frame_duration(self.timestamps) if self.num_frames > 1 else 0.0
+        self.fps = self.num_frames / duration if duration > 0 else float(self._stream.average_rate or 0) or 0.0
+        self.index_source = source
+
+    def _index_by_demuxing(self) -> None:
+        """Frame list from the packets of the video stream (reads the file once, decodes nothing)."""
+        self._reopen()
+        pts_list, key_pts = [], []
+        try:
+            for packet in self._container.demux(self._stream):
+                pts = packet.pts if packet.pts is not None else packet.dts
+                # Discard-flagged packets (edit lists cutting leading frames) decode to frames nobody sees.
+                if pts is None or packet.size == 0 or packet.is_discard:
+                    continue
+                pts_list.append(pts)
+                if packet.is_keyframe:
+                    key_pts.append(pts)
+        except av.error.FFmpegError as error:
+            raise VideoReadError(f"{self.path}: corrupt or truncated video stream ({_describe(error)})") from None
+        if not pts_list:
+            raise VideoReadError(f"{self.path}: the video stream holds no frames (empty or truncated file)")
+        pts = np.unique(np.asarray(pts_list, dtype=np.int64))
+        self._set_index(pts, np.unique(np.asarray(key_pts or [pts[0]], dtype=np.int64)), "demux")
+
+    def _index_from_sample_table(self) -> bool:
+        """Frame list from the mp4/mov sample table, for constant-frame-rate streams; False when not applicable.
+
+        The table gives decode timestamps and keyframe flags. With evenly spaced decode timestamps the
+        presentation timestamps are the same grid shifted by the reorder delay, which the first packet gives
+        (its pts - dts). Anything irregular falls back to demuxing.
+        """
+        if "mp4" not in self._container.format.name:
+            return False
+        entries = self._stream.index_entries
+        count = len(entries)
+        if count < 2:
+            return False
+        dts = np.fromiter((e.timestamp for e in entries), dtype=np.int64, count=count)
+        keyframe = np.fromiter((e.is_keyframe for e in entries), dtype=bool, count=count)
+        discard = np.fromiter((e.is_discard for e in entries), dtype=bool, count=count)
+        if discard.any():
+            return False
+        steps = np.diff(dts)
+        if steps[0] <= 0 or np.any(steps != steps[0]):
+            return False
+        try:
+            first = [p for p, _ in zip(self._container.demux(self._stream), range(32)) if p.pts is not None]
+        except av.error.FFmpegError:
+            return False
+        if not first or first[0].dts != dts[0] or not first[0].is_keyframe:
+            return False
+        delay = int(first[0].pts) - int(dts[0])
+        if min(int(p.pts) for p in first) != dts[0] + delay:
+            return False
+        self._set_index(dts + delay, dts[keyframe] + delay, "sample_table")
+        return True
+
+    # -- public API ---------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Decode the frames at `indices` (any order, repeats allowed).
+
+        Returns:
+            `(len(indices), H, W, 3)` uint8 RGB frames (rotated for display when the file says so).
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) == 0:
+            raise ValueError(f"{self.path}: no frame indices requested")
+        if indices.min() < 0 or indices.max() >= self.num_frames:
+            raise IndexError(f"{self.path}: frame index out of range [0, {self.num_frames}): {indices.tolist()}")
+        wanted = np.unique(indices)
+        try:
+            decoded = self._decode_pts([int(p) for p in self._pts[wanted]])
+        except VideoReadError:
+            if self.index_source == "demux":
+                raise
+            # The sample-table index guessed a timestamp the decoder does not produce: rebuild it from the
+            # packets and retry; positions stay valid when the frame count agrees.
+            count = self.num_frames
+            self._index_by_demuxing()
+            if self.num_frames != count:
+                raise VideoReadError(
+                    f"{self.path}: the sample table lists {count} frames but the stream holds {self.num_frames}; "
+                    "open the reader again and resample"
+                ) from None
+            decoded = self._decode_pts([int(p) for p in self._pts[wanted]])
+        by_index = dict(zip(wanted.tolist(), decoded))
+        return np.stack([by_index[i] for i in indices.tolist()])
+
+    # -- decoding -----------------------------------------------------------------------------------------------
+
+    def _keyframe_before(self, pts: int, skip: int = 0) -> int | None:
+        position = bisect.bisect_right(self._key_pts, pts) - 1 - skip
+        return int(self._key_pts[position]) if position >= 0 else None
+
+    def _seek(self, key_pts: int) -> None:
+        try:
+            self._container.seek(key_pts, stream=self._stream, backward=True, any_frame=False)
+        except av.error.FFmpegError as error:
+            raise VideoReadError(f"{self.path}: seek to pts {key_pts} failed ({_describe(error)})") from None
+
+    def _rewind(self) -> None:
+        """Back to the first packet: reopen containers that cannot seek (gif), seek in the others."""
+        if self._seekable:
+            self._seek(int(self._key_pts[0]))
+        else:
+            self._reopen()
+
+    def _reopen(self) -> None:
+        self._container.close()
+        self._container = av.open(self.path, metadata_errors="ignore")
+        self._stream = self._container.streams.video[0]
+
+    def _frames_from(self, key_pts: int, wanted: set[int]):
+        """Decoded frames from keyframe `key_pts` onwards (from the first frame when the file cannot seek).
+
+        Packets of frames that are not wanted are decoded with `skip_frame="NONREF"`: frames no other frame
+        references (most B-frames) are then not decoded at all, which roughly halves the work on B-frame streams
+        without changing any decoded pixel.
+        """
+        if self._seekable and key_pts != int(self._key_pts[0]):
+            self._seek(key_pts)
+        else:
+            self._rewind()
+        codec_context = self._stream.codec_context
+        try:
+            for packet in self._container.demux(self._stream):
+                skip = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
+                if codec_context.skip_frame != skip:
+                    codec_context.skip_frame = skip
+                for frame in packet.decode():
+                    yield frame
+        except av.error.FFmpegError as error:
+            raise VideoReadError(f"{self.path}: corrupt or truncated video data ({_describe(error)})") from None
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        array = frame.to_ndarray(format="rgb24")
+        if self.apply_rotation:
+            self.rotation = frame.rotation or 0
+            array = _apply_rotation(array, self.rotation)
+        return array
+
+    def _decode_pts(self, wanted: list[int]) -> list[np.ndarray]:
+        """Decode the frames with the given (sorted, unique) pts, seeking only across GOPs."""
+        out: list[np.ndarray] = []
+        wanted_set = set(wanted)
+        i = 0
+        backoff = 0
+        while i < len(wanted):
+            key = self._keyframe_before(wanted[i], skip=backoff)
+            if key is None or not self._seekable:
+                key = int(self._key_pts[0])
+            frames = self._frames_from(key, wanted_set)
+            progressed = False
+            overshot = False
+            last_pts = None
+            for frame in frames:
+                pts = frame.pts if frame.pts is not None else frame.dts
+                if pts is None:
+                    raise VideoReadError(f"{self.path}: decoded a frame without timestamp")
+                if last_pts is None and pts > wanted[i]:
+                    # Seeking landed after the wanted frame (e.g. open-GOP leading frames were dropped).
+                    overshot = True
+                    break
+                last_pts = pts
+                if pts < wanted[i]:
+                    continue
+                if pts > wanted[i]:
+                    raise VideoReadError(
+                        f"{self.path}: frame at pts {wanted[i]} could not be decoded (the stream is corrupt or "
+                        f"truncated; the decoder went from before it to pts {pts})"
+                    )
+                out.append(self._to_rgb(frame))
+                i += 1
+                progressed = True
+                if i == len(wanted):
+                    break
+                # Seek forward only when the next wanted frame is in a later GOP than the one being decoded.
+                next_key = self._keyframe_before(wanted[i])
+                if self._seekable and next_key is not None and next_key > pts:
+                    break
+            else:
+                if i < len(wanted):
+                    raise VideoReadError(
+                        f"{self.path}: the stream ended before the frame at pts {wanted[i]} "
+                        f"(frame {int(np.searchsorted(self._pts, wanted[i]))} of {self.num_frames}); "
+                        "the file is truncated or corrupt"
+                    )
+            frames.close()
+            if overshot and not progressed:
+                backoff += 1
+                if backoff > 3 or self._keyframe_before(wanted[i], skip=backoff) is None:
+                    raise VideoReadError(f"{self.path}: cannot reach the frame at pts {wanted[i]} by seeking")
+            else:
+                backoff = 0
+        return out
+
+
+def _describe(error: BaseException) -> str:
+    text = getattr(error, "strerror", None) or str(error)
+    return re.sub(r"\s*:\s*'[^']*'$", "", text)
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise VideoReadError(f"{path}: is a folder, not a file")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(f"{path}: the file is empty (0 bytes)")
+
+
+@dataclass
+class VideoSample:
+    """Frames sampled from one video source.
+
+    Attributes:
+        frames: `(n, H, W, 3)` uint8 RGB frames.
+        indices: `(n,)` frame indices into the source.
+        timestamps: `(n,)` presentation times of the returned frames in seconds.
+        total_frames: frames in the source.
+        fps: average frame rate of the source (sequences without timing use `DEFAULT_SEQUENCE_FPS`).
+        source: a printable description of the source.
+    """
+
+    frames: np.ndarray
+    indices: np.ndarray
+    timestamps: np.ndarray
+    total_frames: int
+    fps: float
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+def _load_image_file(path: str) -> np.ndarray:
+    _check_file(path)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(_exif_transpose(image).convert("RGB"))
+    except (OSError, SyntaxError) as error:
+        raise VideoReadError(f"{path}: not a readable image ({error})") from None
+
+
+def _exif_transpose(image: Image.Image) -> Image.Image:
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image) or image
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def _to_uint8_frames(array: np.ndarray, source: str) -> np.ndarray:
+    """`(T, H, W, 3)` or `(T, 3, H, W)` (or a single `(H, W, 3)` frame) -> `(T, H, W, 3)` uint8."""
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise VideoReadError(f"{source}: expected frames shaped (T, H, W, 3) or (T, 3, H, W), got {array.shape}")
+    if array.shape[-1] != 3 and array.shape[1] == 3:
+        array = array.transpose(0, 2, 3, 1)
+    if array.shape[-1] != 3:
+        raise VideoReadError(f"{source}: expected 3 colour channels, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating) and array.size and array.max() <= 1.0:
+            array = array * 255.0
+        array = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _sequence_sample(
+    get: Callable[[np.ndarray], np.ndarray], total: int, source: str, sampler: Callable[[np.ndarray], np.ndarray]
+) -> VideoSample:
+    if total == 0:
+        raise VideoReadError(f"{source}: holds no frames")
+    timestamps = np.arange(total, dtype=np.float64) / DEFAULT_SEQUENCE_FPS
+    indices = sampler(timestamps)
+    return VideoSample(get(indices), indices, timestamps[indices], total, DEFAULT_SEQUENCE_FPS, source)
+
+
+def load_video(
+    video: Any,
+    num_frames: int | tuple[int, int] = 8,
+    policy: str = "uniform",
+    fps: float | None = None,
+    max_frames: int = 64,
+    complex_clip: bool = False,
+    rng: np.random.Generator | int | None = None,
+    indices: Sequence[int] | None = None,
+) -> VideoSample:
+    """Read a video source and sample frames from it.
+
+    Args:
+        video: a video file (mp4, mkv, webm, mov, avi, gif, ...), an image file (one frame), a folder of frame
+            images (natural sort order), a list of frame files, a list of PIL images, a numpy array or torch
+            tensor shaped `(T, H, W, 3)` or `(T, 3, H, W)`.
+        num_frames, policy, fps, max_frames, complex_clip, rng: see `sample_frame_indices`.
+        indices: explicit frame indices; overrides the policy.
+
+    Returns:
+        A `VideoSample` with `(n, H, W, 3)` uint8 frames.
+    """
+
+    def sampler(timestamps: np.ndarray) -> np.ndarray:
+        if indices is not None:
+            chosen = np.asarray(indices, dtype=np.int64)
+            if len(chosen) and (chosen.min() < 0 or chosen.max() >= len(timestamps)):
+                raise IndexError(f"{source}: frame indices out of range [0, {len(timestamps)})")
+            return chosen
+        return sample_frame_indices(
+            timestamps, policy, num_frames=num_frames, fps=fps, max_frames=max_frames,
+            complex_clip=complex_clip, rng=rng,
+        )
+
+    if isinstance(video, (str, os.PathLike)):
+        source = str(video)
+        if os.path.isdir(source):
+            files = sorted(
+                (f for f in os.listdir(source) if Path(f).suffix.lower() in IMAGE_EXTENSIONS), key=_natural_key
+            )
+            if not files:
+                raise VideoReadError(f"{source}: folder holds no frame images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            video = [os.path.join(source, f) for f in files]
+        elif Path(source).suffix.lower() in IMAGE_EXTENSIONS:
+            frame = _load_image_file(source)
+            return _sequence_sample(lambda idx: np.stack([frame] * len(idx)), 1, source, sampler)
+        else:
+            with VideoReader(source) as reader:
+                chosen = sampler(reader.timestamps)
+                frames = reader.get_frames(chosen)
+                return VideoSample(
+                    frames, chosen, reader.timestamps[chosen], reader.num_frames, reader.fps, source,
+                    {"rotation": reader.rotation},
+                )
+    if hasattr(video, "detach") and hasattr(video, "cpu"):  # torch tensor, without importing torch here
+        video = video.detach().cpu().numpy()
+    if isinstance(video, np.ndarray):
+        array = _to_uint8_frames(video, "array")
+        return _sequence_sample(lambda idx: array[idx], len(array), f"array{tuple(array.shape)}", sampler)
+    if isinstance(video, Image.Image):
+        video = [video]
+    if isinstance(video, (list, tuple)):
+        items = list(video)
+        if not items:
+            raise VideoReadError("video: empty list of frames")
+        if all(isinstance(item, (str, os.PathLike)) for item in items):
+            paths = [str(item) for item in items]
+            return _sequence_sample(
+                lambda idx: _stack_same_size([_load_image_file(paths[i]) for i in idx], paths[0]),
+                len(paths), f"{len(paths)} frame files from {paths[0]}", sampler,
+            )
+        if all(isinstance(item, Image.Image) for item in items):
+            return _sequence_sample(
+                lambda idx: _stack_same_size([np.asarray(items[i].convert("RGB")) for i in idx], "PIL frames"),
+                len(items), f"{len(items)} PIL frames", sampler,
+            )
+        if all(isinstance(item, np.ndarray) or hasattr(item, "detach") for item in items):
+            arrays = [np.asarray(item.detach().cpu().numpy() if hasattr(item, "detach") else item) for item in items]
+            array = _to_uint8_frames(np.stack(arrays), "frames list")
+            return _sequence_sample(lambda idx: array[idx], len(array), f"{len(array)} array frames", sampler)
+    raise VideoReadError(f"unsupported video input of type {type(video).__name__}")
+
+
+def _stack_same_size(frames: list[np.ndarray], source: str) -> np.ndarray:
+    sizes = {frame.shape for frame in frames}
+    if len(sizes) > 1:
+        raise VideoReadError(f"{source}: frames differ in size {sorted(sizes)}")
+    return np.stack(frames)
+
+
+def load_image(image: Any) -> np.ndarray:
+    """Read one still image (file path, PIL image, `(H, W, 3)`/`(3, H, W)` array or tensor) as `(H, W, 3)` uint8."""
+    if isinstance(image, (str, os.PathLike)):
+        if Path(str(image)).suffix.lower() in VIDEO_EXTENSIONS:
+            raise VideoReadError(f"{image}: is a video file; pass it as a video, not an image")
+        return _load_image_file(str(image))
+    if isinstance(image, Image.Image):
+        return np.asarray(_exif_transpose(image).convert("RGB"))
+    if hasattr(image, "detach") and hasattr(image, "cpu"):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        return _to_uint8_frames(image, "image array")[0]
+    raise VideoReadError(f"unsupported image input of type {type(image).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chat templates for the LLM families of the released checkpoints. Every template renders a content list with
+# `<video>` / `<image>` placeholders, and wraps assistant text in {% generation %} so training gets
+# assistant-token masks from `apply_chat_template(..., return_assistant_tokens_mask=True)`.
+# ----------------------------------------------------------------------------------------------------------------
+
+_CONTENT_MACRO = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{ content }}"
+    "{%- else -%}{%- for block in content -%}"
+    "{%- if block.type == 'video' -%}{{ '<video>\\n' }}"
+    "{%- elif block.type == 'image' -%}{{ '<image>\\n' }}"
+    "{%- elif block.type == 'text' -%}{{ block.text }}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+)
+
+_CHATML_TURNS = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.role == 'assistant' -%}"
+    "{%- generation -%}{{ render(message.content) + '<|im_end|>' }}{%- endgeneration -%}{{ '\\n' }}"
+    "{%- else -%}{{ render(message.content) + '<|im_end|>\\n' }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+CHAT_TEMPLATES = {
+    # Tarsier-7B/13B (Vicuna-1.5): "USER: <video>\nDescribe the video. ASSISTANT: answer</s>"
+    "vicuna": _CONTENT_MACRO
+    + "{%- for message in messages -%}"
+    "{%- if message.role == 'system' -%}{{ render(message.content) + ' ' }}"
+    "{%- elif message.role == 'user' -%}{{ 'USER: ' + render(message.content) + ' ' }}"
+    "{%- elif message.role == 'assistant' -%}{{ 'ASSISTANT: ' }}"
+    "{%- generation -%}{{ render(message.content) + eos_token }}{%- endgeneration -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}",
+    # Mistral-Instruct: "[INST] <video>\nDescribe the video. [/INST] answer</s>"
+    "mistral": _CONTENT_MACRO
+    + "{%- set system = namespace(text='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message.role == 'system' -%}{%- set system.text = render(message.content) + '\\n\\n' -%}"
+    "{%- elif message.role == 'user' -%}{{ '[INST] ' + system.text + render(message.content) + ' [/INST] ' }}"
+    "{%- set system.text = '' -%}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{%- generation -%}{{ render(message.content) + eos_token }}{%- endgeneration -%}"
+    "{%- endif -%}{%- endfor -%}",
+    # Yi-34B-Chat (Tarsier-34B): ChatML turns without a default system prompt.
+    "yi": _CONTENT_MACRO + _CHATML_TURNS,
+    # Qwen2 (Tarsier2): ChatML with Qwen's default system prompt.
+    "chatml": _CONTENT_MACRO
+    + "{%- if messages[0].role != 'system' -%}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    + _CHATML_TURNS,
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Processor
+# ----------------------------------------------------------------------------------------------------------------
+
+RESIZE_MODES = ("stretch", "pad")
+
+
+class TarsierProcessor(ProcessorMixin):
+    r"""Tokenizer + CLIP/SigLIP image processor + PyAV video reader for Tarsier.
+
+    `__call__(text, images=None, videos=None)` and `apply_chat_template(...)` return:
+
+    - `input_ids` `(B, L)` and `attention_mask` `(B, L)`, with every `<video>` / `<image>` expanded into the
+      per-frame token runs described in the module docstring;
+    - `pixel_values` `(F, 3, S, S)` float: all frames of all samples in batch order (text order inside a
+      sample), `S = image_size`;
+    - `num_frames` `(B,)` int64: frames per sample (an image counts 1, text-only samples 0);
+    - `assistant_masks` `(B, L)` when `apply_chat_template(..., return_assistant_tokens_mask=True)`.
+
+    Args:
+        image_processor: a CLIP or SigLIP image processor (PIL backend); supplies image size, mean and std.
+        tokenizer: the LLM's tokenizer; must already hold the four special tokens (see `from_parts`).
+        chat_template: a Jinja template string (or a `CHAT_TEMPLATES` name).
+        patch_size: vision tower patch size (rows = cols = image_size // patch_size).
+        use_frame_separators: append `<image_newline>` after every patch row and `<frame_end>` after every frame.
+        resize_mode: `"stretch"` (released Tarsier: resize to a square) or `"pad"` (keep aspect, pad with the mean).
+        num_frames: default frames per video (int, or `[low, high]` for `random_segments`).
+        sampling: default policy, one of `SAMPLING_POLICIES`.
+        video_fps / max_frames: parameters of the `"fps"` policy.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        patch_size: int = 14,
+        use_frame_separators: bool = True,
+        resize_mode: str = "stretch",
+        num_frames: int | list[int] = 8,
+        sampling: str = "uniform",
+        video_fps: float | None = None,
+        max_frames: int = 64,
+        **kwargs,
+    ):
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+        if sampling not in SAMPLING_POLICIES:
+            raise ValueError(f"sampling must be one of {SAMPLING_POLICIES}, got {sampling!r}")
+        if isinstance(chat_template, str) and chat_template in CHAT_TEMPLATES:
+            chat_template = CHAT_TEMPLATES[chat_template]
+        self.patch_size = int(patch_size)
+        self.use_frame_separators = bool(use_frame_separators)
+        self.resize_mode = resize_mode
+        self.num_frames = list(num_frames) if isinstance(num_frames, (list, tuple)) else int(num_frames)
+        self.sampling = sampling
+        self.video_fps = video_fps
+        self.max_frames = int(max_frames)
+        self.image_token = IMAGE_TOKEN
+        self.video_token = VIDEO_TOKEN
+        self.image_newline_token = IMAGE_NEWLINE_TOKEN
+        self.frame_end_token = FRAME_END_TOKEN
+        missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(
+                f"the tokenizer lacks the special tokens {missing}; build the processor with "
+                "TarsierProcessor.from_parts(...), which adds them"
+            )
+        ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+        self.image_token_id, self.video_token_id, self.image_newline_token_id, self.frame_end_token_id = ids
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+    # -- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_parts(
+        cls,
+        tokenizer,
+        image_processor="clip",
+        chat_template: str | None = "vicuna",
+        image_size: int | None = None,
+        **kwargs,
+    ) -> "TarsierProcessor":
+        """Assemble a processor from a tokenizer and an image processor, adding the special tokens if missing.
+
+        Args:
+            tokenizer: the LLM tokenizer. The four special tokens are added to it in place when missing; the
+                caller must then resize the LM embeddings to `len(tokenizer)`.
+            image_processor: an image processor instance, or `"clip"` (CLIP ViT-L/14-336 statistics, 336 px) /
+                `"siglip"` (SigLIP statistics, 384 px) for the PIL backends.
+            chat_template: a `CHAT_TEMPLATES` name (`vicuna`, `mistral`, `yi`, `chatml`), a Jinja string, or None
+                to keep the tokenizer's own template.
+            image_size: square frame size; defaults to the image processor's.
+            **kwargs: the other `TarsierProcessor` arguments (`patch_size`, `use_frame_separators`, ...).
+        """
+        from tokenizers import AddedToken
+
+        if isinstance(image_processor, str):
+            image_processor = _build_image_processor(image_processor, image_size)
+        elif image_size is not None:
+            _set_image_size(image_processor, image_size)
+        missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+        if chat_template is None:
+            chat_template = getattr(tokenizer, "chat_template", None)
+        if isinstance(image_processor, str):
+            raise ValueError(f"unknown image processor {image_processor!r}")
+        if "patch_size" not in kwargs and type(image_processor).__name__.startswith("Siglip"):
+            kwargs["patch_size"] = 16 if _image_size_of(image_processor) % 14 else 14
+        return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
+
+    # -- layout -------------------------------------------------------------------------------------------------
+
+    @property
+    def image_size(self) -> int:
+        return _image_size_of(self.image_processor)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        side = self.image_size // self.patch_size
+        return side * (side + 1) + 1 if self.use_frame_separators else side * side
+
+    def frame_token_ids(self) -> list[int]:
+        """Token ids of one frame's run (`tokens_per_frame` long)."""
+        side = self.image_size // self.patch_size
+        if not self.use_frame_separators:
+            return [self.image_token_id] * (side * side)
+        row = [self.image_token_id] * side + [self.image_newline_token_id]
+        return row * side + [self.frame_end_token_id]
+
+    def _frame_text(self) -> str:
+        side = self.image_size // self.patch_size
+        if not self.use_frame_separators:
+            return self.image_token * (side * side)
+        return (self.image_token * side + self.image_newline_token) * side + self.frame_end_token
+
+    # -- pixels -------------------------------------------------------------------------------------------------
+
+    def resize_frames(self, frames: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
+        """Resize `(H, W, 3)` uint8 frames to `(S, S, 3)` per `resize_mode` with the image processor's resampling."""
+        size = self.image_size
+        resample = getattr(self.image_processor, "resample", Image.BICUBIC)
+        out = []
+        for frame in frames:
+            image = Image.fromarray(np.asarray(frame))
+            if self.resize_mode == "stretch":
+                out.append(np.asarray(image.resize((size, size), resample=resample)))
+                continue
+            scale = size / max(image.width, image.height)
+            width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+            fill = tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
+            canvas = Image.new("RGB", (size, size), fill)
+            canvas.paste(image.resize((width, height), resample=resample), ((size - width) // 2, (size - height) // 2))
+            out.append(np.asarray(canvas))
+        return out
+
+    def preprocess_frames(self, frames: np.ndarray | list[np.ndarray]):
+        """`(n, H, W, 3)` uint8 frames -> `(n, 3, S, S)` float32 tensor (resize, rescale, normalise)."""
+        resized = self.resize_frames(frames)
+        return self.image_processor(
+            images=resized, do_resize=False, do_center_crop=False, return_tensors="pt"
+        )["pixel_values"]
+
+    def load_video(self, video: Any, **overrides) -> VideoSample:
+        """Sample frames from a video source with the processor's default policy (overridable per call)."""
+        options = {
+            "num_frames": tuple(self.num_frames) if isinstance(self.num_frames, list) else self.num_frames,
+            "policy": self.sampling,
+            "fps": self.video_fps,
+            "max_frames": self.max_frames,
+        }
+        options.update({k: v for k, v in overrides.items() if v is not None})
+        return load_video(video, **options)
+
+    # -- main entry ---------------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        videos: Any = None,
+        *,
+        num_frames: int | tuple[int, int] | None = None,
+        sampling: str | None = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        complex_clip: bool = False,
+        rng: np.random.Generator | int | None = None,
+        padding: bool | str = True,
+        padding_side: str | None = None,
+        truncation: bool | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = "pt",
+        return_offsets_mapping: bool = False,
+        return_text_replacement_offsets: bool = False,
+        add_special_tokens: bool = True,
+        **kwargs,
+    ) -> BatchFeature:
+        """Tokenize text with expanded visual placeholders and preprocess the frames.
+
+        Arguments follow `ProcessorMixin.__call__` (images, text, videos); pass them by keyword.
+
+        Args:
+            images: images in text order: a flat list over the batch, or one list per sample.
+            text: one prompt or a batch; each `<video>` / `<image>` consumes the next video / image.
+            videos: video sources (see `load_video`) in text order: flat over the batch, or one list per sample.
+            num_frames, sampling, fps, max_frames, complex_clip, rng: frame sampling (defaults from the processor).
+            padding, padding_side, truncation, max_length, add_special_tokens: tokenizer options. Truncation must
+                not cut visual runs: it raises if any would be cut.
+            return_tensors: "pt" (default) or None for lists.
+
+        Returns:
+            `BatchFeature` with `input_ids`, `attention_mask`, `pixel_values` `(F, 3, S, S)` and `num_frames` `(B,)`.
+        """
+        if text is None:
+            raise ValueError("TarsierProcessor needs text (use <video> / <image> placeholders to place visuals)")
+        if sampling is None and kwargs.pop("do_sample_frames", None) is not None and fps is not None:
+            sampling = "fps"
+        kwargs.pop("do_sample_frames", None)
+        kwargs.pop("sanitize_control_tokens", None)
+        if kwargs.pop("audio", None) is not None:
+            raise ValueError("TarsierProcessor does not take audio")
+        if kwargs:
+            raise TypeError(f"TarsierProcessor got unexpected arguments: {sorted(kwargs)}")
+        texts = [text] if isinstance(text, str) else list(text)
+        per_sample_images = _split_per_sample(images, texts, self.image_token, "images")
+        per_sample_videos = _split_per_sample(videos, texts, self.video_token, "videos")
+        if sampling is None and fps is not None:
+            sampling = "fps"
+
+        frame_text = self._frame_text()
+        frames_in_order: list[np.ndarray] = []
+        image_replacements, video_replacements, counts = [], [], []
+        for sample_text, sample_images, sample_videos in zip(texts, per_sample_images, per_sample_videos):
+            image_iter, video_iter = iter(sample_images), iter(sample_videos)
+            count = 0
+            for match in re.finditer(f"{re.escape(self.image_token)}|{re.escape(self.video_token)}", sample_text):
+                if match.group() == self.image_token:
+                    frames_in_order.append(load_image(next(image_iter)))
+                    image_replacements.append(frame_text)
+                    count += 1
+                else:
+                    sample = self.load_video(
+                        next(video_iter), num_frames=num_frames, policy=sampling, fps=fps, max_frames=max_frames,
+                        complex_clip=complex_clip, rng=rng,
+                    )
+                    frames_in_order.extend(sample.frames)
+                    video_replacements.append(frame_text * len(sample.frames))
+                    count += len(sample.frames)
+            counts.append(count)
+
+        expanded, replacement_offsets = self.get_text_with_replacements(
+            list(texts), image_replacements, video_replacements
+        )
+        tokenizer_kwargs = {
+            "padding": padding,
+            "truncation": truncation,
+            "max_length": max_length,
+            "return_offsets_mapping": return_offsets_mapping,
+            "add_special_tokens": add_special_tokens,
+        }
+        if padding_side is not None:
+            tokenizer_kwargs["padding_side"] = padding_side
+        encoded = self.tokenizer(expanded, **tokenizer_kwargs)
+        self._check_visual_runs(encoded["input_ids"], counts)
+
+        data = dict(encoded)
+        if return_text_replacement_offsets:
+            data["text_replacement_offsets"] = replacement_offsets
+        if frames_in_order:
+            data["pixel_values"] = self.preprocess_frames(frames_in_order)
+        else:
+            import torch
+
+            data["pixel_values"] = torch.zeros((0, 3, self.image_size, self.image_size), dtype=torch.float32)
+        data["num_frames"] = counts
+        if return_tensors is None:
+            data["pixel_values"] = data["pixel_values"].numpy()
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+
+    def _check_visual_runs(self, input_ids: list[list[int]], counts: list[int]) -> None:
+        per_frame = sum(1 for t in self.frame_token_ids() if t == self.image_token_id)
+        for sample, (ids, count) in enumerate(zip(input_ids, counts)):
+            found = sum(1 for t in ids if t == self.image_token_id)
+            if found != count * per_frame:
+                raise ValueError(
+                    f"sample {sample}: {found} {self.image_token} tokens after tokenization but {count} frames need "
+                    f"{count * per_frame}; truncation (max_length) cut a visual run, or the text holds literal "
+                    f"{self.image_token} strings"
+                )
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """`ProcessorMixin.apply_chat_template`, with `assistant_masks` returned as a tensor like the other outputs
+        (the mixin leaves it a list unless `return_tensors` is passed)."""
+        out = super().apply_chat_template(conversation, *args, **kwargs)
+        if isinstance(out, BatchFeature) and isinstance(out.get("assistant_masks"), list):
+            input_ids = out["input_ids"]
+            if hasattr(input_ids, "new_tensor"):
+                out["assistant_masks"] = input_ids.new_tensor(out["assistant_masks"])
+        return out
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "num_frames"]
+
+
+def _split_per_sample(items: Any, texts: list[str], token: str, name: str) -> list[list[Any]]:
+    """Distribute images/videos over samples by counting each sample's placeholders.
+
+    Accepts one list per sample (`[[v0, v1], [], [v2]]`, as `apply_chat_template` passes them) or one flat list
+    in text order over the batch. A list of frames (PIL images, `(H, W, 3)` arrays, frame files) standing alone
+    is one video.
+    """
+    counts = [t.count(token) for t in texts]
+    if items is None:
+        items = []
+    elif not isinstance(items, (list, tuple)) or _is_single_visual(items, name):
+        items = [items]
+    items = list(items)
+    if (
+        len(items) == len(texts)
+        and all(isinstance(x, (list, tuple)) for x in items)
+        and [len(x) for x in items] == counts
+    ):
+        return [list(x) for x in items]
+    if len(items) != sum(counts):
+        raise ValueError(f"the text holds {sum(counts)} {token} placeholders but {len(items)} {name} were given")
+    out, start = [], 0
+    for count in counts:
+        out.append(items[start : start + count])
+        start += count
+    return out
+
+
+def _is_single_visual(items: Sequence[Any], name: str) -> bool:
+    """True when a list is one video given as frames (PIL images, arrays or frame files), not a list of videos."""
+    if name != "videos" or not items:
+        return False
+    first = items[0]
+    if isinstance(first, Image.Image):
+        return True
+    if isinstance(first, np.ndarray) and first.ndim == 3:
+        return True
+    if isinstance(first, (str, os.PathLike)):
+        return all(Path(str(x)).suffix.lower() in IMAGE_EXTENSIONS for x in items) and len(items) > 1
+    return False
+
+
+def _image_size_of(image_processor) -> int:
+    for attribute in ("crop_size", "size"):
+        size = getattr(image_processor, attribute, None)
+        if isinstance(size, dict) and "height" in size:
+            return int(size["height"])
+        if isinstance(size, dict) and "shortest_edge" in size and attribute == "size":
+            return int(size["shortest_edge"])
+        if hasattr(size, "height") and getattr(size, "height", None):
+            return int(size.height)
+    raise ValueError(f"cannot tell the image size of {type(image_processor).__name__}")
+
+
+def _set_image_size(image_processor, image_size: int) -> None:
+    image_processor.size = {"height": image_size, "width": image_size}
+    if getattr(image_processor, "crop_size", None) is not None:
+        image_processor.crop_size = {"height": image_size, "width": image_size}
+
+
+def _build_image_processor(kind: str, image_size: int | None):
+    if kind == "clip":
+        from transformers import CLIPImageProcessorPil
+
+        size = image_size or 336
+        return CLIPImageProcessorPil(
+            size={"height": size, "width": size}, crop_size={"height": size, "width": size}, do_center_crop=False
+        )
+    if kind == "siglip":
+        from transformers import SiglipImageProcessorPil
+
+        size = image_size or 384
+        return SiglipImageProcessorPil(size={"height": size, "width": size})
+    raise ValueError(f"unknown image processor {kind!r}; expected 'clip', 'siglip' or an instance")
+
+
+TarsierProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "TarsierProcessor",
+    "VideoReader",
+    "VideoReadError",
+    "VideoSample",
+    "load_video",
+    "load_image",
+    "sample_uniform",
+    "sample_random_segments",
+    "sample_instruction_tuning",
+    "sample_by_fps",
+    "sample_frame_indices",
+    "CHAT_TEMPLATES",
+    "SAMPLING_POLICIES",
+]
