@@ -1,0 +1,532 @@
+"""Tests of train_sft.py and training/: data readers, the video collator, recipes, and real (multi-process) runs.
+
+The model is a tiny Tarsier (2-layer 64-hidden llama with the real SmolLM2 tokenizer, 28 px CLIP with 14 px
+patches: 7 positions per frame) trained on real PyAV-encoded videos written by `write_video`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dataset_builders.video_writer import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (240, 240, 240)}
+BAD_FILES = ("videos/corrupt.mp4", "videos/missing.mp4")
+
+
+def _conversation(video: str, answer: str, idx, source="colors", prompt="Describe the video."):
+    return {
+        "messages": [
+            {"role": "user", "content": [{"type": "video", "path": video}, {"type": "text", "text": prompt}]},
+            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+        ],
+        "task": "caption_short",
+        "source": source,
+        "idx": idx,
+    }
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Four single-colour clips (a memorisation set), one corrupt file, one missing file, and JSONL files."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "videos").mkdir()
+    rows = []
+    for i, (name, colour) in enumerate(COLORS.items()):
+        frames = [np.full((32, 32, 3), colour, np.uint8) for _ in range(12)]
+        frames = [f.copy() for f in frames]
+        for t, frame in enumerate(frames):  # a moving bar, so frames differ in time
+            frame[:, (t * 2) % 32 : (t * 2) % 32 + 4] = 0
+        write_video(root / "videos" / f"{name}.mp4", frames, fps=6)
+        rows.append(_conversation(f"videos/{name}.mp4", f"The screen stays {name}.", i))
+    (root / "videos" / "corrupt.mp4").write_bytes(os.urandom(3000))
+    bad = [_conversation(path, "Never trained.", 100 + i, source="bad") for i, path in enumerate(BAD_FILES)]
+    (root / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "with_bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + bad))
+    return root
+
+
+@pytest.fixture(scope="module")
+def parts_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A tiny random llama with the SmolLM2 tokenizer and a tiny CLIP vision config."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("parts")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
+    (root / "vision.json").write_text(json.dumps(vision))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_tarsier(parts_dir, tmp_path_factory):
+    """`(folder, model, processor)` of a tiny Tarsier built from parts and saved with its code files."""
+    from training.model_builder import build_from_parts, save_tarsier
+
+    torch.manual_seed(0)
+    model, processor = build_from_parts(str(parts_dir / "vision.json"), str(parts_dir / "llm"), chat_template="chatml")
+    folder = tmp_path_factory.mktemp("tiny") / "tarsier"
+    save_tarsier(model, processor, folder)
+    return folder, model, processor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data readers, prompt pools, mixing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_normalize_reads_all_three_layouts(dream1k_path):
+    from training.data import normalize_row
+
+    ours = normalize_row(_conversation("videos/a.mp4", "Yes.", 3), "/data")
+    assert ours["messages"][0]["content"][0] == {"type": "video", "path": "/data/videos/a.mp4"}
+    assert (ours["task"], ours["source"], ours["idx"]) == ("caption_short", "colors", 3)
+
+    released = {
+        "messages": [
+            {"role": "user", "content": [{"type": "video", "video": {"video_file": "clips/b.mp4"}},
+                                         {"type": "text", "text": "Describe the video in detail."}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A dog runs."}]},
+        ],
+        "dataset": "webvid", "task": "video/caption", "idx": 9,
+    }
+    row = normalize_row(released, "/root")
+    assert row["messages"][0]["content"][0] == {"type": "video", "path": "/root/clips/b.mp4"}
+    assert row["source"] == "webvid"
+
+    frames = dict(released, messages=[{"role": "user", "content": [
+        {"type": "video", "video": {"video_file": ["f/1.jpg", "f/2.jpg"]}}]}, released["messages"][1]])
+    assert normalize_row(frames, "/r")["messages"][0]["content"][0]["paths"] == ["/r/f/1.jpg", "/r/f/2.jpg"]
+
+    dream = json.loads(dream1k_path.read_text().splitlines()[0])
+    dream["video_file"] = "dream/1.mp4"
+    row = normalize_row(dream, "/videos")
+    user, assistant = row["messages"]
+    assert user["content"][0] == {"type": "video", "path": "/videos/dream/1.mp4"}
+    assert user["content"][1] == {"type": "text", "text": "Describe the video in detail."}
+    assert assistant["content"][0]["text"] == dream["text"]["response"]
+    assert row["source"] == dream["dataset"]
+
+    with pytest.raises(ValueError, match="idx=5.*no 'messages'"):
+        normalize_row({"idx": 5, "caption": "x"}, None)
+    with pytest.raises(ValueError, match="idx=6.*no file path"):
+        normalize_row({"idx": 6, "messages": [{"role": "user", "content": [{"type": "video"}]},
+                                              {"role": "assistant", "content": "a"}]}, None)
+
+
+def test_prompt_pools_and_mixing_weights(tmp_path):
+    import random
+
+    from training.data import apply_prompt_pool, load_prompt_pools, mixture_indices, normalize_row, parse_weights
+
+    pools_file = tmp_path / "pools.json"
+    pools_file.write_text(json.dumps({"count": ["How many?", "Count them."]}))
+    pools = load_prompt_pools(pools_file)
+    assert "caption_detailed" in pools and pools["count"] == ["How many?", "Count them."]
+    row = normalize_row({"task": "count", "idx": 1, "messages": [
+        {"role": "user", "content": [{"type": "video", "path": "v.mp4"}]},
+        {"role": "assistant", "content": "3"}]}, None)
+    seen = {apply_prompt_pool(json.loads(json.dumps(row)), pools, random.Random(s), False)["messages"][0]["content"][-1]["text"]
+            for s in range(20)}
+    assert seen == {"How many?", "Count them."}
+    row["task"] = "unknown"
+    with pytest.raises(ValueError, match="task 'unknown' has no prompt pool"):
+        apply_prompt_pool(row, pools, random.Random(0), False)
+
+    sources = ["webvid"] * 100 + ["ssv2"] * 10 + ["coco"] * 7
+    indices = mixture_indices(sources, parse_weights(["webvid=0.3", "ssv2=2.5"]), seed=0)
+    picked = [sources[i] for i in indices]
+    assert (picked.count("webvid"), picked.count("ssv2"), picked.count("coco")) == (30, 25, 7)
+    assert len(set(i for i in indices if sources[i] == "webvid")) == 30  # down-sampling draws without replacement
+    with pytest.raises(ValueError, match="unknown sources"):
+        mixture_indices(sources, {"kinetics": 2.0}, seed=0)
+    with pytest.raises(ValueError, match="NAME=WEIGHT"):
+        parse_weights(["webvid"])
+
+
+def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, tmp_path):
+    """The released Tarsier layout and the DREAM-1K layout, read unchanged through `datasets`, feed the collator."""
+    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.data import ConversationDataset, DatasetSpec
+
+    released = [{"messages": [
+        {"role": "user", "content": [{"type": "video", "video": {"video_file": f"videos/{name}.mp4"}},
+                                     {"type": "text", "text": "Describe the video in detail."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": f"It is {name}."}]}],
+        "dataset": "recap", "task": "video/caption", "idx": i} for i, name in enumerate(COLORS)]
+    dream = [{"idx": 10 + i, "dataset": "DREAM/live_action", "video_file": f"videos/{name}.mp4",
+              "text": {"prompt": "<video>\nDescribe the video in detail.", "response": f"All {name}."},
+              "extra_info": {"n_events": 1}} for i, name in enumerate(COLORS)]
+    (tmp_path / "released.jsonl").write_text("".join(json.dumps(r) + "\n" for r in released))
+    (tmp_path / "dream.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dream))
+    dataset = ConversationDataset(
+        [DatasetSpec(str(tmp_path / "released.jsonl"), str(data_dir)), DatasetSpec(str(tmp_path / "dream.jsonl"), str(data_dir))],
+        source_weights={"recap": 0.5, "DREAM/live_action": 2.0},
+    )
+    assert sorted(dataset.sources[i] for i in dataset.indices) == ["DREAM/live_action"] * 8 + ["recap"] * 2
+    _, _, processor = tiny_tarsier
+    batch = TarsierVideoCollator(processor, FramePolicy("instruction", [8]))([dataset[i] for i in range(len(dataset))])
+    assert batch["num_frames"].tolist() == [8] * 10 and int(batch["skipped_samples"]) == 0
+    answers = {processor.tokenizer.decode(row[row != -100]) for row in batch["labels"]}
+    assert answers <= {f"It is {n}.<|im_end|>" for n in COLORS} | {f"All {n}.<|im_end|>" for n in COLORS}
+    assert len(answers) >= 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Collator
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_dir):
+    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.data import normalize_row
+
+    _, _, processor = tiny_tarsier
+    row = normalize_row(_conversation("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
+    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
+    sample = collator.encode(row)
+
+    text = processor.apply_chat_template(row["messages"], tokenize=False)
+    reference = processor(text=text, videos=[str(data_dir / "videos/red.mp4")], num_frames=3, sampling="uniform",
+                          add_special_tokens=False)
+    assert sample["input_ids"].tolist() == reference["input_ids"][0].tolist()
+    torch.testing.assert_close(sample["pixel_values"], reference["pixel_values"])
+    assert sample["num_frames"] == 3 == int(reference["num_frames"][0])
+
+    labels = sample["labels"]
+    trained = labels[labels != -100]
+    assert processor.tokenizer.decode(trained) == "The screen stays red.<|im_end|>"
+    visual = torch.isin(sample["input_ids"], torch.tensor(processor.frame_token_ids()))
+    assert int(visual.sum()) == 3 * processor.tokens_per_frame
+    assert (labels[visual] == -100).all()
+    # Everything before the answer (system, user turn, frames) is masked.
+    first = int((labels != -100).nonzero()[0])
+    assert processor.tokenizer.decode(sample["input_ids"][:first]).endswith("<|im_start|>assistant\n")
+
+
+def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_dir, tmp_path):
+    from PIL import Image
+
+    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.data import normalize_row
+
+    _, _, processor = tiny_tarsier
+    for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
+        Image.new("RGB", (40, 30), colour).save(tmp_path / name)
+    multi = normalize_row({"idx": 1, "messages": [
+        {"role": "user", "content": [{"type": "image", "path": "a.png"}, {"type": "image", "path": "b.png"},
+                                     {"type": "text", "text": "Which differs?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Colour."}]}]}, str(tmp_path))
+    text_only = normalize_row({"idx": 2, "messages": [{"role": "user", "content": "Say hi."},
+                                                      {"role": "assistant", "content": "Hi."}]}, None)
+    video = normalize_row(_conversation("videos/blue.mp4", "Blue.", 3), str(data_dir))
+    collator = TarsierVideoCollator(processor, FramePolicy("random_segments", [2, 4]), seed=1)
+    batch = collator([multi, text_only, video])
+    assert batch["num_frames"][:2].tolist() == [2, 0] and 2 <= int(batch["num_frames"][2]) <= 4
+    assert batch["pixel_values"].shape == (int(batch["num_frames"].sum()), 3, 28, 28)
+    lengths = batch["attention_mask"].sum(1)
+    assert batch["input_ids"].shape == (3, int(lengths.max()))
+    for i in range(3):  # padding is right, masked in labels
+        assert (batch["labels"][i, lengths[i]:] == -100).all() and batch["attention_mask"][i, : lengths[i]].all()
+    assert int(batch["skipped_samples"]) == 0
+    # The batch runs through the model (features fill exactly the placeholders).
+    _, model, _ = tiny_tarsier
+    out = model(**{k: v for k, v in batch.items() if not k.startswith("skipped")})
+    assert torch.isfinite(out.loss)
+
+
+def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, tmp_path):
+    from training.collator import FramePolicy, MediaError, SampleTooLongError, TarsierVideoCollator
+    from training.data import ConversationDataset, DatasetSpec
+
+    _, _, processor = tiny_tarsier
+    dataset = ConversationDataset([DatasetSpec(str(data_dir / "with_bad.jsonl"), str(data_dir))])
+    log = tmp_path / "skipped.jsonl"
+    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), dataset=dataset, skip_log=str(log))
+    batch = collator([dataset[i] for i in range(len(dataset))])
+    assert batch["input_ids"].shape[0] == 6  # the two bad samples were replaced by good ones
+    assert int(batch["skipped_samples"]) == 2  # the batch's own failures are known before replacements are drawn
+    reasons = [json.loads(line)["reason"] for line in log.read_text().splitlines()]
+    assert any("corrupt.mp4" in r and "not a readable video" in r for r in reasons)
+    assert any("missing.mp4" in r and "no such file" in r for r in reasons)
+
+    with pytest.raises(MediaError, match="missing.mp4"):
+        TarsierVideoCollator(processor, FramePolicy("uniform", [2]), fail_fast=True)([dataset[5]])
+
+    good = dataset[0]
+    length = len(collator.encode(good)["input_ids"])
+    strict = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), max_length=length - 1, on_too_long="error")
+    with pytest.raises(SampleTooLongError, match=f"{length} tokens.*max_length={length - 1}"):
+        strict([good])
+    text_only = {"idx": 7, "source": "t", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                                                        {"role": "assistant", "content": [{"type": "text", "text": "Yo"}]}]}
+    lenient = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), max_length=length - 1,
+                                   dataset=[good, text_only])  # good is mix_index 0: never drawn again
+    batch = lenient([good])
+    assert int(batch["skipped_too_long"]) == 1 and int(batch["num_frames"][0]) == 0
+
+
+def test_freezing_options_top_k_layers_and_lora_targets(tiny_tarsier, tmp_path):
+    from peft import get_peft_model
+
+    from train_sft import TarsierModelArguments, build_model, parse_llm_layers
+
+    folder, _, _ = tiny_tarsier
+    model, _, peft_config, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder)), str(tmp_path))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert peft_config is None and trainable and not any("vision_tower" in n or "projector" in n for n in trainable)
+    assert any("layers.0." in n for n in trainable) and any("embed_tokens" in n for n in trainable)
+
+    model, _, _, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder), train_llm_layers="1",
+                                                       train_projector=True), str(tmp_path))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("layers.1." in n for n in trainable) and not any("layers.0." in n for n in trainable)
+    assert any("multi_modal_projector" in n for n in trainable) and not any("vision_tower" in n for n in trainable)
+
+    model, _, peft_config, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder), use_lora=True),
+                                           str(tmp_path))
+    peft_model = get_peft_model(model, peft_config)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    with pytest.raises(ValueError, match="'all', 'none' or an integer"):
+        parse_llm_layers("top")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recipes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_recipes_carry_appendix_a_and_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from train_sft import make_parser
+
+    expected = {"stage1": (1000, 100000, 288 // 48, [8, 32], "random_segments"),
+                "stage2": (1500, 10000, 96 // 16, [8], "instruction")}
+    for stage, (warmup, steps, per_device, frames, sampling) in expected.items():
+        model_args, data_args, args = make_parser().parse_args_and_config(
+            ["--config", str(REPO / "recipes" / f"{stage}.yaml"), "--bf16", "false", "--use_cpu", "true"]
+        )
+        assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (2e-5, 0.9, 0.999, 1e-6)
+        assert (args.weight_decay, args.max_grad_norm, str(args.lr_scheduler_type.value)) == (0.01, 1.0, "cosine")
+        assert (args.warmup_steps, args.max_steps, args.per_device_train_batch_size) == (warmup, steps, per_device)
+        assert (data_args.num_frames, data_args.frame_sampling) == (frames, sampling)
+        assert (model_args.train_vision_tower, model_args.train_projector, model_args.train_llm_layers) == (
+            False, False, "all")
+    for name in ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"):
+        config = load_config_from_file(str(REPO / "recipes" / "accelerate" / f"{name}.yaml"))
+        assert config.mixed_precision == "bf16"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end: real runs of train_sft.py
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_NO_ADVISORY_WARNINGS="1", PYTHONWARNINGS="ignore")
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def _run(cmd, cwd, timeout=400):
+    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result
+
+
+def _common_args(data_dir, output_dir, data="with_bad.jsonl"):
+    return [
+        "--dataset_paths", str(data_dir / data), "--video_roots", str(data_dir),
+        "--frame_sampling", "random_segments", "--num_frames", "2", "3", "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "2", "--bf16", "false", "--use_cpu", "true", "--logging_steps", "1",
+        "--report_to", "none", "--dataloader_num_workers", "1", "--seed", "0", "--max_length", "256",
+    ]
+
+
+def _state(output_dir) -> dict:
+    return json.loads((Path(output_dir) / "trainer_state.json").read_text())
+
+
+def _tensors(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def distributed_run(tiny_tarsier, data_dir, tmp_path_factory):
+    """Two CPU processes through `accelerate launch`: 10 steps on the memorisation set plus two bad files."""
+    folder, _, _ = tiny_tarsier
+    output_dir = tmp_path_factory.mktemp("runs") / "full"
+    # `accelerate launch --cpu --num_processes 2` starts ONE process (its simple launcher expects mpirun); the
+    # torchrun launcher behind --multi_gpu starts two, which then pick gloo on CPU because of --use_cpu true.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(REPO / "train_sft.py"),
+           "--model_name_or_path", str(folder), "--max_steps", "10", "--save_steps", "5", "--learning_rate", "5e-3",
+           "--warmup_steps", "0", "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir)]
+    result = _run(cmd, cwd=tmp_path_factory.mktemp("cwd"))
+    return output_dir, result
+
+
+@pytest.mark.slow
+def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distributed_run, tiny_tarsier):
+    output_dir, result = distributed_run
+    folder, _, _ = tiny_tarsier
+    state = _state(output_dir)
+    logs = [entry for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 10 and len(logs) == 10
+    # Two ranks share the 6 rows (3 each = 2 batches of <= 2), so 10 steps are 5 epochs; one process would need
+    # 3 batches an epoch and reach 3.33.
+    assert state["log_history"][-1]["epoch"] == pytest.approx(5.0)
+    losses = [entry["loss"] for entry in logs]
+    assert np.mean(losses[-3:]) < losses[0] - 1.0, losses
+    assert logs[-1]["mean_token_accuracy"] > logs[0]["mean_token_accuracy"]
+
+    # Bad files: never fatal, counted in the logs, and named in the skip log with their cause.
+    assert logs[-1]["skipped_samples"] >= 2
+    skipped = [json.loads(line) for line in (output_dir / "skipped_samples.jsonl").read_text().splitlines()]
+    assert {s["idx"] for s in skipped} == {100, 101} and {s["rank"] for s in skipped} <= {0, 1}
+    assert "skipping sample idx=10" in result.stderr
+
+    before, after = _tensors(folder), _tensors(output_dir)
+    frozen = [k for k in before if "vision_tower" in k or "multi_modal_projector" in k]
+    trained = [k for k in before if "language_model.layers" in k]
+    assert frozen and trained
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), key
+    assert sum(not torch.equal(before[k], after[k]) for k in trained) == len(trained)
+
+    assert (output_dir / "checkpoint-5").is_dir() and (output_dir / "checkpoint-10").is_dir()
+    from training.model_card import prepare_hub_folder
+
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: video-text-to-text" in card and "random_segments" in card
+    files = prepare_hub_folder(output_dir, card)
+    for name in ("config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
+                 "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "README.md"):
+        assert name in files
+    assert not any(f.startswith("checkpoint-") or f.startswith("skipped") for f in files)
+
+
+@pytest.mark.slow
+def test_resume_continues_from_saved_step(distributed_run, data_dir, tmp_path):
+    output_dir, _ = distributed_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(output_dir, resumed)
+    shutil.rmtree(resumed / "checkpoint-10")
+    cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(resumed / "checkpoint-5"),
+           "--max_steps", "7", "--save_steps", "5", "--learning_rate", "5e-3", "--resume_from_checkpoint", "last",
+           "--gradient_checkpointing", "false", *_common_args(data_dir, resumed)]
+    _run(cmd, cwd=tmp_path)
+    state = _state(resumed)
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 7
+    assert steps == [1, 2, 3, 4, 5, 6, 7]  # history up to 5 restored from the checkpoint, then 6 and 7 trained
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder, video = sys.argv[1], sys.argv[2]
+    assert not any("modeling_tarsier" in m for m in sys.modules)
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    conversation = [{"role": "user", "content": [{"type": "video", "path": video},
+                                                 {"type": "text", "text": "Describe the video."}]}]
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=text, videos=[video], num_frames=2, add_special_tokens=False)
+    out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1]:]
+    print(json.dumps({"module": type(model).__module__, "new_tokens": len(new),
+                      "text": processor.tokenizer.decode(new, skip_special_tokens=True)}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_checkpoint_loads_with_remote_code_in_fresh_process_and_generates(distributed_run, data_dir, tmp_path):
+    output_dir, _ = distributed_run
+    script = tmp_path / "load.py"
+    script.write_text(FRESH_PROCESS)
+    result = _run([sys.executable, str(script), str(output_dir), str(data_dir / "videos/red.mp4")], cwd=tmp_path)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["module"].startswith("transformers_modules")
+    assert 1 <= report["new_tokens"] <= 6
+
+
+LORA_MERGE = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    base_dir, adapter_dir, merged_dir = sys.argv[1:4]
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (1, 12))
+    base = AutoModelForImageTextToText.from_pretrained(base_dir, trust_remote_code=True)
+    with torch.no_grad():
+        base_logits = base(input_ids=ids).logits
+    peft_model = PeftModel.from_pretrained(base, adapter_dir)
+    with torch.no_grad():
+        adapter_logits = peft_model(input_ids=ids).logits
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(merged_dir)
+    AutoProcessor.from_pretrained(adapter_dir, trust_remote_code=True).save_pretrained(merged_dir)
+    reloaded = AutoModelForImageTextToText.from_pretrained(merged_dir, trust_remote_code=True)
+    with torch.no_grad():
+        merged_logits = reloaded(input_ids=ids).logits
+    print(json.dumps({"adapter_changes": float((adapter_logits - base_logits).abs().max()),
+                      "merge_error": float((merged_logits - adapter_logits).abs().max())}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_lora_run_saves_adapter_that_merges_and_reloads(tiny_tarsier, data_dir, tmp_path):
+    folder, _, _ = tiny_tarsier
+    output_dir = tmp_path / "lora"
+    cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(folder), "--use_lora", "true",
+           "--lora_r", "4", "--max_steps", "3", "--save_steps", "100", "--learning_rate", "1e-2",
+           "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir, data="good.jsonl")]
+    _run(cmd, cwd=tmp_path)
+    adapter = json.loads((output_dir / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(folder)
+    from safetensors.torch import load_file
+
+    keys = list(load_file(str(output_dir / "adapter_model.safetensors")))
+    assert keys and all("language_model" in k and "lora_" in k for k in keys)  # LLM only: no vision, no projector
+    script = tmp_path / "merge.py"
+    script.write_text(LORA_MERGE)
+    result = _run([sys.executable, str(script), str(folder), str(output_dir), str(tmp_path / "merged")], cwd=tmp_path)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["adapter_changes"] > 1e-4
+    assert report["merge_error"] < 1e-4
