@@ -1,0 +1,1 @@
+"""Evaluation: AutoDQ and CIDEr `evaluate` modules and the benchmark runners (`python -m eval.<runner>`)."""
