@@ -1,0 +1,167 @@
+"""Zero-shot video captioning (MSVD, MSR-VTT, VATEX) scored with the CIDEr module (`eval/cider`).
+
+    python -m eval.captioning --checkpoint path/to/tarsier --format msrvtt --annotations MSRVTT/test_videodatainfo.json \
+        --videos MSRVTT/videos --output_dir runs/msrvtt_caption
+
+Readers:
+- `msvd`: `AllVideoDescriptions.txt` (`<video name> <caption>` per line, `#` comments) or a generic JSON;
+- `msrvtt`: `{"videos": [{"video_id", "split"}], "sentences": [{"video_id", "caption"}]}` (`--split test`);
+- `vatex`: `[{"videoID", "enCap": [...]}]`;
+- `generic`: `{video: [captions]}` or `[{"video", "captions"}]`.
+The reported CIDEr is the module's corpus score (document frequencies from the evaluated references, as
+coco-caption); Table 5b prints it x100.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.common import ModelArguments
+from eval.inference import VideoRequest, get_state, run_inference
+from eval.prompts import caption_prompt, frames_for
+from eval.results import write_json
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("msvd", "msrvtt", "vatex", "generic")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif")
+CIDER_MODULE = Path(__file__).resolve().parent / "cider"
+
+
+@dataclass
+class CaptionSample:
+    id: str
+    video: str
+    references: list[str]
+
+
+def _find_video(videos: Path, name: str) -> str:
+    for candidate in [videos / name] + [videos / f"{name}{ext}" for ext in VIDEO_EXTENSIONS]:
+        if candidate.is_file():
+            return str(candidate)
+    return str(videos / f"{name}.mp4")
+
+
+def load_references(fmt: str, annotations: str, split: str | None = "test") -> dict[str, list[str]]:
+    """`{video name: [reference captions]}` in file order."""
+    fmt = fmt.lower().replace("-", "")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown captioning format {fmt!r}; expected one of {FORMATS}")
+    path = Path(annotations)
+    refs: dict[str, list[str]] = defaultdict(list)
+    if fmt == "msvd" and path.suffix == ".txt":
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            name, _, caption = line.strip().partition(" ")
+            if not caption:
+                raise ValueError(f"{path}:{number}: expected '<video name> <caption>'")
+            refs[name].append(caption)
+        return dict(refs)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if fmt == "msrvtt":
+        if not isinstance(data, dict) or "sentences" not in data:
+            raise ValueError(f"{path}: expected MSR-VTT's {{'videos': [...], 'sentences': [...]}}")
+        keep = None
+        if split and "videos" in data:
+            keep = {v["video_id"] for v in data["videos"] if v.get("split", split) == split}
+        for sentence in data["sentences"]:
+            if keep is None or sentence["video_id"] in keep:
+                refs[sentence["video_id"]].append(sentence["caption"])
+        return dict(refs)
+    if fmt == "vatex":
+        for number, item in enumerate(data):
+            if "videoID" not in item or "enCap" not in item:
+                raise ValueError(f"{path}[{number}]: expected 'videoID' and 'enCap'")
+            refs[item["videoID"]].extend(item["enCap"])
+        return dict(refs)
+    if isinstance(data, dict):
+        return {str(k): [str(c) for c in v] for k, v in data.items()}
+    for number, item in enumerate(data):
+        if "video" not in item or "captions" not in item:
+            raise ValueError(f"{path}[{number}]: expected 'video' and 'captions'")
+        refs[str(item["video"])].extend(item["captions"])
+    return dict(refs)
+
+
+def load_samples(fmt: str, annotations: str, videos: str, split: str | None = "test") -> list[CaptionSample]:
+    references = load_references(fmt, annotations, split)
+    empty = [k for k, v in references.items() if not v]
+    if empty:
+        raise ValueError(f"{annotations}: videos without reference captions: {empty[:5]}")
+    return [CaptionSample(name, _find_video(Path(videos), name), caps) for name, caps in references.items()]
+
+
+def score_cider(samples: list[CaptionSample], predictions: dict[str, str], document_frequencies=None) -> dict:
+    """Corpus CIDEr-D over every sample; a sample without a prediction scores as an empty caption."""
+    import evaluate
+
+    metric = evaluate.load(str(CIDER_MODULE))
+    result = metric.compute(
+        predictions=[predictions.get(s.id, "") for s in samples],
+        references=[s.references for s in samples],
+        document_frequencies=document_frequencies,
+    )
+    return result
+
+
+@dataclass
+class CaptioningArguments:
+    format: str = field(metadata={"help": f"One of {FORMATS}."})
+    annotations: str = field(metadata={"help": "Reference caption file."})
+    videos: str = field(metadata={"help": "Video folder."})
+    output_dir: str = field(metadata={"help": "Folder for predictions.jsonl and results.json."})
+    split: str | None = field(default="test", metadata={"help": "MSR-VTT split to keep."})
+    prompt: str = field(default="caption-v1", metadata={"help": "eval.prompts template name or the prompt text."})
+    document_frequencies: str | None = field(default=None, metadata={"help": "Saved CIDEr document frequencies."})
+    model_name: str | None = field(default=None, metadata={"help": "Row name in Table 5 (default: checkpoint)."})
+
+
+def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, model=None, processor=None,
+                        progress: bool = True) -> dict | None:
+    state = get_state()
+    samples = load_samples(data.format, data.annotations, data.videos, data.split)
+    if model_args.limit is not None:
+        samples = samples[: model_args.limit]
+    frames = model_args.num_frames or frames_for(model_args.model_preset, data.format)
+    settings = model_args.inference_settings(frames)
+    prompt = caption_prompt(data.prompt)
+    requests = [VideoRequest(s.id, s.video, prompt) for s in samples]
+    output_dir = Path(data.output_dir)
+    outputs = run_inference(requests, output_dir / "predictions.jsonl", settings, model_args.batch_size,
+                            model=model, processor=processor, progress=progress, state=state)
+    if not state.is_main_process:
+        return None
+    predictions = {k: r["prediction"] for k, r in outputs.items() if "prediction" in r}
+    cider = score_cider(samples, predictions, data.document_frequencies)
+    results = {
+        "benchmark": data.format, "task": "captioning", "model": data.model_name or str(model_args.checkpoint),
+        "checkpoint": str(model_args.checkpoint), "frames": settings.num_frames, "prompt": prompt,
+        "run": settings.to_dict(), "judge": None, "metric": "CIDEr-D (eval/cider)",
+        "cider": cider["cider"], "n": len(samples), "n_predictions": len(predictions),
+        "document_frequency_source": cider.get("document_frequency_source"),
+        "unreadable_videos": [{"id": k, "error": r["error"]} for k, r in outputs.items() if "error" in r],
+        "samples": [{"id": s.id, "prediction": predictions.get(s.id), "cider": score}
+                    for s, score in zip(samples, cider["scores"])],
+    }
+    write_json(output_dir / "results.json", results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import HfArgumentParser
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    data, model_args = HfArgumentParser((CaptioningArguments, ModelArguments)).parse_args_into_dataclasses(args=argv)
+    results = evaluate_captioning(data, model_args)
+    if results is not None:
+        print(f"{data.format}: CIDEr {100 * results['cider']:.1f} (n={results['n']}, "
+              f"{len(results['unreadable_videos'])} unreadable videos)")
+
+
+if __name__ == "__main__":
+    main()

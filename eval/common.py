@@ -1,0 +1,81 @@
+"""Command-line pieces shared by the benchmark runners: model/generation options and judge options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from eval.inference import GenerationSettings, InferenceSettings
+
+
+@dataclass
+class ModelArguments:
+    """Which checkpoint runs and how it generates."""
+
+    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
+    model_preset: str = field(default="tarsier-7b", metadata={"help": "Frames/prompt preset of eval.prompts (§5.1)."})
+    num_frames: int | None = field(default=None, metadata={"help": "Frames per video (default: the preset's)."})
+    batch_size: int = field(default=4, metadata={"help": "Videos per generate call per process."})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Generation length limit."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width."})
+    seed: int = field(default=0, metadata={"help": "Base seed; batch i uses seed + i."})
+    limit: int | None = field(default=None, metadata={"help": "Only the first N samples (smoke runs)."})
+
+    def inference_settings(self, num_frames: int | None, fps: float | None = None) -> InferenceSettings:
+        return InferenceSettings(
+            checkpoint=self.checkpoint,
+            num_frames=num_frames if num_frames is not None else 8,
+            sampling="fps" if num_frames is None and fps is not None else "uniform",
+            fps=fps if num_frames is None else None,
+            system_prompt=self.system_prompt,
+            dtype=self.dtype,
+            generation=GenerationSettings(
+                max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
+                top_p=self.top_p, num_beams=self.num_beams, seed=self.seed,
+            ),
+        )
+
+
+@dataclass
+class JudgeArguments:
+    """The LLM judge (AutoDQ and the Video-ChatGPT QA protocol share its client, cache and retries)."""
+
+    judge: str = field(default="openai", metadata={"help": "openai (any OpenAI-compatible endpoint) or transformers."})
+    judge_model: str | None = field(default=None, metadata={"help": "Judge model name (default gpt-3.5-turbo-0125)."})
+    judge_base_url: str | None = field(default=None, metadata={"help": "e.g. http://127.0.0.1:8000/v1"})
+    judge_api_key: str | None = field(default=None, metadata={"help": "Defaults to $OPENAI_API_KEY."})
+    judge_endpoint_kind: str | None = field(default=None, metadata={"help": "Recorded label: openai, vllm, ..."})
+    judge_preset: str = field(default="robust", metadata={"help": "AutoDQ preset: robust or official."})
+    judge_max_tokens: int | None = field(default=None, metadata={"help": "Override the preset's max tokens."})
+    judge_max_parse_attempts: int | None = field(default=None, metadata={"help": "Re-asks after unreadable answers."})
+    judge_cache: str | None = field(default=None, metadata={"help": "SQLite judge cache (default ~/.cache/tarsier)."})
+    judge_concurrency: int = field(default=4, metadata={"help": "Judge calls in flight."})
+    judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per judge request."})
+    judge_max_retries: int = field(default=6, metadata={"help": "Attempts per judge request on transient errors."})
+    judge_device: str = field(default="cpu", metadata={"help": "Device of an in-process transformers judge."})
+    skip_scoring: bool = field(default=False, metadata={"help": "Only generate; score later."})
+
+    def autodq_config(self):
+        from eval.autodq.scoring import get_config
+
+        overrides = {}
+        if self.judge_max_tokens is not None:
+            overrides["max_tokens"] = self.judge_max_tokens
+        if self.judge_max_parse_attempts is not None:
+            overrides["max_parse_attempts"] = self.judge_max_parse_attempts
+        return get_config(self.judge_preset, **overrides)
+
+    def build(self, config=None):
+        """A `ChatJudge` (eval.autodq.judge) with the persistent cache and bounded retries."""
+        from eval.autodq.pipeline import build_judge
+
+        config = config or self.autodq_config()
+        return build_judge(
+            self.judge, config, judge_model=self.judge_model, base_url=self.judge_base_url,
+            api_key=self.judge_api_key, endpoint_kind=self.judge_endpoint_kind, timeout=self.judge_timeout,
+            max_retries=self.judge_max_retries, cache_path=self.judge_cache, device=self.judge_device,
+        )

@@ -1,0 +1,236 @@
+"""DREAM-1K (Tarsier paper §4.1, §5.1): describe every video, score with AutoDQ, report Table 3 and Figure 5.
+
+    python -m eval.dream1k --checkpoint path/to/tarsier --annotations ../shared/data/DREAM-1K.jsonl \
+        --videos DREAM-1K/video --output_dir runs/tarsier-7b-dream1k \
+        --judge openai --judge_base_url http://127.0.0.1:8000/v1 --judge_model my-judge
+    accelerate launch --multi_gpu --num_processes 8 -m eval.dream1k ...   # sharded generation
+
+`--annotations` is a DREAM-1K JSONL file or a Hub dataset id / local dataset folder (read with `datasets`).
+Videos are found in `--videos` by the record's `video_file` (when it is a real path) or by `idx` / `vid` with
+any video extension (`--video_template` overrides, e.g. `"{idx}.mp4"`). Videos that are missing or unreadable
+are listed in the results and left out of the scores; the run goes on.
+
+Output folder: `predictions.jsonl` (appended as generated; a re-run resumes), `autodq_samples.jsonl`
+(per-video events and labels), `results.json` (scores + checkpoint, frames, prompt, generation and judge
+settings), `table3.md` and `figure5.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eval.common import JudgeArguments, ModelArguments
+from eval.inference import VideoRequest, get_state, run_inference
+from eval.prompts import get_preset
+from eval.report import category_key, plot_complexity, table3_markdown
+from eval.results import append_jsonl, write_json
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER = "<placeholder>"
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
+REQUIRED_FIELDS = ("idx", "dataset", "text", "extra_info")
+
+
+@dataclass
+class Dream1kArguments:
+    """Where DREAM-1K and the outputs are."""
+
+    videos: str = field(metadata={"help": "Folder holding the DREAM-1K videos."})
+    output_dir: str = field(metadata={"help": "Folder for predictions, scores, table and figure."})
+    annotations: str = field(
+        default=str(Path(os.environ.get("TARSIER_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+                    / "data" / "DREAM-1K.jsonl"),
+        metadata={"help": "DREAM-1K JSONL file, or a Hub dataset id / dataset folder."},
+    )
+    split: str = field(default="test", metadata={"help": "Split when --annotations is a dataset id."})
+    video_template: str | None = field(default=None, metadata={"help": "Video path pattern, e.g. '{idx}.mp4'."})
+    prompt: str | None = field(default=None, metadata={"help": "Override the preset's description prompt."})
+    model_name: str | None = field(default=None, metadata={"help": "Row name in Table 3 (default: checkpoint)."})
+
+
+def load_annotations(source: str | os.PathLike, split: str = "test") -> list[dict]:
+    """DREAM-1K records from a JSONL file or a dataset (Hub id or local folder) loaded with `datasets`."""
+    source = str(source)
+    path = Path(source)
+    if path.is_file():
+        records = []
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    elif path.suffix in (".jsonl", ".json") or source.startswith((".", "/", "~")) and not path.exists():
+        raise FileNotFoundError(f"{source}: no such DREAM-1K annotation file")
+    else:
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(source, split=split)
+        except Exception as error:  # noqa: BLE001 - re-raised with the source named
+            raise FileNotFoundError(f"{source}: neither a DREAM-1K JSONL file nor a loadable dataset ({error})") from error
+        records = [dict(row) for row in dataset]
+    for number, record in enumerate(records):
+        missing = [k for k in REQUIRED_FIELDS if k not in record]
+        if missing:
+            raise ValueError(f"{source}: record {number} (idx={record.get('idx')!r}) lacks {missing}")
+        if not isinstance(record["text"], dict) or "response" not in record["text"]:
+            raise ValueError(f"{source}: record {number} (idx={record['idx']}) has no text.response (the reference)")
+    return records
+
+
+def find_video(record: dict, videos: str | os.PathLike, template: str | None = None) -> Path | None:
+    """The video file of a DREAM-1K record under `videos`, or None when no candidate exists."""
+    videos = Path(videos)
+    candidates = []
+    if template:
+        fields = {**record, **(record.get("extra_info") or {}), "category": category_key(record.get("dataset"))}
+        candidates.append(videos / template.format(**fields))
+    video_file = record.get("video_file")
+    if video_file and video_file != PLACEHOLDER:
+        candidates += [Path(video_file), videos / video_file, videos / Path(video_file).name]
+    for key in ("idx", "vid"):
+        if record.get(key) is not None:
+            candidates += [videos / f"{record[key]}{ext}" for ext in VIDEO_EXTENSIONS]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def build_requests(records: list[dict], videos: str, prompt: str, template: str | None = None):
+    """`(requests, missing)`: one request per record whose video exists; `missing` lists the others."""
+    requests, missing = [], []
+    for record in records:
+        video = find_video(record, videos, template)
+        if video is None:
+            missing.append({"id": str(record["idx"]), "video_file": record.get("video_file"), "dataset": record["dataset"]})
+            continue
+        requests.append(VideoRequest(str(record["idx"]), str(video), prompt, {"dataset": record["dataset"]}))
+    return requests, missing
+
+
+def score(records: list[dict], predictions: dict[str, str], judge_args: JudgeArguments, judge=None) -> dict:
+    """AutoDQ over the records that have a prediction (eval.autodq pipeline: cache, retries, macro average)."""
+    from eval.autodq.pipeline import run_autodq, samples_from_dream1k
+
+    scored = [r for r in records if str(r["idx"]) in predictions]
+    config = judge_args.autodq_config()
+    judge = judge or judge_args.build(config)
+    samples = samples_from_dream1k(scored, [predictions[str(r["idx"])] for r in scored])
+    result = run_autodq(samples, judge, config, concurrency=judge_args.judge_concurrency)
+    for sample in result["samples"]:
+        sample["id"] = str(scored[sample["index"]]["idx"])
+    return result
+
+
+def summarize_scores(result: dict) -> dict:
+    """The numbers Table 3 and Figure 5 need, from an AutoDQ result."""
+    macro = result.get("macro")
+    overall = {k: result[k] for k in ("f1", "precision", "recall")}
+    return {
+        "overall": overall,
+        "average": result["headline"],
+        "micro": result["micro"],
+        "per_category": (macro or {}).get("per_category", {}),
+        "breakdowns": result["breakdowns"],
+        "n_scored": result["n_scored"],
+        "n_judge_failed": result["n_failed"],
+        "judge_failed": result["failed"],
+        "bootstrap_ci": result.get("bootstrap_ci"),
+    }
+
+
+def evaluate_dream1k(
+    data: Dream1kArguments, model_args: ModelArguments, judge_args: JudgeArguments, model=None, processor=None,
+    judge=None, progress: bool = True,
+) -> dict | None:
+    """Generate, score and report. Returns the results dict on the main process (None on the others)."""
+    state = get_state()
+    preset = get_preset(model_args.model_preset)
+    prompt = data.prompt or preset.description_prompt
+    frames = model_args.num_frames if model_args.num_frames is not None else preset.num_frames
+    settings = model_args.inference_settings(frames, fps=preset.fps)
+    records = load_annotations(data.annotations, data.split)
+    if model_args.limit is not None:
+        records = records[: model_args.limit]
+    requests, missing = build_requests(records, data.videos, prompt, data.video_template)
+    if missing and state.is_main_process:
+        logger.warning("%d of %d DREAM-1K videos are missing from %s (listed in results.json)", len(missing), len(records), data.videos)
+
+    output_dir = Path(data.output_dir)
+    predictions_path = output_dir / "predictions.jsonl"
+    outputs = run_inference(
+        requests, predictions_path, settings, batch_size=model_args.batch_size, model=model, processor=processor,
+        progress=progress, state=state,
+    )
+    if not state.is_main_process:
+        return None
+    predictions = {k: r["prediction"] for k, r in outputs.items() if "prediction" in r}
+    failed_videos = [{"id": k, "video": r["video"], "error": r["error"]} for k, r in outputs.items() if "error" in r]
+    results = {
+        "benchmark": "dream1k",
+        "model": data.model_name or str(model_args.checkpoint),
+        "model_preset": preset.to_dict(),
+        "checkpoint": str(model_args.checkpoint),
+        "frames": settings.num_frames if settings.sampling != "fps" else f"{settings.fps} fps",
+        "prompt": prompt,
+        "run": settings.to_dict(),
+        "annotations": str(data.annotations),
+        "videos": str(data.videos),
+        "n_annotations": len(records),
+        "n_predictions": len(predictions),
+        "missing_videos": missing,
+        "failed_videos": failed_videos,
+        "files": {"predictions": str(predictions_path)},
+    }
+    if not judge_args.skip_scoring and predictions:
+        result = score(records, predictions, judge_args, judge)
+        samples_path = output_dir / "autodq_samples.jsonl"
+        samples_path.unlink(missing_ok=True)
+        append_jsonl(samples_path, result["samples"])
+        results["judge"] = result["judge"]
+        results["autodq"] = {"preset": result["preset"], "config": result["config"], "calls": result["calls"]}
+        results["scores"] = summarize_scores(result)
+        table = table3_markdown([(results["model"], results["scores"])])
+        (output_dir / "table3.md").write_text(table)
+        plot_complexity([(results["model"], results["scores"]["breakdowns"])], output_dir / "figure5.png")
+        results["files"].update(
+            autodq_samples=str(samples_path), table3=str(output_dir / "table3.md"), figure5=str(output_dir / "figure5.png")
+        )
+    else:
+        results["judge"] = {"skipped": True, **{k: v for k, v in asdict(judge_args).items() if k != "judge_api_key"}}
+    write_json(output_dir / "results.json", results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import HfArgumentParser
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = HfArgumentParser((Dream1kArguments, ModelArguments, JudgeArguments))
+    data, model_args, judge_args = parser.parse_args_into_dataclasses(args=argv)
+    results = evaluate_dream1k(data, model_args, judge_args)
+    if results is None:
+        return
+    if "scores" in results:
+        print(Path(results["files"]["table3"]).read_text())
+    print(
+        f"{results['n_predictions']}/{results['n_annotations']} videos described; "
+        f"{len(results['missing_videos'])} missing, {len(results['failed_videos'])} unreadable "
+        f"-> {Path(data.output_dir) / 'results.json'}"
+    )
+    for item in results["failed_videos"]:
+        print(f"  unreadable: {item['error']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

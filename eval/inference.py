@@ -1,0 +1,429 @@
+"""Batched, sharded, resumable video -> text generation with a Tarsier checkpoint.
+
+    # one process
+    python -m eval.inference --checkpoint path/to/tarsier --requests requests.jsonl --output predictions.jsonl
+    # several processes (GPUs, or CPU processes with the gloo backend)
+    accelerate launch --multi_gpu --num_processes 2 -m eval.inference --checkpoint ... --output ...
+
+`requests.jsonl` holds one `{"id": ..., "video": path, "prompt": text}` per line. Results are appended to
+`--output` as they are produced (one JSON object per sample, see `RESULT_FIELDS`), so a killed run started again
+with the same arguments skips every finished sample and redoes only the rest.
+
+Determinism across process counts: the requests are cut into batches once, in input order, and batch `i` goes to
+process `i % num_processes` with its own seed `seed + i`. Every batch therefore holds the same samples, padded
+the same way and sampled with the same seed whatever the number of processes, so 2 processes write the same
+predictions as 1 (the file order may differ; readers key on `id`).
+
+Note on `accelerate launch` without a GPU: in accelerate 1.15, `--cpu --num_processes 2` starts a single process
+unless MPI is set up; `--multi_gpu --num_processes 2` starts two through torch.distributed and this module then
+uses the gloo backend on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from eval.results import append_jsonl, first_by_id, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+RESULT_FIELDS = ("id", "video", "prompt", "prediction", "num_frames", "frame_indices", "meta", "run")
+VIDEO_PLACEHOLDER = "<video>"
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding options passed to `model.generate` (recorded with every result)."""
+
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    num_beams: int = 1
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    def generate_kwargs(self) -> dict:
+        kwargs = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "num_beams": self.num_beams,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        return kwargs
+
+
+@dataclass
+class InferenceSettings:
+    """Everything that decides what a checkpoint writes for a video (recorded in every result as `run`).
+
+    Attributes:
+        checkpoint: model folder or Hub id.
+        num_frames: frames sampled per video (policy `uniform`: first and last included, as §5.1).
+        sampling: frame sampling policy of the processor (`uniform` or `fps`).
+        fps / max_frames: parameters of the `fps` policy.
+        system_prompt: optional system message put before every user turn.
+        dtype: `auto` (bfloat16 on GPU, float32 on CPU), `float32`, `bfloat16` or `float16`.
+        generation: decoding options.
+    """
+
+    checkpoint: str
+    num_frames: int = 8
+    sampling: str = "uniform"
+    fps: float | None = None
+    max_frames: int = 64
+    system_prompt: str | None = None
+    dtype: str = "auto"
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["checkpoint"] = str(self.checkpoint)
+        return data
+
+
+@dataclass
+class VideoRequest:
+    """One sample to run: a video, the user prompt (a leading `<video>` is optional) and fields to carry along."""
+
+    id: str
+    video: str
+    prompt: str
+    meta: dict = field(default_factory=dict)
+
+
+def plan_batches(requests: Sequence[VideoRequest], batch_size: int) -> list[list[VideoRequest]]:
+    """Cut requests into consecutive batches of `batch_size` (the last may be shorter), in input order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ids = [str(r.id) for r in requests]
+    if len(set(ids)) != len(ids):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"request ids must be unique; repeated: {duplicates}")
+    return [list(requests[i : i + batch_size]) for i in range(0, len(requests), batch_size)]
+
+
+def shard(batches: Sequence[Any], rank: int, world_size: int) -> list[tuple[int, Any]]:
+    """`(global_index, batch)` pairs this process runs: every `world_size`-th batch starting at `rank`."""
+    return [(i, batches[i]) for i in range(rank, len(batches), world_size)]
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
+
+
+def load_model_and_processor(checkpoint: str | os.PathLike, dtype: str = "auto", device: str | torch.device = "cpu"):
+    """Load a Tarsier checkpoint (remote code) and its processor, ready for generation on `device`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    device = torch.device(device)
+    checkpoint = str(checkpoint)
+    if not Path(checkpoint).exists() and (checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1):
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint folder (and not a Hub id of the form org/name)")
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(
+        checkpoint, trust_remote_code=True, dtype=resolve_dtype(dtype, device)
+    )
+    model.to(device).eval()
+    return model, processor
+
+
+class VideoTextGenerator:
+    """Turns batches of `VideoRequest`s into text with a Tarsier model and processor.
+
+    Each request is encoded on its own (so one unreadable video fails alone, with its reason), then the batch
+    is left-padded and run through `model.generate` with the KV cache.
+    """
+
+    def __init__(self, model, processor, settings: InferenceSettings):
+        self.model = model
+        self.processor = processor
+        self.settings = settings
+        tokenizer = processor.tokenizer
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_token_id = tokenizer.pad_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def conversation(self, prompt: str) -> list[dict]:
+        text = prompt.replace(VIDEO_PLACEHOLDER, "").strip()
+        messages = []
+        if self.settings.system_prompt:
+            messages.append({"role": "system", "content": [{"type": "text", "text": self.settings.system_prompt}]})
+        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]})
+        return messages
+
+    def encode(self, request: VideoRequest) -> dict:
+        """One request -> `input_ids (L,)`, `pixel_values (n, 3, S, S)`, `frame_indices (n,)`. Raises on bad video."""
+        if not os.path.isfile(request.video):
+            raise FileNotFoundError(f"{request.video}: no such video file")
+        settings = self.settings
+        sample = self.processor.load_video(
+            request.video,
+            num_frames=settings.num_frames,
+            policy=settings.sampling,
+            fps=settings.fps,
+            max_frames=settings.max_frames,
+        )
+        text = self.processor.apply_chat_template(
+            self.conversation(request.prompt), add_generation_prompt=True, tokenize=False
+        )
+        # The frames are already sampled: hand them over as an array and keep all of them.
+        encoded = self.processor(
+            text=text, videos=[sample.frames], num_frames=len(sample.frames), sampling="uniform",
+            padding=False, return_tensors="pt",
+        )
+        return {
+            "input_ids": encoded["input_ids"][0],
+            "pixel_values": encoded["pixel_values"],
+            "frame_indices": [int(i) for i in sample.indices],
+        }
+
+    def collate(self, encoded: list[dict]) -> dict:
+        """Left-pad encoded samples into `input_ids (B, L)`, `attention_mask (B, L)`, `pixel_values (F, 3, S, S)`,
+        `num_frames (B,)`."""
+        length = max(len(e["input_ids"]) for e in encoded)
+        input_ids = torch.full((len(encoded), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
+        for row, item in enumerate(encoded):
+            n = len(item["input_ids"])
+            input_ids[row, length - n :] = item["input_ids"]
+            attention_mask[row, length - n :] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": torch.cat([e["pixel_values"] for e in encoded]),
+            "num_frames": torch.tensor([len(e["pixel_values"]) for e in encoded], dtype=torch.long),
+        }
+
+    @torch.inference_mode()
+    def generate(self, batch: dict, seed: int) -> list[str]:
+        """Generate for a collated batch; returns the decoded new text of every row."""
+        device = self.device
+        dtype = next(self.model.parameters()).dtype
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        torch.manual_seed(seed)
+        output = self.model.generate(
+            **inputs, pad_token_id=self.pad_token_id, **self.settings.generation.generate_kwargs()
+        )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        return [t.strip() for t in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def run_batch(self, requests: list[VideoRequest], seed: int) -> list[dict]:
+        """Records (predictions and per-video errors) for one batch, in request order."""
+        run = self.settings.to_dict()
+        encoded, records = [], {}
+        for request in requests:
+            try:
+                encoded.append((request, self.encode(request)))
+            except Exception as error:  # noqa: BLE001 - any reader failure is reported per video, with its reason
+                records[request.id] = error_record(request, error, run)
+        if encoded:
+            texts = self.generate(self.collate([e for _, e in encoded]), seed)
+            for (request, item), text in zip(encoded, texts):
+                records[request.id] = {
+                    "id": request.id,
+                    "video": request.video,
+                    "prompt": request.prompt,
+                    "prediction": text,
+                    "num_frames": len(item["frame_indices"]),
+                    "frame_indices": item["frame_indices"],
+                    "meta": request.meta,
+                    "run": run,
+                }
+        return [records[r.id] for r in requests]
+
+
+def error_record(request: VideoRequest, error: BaseException, run: dict) -> dict:
+    reason = str(error) or type(error).__name__
+    if request.video not in reason:
+        reason = f"{request.video}: {reason}"
+    return {"id": request.id, "video": request.video, "prompt": request.prompt, "error": reason,
+            "error_type": type(error).__name__, "meta": request.meta, "run": run}
+
+
+def completed(records: Iterable[dict]) -> dict[str, dict]:
+    """`{id: record}` of finished samples (records with a prediction), first one per id."""
+    return first_by_id(r for r in records if "prediction" in r)
+
+
+def check_same_run(path: str | os.PathLike, done: dict[str, dict], run: dict) -> None:
+    """Refuse to resume into a file written with other settings: results from two setups would mix silently."""
+    for record in done.values():
+        previous = record.get("run")
+        if previous != run:
+            keys = sorted(k for k in set(run) | set(previous or {}) if (previous or {}).get(k) != run.get(k))
+            raise ValueError(
+                f"{path}: holds results made with different settings ({', '.join(keys)} differ, e.g. "
+                f"{keys[0]}={(previous or {}).get(keys[0])!r} there vs {run.get(keys[0])!r} now); "
+                "write to a new --output file or delete this one"
+            )
+        return
+
+
+def get_state():
+    """accelerate's process state; on a machine without CUDA, processes talk through gloo."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def run_inference(
+    requests: Sequence[VideoRequest],
+    output: str | os.PathLike,
+    settings: InferenceSettings,
+    batch_size: int = 4,
+    model=None,
+    processor=None,
+    progress: bool = True,
+    state=None,
+) -> dict[str, dict]:
+    """Generate for every request not yet finished in `output`, sharded over the processes of this launch.
+
+    Args:
+        requests: the samples; their ids must be unique.
+        output: JSONL file the records are appended to (created if missing; resumed if present).
+        settings: checkpoint, frames and generation settings; a resume with other settings is refused.
+        batch_size: samples per `generate` call in each process.
+        model, processor: already loaded objects (else loaded from `settings.checkpoint`).
+        progress: show a tqdm bar on the main process.
+        state: an accelerate `PartialState` (created when None).
+
+    Returns:
+        `{id: record}` for every request, read back from `output` after all processes finished: predictions,
+        or the latest error for samples whose video could not be read.
+    """
+    from tqdm.auto import tqdm
+
+    state = state or get_state()
+    output = Path(output)
+    run = settings.to_dict()
+    done = completed(read_jsonl(output))
+    check_same_run(output, done, run)
+
+    batches = plan_batches(list(requests), batch_size)
+    todo = []
+    for index, batch in shard(batches, state.process_index, state.num_processes):
+        remaining = [r for r in batch if str(r.id) not in done]
+        if remaining:
+            todo.append((index, remaining))
+    if todo:
+        if model is None or processor is None:
+            model, processor = load_model_and_processor(settings.checkpoint, settings.dtype, state.device)
+        generator = VideoTextGenerator(model, processor, settings)
+        bar = tqdm(
+            total=sum(len(b) for _, b in todo), desc=f"generate [{state.process_index}]", unit="video",
+            disable=not progress or not state.is_main_process, file=sys.stderr,
+        )
+        for index, batch in todo:
+            records = generator.run_batch(batch, seed=settings.generation.seed + index)
+            append_jsonl(output, records)
+            for record in records:
+                if "error" in record:
+                    logger.warning("skipped %s", record["error"])
+            bar.update(len(batch))
+        bar.close()
+    state.wait_for_everyone()
+    return collect(output, requests)
+
+
+def collect(output: str | os.PathLike, requests: Sequence[VideoRequest]) -> dict[str, dict]:
+    """`{id: record}` for `requests` from `output`: the finished record, else the last error, else absent."""
+    records = read_jsonl(output)
+    done = completed(records)
+    errors = {str(r["id"]): r for r in records if "error" in r and "id" in r}
+    out = {}
+    for request in requests:
+        key = str(request.id)
+        if key in done:
+            out[key] = done[key]
+        elif key in errors:
+            out[key] = errors[key]
+    return out
+
+
+def read_requests(path: str | os.PathLike) -> list[VideoRequest]:
+    """Requests from a JSONL file of `{"id", "video", "prompt"}` objects (other keys go to `meta`)."""
+    requests = []
+    for number, record in enumerate(read_jsonl(path), start=1):
+        missing = [k for k in ("id", "video", "prompt") if k not in record]
+        if missing:
+            raise ValueError(f"{path}: request {number} lacks {missing}")
+        meta = {k: v for k, v in record.items() if k not in ("id", "video", "prompt")}
+        requests.append(VideoRequest(str(record["id"]), str(record["video"]), str(record["prompt"]), meta))
+    return requests
+
+
+@dataclass
+class InferenceArguments:
+    """Command-line arguments of `python -m eval.inference`."""
+
+    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
+    requests: str = field(metadata={"help": "JSONL of {id, video, prompt}."})
+    output: str = field(metadata={"help": "JSONL to append results to (resumed when it exists)."})
+    num_frames: int = field(default=8, metadata={"help": "Frames per video (uniform, first and last included)."})
+    sampling: str = field(default="uniform", metadata={"help": "Frame sampling policy: uniform or fps."})
+    fps: float | None = field(default=None, metadata={"help": "Rate of the fps policy."})
+    max_frames: int = field(default=64, metadata={"help": "Cap of the fps policy."})
+    batch_size: int = field(default=4, metadata={"help": "Videos per generate call per process."})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Generation length limit."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width."})
+    seed: int = field(default=0, metadata={"help": "Base seed; batch i uses seed + i."})
+
+    def settings(self) -> InferenceSettings:
+        return InferenceSettings(
+            checkpoint=self.checkpoint, num_frames=self.num_frames, sampling=self.sampling, fps=self.fps,
+            max_frames=self.max_frames, system_prompt=self.system_prompt, dtype=self.dtype,
+            generation=GenerationSettings(
+                max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
+                top_p=self.top_p, num_beams=self.num_beams, seed=self.seed,
+            ),
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import HfArgumentParser
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(args=argv)
+    requests = read_requests(args.requests)
+    start = time.perf_counter()
+    results = run_inference(requests, args.output, args.settings(), batch_size=args.batch_size)
+    state = get_state()
+    if state.is_main_process:
+        failed = [r for r in results.values() if "error" in r]
+        print(
+            f"{len(results) - len(failed)}/{len(requests)} predictions in {args.output} "
+            f"({len(failed)} failed, {time.perf_counter() - start:.1f}s)"
+        )
+        for record in failed:
+            print(f"  failed: {record['error']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

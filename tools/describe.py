@@ -1,0 +1,136 @@
+"""Describe videos in batch with a Tarsier checkpoint: files, folders or lists of paths -> JSONL.
+
+    python -m tools.describe clip.mp4 more_clips/ list.txt --checkpoint path/to/tarsier --output descriptions.jsonl
+    python -m tools.describe videos/ --checkpoint ... --num_frames 16 --prompt "Describe the camera motion." \
+        --max_new_tokens 256 --do_sample --temperature 0.7
+    accelerate launch --multi_gpu --num_processes 4 -m tools.describe videos/ --checkpoint ... --output out.jsonl
+
+Inputs: a video file, a folder (its video files, `--recursive` for sub-folders) or a `.txt` list with one path
+per line (relative paths are relative to the list). Each output line is
+`{"id", "video", "prompt", "prediction", "num_frames", "frame_indices", "run"}` where `prediction` is the
+description and `run` holds the checkpoint, frames and generation settings. A video that cannot be read is
+reported with the reason, written as an `{"id", "video", "error"}` line and skipped; the others go on. Results are
+appended as they are produced: running the same command again resumes (finished videos are not redone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.inference import GenerationSettings, InferenceSettings, VideoRequest, get_state, run_inference
+from eval.prompts import DEFAULT_DESCRIPTION_PROMPT
+
+VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
+LIST_EXTENSIONS = {".txt", ".lst", ".list"}
+
+
+@dataclass
+class DescribeArguments:
+    """Arguments of `python -m tools.describe`."""
+
+    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
+    output: str = field(default="descriptions.jsonl", metadata={"help": "JSONL file (appended; resumed if present)."})
+    num_frames: int = field(default=8, metadata={"help": "Frames per video, uniform with first and last (§5.1)."})
+    fps: float | None = field(default=None, metadata={"help": "Sample by rate instead (capped by max_frames)."})
+    max_frames: int = field(default=64, metadata={"help": "Cap for --fps."})
+    prompt: str = field(default=DEFAULT_DESCRIPTION_PROMPT, metadata={"help": "Instruction given with every video."})
+    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Description length limit in tokens."})
+    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    num_beams: int = field(default=1, metadata={"help": "Beam search width."})
+    seed: int = field(default=0, metadata={"help": "Base seed (batch i uses seed + i)."})
+    batch_size: int = field(default=4, metadata={"help": "Videos per generate call per process."})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
+    recursive: bool = field(default=False, metadata={"help": "Look into sub-folders of folder inputs."})
+    no_progress: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+
+
+def collect_videos(inputs: list[str], recursive: bool = False) -> list[str]:
+    """Video paths from files, folders and `.txt` lists, in the given order, without duplicates.
+
+    A folder contributes its files with a video extension (sorted); a list contributes every non-empty,
+    non-comment line. Missing inputs raise `FileNotFoundError`; files named in lists are checked later, per
+    video, so one bad entry does not stop the batch.
+    """
+    paths: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            if not found:
+                logging.getLogger(__name__).warning("%s: folder holds no video files", path)
+            paths += [str(p) for p in found]
+        elif path.suffix.lower() in LIST_EXTENSIONS and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    entry = Path(line)
+                    paths.append(str(entry if entry.is_absolute() else path.parent / entry))
+        elif path.exists():
+            paths.append(str(path))
+        else:
+            raise FileNotFoundError(f"{item}: no such video file, folder or list")
+    return list(dict.fromkeys(paths))
+
+
+def settings_from(args: DescribeArguments) -> InferenceSettings:
+    return InferenceSettings(
+        checkpoint=args.checkpoint,
+        num_frames=args.num_frames,
+        sampling="fps" if args.fps else "uniform",
+        fps=args.fps,
+        max_frames=args.max_frames,
+        system_prompt=args.system_prompt,
+        dtype=args.dtype,
+        generation=GenerationSettings(
+            max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+            top_p=args.top_p, num_beams=args.num_beams, seed=args.seed,
+        ),
+    )
+
+
+def describe(inputs: list[str], args: DescribeArguments, model=None, processor=None) -> dict[str, dict]:
+    """Describe the videos of `inputs` (files, folders, lists); returns `{video path: record}` (records with
+    `prediction` or `error`)."""
+    videos = collect_videos(inputs, args.recursive)
+    if not videos:
+        raise ValueError(f"no videos found in {inputs}")
+    requests = [VideoRequest(id=video, video=video, prompt=args.prompt) for video in videos]
+    return run_inference(
+        requests, args.output, settings_from(args), batch_size=args.batch_size, model=model, processor=processor,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = HfArgumentParser(DescribeArguments, description="Describe videos with a Tarsier checkpoint.")
+    parser.add_argument("inputs", nargs="+", help="video files, folders, or .txt lists of paths")
+    args, positional = parser.parse_args_into_dataclasses(args=argv)
+    try:
+        results = describe(positional.inputs, args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not get_state().is_main_process:
+        return 0
+    failed = [r for r in results.values() if "error" in r]
+    print(f"{len(results) - len(failed)} of {len(results)} videos described -> {os.path.abspath(args.output)}")
+    if failed:
+        print(f"{len(failed)} video(s) skipped:", file=sys.stderr)
+        for record in failed:
+            print(f"  {record['error']}", file=sys.stderr)
+    return 0 if len(failed) < len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
