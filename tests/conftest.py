@@ -37,3 +37,51 @@ def smollm2_dir() -> Path:
     from tools.local_llm import materialize_smollm2
 
     return materialize_smollm2()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def judge_server(smollm2_dir, tmp_path_factory):
+    """A real OpenAI-compatible judge: `transformers serve` with SmolLM2 on 127.0.0.1; yields the `/v1` base URL."""
+    import subprocess
+    import time
+    import urllib.request
+
+    port = _free_port()
+    log = tmp_path_factory.mktemp("judge") / "serve.log"
+    # One intra-op thread: torch's default pool oversubscribes 2 shared cores and generation gets ~10x slower.
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    with open(log, "w") as handle:
+        server = subprocess.Popen(
+            ["transformers", "serve", str(smollm2_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            stdout=handle, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"transformers serve exited ({server.returncode}): {log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"transformers serve not ready after 180 s: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=5)  # uvicorn waits for requests still generating; do not wait for them
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

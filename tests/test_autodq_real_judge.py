@@ -3,11 +3,6 @@ HTTP (the `evaluate` module end to end) and in process. The small model's judgem
 structure and invariants every AutoDQ result must satisfy."""
 
 import json
-import os
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,49 +12,6 @@ from eval.autodq.parsing import INVALID, LABELS, MISSING
 REPO = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 48  # short answers keep the suite fast; truncated answers exercise the parser
 N_SAMPLES = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def serve_url(smollm2_dir, tmp_path_factory):
-    """`transformers serve` on 127.0.0.1 with SmolLM2; yields the `/v1` base URL."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    # one intra-op thread: on a shared 2-core machine torch's default thread pool oversubscribes the cores and
-    # generation gets ~10x slower
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            ["transformers", "serve", str(smollm2_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not ready after 120 s: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)  # uvicorn waits for requests still generating; do not wait for them
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +47,7 @@ def _check_invariants(result, n_samples):
 
 
 @pytest.mark.slow
-def test_http_judge_through_evaluate(serve_url, smollm2_dir, dream_samples, tmp_path):
+def test_http_judge_through_evaluate(judge_server, smollm2_dir, dream_samples, tmp_path):
     import evaluate
 
     records, predictions = dream_samples
@@ -107,7 +59,7 @@ def test_http_judge_through_evaluate(serve_url, smollm2_dir, dream_samples, tmp_
         categories=[r["dataset"] for r in records],
         n_subjects=[r["extra_info"]["n_subjects"] for r in records],
         n_shots=[r["extra_info"]["n_shots"] for r in records],
-        judge="openai", base_url=serve_url, judge_model=str(smollm2_dir), endpoint_kind="transformers-serve",
+        judge="openai", base_url=judge_server, judge_model=str(smollm2_dir), endpoint_kind="transformers-serve",
         max_tokens=MAX_TOKENS, max_parse_attempts=1, cache_path=str(tmp_path / "cache.sqlite"),
         concurrency=2, bootstrap=50, timeout=120,
     )
@@ -115,7 +67,7 @@ def test_http_judge_through_evaluate(serve_url, smollm2_dir, dream_samples, tmp_
     _check_invariants(result, N_SAMPLES)
     assert result["judge"] == {
         "model": str(smollm2_dir), "endpoint_kind": "transformers-serve", "temperature": 0.0, "seed": 1234,
-        "max_tokens": MAX_TOKENS, "base_url": serve_url, "prompt_version": "tarsier-paper-v1",
+        "max_tokens": MAX_TOKENS, "base_url": judge_server, "prompt_version": "tarsier-paper-v1",
     }
     assert result["preset"] == "robust" and result["headline"] == "macro"
     assert set(result["breakdowns"]) == {"events", "subjects", "shots"}
@@ -135,7 +87,7 @@ def test_in_process_transformers_judge(smollm2_dir, dream_samples, tmp_path, req
 
     records, predictions = dream_samples
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see serve_url: the default thread pool oversubscribes a small shared machine
+    torch.set_num_threads(1)  # see judge_server: the default thread pool oversubscribes a small shared machine
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     judge = TransformersChatJudge(smollm2_dir, max_tokens=MAX_TOKENS, cache=JudgeCache(tmp_path / "c.sqlite"))
     config = get_config("robust", max_tokens=MAX_TOKENS, max_parse_attempts=1)

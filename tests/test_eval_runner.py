@@ -9,11 +9,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -335,46 +333,6 @@ def test_resume_after_sigkill_keeps_finished_samples(tiny_checkpoint, requests_f
         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert changed.returncode != 0 and "different settings" in changed.stderr and "num_frames" in changed.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def judge_server(smollm2_dir, tmp_path_factory):
-    """`transformers serve` with SmolLM2-135M-Instruct on 127.0.0.1; yields the `/v1` base URL."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("judge") / "serve.log"
-    with open(log, "w") as handle:
-        server = subprocess.Popen(
-            ["transformers", "serve", str(smollm2_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-            stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"transformers serve exited ({server.returncode}): {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not ready after 180 s: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture(scope="module")

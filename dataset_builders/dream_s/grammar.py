@@ -130,7 +130,7 @@ _EVENT_PATTERNS = [
         lambda m: f"{m['bc']} {m['bs']}",
     ),
 ]
-_INTRO = re.compile(rf"^at the start,? (?:the scene is empty|there (?:is|are) (?P<list>.+))$")
+_INTRO = re.compile(r"^at the start,? (?:the scene is empty|there (?:is|are) (?P<list>.+))$")
 _INTRO_ITEM = re.compile(rf"^an? (?P<c>{_COLOUR}) (?P<s>{_SHAPE})$")
 _CAMERA = re.compile(r"^the camera (?P<m>stays still|pans left|pans right|zooms in|zooms out)$")
 _CAMERA_NAMES = {"stays still": "static", "pans left": "pan left", "pans right": "pan right", "zooms in": "zoom in", "zooms out": "zoom out"}
