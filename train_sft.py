@@ -10,7 +10,8 @@ Supervised fine-tuning of Tarsier with TRL's `SFTTrainer`: both stages of the pa
         --frame_sampling instruction --output_dir runs/stage2 --max_steps 10000
 
 Arguments come in three groups: `TarsierModelArguments` (which model, what trains), `TarsierDataArguments`
-(which data, how frames are sampled) and TRL's `SFTConfig` (optimiser, schedule, batch, saving, hub; `--help`).
+(which data, how frames are sampled) and `TarsierSFTConfig`: TRL's `SFTConfig` (optimiser, schedule, batch, saving,
+hub; `--help`) plus `--loss_head fused|plain` and `--vision_learning_rate` (training/trainer.py).
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-from trl import SFTConfig, TrlParser  # noqa: E402
+from trl import TrlParser  # noqa: E402
 
 from training.collator import FramePolicy, TarsierVideoCollator  # noqa: E402
 from training.data import ConversationDataset, DatasetSpec, load_prompt_pools, parse_weights  # noqa: E402
 from training.model_builder import build_from_parts, copy_code_files, load_tarsier, save_tarsier  # noqa: E402
 from training.model_card import prepare_hub_folder, push_folder, render_model_card  # noqa: E402
-from training.trainer import TarsierSFTTrainer  # noqa: E402
+from training.trainer import TarsierSFTConfig, TarsierSFTTrainer  # noqa: E402
 
 logger = logging.getLogger("train_sft")
 
@@ -225,7 +226,9 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
     return value
 
 
-def main(model_args: TarsierModelArguments, data_args: TarsierDataArguments, training_args: SFTConfig) -> str:
+def main(
+    model_args: TarsierModelArguments, data_args: TarsierDataArguments, training_args: TarsierSFTConfig
+) -> str:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # TRL has no video support: keep our columns, skip its tokenisation, feed batches through our collator.
     training_args.remove_unused_columns = False
@@ -290,7 +293,7 @@ def main(model_args: TarsierModelArguments, data_args: TarsierDataArguments, tra
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((TarsierModelArguments, TarsierDataArguments, SFTConfig))
+    return TrlParser((TarsierModelArguments, TarsierDataArguments, TarsierSFTConfig))
 
 
 if __name__ == "__main__":

@@ -530,3 +530,79 @@ def test_lora_run_saves_adapter_that_merges_and_reloads(tiny_tarsier, data_dir, 
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["adapter_changes"] > 1e-4
     assert report["merge_error"] < 1e-4
+
+
+def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir, tmp_path):
+    """`--loss_head plain` (LM head only at labelled positions) gives TRL's fused loss and the same gradients."""
+    import copy
+
+    from datasets import Dataset
+
+    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.data import normalize_row
+    from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+
+    _, model, processor = tiny_tarsier
+    rows = [normalize_row(_conversation(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
+            for i, name in enumerate(("red", "green"))]
+    rows[1]["messages"][1]["content"][0]["text"] = "The screen stays green for a long time."  # unequal lengths: padding
+    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
+    batch = collator(rows)
+
+    results = {}
+    for head in ("fused", "plain"):
+        copy_ = copy.deepcopy(model)
+        copy_.set_trainable_parts(train_vision_tower=True, train_projector=True, train_language_model=True)
+        args = TarsierSFTConfig(output_dir=str(tmp_path / head), use_cpu=True, bf16=False, report_to="none",
+                                loss_head=head, remove_unused_columns=False,
+                                dataset_kwargs={"skip_prepare_dataset": True})
+        trainer = TarsierSFTTrainer(model=copy_, args=args, train_dataset=Dataset.from_list([{"x": 0}]),
+                                    data_collator=collator, processing_class=processor)
+        copy_.train()
+        inputs = {k: v.clone() for k, v in batch.items()}
+        loss = trainer.compute_loss(copy_, inputs)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in copy_.named_parameters() if p.grad is not None}
+        accuracy = trainer._metrics["train"]["mean_token_accuracy"][-1]
+        # gradient accumulation: the sum is divided by the tokens of the whole accumulated batch
+        scaled = trainer.compute_loss(copy_, {k: v.clone() for k, v in batch.items()}, num_items_in_batch=torch.tensor(100))
+        results[head] = (loss.detach(), grads, accuracy, scaled.detach())
+
+    (fused_loss, fused_grads, fused_acc, fused_scaled), (plain_loss, plain_grads, plain_acc, plain_scaled) = (
+        results["fused"], results["plain"])
+    assert torch.isfinite(plain_loss) and plain_loss > 0
+    torch.testing.assert_close(plain_loss, fused_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain_scaled, fused_scaled, atol=1e-5, rtol=1e-5)
+    assert plain_acc == pytest.approx(fused_acc)
+    assert plain_grads.keys() == fused_grads.keys()
+    # the video reaches the loss: the vision tower and projector get non-zero gradients
+    for part in ("model.vision_tower.", "model.multi_modal_projector."):
+        assert sum(float(g.abs().sum()) for k, g in plain_grads.items() if k.startswith(part)) > 0, part
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grad, fused_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    with pytest.raises(ValueError, match="loss_head"):
+        TarsierSFTConfig(output_dir=str(tmp_path / "bad"), use_cpu=True, loss_head="chunky")
+
+
+def test_vision_learning_rate_gives_vision_tower_and_projector_their_own_rate(tiny_tarsier, tmp_path):
+    import copy
+
+    from datasets import Dataset
+
+    from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+
+    _, model, processor = tiny_tarsier
+    model = copy.deepcopy(model)
+    model.set_trainable_parts(train_vision_tower=True, train_projector=True, train_language_model=True)
+    args = TarsierSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", learning_rate=1e-4,
+                            vision_learning_rate=3e-3, remove_unused_columns=False,
+                            dataset_kwargs={"skip_prepare_dataset": True})
+    trainer = TarsierSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"x": 0}]),
+                                processing_class=processor)
+    optimizer = trainer.create_optimizer()
+    rate_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert len(rate_of) == len(trainable)  # every trainable parameter in exactly one group
+    for name, param in trainable:
+        visual = name.startswith(("model.vision_tower.", "model.multi_modal_projector."))
+        assert rate_of[id(param)] == (3e-3 if visual else 1e-4), name
