@@ -4,25 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from eval.inference import GenerationSettings, InferenceSettings
+from eval.inference import GenerationArguments, InferenceSettings
 
 
-@dataclass
-class ModelArguments:
+@dataclass(kw_only=True)
+class ModelArguments(GenerationArguments):
     """Which checkpoint runs and how it generates."""
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
     model_preset: str = field(default="tarsier-7b", metadata={"help": "Frames/prompt preset of eval.prompts (§5.1)."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames per video (default: the preset's)."})
-    batch_size: int = field(default=4, metadata={"help": "Videos per generate call per process."})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
-    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Generation length limit."})
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    num_beams: int = field(default=1, metadata={"help": "Beam search width."})
-    seed: int = field(default=0, metadata={"help": "Base seed; batch i uses seed + i."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N samples (smoke runs)."})
 
     def inference_settings(self, num_frames: int | None, fps: float | None = None) -> InferenceSettings:
@@ -33,10 +24,7 @@ class ModelArguments:
             fps=fps if num_frames is None else None,
             system_prompt=self.system_prompt,
             dtype=self.dtype,
-            generation=GenerationSettings(
-                max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
-                top_p=self.top_p, num_beams=self.num_beams, seed=self.seed,
-            ),
+            generation=self.generation_settings(),
         )
 
 

@@ -374,17 +374,10 @@ def read_requests(path: str | os.PathLike) -> list[VideoRequest]:
     return requests
 
 
-@dataclass
-class InferenceArguments:
-    """Command-line arguments of `python -m eval.inference`."""
+@dataclass(kw_only=True)
+class GenerationArguments:
+    """Batching and decoding options shared by every command that generates (inference, runners, describe)."""
 
-    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
-    requests: str = field(metadata={"help": "JSONL of {id, video, prompt}."})
-    output: str = field(metadata={"help": "JSONL to append results to (resumed when it exists)."})
-    num_frames: int = field(default=8, metadata={"help": "Frames per video (uniform, first and last included)."})
-    sampling: str = field(default="uniform", metadata={"help": "Frame sampling policy: uniform or fps."})
-    fps: float | None = field(default=None, metadata={"help": "Rate of the fps policy."})
-    max_frames: int = field(default=64, metadata={"help": "Cap of the fps policy."})
     batch_size: int = field(default=4, metadata={"help": "Videos per generate call per process."})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
@@ -395,14 +388,30 @@ class InferenceArguments:
     num_beams: int = field(default=1, metadata={"help": "Beam search width."})
     seed: int = field(default=0, metadata={"help": "Base seed; batch i uses seed + i."})
 
+    def generation_settings(self) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
+            top_p=self.top_p, num_beams=self.num_beams, seed=self.seed,
+        )
+
+
+@dataclass(kw_only=True)
+class InferenceArguments(GenerationArguments):
+    """Command-line arguments of `python -m eval.inference`."""
+
+    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
+    requests: str = field(metadata={"help": "JSONL of {id, video, prompt}."})
+    output: str = field(metadata={"help": "JSONL to append results to (resumed when it exists)."})
+    num_frames: int = field(default=8, metadata={"help": "Frames per video (uniform, first and last included)."})
+    sampling: str = field(default="uniform", metadata={"help": "Frame sampling policy: uniform or fps."})
+    fps: float | None = field(default=None, metadata={"help": "Rate of the fps policy."})
+    max_frames: int = field(default=64, metadata={"help": "Cap of the fps policy."})
+
     def settings(self) -> InferenceSettings:
         return InferenceSettings(
             checkpoint=self.checkpoint, num_frames=self.num_frames, sampling=self.sampling, fps=self.fps,
             max_frames=self.max_frames, system_prompt=self.system_prompt, dtype=self.dtype,
-            generation=GenerationSettings(
-                max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
-                top_p=self.top_p, num_beams=self.num_beams, seed=self.seed,
-            ),
+            generation=self.generation_settings(),
         )
 
 

@@ -21,15 +21,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.inference import GenerationSettings, InferenceSettings, VideoRequest, get_state, run_inference
+from eval.inference import GenerationArguments, InferenceSettings, VideoRequest, get_state, run_inference
 from eval.prompts import DEFAULT_DESCRIPTION_PROMPT
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 
-@dataclass
-class DescribeArguments:
+@dataclass(kw_only=True)
+class DescribeArguments(GenerationArguments):
     """Arguments of `python -m tools.describe`."""
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
@@ -38,15 +38,6 @@ class DescribeArguments:
     fps: float | None = field(default=None, metadata={"help": "Sample by rate instead (capped by max_frames)."})
     max_frames: int = field(default=64, metadata={"help": "Cap for --fps."})
     prompt: str = field(default=DEFAULT_DESCRIPTION_PROMPT, metadata={"help": "Instruction given with every video."})
-    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Description length limit in tokens."})
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    num_beams: int = field(default=1, metadata={"help": "Beam search width."})
-    seed: int = field(default=0, metadata={"help": "Base seed (batch i uses seed + i)."})
-    batch_size: int = field(default=4, metadata={"help": "Videos per generate call per process."})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
     recursive: bool = field(default=False, metadata={"help": "Look into sub-folders of folder inputs."})
     no_progress: bool = field(default=False, metadata={"help": "Hide the progress bar."})
 
@@ -89,10 +80,7 @@ def settings_from(args: DescribeArguments) -> InferenceSettings:
         max_frames=args.max_frames,
         system_prompt=args.system_prompt,
         dtype=args.dtype,
-        generation=GenerationSettings(
-            max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-            top_p=args.top_p, num_beams=args.num_beams, seed=args.seed,
-        ),
+        generation=args.generation_settings(),
     )
 
 
