@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from .results import iter_json_objects
 from .session import Session, SessionError
 from .session import check_annotator as session_check_annotator
 
@@ -46,26 +47,17 @@ def read_labels(path: str | os.PathLike, session: Session) -> dict[int, dict]:
     latest: dict[int, dict] = {}
     if not path.is_file():
         return latest
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise LabelError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise LabelError(f"{where}: expected a JSON object")
-            pair_index, label = record.get("pair"), record.get("label")
-            if not isinstance(pair_index, int) or not 0 <= pair_index < len(session.pairs):
-                raise LabelError(f"{where}: pair {pair_index!r} is not in this session ({len(session.pairs)} pairs)")
-            if label not in LABELS:
-                raise LabelError(f"{where}: label {label!r} is not one of {', '.join(LABELS)}")
-            pair = session.pairs[pair_index]
-            if record.get("id") != pair.id or record.get("swap") != pair.swap:
-                raise LabelError(f"{where}: pair {pair_index} does not match the session (labels from another session?)")
-            latest[pair_index] = record
+    for line_number, record in iter_json_objects(path, LabelError):
+        where = f"{path}:{line_number}"
+        pair_index, label = record.get("pair"), record.get("label")
+        if not isinstance(pair_index, int) or not 0 <= pair_index < len(session.pairs):
+            raise LabelError(f"{where}: pair {pair_index!r} is not in this session ({len(session.pairs)} pairs)")
+        if label not in LABELS:
+            raise LabelError(f"{where}: label {label!r} is not one of {', '.join(LABELS)}")
+        pair = session.pairs[pair_index]
+        if record.get("id") != pair.id or record.get("swap") != pair.swap:
+            raise LabelError(f"{where}: pair {pair_index} does not match the session (labels from another session?)")
+        latest[pair_index] = record
     return latest
 
 

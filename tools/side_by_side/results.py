@@ -55,6 +55,23 @@ def _first(record: dict, names: tuple[str, ...]):
     return None, None
 
 
+def iter_json_objects(path: Path, error: type[Exception]):
+    """Yield `(line_number, object)` for every non-blank line of a JSONL file; raise `error` naming `file:line`
+    for malformed JSON or a value that is not an object."""
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield line_number, record
+
+
 def load_results(path: str | os.PathLike, model: str | None = None) -> ResultFile:
     """Parse a result JSONL file.
 
@@ -71,38 +88,29 @@ def load_results(path: str | os.PathLike, model: str | None = None) -> ResultFil
         raise ResultsError(f"{path}: result file not found")
     predictions: dict[str, Prediction] = {}
     found_model = None
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ResultsError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(record, dict):
-                raise ResultsError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            id_name, raw_id = _first(record, ID_FIELDS)
-            if id_name is None:
-                raise ResultsError(f"{where}: no id field (expected one of {', '.join(ID_FIELDS)})")
-            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
-                raise ResultsError(f"{where}: field '{id_name}' must be a string or an integer, got {raw_id!r}")
-            pred_name, text = _first(record, PREDICTION_FIELDS)
-            if pred_name is None:
-                raise ResultsError(f"{where}: no prediction field (expected one of {', '.join(PREDICTION_FIELDS)})")
-            if not isinstance(text, str):
-                raise ResultsError(f"{where}: field '{pred_name}' must be a string, got {type(text).__name__}")
-            video_name, video = _first(record, VIDEO_FIELDS)
-            if video_name is not None and not isinstance(video, str):
-                raise ResultsError(f"{where}: field '{video_name}' must be a string path, got {video!r}")
-            key = str(raw_id)
-            if key in predictions:
-                raise ResultsError(f"{where}: duplicate id {key!r} (first seen on line {predictions[key].line})")
-            predictions[key] = Prediction(id=key, video=video, prediction=text, line=line_number)
-            if found_model is None:
-                _, value = _first(record, MODEL_FIELDS)
-                if isinstance(value, str) and value.strip():
-                    found_model = value.strip()
+    for line_number, record in iter_json_objects(path, ResultsError):
+        where = f"{path}:{line_number}"
+        id_name, raw_id = _first(record, ID_FIELDS)
+        if id_name is None:
+            raise ResultsError(f"{where}: no id field (expected one of {', '.join(ID_FIELDS)})")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise ResultsError(f"{where}: field '{id_name}' must be a string or an integer, got {raw_id!r}")
+        pred_name, text = _first(record, PREDICTION_FIELDS)
+        if pred_name is None:
+            raise ResultsError(f"{where}: no prediction field (expected one of {', '.join(PREDICTION_FIELDS)})")
+        if not isinstance(text, str):
+            raise ResultsError(f"{where}: field '{pred_name}' must be a string, got {type(text).__name__}")
+        video_name, video = _first(record, VIDEO_FIELDS)
+        if video_name is not None and not isinstance(video, str):
+            raise ResultsError(f"{where}: field '{video_name}' must be a string path, got {video!r}")
+        key = str(raw_id)
+        if key in predictions:
+            raise ResultsError(f"{where}: duplicate id {key!r} (first seen on line {predictions[key].line})")
+        predictions[key] = Prediction(id=key, video=video, prediction=text, line=line_number)
+        if found_model is None:
+            _, value = _first(record, MODEL_FIELDS)
+            if isinstance(value, str) and value.strip():
+                found_model = value.strip()
     if not predictions:
         raise ResultsError(f"{path}: no predictions (the file is empty)")
     return ResultFile(path=path, model=model or found_model or path.stem, predictions=predictions)
