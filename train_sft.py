@@ -70,6 +70,10 @@ class TarsierModelArguments:
         default="all",
         metadata={"help": "'all' (paper), 'none', or k: only the top k decoder layers + norm + LM head (Table 6)."},
     )
+    train_embeddings: bool = field(
+        default=True,
+        metadata={"help": "Train the token embeddings and LM head along with the LLM layers (false: keep them frozen)."},
+    )
     use_lora: bool = field(default=False, metadata={"help": "LoRA on the language model (peft) instead of full tuning."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
@@ -165,6 +169,7 @@ def build_model(model_args: TarsierModelArguments, output_dir: str, is_main_proc
         train_vision_tower=model_args.train_vision_tower,
         train_projector=model_args.train_projector,
         train_language_model=False if model_args.use_lora else parse_llm_layers(model_args.train_llm_layers),
+        train_embeddings=model_args.train_embeddings,
     )
     if model_args.use_lora:
         from peft import LoraConfig

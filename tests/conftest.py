@@ -85,3 +85,52 @@ def judge_server(smollm2_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+# -- a tiny Tarsier and colour clips (training, scoring and inference tests) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Four single-colour clips, one corrupt and one missing file, and `good.jsonl` / `with_bad.jsonl`."""
+    from tests.colour_clips import write_colour_clips
+
+    return write_colour_clips(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def parts_dir(tmp_path_factory, smollm2_dir) -> Path:
+    """A tiny random llama with the SmolLM2 tokenizer and a tiny CLIP vision config."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("parts")
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(root / "llm")
+    tokenizer.save_pretrained(root / "llm")
+    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
+    (root / "vision.json").write_text(json.dumps(vision))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_tarsier(parts_dir, tmp_path_factory):
+    """`(folder, model, processor)` of a tiny Tarsier built from parts and saved with its code files."""
+    import torch
+
+    from training.model_builder import build_from_parts, save_tarsier
+
+    torch.manual_seed(0)
+    model, processor = build_from_parts(str(parts_dir / "vision.json"), str(parts_dir / "llm"), chat_template="chatml")
+    folder = tmp_path_factory.mktemp("tiny") / "tarsier"
+    save_tarsier(model, processor, folder)
+    return folder, model, processor

@@ -163,6 +163,42 @@ def test_event_scores_penalise_perturbed_and_unrelated_text(built):
         event_scores("x", [{"action": "grow"}])
 
 
+def test_word_classes_cover_every_content_word_of_real_descriptions(built, smollm2_dir):
+    """Tokenized with the real SmolLM2 tokenizer, each subject's colour and shape, each event's verb and the camera
+    motion land in their class; the class counts follow from the ground truth."""
+    from transformers import AutoTokenizer
+
+    from dataset_builders.dream_s import word_classes
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    for record in _read_jsonl(built / "clips_train.jsonl")[:40]:
+        text = record["descriptions"]["detailed"]
+        tokens = [tokenizer.decode([i]) for i in tokenizer(text)["input_ids"]]
+        classes = word_classes(tokens)
+        # whole words and their classes (a word split into pieces carries one class)
+        words, word_kinds = [], []
+        for token, kind in zip(tokens, classes):
+            if token[:1].isalpha() and words and words[-1][-1:].isalpha():
+                assert kind == word_kinds[-1]
+                words[-1] += token
+            else:
+                words.append(token.strip().strip(".,").lower())
+                word_kinds.append(kind)
+        for word, kind in zip(words, word_kinds):
+            if word in ("red", "green", "blue", "yellow", "purple", "orange", "pink"):
+                assert kind == "colour"
+            if word in ("circle", "square", "triangle"):
+                assert kind == "shape"
+        verbs = [w for w, k in zip(words, word_kinds) if k == "action" and w not in ("left", "right", "up", "down",
+                                                                                  "bigger", "bounce", "apart")]
+        assert len(verbs) == len(record["events"]), (text, verbs)
+        camera = [w for w, k in zip(words, word_kinds) if k == "camera"]
+        motion = {"static": ["stays", "still"], "pan left": ["pans", "left"], "pan right": ["pans", "right"],
+                  "zoom in": ["zooms", "in"], "zoom out": ["zooms", "out"]}[record["camera"]]
+        cut = ["cuts", "shot"] if record["n_shots"] == 2 else []
+        assert camera == cut + ["camera"] + motion, (text, camera)
+
+
 def test_test_split_holds_only_unseen_combinations(built):
     info = json.loads((built / "info.json").read_text())
     heldout = {tuple(t) for t in info["heldout_combinations"]}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,15 @@ def test_every_artefact_exists(quick_run):
             assert (out / stage / name).is_file(), f"{stage}/{name}"
         state = json.loads((out / stage / "trainer_state.json").read_text())
         assert state["global_step"] >= 1
+    # the recipe keeps the embeddings frozen (train_embeddings: false) and trains the decoder layers
+    from safetensors.torch import load_file
+
+    stage1, stage2 = (load_file(str(out / stage / "model.safetensors")) for stage in ("stage1", "stage2"))
+    embeddings = [k for k in stage1 if "embed_tokens" in k]
+    layers = [k for k in stage1 if "language_model.layers" in k and k.endswith("weight") and "norm" not in k]
+    assert embeddings and layers
+    assert all(torch.equal(stage1[k], stage2[k]) for k in embeddings)
+    assert all(not torch.equal(stage1[k], stage2[k]) for k in layers)
     assert (out / "f1_vs_events.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
     assert "| full recipe (stage 1 + stage 2) |" in table and "no LLM judge" in table
@@ -70,6 +80,14 @@ def test_metrics_come_from_the_generations(quick_run):
     cider = evaluate.load(str(REPO / "eval" / "cider")).compute(
         predictions=predictions, references=[[row["reference"]] for row in tests])
     assert math.isclose(cider["cider"], result["cider"])
+    # the video-reliance scores are real teacher-forced losses of these references, per word class too
+    assert 0 < result["nll_own_video"] < 30 and 0 < result["nll_other_video"] < 30
+    classes = result["nll_by_word_class"]
+    assert {"colour", "shape", "other"} <= set(classes)
+    total = sum(c["tokens"] for c in classes.values())
+    weighted = sum(c["own_video"] * c["tokens"] for c in classes.values()) / total
+    assert math.isclose(weighted, result["nll_own_video"], rel_tol=1e-6)
+    assert "reference loss, own / other video" in (out / "results.md").read_text()
 
 
 @pytest.mark.slow

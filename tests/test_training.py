@@ -18,76 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from dataset_builders.video_writer import write_video
+from tests.colour_clips import COLORS, conversation_row
 
 REPO = Path(__file__).resolve().parents[1]
-COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (240, 240, 240)}
-BAD_FILES = ("videos/corrupt.mp4", "videos/missing.mp4")
-
-
-def _conversation(video: str, answer: str, idx, source="colors", prompt="Describe the video."):
-    return {
-        "messages": [
-            {"role": "user", "content": [{"type": "video", "path": video}, {"type": "text", "text": prompt}]},
-            {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-        ],
-        "task": "caption_short",
-        "source": source,
-        "idx": idx,
-    }
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """Four single-colour clips (a memorisation set), one corrupt file, one missing file, and JSONL files."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "videos").mkdir()
-    rows = []
-    for i, (name, colour) in enumerate(COLORS.items()):
-        frames = [np.full((32, 32, 3), colour, np.uint8) for _ in range(12)]
-        frames = [f.copy() for f in frames]
-        for t, frame in enumerate(frames):  # a moving bar, so frames differ in time
-            frame[:, (t * 2) % 32 : (t * 2) % 32 + 4] = 0
-        write_video(root / "videos" / f"{name}.mp4", frames, fps=6)
-        rows.append(_conversation(f"videos/{name}.mp4", f"The screen stays {name}.", i))
-    (root / "videos" / "corrupt.mp4").write_bytes(os.urandom(3000))
-    bad = [_conversation(path, "Never trained.", 100 + i, source="bad") for i, path in enumerate(BAD_FILES)]
-    (root / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "with_bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + bad))
-    return root
-
-
-@pytest.fixture(scope="module")
-def parts_dir(tmp_path_factory, smollm2_dir) -> Path:
-    """A tiny random llama with the SmolLM2 tokenizer and a tiny CLIP vision config."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    root = tmp_path_factory.mktemp("parts")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(root / "llm")
-    tokenizer.save_pretrained(root / "llm")
-    vision = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "image_size": 28, "patch_size": 14}
-    (root / "vision.json").write_text(json.dumps(vision))
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_tarsier(parts_dir, tmp_path_factory):
-    """`(folder, model, processor)` of a tiny Tarsier built from parts and saved with its code files."""
-    from training.model_builder import build_from_parts, save_tarsier
-
-    torch.manual_seed(0)
-    model, processor = build_from_parts(str(parts_dir / "vision.json"), str(parts_dir / "llm"), chat_template="chatml")
-    folder = tmp_path_factory.mktemp("tiny") / "tarsier"
-    save_tarsier(model, processor, folder)
-    return folder, model, processor
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -98,7 +31,7 @@ def tiny_tarsier(parts_dir, tmp_path_factory):
 def test_normalize_reads_all_three_layouts(dream1k_path):
     from training.data import normalize_row
 
-    ours = normalize_row(_conversation("videos/a.mp4", "Yes.", 3), "/data")
+    ours = normalize_row(conversation_row("videos/a.mp4", "Yes.", 3), "/data")
     assert ours["messages"][0]["content"][0] == {"type": "video", "path": "/data/videos/a.mp4"}
     assert (ours["task"], ours["source"], ours["idx"]) == ("caption_short", "colors", 3)
 
@@ -202,7 +135,7 @@ def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_
     from training.data import normalize_row
 
     _, _, processor = tiny_tarsier
-    row = normalize_row(_conversation("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
+    row = normalize_row(conversation_row("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
     collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
     sample = collator.encode(row)
 
@@ -239,7 +172,7 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
         {"role": "assistant", "content": [{"type": "text", "text": "Colour."}]}]}, str(tmp_path))
     text_only = normalize_row({"idx": 2, "messages": [{"role": "user", "content": "Say hi."},
                                                       {"role": "assistant", "content": "Hi."}]}, None)
-    video = normalize_row(_conversation("videos/blue.mp4", "Blue.", 3), str(data_dir))
+    video = normalize_row(conversation_row("videos/blue.mp4", "Blue.", 3), str(data_dir))
     collator = TarsierVideoCollator(processor, FramePolicy("random_segments", [2, 4]), seed=1)
     batch = collator([multi, text_only, video])
     assert batch["num_frames"][:2].tolist() == [2, 0] and 2 <= int(batch["num_frames"][2]) <= 4
@@ -302,6 +235,12 @@ def test_freezing_options_top_k_layers_and_lora_targets(tiny_tarsier, tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("layers.1." in n for n in trainable) and not any("layers.0." in n for n in trainable)
     assert any("multi_modal_projector" in n for n in trainable) and not any("vision_tower" in n for n in trainable)
+
+    model, _, _, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder), train_embeddings=False,
+                                                       train_vision_tower=True), str(tmp_path))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("layers.0." in n for n in trainable) and any("vision_tower" in n for n in trainable)
+    assert not any("embed_tokens" in n or "lm_head" in n for n in trainable)
 
     model, _, peft_config, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder), use_lora=True),
                                            str(tmp_path))
@@ -543,7 +482,7 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
     from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     _, model, processor = tiny_tarsier
-    rows = [normalize_row(_conversation(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
+    rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
             for i, name in enumerate(("red", "green"))]
     rows[1]["messages"][1]["content"][0]["text"] = "The screen stays green for a long time."  # unequal lengths: padding
     collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))

@@ -51,6 +51,7 @@ from .grammar import (
     parse_description,
     parse_events,
     short_description,
+    word_classes,
 )
 from .metric import corpus_event_scores, corpus_event_scores_by, count_matches, event_scores
 from .render import compute_boxes, compute_tracks, render_frames
@@ -79,4 +80,5 @@ __all__ = [
     "render_frames",
     "sample_clip",
     "short_description",
+    "word_classes",
 ]

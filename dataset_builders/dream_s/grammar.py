@@ -111,6 +111,50 @@ def camera_description(clip: ClipSpec) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
+# Word classes of the grammar, for per-class scores (e.g. eval.reference_loss): which content the model gets right.
+_ACTION_WORDS = {"moves", "appears", "disappears", "grows", "bigger", "shrinks", "rotates", "turns", "collides",
+                 "bounce", "apart", "left", "right", "up", "down"}
+_CAMERA_WORDS = {"camera", "stays", "still", "pans", "zooms", "cuts", "cut", "shot"}
+_CAMERA_AFTER = {"pans", "zooms"}  # "pans left" / "zooms in": the direction belongs to the camera
+
+
+def word_classes(tokens: list[str]) -> list[str]:
+    """The class of each token of a description: `colour`, `shape`, `action`, `camera` or `other`.
+
+    `tokens` are the pieces of a tokenized description in order (e.g. `[" The", " red", " circle", " shr", "inks",
+    "."]`). Pieces are joined into words (a piece that does not start with a space continues the word before it),
+    every piece gets its word's class, and "left" / "right" / "in" / "out" right after "pans" or "zooms" count as
+    camera. Connectives, articles and punctuation are `other`.
+    """
+    words: list[list[int]] = []  # token positions of each word
+    for position, token in enumerate(tokens):
+        starts_word = not words or token[:1].isspace() or not token[:1].isalpha() or not tokens[position - 1][-1:].isalpha()
+        if starts_word:
+            words.append([position])
+        else:
+            words[-1].append(position)
+    classes = ["other"] * len(tokens)
+    previous = ""
+    for positions in words:
+        word = "".join(tokens[p] for p in positions).strip().strip(".,").lower()
+        if not word:
+            continue
+        if word in COLOURS:
+            kind = "colour"
+        elif word in SHAPES:
+            kind = "shape"
+        elif previous in _CAMERA_AFTER or word in _CAMERA_WORDS:
+            kind = "camera"
+        elif word in _ACTION_WORDS:
+            kind = "action"
+        else:
+            kind = "other"
+        for p in positions:
+            classes[p] = kind
+        previous = word
+    return classes
+
+
 _COLOUR = "|".join(COLOURS)
 _SHAPE = "|".join(SHAPES)
 _SUBJECT = rf"(?:the )?(?P<{{name}}c>{_COLOUR}) (?P<{{name}}s>{_SHAPE})"

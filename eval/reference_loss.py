@@ -1,0 +1,145 @@
+"""Does the model read the video? Teacher-forced loss of reference answers under the right and a wrong video.
+
+For every row (a conversation whose user turn holds one video and whose assistant turn is the reference), the
+model scores the reference token by token twice: once with the row's own video and once with the video of
+another row (row `i` gets the video of row `(i + shift) % n`). A model that ignores the frames gives both the
+same loss; the gap is how many nats per token the frames are worth. It complements generation metrics when a
+model is still weak: a zero event F1 can hide a model that has learnt some of what the video shows.
+
+Tokens are scored exactly as in training: the rows go through `training.collator.TarsierVideoCollator`
+(chat template, `<video>` expansion, labels on assistant tokens only) with uniform frame sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from training.collator import FramePolicy, TarsierVideoCollator
+from training.data import normalize_row
+
+
+@dataclass
+class ScoredReference:
+    """Per-token negative log-likelihoods of one reference: `tokens[i]` (decoded text) cost `nll[i]` nats."""
+
+    idx: str
+    video: str
+    tokens: list[str]
+    nll: list[float]
+
+    @property
+    def mean_nll(self) -> float:
+        return sum(self.nll) / max(1, len(self.nll))
+
+
+def _video_of(row: dict) -> str:
+    videos = [item for message in row["messages"] for item in message["content"] if item["type"] == "video"]
+    if len(videos) != 1:
+        raise ValueError(f"row idx={row.get('idx')}: reference loss needs exactly one video per row, got {len(videos)}")
+    return videos[0]["path"]
+
+
+def _with_video(row: dict, video: str) -> dict:
+    messages = [
+        {**message, "content": [{**item, "path": video} if item["type"] == "video" else item for item in message["content"]]}
+        for message in row["messages"]
+    ]
+    return {**row, "messages": messages}
+
+
+@torch.inference_mode()
+def score_references(
+    model,
+    processor,
+    rows: Sequence[dict],
+    video_root: str | None = None,
+    num_frames: int = 8,
+    shift: int = 0,
+    batch_size: int = 8,
+    collator: TarsierVideoCollator | None = None,
+) -> list[ScoredReference]:
+    """
+    Teacher-forced per-token loss of each row's assistant turn.
+
+    Args:
+        model: a `TarsierForConditionalGeneration` (any device; evaluated in its current dtype).
+        processor: its `TarsierProcessor` (chat template with `{% generation %}` markers).
+        rows: conversation rows as in `training.data` (one video each; relative paths under `video_root`).
+        num_frames: frames per video, sampled uniformly with the first and last frame included.
+        shift: `0` scores each row with its own video; `k > 0` gives row `i` the video of row `(i + k) % n`.
+        batch_size: rows per forward pass.
+        collator: a configured `TarsierVideoCollator` to encode with (e.g. one serving frames from memory);
+            default: uniform sampling of `num_frames` from the video files.
+
+    Returns:
+        One `ScoredReference` per row, in order, naming the video that was actually used.
+    """
+    rows = [normalize_row(row, video_root, origin="reference rows") for row in rows]
+    if not rows:
+        raise ValueError("score_references needs at least one row")
+    if shift and shift % len(rows) == 0:
+        raise ValueError(f"shift={shift} would give each of the {len(rows)} rows its own video: an other-video score "
+                         "needs at least two rows and a shift that is not a multiple of their number")
+    videos = [_video_of(row) for row in rows]
+    rows = [_with_video(row, videos[(i + shift) % len(rows)]) for i, row in enumerate(rows)]
+    if collator is None:
+        collator = TarsierVideoCollator(processor, FramePolicy("uniform", (num_frames,)), fail_fast=True)
+    tokenizer = processor.tokenizer
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    model.eval()
+    scored: list[ScoredReference] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = collator(chunk)
+        labels = batch.pop("labels")
+        inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "num_frames")}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        hidden = model.model(**inputs, use_cache=False).last_hidden_state  # (B, L, hidden)
+        targets = labels[:, 1:].to(device)  # the token each position predicts
+        for b, row in enumerate(chunk):
+            positions = (targets[b] != -100).nonzero().squeeze(-1)
+            logits = model.lm_head(hidden[b, positions]).float()  # (n_tokens, vocab)
+            nll = F.cross_entropy(logits, targets[b, positions], reduction="none")
+            ids = targets[b, positions].tolist()
+            scored.append(ScoredReference(
+                idx=str(row.get("idx")), video=_video_of(row),
+                tokens=[tokenizer.decode([i]) for i in ids], nll=[round(float(v), 5) for v in nll],
+            ))
+    return scored
+
+
+def mean_token_nll(scored: Sequence[ScoredReference]) -> float:
+    """Mean loss over all scored tokens (token-weighted, as a training loss is)."""
+    total = sum(len(s.nll) for s in scored)
+    if total == 0:
+        raise ValueError("no reference tokens were scored")
+    return sum(sum(s.nll) for s in scored) / total
+
+
+def nll_by_class(
+    own: Sequence[ScoredReference], other: Sequence[ScoredReference], classify: Callable[[list[str]], list[str]]
+) -> dict[str, dict]:
+    """Mean loss per token class with the own and with the other video.
+
+    Args:
+        own, other: `score_references` results for the same rows (shift 0 and shift k).
+        classify: maps a reference's tokens to one class name per token (e.g. `dataset_builders.dream_s.word_classes`).
+
+    Returns:
+        `{class: {"own_video": mean nats, "other_video": mean nats, "tokens": count}}`, classes sorted by name.
+    """
+    sums: dict[str, list[float]] = {}
+    for mine, theirs in zip(own, other, strict=True):
+        if mine.tokens != theirs.tokens:
+            raise ValueError(f"row idx={mine.idx}: own and other scores are not of the same reference")
+        for kind, a, b in zip(classify(mine.tokens), mine.nll, theirs.nll, strict=True):
+            total = sums.setdefault(kind, [0.0, 0.0, 0])
+            total[0] += a
+            total[1] += b
+            total[2] += 1
+    return {kind: {"own_video": a / n, "other_video": b / n, "tokens": n} for kind, (a, b, n) in sorted(sums.items())}
