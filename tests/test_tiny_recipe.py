@@ -110,3 +110,20 @@ print("GENERATED", out.shape[1] - inputs["input_ids"].shape[1])
 """
     proc = run([sys.executable, "-c", script], timeout=300)
     assert proc.returncode == 0 and "GENERATED 5" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_results_table_times_each_run_and_marks_reused_stages():
+    from tools.tiny_recipe import PhaseTimer, results_table
+
+    scores = {"num_frames": 8, "cider": 0.5, "precision": 0.1, "recall": 0.2, "f1": 0.13, "nll_own_video": 0.6,
+              "nll_other_video": 0.7, "nll_by_word_class": {"colour": {"own_video": 1.6, "other_video": 1.9,
+                                                                       "tokens": 10}}}
+    results = [{"run": name, "label": name, **scores} for name in ("full", "stage1_only", "single_frame")]
+    timer = PhaseTimer()
+    timer.wall = {"full/stage1": 250.0, "full/stage2": 370.0, "full/eval": 16.0}
+    rows = {line.split(" | ")[0].strip("| "): line for line in results_table(results, timer).splitlines()
+            if line.startswith("| ") and "0.600 / 0.700" in line}
+    assert rows["full"].endswith("| 620 |")  # both stages, not the evaluation
+    assert rows["stage1_only"].endswith("| 250 |")  # the full run's stage 1 is this model
+    assert rows["single_frame"].endswith("| reused |")  # --keep-going found it trained
+    assert "| colour |" in results_table(results, timer) and "1.60 / 1.90" in results_table(results, timer)

@@ -323,10 +323,13 @@ def results_table(results: list[dict], timer: PhaseTimer) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        train = sum(v for k, v in timer.wall.items() if k.startswith(r["run"] + "/stage"))
+        # stage 1 only is the full run's stage-1 checkpoint; --keep-going reuses stages without timing them again
+        prefixes = ("full/stage1",) if r["run"] == "stage1_only" else (r["run"] + "/stage",)
+        timed = [v for k, v in timer.wall.items() if k.startswith(prefixes)]
+        train = f"{sum(timed):.0f}" if timed else "reused"
         lines.append(f"| {r['label']} | {r['num_frames']} | {r['cider']:.3f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['f1']:.3f} | {r['nll_own_video']:.3f} / {r['nll_other_video']:.3f} | "
-                     f"{train:.0f} |")
+                     f"{train} |")
     lines.append("")
     lines.append("Event precision / recall / F1 follow AutoDQ (paper §4.2), but the events are extracted by an exact "
                  "parser of the DREAM-S closed grammar and matched exactly (in order) against the ground truth: "
