@@ -96,6 +96,9 @@ def score_references(
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         batch = collator(chunk)
+        if batch["input_ids"].shape[0] != len(chunk):  # a collator that skips samples would misalign the scores
+            raise RuntimeError(f"the collator returned {batch['input_ids'].shape[0]} samples for {len(chunk)} rows "
+                               "(rows from idx=" + str(chunk[0].get("idx")) + "); use fail_fast=True, on_too_long='error'")
         labels = batch.pop("labels")
         inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "num_frames")}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)

@@ -92,6 +92,17 @@ def test_bad_rows_are_named(colour_reader, data_dir):
         score_references(model, processor, [two_videos], video_root=str(data_dir))
     with pytest.raises(ValueError, match="needs at least two rows"):
         score_references(model, processor, _rows(data_dir)[:1], video_root=str(data_dir), shift=1)
+    from training.collator import FramePolicy, TarsierVideoCollator
+
+    from training.data import normalize_row
+
+    short = _rows(data_dir)[0]
+    length = len(TarsierVideoCollator(processor, FramePolicy("uniform", [4])).encode(
+        normalize_row(short, str(data_dir)))["input_ids"])
+    skipping = TarsierVideoCollator(processor, FramePolicy("uniform", [4]), max_length=length, on_too_long="skip")
+    too_long = conversation_row("videos/blue.mp4", "blue " * 40, "long")
+    with pytest.raises(RuntimeError, match="returned 1 samples for 2 rows"):
+        score_references(model, processor, [short, too_long], video_root=str(data_dir), collator=skipping)
     missing = conversation_row("videos/missing.mp4", "Gone.", "gone")
     with pytest.raises(Exception, match="missing.mp4"):
         score_references(model, processor, [missing], video_root=str(data_dir))
