@@ -37,7 +37,7 @@ def test_reduced_sweep_scores_and_resumes(tmp_path, smollm2_dir, capsys):
     configs = tmp_path / "sweep.jsonl"
     configs.write_text("\n".join(json.dumps({**TINY, **extra}) for extra in (
         {"tag": "frozen-embeddings", "embedding_learning_rate": 0, "eval_every": 1},
-        {"tag": "single-frame", "num_frames": 1},
+        {"tag": "single-frame", "num_frames": 1, "max_subjects": 1, "max_events": 1},
     )) + "\n")
     output = tmp_path / "results.jsonl"
     args = ["--configs", str(configs), "--output", str(output), "--parts_dir", str(tmp_path / "parts"),
@@ -54,6 +54,7 @@ def test_reduced_sweep_scores_and_resumes(tmp_path, smollm2_dir, capsys):
         assert all(math.isfinite(c["own_video"]) and math.isfinite(c["other_video"]) for c in classes.values())
     assert [c["stage2_step"] for c in results[0]["curve"]] == [1, 2]
     assert results[1]["curve"] == []
+    assert results[1]["config"]["max_events"] == 1 and results[1]["nll_by_word_class"]["colour"]["tokens"] > 0
     # an interrupted sweep resumes: done tags are skipped, nothing is recomputed
     capsys.readouterr()
     assert main(args) == 0

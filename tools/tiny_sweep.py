@@ -41,6 +41,8 @@ class SweepConfig:
     seed: int = 0
     num_train: int = 300
     num_test: int = 60
+    max_subjects: int = 3  # shapes per clip, 1-3 (the recipe: 3)
+    max_events: int = 4  # events per clip, 1-4 (the recipe: 4)
     video_size: int = 32  # rendered frame side
     image_size: int | None = None  # vision tower input side (default: video_size)
     patch_size: int = 8
@@ -86,8 +88,9 @@ def _render_clip(job: tuple) -> tuple[str, np.ndarray, dict]:
     from dataset_builders.dream_s.scene import sample_clip
     from dataset_builders.dream_s.tasks import stage1_rows, stage2_rows, test_row
 
-    seed, split, index, size, heldout = job
-    clip = sample_clip(clip_rng(seed, split, index), heldout, split, size=size)
+    seed, split, index, size, heldout, max_subjects, max_events = job
+    clip = sample_clip(clip_rng(seed, split, index), heldout, split, size=size, max_subjects=max_subjects,
+                       max_events=max_events)
     tracks = compute_tracks(clip)
     frames = render_frames(clip, supersample=2, tracks=tracks)
     name = f"{split}/{index:06d}"
@@ -105,8 +108,9 @@ def render_dataset(config: SweepConfig, workers: int) -> tuple[dict[str, np.ndar
     from dataset_builders.dream_s.scene import heldout_combinations
 
     heldout = heldout_combinations(config.seed, 0.1)
-    jobs = [(config.seed, "train", i, config.video_size, heldout) for i in range(config.num_train)]
-    jobs += [(config.seed, "test", i, config.video_size, heldout) for i in range(config.num_test)]
+    shape = (config.video_size, heldout, config.max_subjects, config.max_events)
+    jobs = [(config.seed, "train", i, *shape) for i in range(config.num_train)]
+    jobs += [(config.seed, "test", i, *shape) for i in range(config.num_test)]
     if workers > 1:
         with get_context("spawn").Pool(workers) as pool:
             results = pool.map(_render_clip, jobs, chunksize=16)
