@@ -13,10 +13,13 @@ Phases, each timed:
    assembles them with a fresh MLP projector, the ChatML template and the four Tarsier special tokens.
 3. **stage 1** and **stage 2**: `accelerate launch train_sft.py --config recipes/tiny/stage{1,2}.yaml ...` as
    subprocesses (the repo's real trainer). Deviation from the paper: the vision tower and projector are
-   trained too, because they start from random weights; the LLM is trained fully as in the paper.
+   trained too, because they start from random weights; the LLM's decoder layers train as in the paper, its
+   embedding table stays frozen (`train_embeddings: false`, docs/tiny_recipe.md).
 4. **eval**: `python -m eval.inference` generates a description of every test clip (a fresh process that
    loads the checkpoint with `trust_remote_code`); CIDEr comes from the `eval/cider` evaluate module and event
-   precision / recall / F1 from the DREAM-S closed-grammar parser (exact, so no LLM judge is needed).
+   precision / recall / F1 from the DREAM-S closed-grammar parser (exact, so no LLM judge is needed); the test
+   references are also scored teacher-forced with their own and with another clip's video
+   (`eval.reference_loss`), overall and per word class: how much the model reads the frames, and what.
 5. **describe**: `python -m tools.describe` on one held-out test video.
 
 Outputs under `--output-dir`: `data/`, `parts/`, `stage1/`, `stage2/` (the trained checkpoint), `eval/<run>/`
