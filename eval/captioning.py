@@ -20,8 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.common import ModelArguments
-from eval.inference import VideoRequest, get_state, run_inference
+from eval.common import ModelArguments, generate_predictions, predictions_of, result_header, unreadable_videos
+from eval.inference import VideoRequest, get_state
 from eval.prompts import caption_prompt, frames_for
 from eval.results import write_json
 
@@ -132,19 +132,17 @@ def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, m
     prompt = caption_prompt(data.prompt)
     requests = [VideoRequest(s.id, s.video, prompt) for s in samples]
     output_dir = Path(data.output_dir)
-    outputs = run_inference(requests, output_dir / "predictions.jsonl", settings, model_args.batch_size,
-                            model=model, processor=processor, progress=progress, state=state)
-    if not state.is_main_process:
+    outputs = generate_predictions(requests, output_dir, model_args, settings, model, processor, progress, state)
+    if outputs is None:
         return None
-    predictions = {k: r["prediction"] for k, r in outputs.items() if "prediction" in r}
+    predictions = predictions_of(outputs)
     cider = score_cider(samples, predictions, data.document_frequencies)
     results = {
-        "benchmark": data.format, "task": "captioning", "model": data.model_name or str(model_args.checkpoint),
-        "checkpoint": str(model_args.checkpoint), "frames": settings.num_frames, "prompt": prompt,
-        "run": settings.to_dict(), "judge": None, "metric": "CIDEr-D (eval/cider)",
+        **result_header(data.format, "captioning", data.model_name, model_args, settings),
+        "prompt": prompt, "judge": None, "metric": "CIDEr-D (eval/cider)",
         "cider": cider["cider"], "n": len(samples), "n_predictions": len(predictions),
         "document_frequency_source": cider.get("document_frequency_source"),
-        "unreadable_videos": [{"id": k, "error": r["error"]} for k, r in outputs.items() if "error" in r],
+        "unreadable_videos": unreadable_videos(outputs),
         "samples": [{"id": s.id, "prediction": predictions.get(s.id), "cider": score}
                     for s, score in zip(samples, cider["scores"])],
     }

@@ -1,4 +1,4 @@
-"""Command-line pieces shared by the benchmark runners: model/generation options and judge options."""
+"""Shared by the benchmark runners: model/generation and judge options, and the steps around generation."""
 
 from __future__ import annotations
 
@@ -67,3 +67,36 @@ class JudgeArguments:
             api_key=self.judge_api_key, endpoint_kind=self.judge_endpoint_kind, timeout=self.judge_timeout,
             max_retries=self.judge_max_retries, cache_path=self.judge_cache, device=self.judge_device,
         )
+
+
+# -- what every benchmark runner does around generation -------------------------------------------------------------
+
+
+def generate_predictions(requests, output_dir, model_args: ModelArguments, settings: InferenceSettings, model=None,
+                         processor=None, progress: bool = True, state=None) -> dict[str, dict] | None:
+    """Run (or resume) generation into `output_dir/predictions.jsonl`; the records by id, or `None` off rank 0."""
+    from pathlib import Path
+
+    from eval.inference import get_state, run_inference
+
+    state = state or get_state()
+    outputs = run_inference(requests, Path(output_dir) / "predictions.jsonl", settings, model_args.batch_size,
+                            model=model, processor=processor, progress=progress, state=state)
+    return outputs if state.is_main_process else None
+
+
+def predictions_of(outputs: dict[str, dict]) -> dict[str, str]:
+    """`{id: prediction}` of the records that have one (failed videos have an `error` instead)."""
+    return {k: r["prediction"] for k, r in outputs.items() if "prediction" in r}
+
+
+def unreadable_videos(outputs: dict[str, dict]) -> list[dict]:
+    """`[{"id", "error"}]` of the records whose video could not be read."""
+    return [{"id": k, "error": r["error"]} for k, r in outputs.items() if "error" in r]
+
+
+def result_header(benchmark: str, task: str, model_name: str | None, model_args: ModelArguments,
+                  settings: InferenceSettings) -> dict:
+    """The fields that open every benchmark's `results.json`: what ran, on which checkpoint, with which frames."""
+    return {"benchmark": benchmark, "task": task, "model": model_name or str(model_args.checkpoint),
+            "checkpoint": str(model_args.checkpoint), "frames": settings.num_frames, "run": settings.to_dict()}

@@ -24,7 +24,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval.common import JudgeArguments, ModelArguments
+from eval.common import JudgeArguments, ModelArguments, predictions_of
 from eval.inference import VideoRequest, get_state, run_inference
 from eval.prompts import get_preset
 from eval.report import category_key, plot_complexity, table3_markdown
@@ -174,7 +174,7 @@ def evaluate_dream1k(
     )
     if not state.is_main_process:
         return None
-    predictions = {k: r["prediction"] for k, r in outputs.items() if "prediction" in r}
+    predictions = predictions_of(outputs)
     failed_videos = [{"id": k, "video": r["video"], "error": r["error"]} for k, r in outputs.items() if "error" in r]
     results = {
         "benchmark": "dream1k",

@@ -184,19 +184,16 @@ class VideoTextGenerator:
             fps=settings.fps,
             max_frames=settings.max_frames,
         )
-        text = self.processor.apply_chat_template(
-            self.conversation(request.prompt), add_generation_prompt=True, tokenize=False
-        )
-        # The frames are already sampled: hand them over as an array and keep all of them.
+        return {**self.encode_frames(sample.frames, request.prompt), "frame_indices": [int(i) for i in sample.indices]}
+
+    def encode_frames(self, frames, prompt: str) -> dict:
+        """Already sampled frames `(n, H, W, 3)` + prompt -> `input_ids (L,)`, `pixel_values (n, 3, S, S)`."""
+        text = self.processor.apply_chat_template(self.conversation(prompt), add_generation_prompt=True, tokenize=False)
+        # hand the frames over as an array and keep all of them
         encoded = self.processor(
-            text=text, videos=[sample.frames], num_frames=len(sample.frames), sampling="uniform",
-            padding=False, return_tensors="pt",
+            text=text, videos=[frames], num_frames=len(frames), sampling="uniform", padding=False, return_tensors="pt"
         )
-        return {
-            "input_ids": encoded["input_ids"][0],
-            "pixel_values": encoded["pixel_values"],
-            "frame_indices": [int(i) for i in sample.indices],
-        }
+        return {"input_ids": encoded["input_ids"][0], "pixel_values": encoded["pixel_values"]}
 
     def collate(self, encoded: list[dict]) -> dict:
         """Left-pad encoded samples into `input_ids (B, L)`, `attention_mask (B, L)`, `pixel_values (F, 3, S, S)`,

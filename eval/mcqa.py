@@ -340,7 +340,8 @@ class MCQAArguments:
 
 
 def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, progress: bool = True) -> dict | None:
-    from eval.inference import VideoRequest, get_state, run_inference
+    from eval.common import generate_predictions, predictions_of, result_header, unreadable_videos
+    from eval.inference import VideoRequest, get_state
     from eval.prompts import frames_for
     from eval.results import write_json
 
@@ -353,19 +354,17 @@ def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, p
     settings = model_args.inference_settings(frames)
     requests = [VideoRequest(q.id, q.video, q.prompt(data.prompt_template), {"task": q.task}) for q in questions]
     output_dir = Path(data.output_dir)
-    outputs = run_inference(requests, output_dir / "predictions.jsonl", settings, model_args.batch_size,
-                            model=model, processor=processor, progress=progress, state=state)
-    if not state.is_main_process:
+    outputs = generate_predictions(requests, output_dir, model_args, settings, model, processor, progress, state)
+    if outputs is None:
         return None
-    predictions = {k: r["prediction"] for k, r in outputs.items() if "prediction" in r}
+    predictions = predictions_of(outputs)
     scores = score_choices(questions, predictions)
     results = {
-        "benchmark": data.format, "task": "mcqa", "model": data.model_name or str(model_args.checkpoint),
-        "checkpoint": str(model_args.checkpoint), "frames": settings.num_frames,
+        **result_header(data.format, "mcqa", data.model_name, model_args, settings),
         "prompt": {"template": data.prompt_template, "example": requests[0].prompt if requests else None},
-        "run": settings.to_dict(), "judge": None, "unparsable_policy": "counted wrong",
+        "judge": None, "unparsable_policy": "counted wrong",
         **scores,
-        "unreadable_videos": [{"id": k, "error": r["error"]} for k, r in outputs.items() if "error" in r],
+        "unreadable_videos": unreadable_videos(outputs),
     }
     hidden = [q for q in questions if q.answer is None]
     if hidden:  # EgoSchema full set: answers are graded by the benchmark's server

@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.common import JudgeArguments, ModelArguments
-from eval.inference import VideoRequest, get_state, run_inference
+from eval.common import (JudgeArguments, ModelArguments, generate_predictions, predictions_of, result_header,
+                         unreadable_videos)
+from eval.inference import VideoRequest, get_state
 from eval.prompts import frames_for, openqa_prompt
 from eval.results import write_json
 
@@ -248,24 +249,21 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     settings = model_args.inference_settings(frames)
     requests = [VideoRequest(q.id, q.video, openqa_prompt(q.question, data.prompt_template)) for q in questions]
     output_dir = Path(data.output_dir)
-    outputs = run_inference(requests, output_dir / "predictions.jsonl", settings, model_args.batch_size,
-                            model=model, processor=processor, progress=progress, state=state)
-    if not state.is_main_process:
+    outputs = generate_predictions(requests, output_dir, model_args, settings, model, processor, progress, state)
+    if outputs is None:
         return None
-    predictions = {k: r["prediction"] for k, r in outputs.items() if "prediction" in r}
+    predictions = predictions_of(outputs)
     config = judge_args.autodq_config()
     judge = judge or judge_args.build(config)
     scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, judge_args.judge_concurrency)
     results = {
-        "benchmark": data.format, "task": "openqa", "model": data.model_name or str(model_args.checkpoint),
-        "checkpoint": str(model_args.checkpoint), "frames": settings.num_frames,
+        **result_header(data.format, "openqa", data.model_name, model_args, settings),
         "prompt": {"template": data.prompt_template, "example": requests[0].prompt if requests else None},
-        "run": settings.to_dict(),
         "judge": {**judge.settings.to_dict(), "prompt_version": JUDGE_PROMPT_VERSION,
                   "max_parse_attempts": config.max_parse_attempts},
         "accuracy": scores["accuracy"], "score": scores["score"], "n": scores["n"],
         "n_failed": scores["n_failed"], "failed": scores["failed"],
-        "unreadable_videos": [{"id": k, "error": r["error"]} for k, r in outputs.items() if "error" in r],
+        "unreadable_videos": unreadable_videos(outputs),
         "samples": scores["samples"],
     }
     write_json(output_dir / "results.json", results)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from training.collator import FramePolicy, TarsierVideoCollator
 from training.data import normalize_row
+from training.loss import labelled_logits
 
 
 @dataclass
@@ -102,16 +103,12 @@ def score_references(
         labels = batch.pop("labels")
         inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "num_frames")}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        hidden = model.model(**inputs, use_cache=False).last_hidden_state  # (B, L, hidden)
-        targets = labels[:, 1:].to(device)  # the token each position predicts
-        for b, row in enumerate(chunk):
-            positions = (targets[b] != -100).nonzero().squeeze(-1)
-            logits = model.lm_head(hidden[b, positions]).float()  # (n_tokens, vocab)
-            nll = F.cross_entropy(logits, targets[b, positions], reduction="none")
-            ids = targets[b, positions].tolist()
+        logits, targets, mask = labelled_logits(model, inputs, labels)  # (N, vocab), (N,): rows in order
+        nll = F.cross_entropy(logits.float(), targets, reduction="none")
+        for row, ids, losses in zip(chunk, targets.split(mask.sum(1).tolist()), nll.split(mask.sum(1).tolist())):
             scored.append(ScoredReference(
                 idx=str(row.get("idx")), video=_video_of(row),
-                tokens=[tokenizer.decode([i]) for i in ids], nll=[round(float(v), 5) for v in nll],
+                tokens=[tokenizer.decode([i]) for i in ids.tolist()], nll=[round(float(v), 5) for v in losses],
             ))
     return scored
 
@@ -146,3 +143,22 @@ def nll_by_class(
             total[1] += b
             total[2] += 1
     return {kind: {"own_video": a / n, "other_video": b / n, "tokens": n} for kind, (a, b, n) in sorted(sums.items())}
+
+
+def own_vs_other_video(model, processor, rows: Sequence[dict], classify: Callable[[list[str]], list[str]],
+                       **score_kwargs) -> dict:
+    """
+    The video-reliance summary: mean reference loss with each row's own video and with the next row's video,
+    overall and per word class.
+
+    Args:
+        classify: maps a reference's tokens to one class per token (e.g. `dataset_builders.dream_s.word_classes`).
+        score_kwargs: passed to `score_references` (`video_root`, `num_frames`, `batch_size`, `collator`).
+
+    Returns:
+        `{"nll_own_video", "nll_other_video", "nll_by_word_class"}` (the last as `nll_by_class` returns it).
+    """
+    own = score_references(model, processor, rows, **score_kwargs)
+    other = score_references(model, processor, rows, shift=1, **score_kwargs)
+    return {"nll_own_video": mean_token_nll(own), "nll_other_video": mean_token_nll(other),
+            "nll_by_word_class": nll_by_class(own, other, classify)}

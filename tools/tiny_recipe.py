@@ -207,26 +207,24 @@ def train_run(spec: RunSpec, args: TinyRecipeArguments, out: Path, parts: dict, 
               "dataloader_num_workers": args.dataloader_workers}
     model_parts = {"vision_model": parts["vision"], "language_model": parts["language_model"]}
     checkpoint = None
-    if spec.stage1:
-        checkpoint = run_dir / "stage1"
-        if not (args.keep_going and (checkpoint / "config.json").is_file()):
-            log(f"{spec.name}: stage 1 (multi-task pre-training) -> {checkpoint}")
-            with timer.phase(f"{spec.name}/stage1"):
-                launch_train(1, args, {
-                    **model_parts, **common, "dataset_paths": [data_dir / "stage1.jsonl"], "video_roots": [data_dir],
-                    "output_dir": checkpoint, "max_steps": args.stage1_steps, "num_frames": [frames],
-                }, run_dir / "logs" / "stage1.log")
-    if spec.stage2:
-        # an empty model_name_or_path overrides the YAML's stage-1 path: build from the parts instead
-        source = {"model_name_or_path": checkpoint} if checkpoint else {"model_name_or_path": "", **model_parts}
-        checkpoint = run_dir / "stage2"
-        if not (args.keep_going and (checkpoint / "config.json").is_file()):
-            log(f"{spec.name}: stage 2 (multi-grained instruction tuning) -> {checkpoint}")
-            with timer.phase(f"{spec.name}/stage2"):
-                launch_train(2, args, {
-                    **source, **common, "dataset_paths": [data_dir / "stage2.jsonl"], "video_roots": [data_dir],
-                    "output_dir": checkpoint, "max_steps": args.stage2_steps, "num_frames": [frames],
-                }, run_dir / "logs" / "stage2.log")
+    for stage, wanted, title in ((1, spec.stage1, "multi-task pre-training"),
+                                 (2, spec.stage2, "multi-grained instruction tuning")):
+        if not wanted:
+            continue
+        # stage 2 starts from stage 1; without it, an empty model_name_or_path overrides the YAML's stage-1 path
+        # and train_sft.py builds from the parts
+        source = model_parts if stage == 1 else (
+            {"model_name_or_path": checkpoint} if checkpoint else {"model_name_or_path": "", **model_parts})
+        checkpoint = run_dir / f"stage{stage}"
+        if args.keep_going and (checkpoint / "config.json").is_file():
+            continue
+        log(f"{spec.name}: stage {stage} ({title}) -> {checkpoint}")
+        with timer.phase(f"{spec.name}/stage{stage}"):
+            launch_train(stage, args, {
+                **source, **common, "dataset_paths": [data_dir / f"stage{stage}.jsonl"], "video_roots": [data_dir],
+                "output_dir": checkpoint, "max_steps": args.stage1_steps if stage == 1 else args.stage2_steps,
+                "num_frames": [frames],
+            }, run_dir / "logs" / f"stage{stage}.log")
     return checkpoint
 
 
@@ -286,14 +284,11 @@ def video_reliance(checkpoint: Path, rows: list[dict], data_dir: Path, num_frame
     """Reference loss (nats per token) with each clip's own video and with the next clip's video, overall and per
     word class of the grammar: how much the model reads the frames, and for which content."""
     from dataset_builders.dream_s import word_classes
-    from eval.reference_loss import mean_token_nll, nll_by_class, score_references
+    from eval.reference_loss import own_vs_other_video
     from training.model_builder import load_tarsier
 
     model, processor = load_tarsier(str(checkpoint))
-    own = score_references(model, processor, rows, video_root=str(data_dir), num_frames=num_frames)
-    other = score_references(model, processor, rows, video_root=str(data_dir), num_frames=num_frames, shift=1)
-    return {"nll_own_video": mean_token_nll(own), "nll_other_video": mean_token_nll(other),
-            "nll_by_word_class": nll_by_class(own, other, word_classes)}
+    return own_vs_other_video(model, processor, rows, word_classes, video_root=str(data_dir), num_frames=num_frames)
 
 
 def describe_one(checkpoint: Path, args: TinyRecipeArguments, out: Path) -> dict:

@@ -191,11 +191,10 @@ def parameter_groups(model, config: SweepConfig) -> list[dict]:
 
 def plain_head_loss(model, batch: dict) -> torch.Tensor:
     """Mean next-token loss with the LM head applied only at labelled positions (`--loss_head plain`)."""
-    labels = batch.pop("labels")
-    hidden = model.model(**batch, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    mask = targets != -100
-    return F.cross_entropy(model.lm_head(hidden[:, :-1][mask]).float(), targets[mask])
+    from training.loss import labelled_logits
+
+    logits, targets, _ = labelled_logits(model, batch, batch.pop("labels"))
+    return F.cross_entropy(logits.float(), targets)
 
 
 def train_stage(model, collator, rows, steps, policy, config: SweepConfig, device, rng, on_step=None) -> list:
@@ -228,50 +227,36 @@ def train_stage(model, collator, rows, steps, policy, config: SweepConfig, devic
 # -- scoring --------------------------------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
-def describe(model, processor, frames, rows, config: SweepConfig, device) -> list[str]:
-    """Greedy detailed descriptions of test clips (left-padded batches of 20)."""
-    tokenizer = processor.tokenizer
+def describe(model, processor, frames, rows, config: SweepConfig) -> list[str]:
+    """Greedy detailed descriptions of test clips, batched as `eval.inference` batches them."""
+    from eval.inference import GenerationSettings, InferenceSettings, VideoTextGenerator
+
+    generator = VideoTextGenerator(model, processor, InferenceSettings(
+        checkpoint="(in memory)", num_frames=config.num_frames,
+        generation=GenerationSettings(max_new_tokens=config.max_new_tokens)))
     model.eval()
     predictions = []
     for start in range(0, len(rows), 20):
         encoded = []
         for row in rows[start : start + 20]:
-            text = processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": TEST_PROMPT}]}],
-                add_generation_prompt=True, tokenize=False)
             clip = frames[row["messages"][0]["content"][0]["path"]]
-            clip = clip[frame_indices(len(clip), config.num_frames, "uniform", None)]
-            encoded.append(processor(text=text, videos=[clip], num_frames=len(clip), sampling="uniform",
-                                     padding=False, return_tensors="pt"))
-        length = max(e["input_ids"].shape[1] for e in encoded)
-        input_ids = torch.full((len(encoded), length), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, e in enumerate(encoded):
-            input_ids[i, length - e["input_ids"].shape[1] :] = e["input_ids"][0]
-            attention_mask[i, length - e["input_ids"].shape[1] :] = 1
-        output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            pixel_values=torch.cat([e["pixel_values"] for e in encoded]).to(device),
-            num_frames=torch.tensor([e["pixel_values"].shape[0] for e in encoded], device=device),
-            max_new_tokens=config.max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        predictions += [t.strip() for t in tokenizer.batch_decode(output[:, length:], skip_special_tokens=True)]
+            encoded.append(generator.encode_frames(clip[frame_indices(len(clip), config.num_frames, "uniform", None)],
+                                                   TEST_PROMPT))
+        predictions += generator.generate(generator.collate(encoded), seed=0)
     return predictions
 
 
-def score(model, processor, collator, frames, rows, config: SweepConfig, device) -> dict:
+def score(model, processor, collator, frames, rows, config: SweepConfig) -> dict:
     """Event F1 of greedy descriptions and reference loss (own / other video, per word class)."""
     from dataset_builders.dream_s import corpus_event_scores, event_scores, word_classes
-    from eval.reference_loss import mean_token_nll, nll_by_class, score_references
+    from eval.reference_loss import own_vs_other_video
 
-    predictions = describe(model, processor, frames, rows, config, device)
+    predictions = describe(model, processor, frames, rows, config)
     corpus = corpus_event_scores(event_scores(p, row["events"]) for p, row in zip(predictions, rows))
     collator.policy = "uniform"
-    own = score_references(model, processor, rows, collator=collator)
-    other = score_references(model, processor, rows, collator=collator, shift=1)
     return {"f1": corpus["f1"], "precision": corpus["precision"], "recall": corpus["recall"],
-            "nll_own_video": mean_token_nll(own), "nll_other_video": mean_token_nll(other),
-            "nll_by_word_class": nll_by_class(own, other, word_classes), "examples": predictions[:3]}
+            **own_vs_other_video(model, processor, rows, word_classes, collator=collator),
+            "examples": predictions[:3]}
 
 
 def run_config(config: SweepConfig, args: SweepArguments) -> dict:
@@ -290,7 +275,7 @@ def run_config(config: SweepConfig, args: SweepArguments) -> dict:
 
     def checkpoint_score(step: int) -> None:
         if config.eval_every and step % config.eval_every == 0:
-            result = score(model, processor, collator, frames, rows["test"][:30], config, device)
+            result = score(model, processor, collator, frames, rows["test"][:30], config)
             curve.append({"stage2_step": step, **{k: result[k] for k in ("f1", "nll_own_video", "nll_other_video")}})
             model.train()
             collator.policy = "uniform"
@@ -301,7 +286,7 @@ def run_config(config: SweepConfig, args: SweepArguments) -> dict:
     losses2 = train_stage(model, collator, [r for r in rows["stage2"] if r["task"] in tasks2], config.stage2_steps,
                           "uniform", config, device, rng, on_step=checkpoint_score) if config.stage2_steps else []
     train_s = time.perf_counter() - train_started
-    result = score(model, processor, collator, frames, rows["test"], config, device)
+    result = score(model, processor, collator, frames, rows["test"], config)
     return {"config": asdict(config), **result, "curve": curve, "train_s": train_s,
             "total_s": time.perf_counter() - started, "final_losses": [losses1[-1:], losses2[-1:]],
             "device": str(device)}

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
+from training.loss import labelled_logits
+
 SKIP_KEYS = ("skipped_samples", "skipped_too_long")
 LOSS_HEADS = ("fused", "plain")
 VISUAL_PARTS = ("vision_tower.", "multi_modal_projector.")
@@ -100,15 +102,10 @@ class TarsierSFTTrainer(SFTTrainer):
         mode = "train" if self.model.training else "eval"
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        inputs["use_cache"] = False
         core = self.accelerator.unwrap_model(model)
         if hasattr(core, "get_base_model"):  # peft
             core = core.get_base_model()
-        hidden = core.model(**inputs).last_hidden_state  # (batch, seq, hidden)
-        targets = labels[:, 1:].to(hidden.device)  # label of the next token, per position
-        mask = targets != -100
-        logits = core.lm_head(hidden[:, :-1][mask])  # (N, vocab)
-        targets = targets[mask]  # (N,)
+        logits, targets, mask = labelled_logits(core, inputs, labels)  # (N, vocab), (N,)
         loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = loss_sum / torch.as_tensor(num_tokens, device=loss_sum.device).clamp(min=1)
@@ -127,7 +124,7 @@ class TarsierSFTTrainer(SFTTrainer):
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         if return_outputs:
             with torch.no_grad():
-                outputs = model(**inputs)
+                outputs = model(**inputs, use_cache=False)
             return loss, outputs
         return loss
 
