@@ -25,6 +25,7 @@ from pathlib import Path
 # Running from any folder (`python path/to/train_sft.py`) must still find the repo's modules.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from transformers import set_seed  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 from trl import TrlParser  # noqa: E402
 
@@ -240,6 +241,9 @@ def main(
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once at the end, below
 
+    # the parts' fresh weights (vision tower, projector, new token rows) come from the global RNG: seed it first,
+    # or the same --seed builds a different model every run (the Trainer only seeds once the model exists)
+    set_seed(training_args.seed)
     model, processor, peft_config, base_name = build_model(
         model_args, training_args.output_dir, is_main_process=training_args.process_index == 0
     )

@@ -471,6 +471,25 @@ def test_lora_run_saves_adapter_that_merges_and_reloads(tiny_tarsier, data_dir, 
     assert report["merge_error"] < 1e-4
 
 
+@pytest.mark.slow
+def test_same_seed_builds_and_trains_the_same_model_from_parts(parts_dir, data_dir, tmp_path):
+    """Built from parts, the fresh vision tower / projector / token rows follow --seed: two runs are identical."""
+    outputs = {}
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        output_dir = tmp_path / run
+        cmd = [sys.executable, str(REPO / "train_sft.py"), "--vision_model", str(parts_dir / "vision.json"),
+               "--language_model", str(parts_dir / "llm"), "--chat_template", "chatml", "--train_vision_tower", "true",
+               "--train_projector", "true", "--max_steps", "2", "--save_strategy", "no", "--learning_rate", "1e-3",
+               *_common_args(data_dir, output_dir, data="good.jsonl")]
+        cmd[cmd.index("--seed") + 1] = str(seed)
+        _run(cmd, cwd=tmp_path)
+        outputs[run] = _tensors(output_dir)
+    assert outputs["a"].keys() == outputs["b"].keys()
+    assert all(torch.equal(outputs["a"][k], outputs["b"][k]) for k in outputs["a"])
+    projector = [k for k in outputs["a"] if "multi_modal_projector" in k]
+    assert projector and any(not torch.equal(outputs["a"][k], outputs["c"][k]) for k in projector)
+
+
 def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir, tmp_path):
     """`--loss_head plain` (LM head only at labelled positions) gives TRL's fused loss and the same gradients."""
     import copy
