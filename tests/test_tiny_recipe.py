@@ -113,17 +113,35 @@ print("GENERATED", out.shape[1] - inputs["input_ids"].shape[1])
 
 
 def test_results_table_times_each_run_and_marks_reused_stages():
-    from tools.tiny_recipe import PhaseTimer, results_table
+    from tools.tiny_recipe import ABLATIONS, PhaseTimer, RunSpec, results_table, timed_phases
 
     scores = {"num_frames": 8, "cider": 0.5, "precision": 0.1, "recall": 0.2, "f1": 0.13, "nll_own_video": 0.6,
               "nll_other_video": 0.7, "nll_by_word_class": {"colour": {"own_video": 1.6, "other_video": 1.9,
                                                                        "tokens": 10}}}
-    results = [{"run": name, "label": name, **scores} for name in ("full", "stage1_only", "single_frame")]
+    specs = {spec.name: spec for spec in (RunSpec("full"), *ABLATIONS)}
+    results = [{"run": name, "label": name, **scores, "phases": timed_phases(specs[name])}
+               for name in ("full", "stage1_only", "scratch_tower", "single_frame")]
     timer = PhaseTimer()
-    timer.wall = {"full/stage1": 250.0, "full/stage2": 370.0, "full/eval": 16.0}
+    timer.wall = {"stage0": 100.0, "full/stage1": 250.0, "full/stage2": 370.0, "full/eval": 16.0,
+                  "scratch_tower/stage1": 240.0, "scratch_tower/stage2": 360.0}
     rows = {line.split(" | ")[0].strip("| "): line for line in results_table(results, timer).splitlines()
             if line.startswith("| ") and "0.600 / 0.700" in line}
-    assert rows["full"].endswith("| 620 |")  # both stages, not the evaluation
-    assert rows["stage1_only"].endswith("| 250 |")  # the full run's stage 1 is this model
-    assert rows["single_frame"].endswith("| reused |")  # --keep-going found it trained
+    assert rows["full"].endswith("| 720 |")  # stages 0, 1 and 2, not the evaluation
+    assert rows["stage1_only"].endswith("| 350 |")  # the full run's stage 0 and stage 1 are this model
+    assert rows["scratch_tower"].endswith("| 600 |")  # no stage 0
+    assert rows["single_frame"].endswith("| 100 |")  # --keep-going found its stages 1-2 trained: stage 0 only
     assert "| colour |" in results_table(results, timer) and "1.60 / 1.90" in results_table(results, timer)
+    timer.wall = {}
+    assert results_table(results[:1], timer).splitlines()[2].endswith("| reused |")
+
+
+def test_ablations_are_the_rows_of_table_6():
+    """--ablations trains the paper's Table 6 rows in miniature, plus the tower-from-scratch row of stage 0."""
+    from tools.tiny_recipe import ABLATIONS, RunSpec
+
+    labels = [spec.label for spec in (RunSpec("full"), *ABLATIONS)]
+    assert labels == ["full recipe (stage 0 + 1 + 2)", "w/o stage 1", "w/o stage 2", "single-frame input",
+                      "tower from scratch (w/o stage 0)"]
+    by_name = {spec.name: spec for spec in ABLATIONS}
+    assert not by_name["stage2_only"].stage1 and not by_name["stage1_only"].stage2
+    assert by_name["single_frame"].num_frames == 1 and not by_name["scratch_tower"].stage0

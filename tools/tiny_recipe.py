@@ -56,13 +56,15 @@ class TinyRecipeArguments:
     video_size: int = field(default=64, metadata={"help": "Side of the generated videos in pixels."})
     num_frames: int = field(default=8, metadata={"help": "Frames per video in stage 2 and evaluation."})
     llm_layers: int = field(default=2, metadata={"help": "SmolLM2 decoder layers kept (1-30; 30 = the whole LLM)."})
+    stage0_steps: int | None = field(default=None, metadata={"help": "Stage-0 optimiser steps (default: the YAML)."})
     stage1_steps: int | None = field(default=None, metadata={"help": "Stage-1 optimiser steps (default: the YAML)."})
     stage2_steps: int | None = field(default=None, metadata={"help": "Stage-2 optimiser steps (default: the YAML)."})
     batch_size: int | None = field(default=None, metadata={"help": "Per-step batch size (default: the YAML)."})
     dataloader_workers: int | None = field(default=None, metadata={"help": "Decoding processes (default: the YAML)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of the evaluation."})
     eval_batch_size: int = field(default=10, metadata={"help": "Test videos per generate call."})
-    ablations: bool = field(default=False, metadata={"help": "Also run stage-2 only, stage-1 only and single frame."})
+    ablations: bool = field(default=False, metadata={
+        "help": "Also run w/o stage 1, w/o stage 2, single frame and tower from scratch (paper Table 6)."})
     quick: bool = field(default=False, metadata={"help": "Reduced run for CI: few clips, steps and layers."})
     keep_going: bool = field(default=False, metadata={"help": "Reuse finished phases found in --output-dir."})
 
@@ -71,6 +73,7 @@ class TinyRecipeArguments:
             self.num_train, self.num_test = min(self.num_train, 6), min(self.num_test, 4)
             self.llm_layers = 1
             # two steps: the warm-up gives the first step a learning rate of zero
+            self.stage0_steps = self.stage0_steps or 2
             self.stage1_steps = self.stage1_steps or 2
             self.stage2_steps = self.stage2_steps or 2
             self.batch_size = self.batch_size or 2
@@ -88,6 +91,7 @@ class RunSpec:
     """One trained-and-evaluated variant (the full recipe, or an ablation of Table 6)."""
 
     name: str
+    stage0: bool = True  # False: the tower starts from random weights and trains in stages 1 and 2
     stage1: bool = True
     stage2: bool = True
     num_frames: int | None = None  # None: the recipe's frames
@@ -95,11 +99,16 @@ class RunSpec:
     @property
     def label(self) -> str:
         return {
-            "full": "full recipe (stage 1 + stage 2)",
-            "stage2_only": "w/o stage 1 (stage 2 only)",
-            "stage1_only": "w/o stage 2 (stage 1 only)",
-            "single_frame": "single-frame input (both stages)",
+            "full": "full recipe (stage 0 + 1 + 2)",
+            "stage2_only": "w/o stage 1",
+            "stage1_only": "w/o stage 2",
+            "single_frame": "single-frame input",
+            "scratch_tower": "tower from scratch (w/o stage 0)",
         }[self.name]
+
+
+ABLATIONS = (RunSpec("stage2_only", stage1=False), RunSpec("stage1_only", stage2=False),
+             RunSpec("single_frame", num_frames=1), RunSpec("scratch_tower", stage0=False))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,14 +207,43 @@ def run_logged(cmd: list[str], log_file: Path) -> None:
         raise RuntimeError(f"command failed with exit code {code} (full log: {log_file}):\n{tail}")
 
 
+def pretrain_tower(args: TinyRecipeArguments, out: Path, language_model: str, timer: PhaseTimer) -> Path:
+    """Stage 0: `python -m training.vision_pretraining --config recipes/tiny/stage0.yaml ...` (CLIP's contrastive
+    loss on single frames and their captions); returns the `clip_vision_model` folder that stages 1 and 2 load."""
+    data_dir, tower = out / "data", out / "stage0"
+    if args.keep_going and (tower / "config.json").is_file():
+        return tower
+    log(f"stage 0 (vision tower pre-training on single frames) -> {tower}")
+    cmd = [sys.executable, "-m", "training.vision_pretraining", "--config", str(RECIPES / "stage0.yaml"),
+           "--frames_file", str(data_dir / "stage0.jsonl"), "--video_root", str(data_dir),
+           "--tokenizer", language_model, "--output_dir", str(tower), "--seed", str(args.seed)]
+    if args.stage0_steps:
+        cmd += ["--max_steps", str(args.stage0_steps)]
+    if args.quick:
+        cmd += ["--per_device_train_batch_size", "8"]
+    with timer.phase("stage0"):
+        run_logged(cmd, out / "logs" / "stage0.log")
+    return tower
+
+
+def timed_phases(spec: RunSpec) -> list[str]:
+    """The timer phases that trained a run's model (stage 1 only is the full run's stage-1 checkpoint)."""
+    owner = "full" if spec.name == "stage1_only" else spec.name
+    stages = [f"{owner}/stage{k}" for k, wanted in ((1, spec.stage1), (2, spec.stage2)) if wanted]
+    return (["stage0"] if spec.stage0 else []) + stages
+
+
 def train_run(spec: RunSpec, args: TinyRecipeArguments, out: Path, parts: dict, timer: PhaseTimer) -> Path:
-    """Train the stages of one run; returns the checkpoint folder that gets evaluated."""
+    """Train stages 1 and 2 of one run; returns the checkpoint folder that gets evaluated."""
     data_dir = out / "data"
     run_dir = out if spec.name == "full" else out / "ablations" / spec.name
     frames = spec.num_frames or args.num_frames
     common = {"per_device_train_batch_size": args.batch_size, "seed": args.seed,
               "dataloader_num_workers": args.dataloader_workers}
-    model_parts = {"vision_model": parts["vision"], "language_model": parts["language_model"]}
+    # the pretrained tower stays frozen (as in the paper); a tower from scratch has to learn in stages 1 and 2
+    model_parts = {"vision_model": parts["tower"], "train_vision_tower": "false"} if spec.stage0 else {
+        "vision_model": parts["vision_config"], "train_vision_tower": "true"}
+    model_parts["language_model"] = parts["language_model"]
     checkpoint = None
     for stage, wanted, title in ((1, spec.stage1, "multi-task pre-training"),
                                  (2, spec.stage2, "multi-grained instruction tuning")):
@@ -214,7 +252,8 @@ def train_run(spec: RunSpec, args: TinyRecipeArguments, out: Path, parts: dict, 
         # stage 2 starts from stage 1; without it, an empty model_name_or_path overrides the YAML's stage-1 path
         # and train_sft.py builds from the parts
         source = model_parts if stage == 1 else (
-            {"model_name_or_path": checkpoint} if checkpoint else {"model_name_or_path": "", **model_parts})
+            {"model_name_or_path": checkpoint, "train_vision_tower": model_parts["train_vision_tower"]}
+            if checkpoint else {"model_name_or_path": "", **model_parts})
         checkpoint = run_dir / f"stage{stage}"
         if args.keep_going and (checkpoint / "config.json").is_file():
             continue
@@ -321,9 +360,8 @@ def results_table(results: list[dict], timer: PhaseTimer) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        # stage 1 only is the full run's stage-1 checkpoint; --keep-going reuses stages without timing them again
-        prefixes = ("full/stage1",) if r["run"] == "stage1_only" else (r["run"] + "/stage",)
-        timed = [v for k, v in timer.wall.items() if k.startswith(prefixes)]
+        # stages 0-2 that made the run's model; --keep-going reuses stages without timing them again
+        timed = [timer.wall[k] for k in r["phases"] if k in timer.wall]
         train = f"{sum(timed):.0f}" if timed else "reused"
         lines.append(f"| {r['label']} | {r['num_frames']} | {r['cider']:.3f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {r['f1']:.3f} | {r['nll_own_video']:.3f} / {r['nll_other_video']:.3f} | "
@@ -386,15 +424,13 @@ def run_recipe(args: TinyRecipeArguments) -> dict:
     with timer.phase("data"):
         info = make_data(args, out / "data")
 
-    log(f"parts: SmolLM2-135M-Instruct cut to {args.llm_layers} layers + a CLIP vision tower trained from scratch")
+    log(f"parts: SmolLM2-135M-Instruct cut to {args.llm_layers} layers")
     with timer.phase("parts"):
-        parts = {"vision": str(RECIPES / "vision_tower.json"),
+        parts = {"vision_config": str(RECIPES / "vision_tower.json"),
                  "language_model": str(make_language_model(args.llm_layers, out / "parts"))}
+    parts["tower"] = str(pretrain_tower(args, out, parts["language_model"], timer))
 
-    specs = [RunSpec("full")]
-    if args.ablations:
-        specs += [RunSpec("stage2_only", stage1=False), RunSpec("stage1_only", stage2=False),
-                  RunSpec("single_frame", num_frames=1)]
+    specs = [RunSpec("full"), *(ABLATIONS if args.ablations else ())]
     results, final_checkpoint = [], None
     for spec in specs:
         if spec.name == "stage1_only":  # the full run's stage-1 checkpoint is exactly this model
@@ -403,7 +439,7 @@ def run_recipe(args: TinyRecipeArguments) -> dict:
             checkpoint = train_run(spec, args, out, parts, timer)
         if spec.name == "full":
             final_checkpoint = checkpoint
-        results.append(evaluate_run(spec, checkpoint, args, out, timer))
+        results.append({**evaluate_run(spec, checkpoint, args, out, timer), "phases": timed_phases(spec)})
         log(f"{spec.name}: event F1 {results[-1]['f1']:.3f}, CIDEr {results[-1]['cider']:.3f}")
 
     log("describe: one held-out test video with tools.describe")

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..video_writer import write_video
-from .grammar import camera_description, detailed_description, short_description
+from .grammar import camera_description, detailed_description, frame_caption, short_description
 from .render import compute_boxes, compute_tracks, render_frames
 from .scene import ClipSpec, all_combinations, heldout_combinations, sample_clip
 from .tasks import stage1_rows, stage2_rows, test_row
@@ -34,8 +34,8 @@ class BuildConfig:
     size: int = field(default=64, metadata={"help": "frame side in pixels (even)"})
     fps: float = field(default=8.0, metadata={"help": "frame rate written in the videos"})
     heldout_fraction: float = field(default=0.1, metadata={"help": "share of (colour, shape, action) triples only the test split shows"})
-    max_subjects: int = field(default=3, metadata={"help": "most shapes per clip (1-3)"})
-    max_events: int = field(default=4, metadata={"help": "most events per clip (1-4)"})
+    max_subjects: int = field(default=2, metadata={"help": "most shapes per clip (1-3)"})
+    max_events: int = field(default=3, metadata={"help": "most events per clip (1-4)"})
     cut_prob: float = field(default=0.25, metadata={"help": "probability of one shot cut (clips with 2+ events)"})
     static_camera_prob: float = field(default=0.4, metadata={"help": "probability of a still camera (else pan or zoom)"})
     supersample: int = field(default=2, metadata={"help": "render at this multiple of --size and average down (anti-aliasing)"})
@@ -110,7 +110,9 @@ def build_clip(config: BuildConfig, heldout: set, split: str, index: int) -> dic
     }
     task_rng = clip_rng(config.seed, split, index, stream=1)
     if split == "train":
-        return {"record": record, "stage1": stage1_rows(clip, task_rng, video, idx, boxes), "stage2": stage2_rows(clip, task_rng, video, idx)}
+        frames_rows = [{"video": video, "frame": f, "caption": frame_caption(clip, tracks, f)} for f in range(clip.num_frames)]
+        return {"record": record, "stage0": frames_rows, "stage1": stage1_rows(clip, task_rng, video, idx, boxes),
+                "stage2": stage2_rows(clip, task_rng, video, idx)}
     return {"record": record, "test": [test_row(clip, video, idx)]}
 
 
@@ -124,7 +126,8 @@ def build_dataset(config: BuildConfig, progress: bool = True) -> dict:
     """Generate the dataset under `config.out`; returns the content of `info.json`.
 
     Files (paths inside rows are relative to `config.out`):
-        videos/{train,test}/NNNNNN.mp4, stage1.jsonl, stage2.jsonl, test.jsonl,
+        videos/{train,test}/NNNNNN.mp4, stage0.jsonl (one caption per train frame), stage1.jsonl, stage2.jsonl,
+        test.jsonl,
         clips_train.jsonl, clips_test.jsonl (full ground truth per clip), info.json.
     """
     config.validate()
@@ -150,6 +153,7 @@ def build_dataset(config: BuildConfig, progress: bool = True) -> dict:
 
     train = [r for r in results if r["record"]["split"] == "train"]
     test = [r for r in results if r["record"]["split"] == "test"]
+    _write_jsonl(out / "stage0.jsonl", [row for r in train for row in r["stage0"]])
     _write_jsonl(out / "stage1.jsonl", [row for r in train for row in r["stage1"]])
     _write_jsonl(out / "stage2.jsonl", [row for r in train for row in r["stage2"]])
     _write_jsonl(out / "test.jsonl", [row for r in test for row in r["test"]])
@@ -162,13 +166,14 @@ def build_dataset(config: BuildConfig, progress: bool = True) -> dict:
         "counts": {
             "train_clips": len(train),
             "test_clips": len(test),
+            "stage0_rows": sum(len(r["stage0"]) for r in train),
             "stage1_rows": sum(len(r["stage1"]) for r in train),
             "stage2_rows": sum(len(r["stage2"]) for r in train),
             "test_rows": len(test),
         },
         "heldout_combinations": sorted(list(t) for t in heldout),
         "num_combinations": len(all_combinations()),
-        "files": ["stage1.jsonl", "stage2.jsonl", "test.jsonl", "clips_train.jsonl", "clips_test.jsonl"],
+        "files": ["stage0.jsonl", "stage1.jsonl", "stage2.jsonl", "test.jsonl", "clips_train.jsonl", "clips_test.jsonl"],
     }
     with open(out / "info.json", "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)

@@ -110,6 +110,58 @@ def camera_description(clip: ClipSpec) -> str:
     return f"{camera_sentence(clip)} {cut_sentence(clip)}"
 
 
+# --------------------------------------------------------------------------------------------- frame captions
+# What one frame shows, for stage 0 (contrastive pre-training of the vision tower on single frames). Positions and
+# sizes are in image coordinates (after the camera), binned so that every event changes at least one word between
+# its first and last frame: a move (0.3 of the frame) always crosses a fifth, grow / shrink change the size word.
+_COLUMNS = ("far left", "left", "centre", "right", "far right")
+_ROWS = ("top", "upper", "middle", "lower", "bottom")
+_SIZE_WORDS = ((0.085, "small"), (0.135, "medium"), (float("inf"), "large"))  # image-space radius upper bounds
+
+
+def _bin(value: float, names: tuple[str, ...]) -> str:
+    return names[min(len(names) - 1, max(0, int(value * len(names))))]
+
+
+def _pose(kind: str, angle: float) -> str:
+    """`upright` / `diamond` (square), `pointing up` / `pointing down` (triangle), `tilted` in between."""
+    if kind == "circle":
+        return ""
+    period = 90.0 if kind == "square" else 120.0
+    phase = (angle % period) / period  # 0: start pose, 0.5: the pose after a rotation
+    if min(phase, 1.0 - phase) < 0.125:
+        return "upright" if kind == "square" else "pointing up"
+    if abs(phase - 0.5) < 0.125:
+        return "diamond" if kind == "square" else "pointing down"
+    return "tilted"
+
+
+def frame_caption(clip: ClipSpec, tracks, frame: int) -> str:
+    """One frame in words: every shape at least half visible, left to right, with size, colour, shape, pose and
+    position, e.g. "a medium red triangle pointing up at the upper left; a small blue circle at the middle right".
+
+    `tracks` is `render.compute_tracks(clip)`; colours are named by the nearest palette colour (a shape that is
+    changing colour takes the name of the colour it is closer to).
+    """
+    palette = {name: tuple(rgb) for name, rgb in COLOURS.items()}
+    items = []
+    for i, shape in enumerate(clip.shapes):
+        if tracks.alpha[frame, i] < 0.5:
+            continue
+        zoom = tracks.zoom[frame]
+        x = (tracks.x[frame, i] - tracks.cam_x[frame]) * zoom + 0.5
+        y = (tracks.y[frame, i] - tracks.cam_y[frame]) * zoom + 0.5
+        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+            continue
+        rgb = tracks.colour[frame, i]
+        colour = min(palette, key=lambda name: sum((a - b) ** 2 for a, b in zip(palette[name], rgb)))
+        size = next(word for bound, word in _SIZE_WORDS if tracks.size[frame, i] * zoom < bound)
+        pose = _pose(shape.shape, tracks.angle[frame, i])
+        where = f"{_bin(y, _ROWS)} {_bin(x, _COLUMNS)}".replace("middle centre", "centre")
+        items.append((x, f"a {size} {colour} {shape.shape}{' ' + pose if pose else ''} at the {where}"))
+    return "; ".join(text for _, text in sorted(items)) if items else "nothing but the background"
+
+
 # ---------------------------------------------------------------------------------------------------- parsing
 # Word classes of the grammar, for per-class scores (e.g. eval.reference_loss): which content the model gets right.
 _ACTION_WORDS = {"moves", "appears", "disappears", "grows", "bigger", "shrinks", "rotates", "turns", "collides",

@@ -13,8 +13,8 @@ from .vocab import BACKGROUNDS, COLOURS
 CHECKER_PERIOD = 0.125  # world units per background cell
 SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2  # x size: a square with the area of the circle of radius `size`
 TRIANGLE_RADIUS = 1.4  # x size: circumradius of the equilateral triangle
-PAN_SPAN = 0.12  # camera centre travel of a pan over the clip
-ZOOM_RANGE = (0.92, 1.25)
+PAN_SPAN = 0.08  # camera centre travel of a pan over the clip (well below a move: 0.3)
+ZOOM_RANGE = (0.95, 1.18)  # a zoom changes sizes less than grow (1.5x) or shrink (0.6x)
 
 
 @dataclass
@@ -69,7 +69,7 @@ def compute_tracks(clip: ClipSpec) -> Tracks:
         elif event.action == "shrink":
             size[:, i] *= 1.0 + (SHRINK_FACTOR - 1.0) * p
         elif event.action == "rotate":
-            angle[:, i] += ROTATION_DEGREES * p
+            angle[:, i] += ROTATION_DEGREES[clip.shapes[i].shape] * p
         elif event.action == "change colour":
             new = np.array(COLOURS[event.colour], dtype=np.float64)
             colour[:, i] = colour[:, i] * (1.0 - p[:, None]) + new * p[:, None]

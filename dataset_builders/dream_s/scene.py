@@ -15,14 +15,19 @@ import numpy as np
 
 from .vocab import ACTIONS, BACKGROUNDS, CAMERA_MOTIONS, COLOURS, MOVES, SHAPES, action_supported
 
-BOUNDS = (0.16, 0.84)  # where shape centres may be, so shapes stay in view under pans and zooms
-MOVE_DISTANCE = 0.26
+# Legibility (docs/tiny_recipe.md): at the tiny model's 64 px input a shape starts 12-16 px wide, a move crosses
+# a fifth of the frame or more, grow / shrink end at least 1.5x apart from the start, and a rotation ends in a
+# pose that no start pose has (a square becomes a diamond, a triangle points down).
+BOUNDS = (0.18, 0.82)  # where shape centres may be, so shapes stay in view under pans and zooms
+MOVE_DISTANCE = 0.3
 GROW_FACTOR, SHRINK_FACTOR = 1.5, 0.6
-MAX_SIZE, MIN_SIZE = 0.17, 0.05
+START_SIZES = (0.095, 0.125)  # circle radius at the start (squares and triangles: the same area)
+MAX_SIZE, MIN_SIZE = 0.19, 0.055
+START_TILT = 8.0  # degrees: squares start upright and triangles pointing up, within this tilt
+ROTATION_DEGREES = {"square": 45.0, "triangle": 60.0}  # half a symmetry period: the end pose is the farthest
 COLLIDE_PUSH = 0.12  # how far the hit shape slides
 MIN_APPROACH = 0.12  # a collision needs visible motion before contact
 CLEARANCE = 0.03  # free space kept between shapes that are not colliding
-ROTATION_DEGREES = 90.0
 EVENT_MARGIN = 0.06  # share of the clip kept still at each end, so the first frame shows the initial state
 
 
@@ -261,12 +266,12 @@ def _try_sample(
     for colour, kind in zip(colours, kinds):
         for _ in range(50):
             x, y = rng.uniform(0.22, 0.78, size=2)
-            if all(math.hypot(x - s.x, y - s.y) >= 0.3 for s in shapes):
+            if all(math.hypot(x - s.x, y - s.y) >= 0.32 for s in shapes):
                 break
         else:
             return None
-        angle = float(rng.uniform(0.0, 30.0)) if kind != "circle" else 0.0
-        shapes.append(ShapeSpec(colour, kind, float(x), float(y), float(rng.uniform(0.075, 0.105)), angle))
+        angle = float(rng.uniform(-START_TILT, START_TILT)) if kind != "circle" else 0.0
+        shapes.append(ShapeSpec(colour, kind, float(x), float(y), float(rng.uniform(*START_SIZES)), angle))
     states = [_State(s.x, s.y, s.size) for s in shapes]
     free_colours = [c for c in COLOURS if c not in colours]
     forced = int(rng.integers(n_events)) if split == "test" else None
@@ -310,8 +315,8 @@ def sample_clip(
     heldout: set[tuple[str, str, str]] = frozenset(),
     split: str = "train",
     *,
-    max_subjects: int = 3,
-    max_events: int = 4,
+    max_subjects: int = 2,
+    max_events: int = 3,
     cut_prob: float = 0.25,
     static_camera_prob: float = 0.4,
     num_frames: int = 16,
