@@ -103,8 +103,13 @@ RELEASED_DEFAULTS = {
     "ignore_index": -100,
 }
 CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py")
-# (released prefix, our prefix), tried in order.
+# (released prefix, our prefix), tried in order; the reverse direction uses the first pair of each of our prefixes.
+# The release ran on transformers 4.44, whose CLIPVisionModel / SiglipVisionModel nest the tower under
+# `vision_model.` (so its `save_pretrained` writes `vision_tower.vision_model.embeddings.*`, and vLLM's
+# `tarsier.py` loads that name); transformers 5.x vision models have no such level. A flat `vision_tower.*`
+# (written by earlier versions of this converter's --export) is still accepted on input.
 RELEASED_TO_OURS = (
+    ("vision_tower.vision_model.", "model.vision_tower."),
     ("vision_tower.", "model.vision_tower."),
     ("multi_modal_projector.", "model.multi_modal_projector."),
     ("language_model.model.", "model.language_model."),
@@ -144,8 +149,9 @@ def released_to_ours(name: str, source: str = "checkpoint") -> str:
 
 
 def ours_to_released(name: str, source: str = "checkpoint") -> str:
-    """Inverse of `released_to_ours`."""
-    return _swap_prefix(name, tuple((new, old) for old, new in RELEASED_TO_OURS), source)
+    """Inverse of `released_to_ours`: `model.vision_tower.embeddings...` -> `vision_tower.vision_model.embeddings...`."""
+    pairs = tuple(dict((new, old) for old, new in reversed(RELEASED_TO_OURS)).items())
+    return _swap_prefix(name, pairs, source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,12 +391,22 @@ def released_config_from_tarsier(config: TarsierConfig) -> dict:
 def map_special_tokens(tokenizer, image_id: int, newline_id: int, frame_end_id: int, vocab_size: int) -> dict:
     """Name the released embedding rows with our special tokens, in place.
 
-    `<image>` must already be the token at `image_id`. `<image_newline>` / `<frame_end>` become the tokens at
-    `newline_id` / `frame_end_id` (added when the tokenizer is shorter; rows between its end and those ids get
-    `<video>` first, then unused placeholders). `<video>` takes the first free id otherwise.
+    `<image>` must already be the token at `image_id`. The newline / end-of-frame rows are used by the release
+    only through their embeddings (`add_split_tokens` looks them up by id), so any row the embedding table has
+    is accepted:
+
+    - a row past the tokenizer's end gets our token `<image_newline>` / `<frame_end>` (rows between the
+      tokenizer's end and it get `<video>` first, then unused placeholders);
+    - a row that is already an ordinary token (e.g. `<0x0A>`) keeps that token, which is registered as an added
+      token so that it is matched whole in text; the processor names it as its newline / frame-end token. This
+      is logged as a warning: the converted model is still exact, but that token's text now stands for the
+      separator row too.
+
+    `<video>` takes the first free id otherwise.
 
     Returns:
-        `{"<image>": id, "<video>": id, "<image_newline>": id, "<frame_end>": id, "placeholders": [...]}`.
+        `{"<image>": id, "<video>": id, "<image_newline>": id, "<frame_end>": id, "placeholders": [...],
+        "tokens": {"image_newline_token": str, "frame_end_token": str}}`.
     """
     from tokenizers import AddedToken
 
@@ -410,7 +426,16 @@ def map_special_tokens(tokenizer, image_id: int, newline_id: int, frame_end_id: 
         raise CheckpointError(f"tokenizer: {IMAGE_TOKEN} is id {vocab[IMAGE_TOKEN]} but config.json says "
                               f"image_token_index={image_id}")
     placeholders = []
-    for token_id, content in sorted({newline_id: IMAGE_NEWLINE_TOKEN, frame_end_id: FRAME_END_TOKEN}.items()):
+    names = {}
+    roles = (("image_newline_token", newline_id, IMAGE_NEWLINE_TOKEN, "image_newline_idx"),
+             ("frame_end_token", frame_end_id, FRAME_END_TOKEN, "image_new_idx"))
+    for role, token_id, content, key in sorted(roles, key=lambda r: r[1]):
+        if not 0 <= token_id < vocab_size:
+            raise CheckpointError(f"config.json: {key}={token_id} is outside the embedding table "
+                                  f"(text_config.vocab_size={vocab_size})")
+        if token_id == image_id:
+            raise CheckpointError(f"config.json: {key}={token_id} is the {IMAGE_TOKEN} row (image_token_index); "
+                                  "visual placeholders and separators must be different tokens")
         while len(tokenizer) < token_id:
             if VIDEO_TOKEN not in tokenizer.get_vocab():
                 add(VIDEO_TOKEN)
@@ -421,22 +446,50 @@ def map_special_tokens(tokenizer, image_id: int, newline_id: int, frame_end_id: 
             add(content)
         existing = tokenizer.convert_ids_to_tokens(token_id)
         if existing != content:
-            key = "image_newline_idx" if content == IMAGE_NEWLINE_TOKEN else "image_new_idx"
-            raise CheckpointError(
-                f"tokenizer: row {token_id} (config.json {key}) is already the token {existing!r}; it cannot "
-                f"also be named {content}"
+            logger.warning(
+                "tokenizer: row %d (config.json %s) is the existing token %r; the release uses that row's embedding "
+                "as the separator, and so does the converted model (its processor names %r as %s)",
+                token_id, key, existing, existing, role,
             )
+            if existing not in tokenizer.get_added_vocab():
+                tokenizer.add_tokens([AddedToken(existing, special=False, normalized=False)])
+            if tokenizer.convert_tokens_to_ids(existing) != token_id:
+                raise CheckpointError(f"tokenizer: cannot name row {token_id} ({key}): its token {existing!r} does "
+                                      "not map back to it")
+        names[role] = existing
     if VIDEO_TOKEN not in tokenizer.get_vocab():
         add(VIDEO_TOKEN)
-    ids = dict(zip((IMAGE_TOKEN, VIDEO_TOKEN, IMAGE_NEWLINE_TOKEN, FRAME_END_TOKEN),
-                   tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, VIDEO_TOKEN, IMAGE_NEWLINE_TOKEN, FRAME_END_TOKEN])))
+    ids = {IMAGE_TOKEN: image_id, VIDEO_TOKEN: tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+           IMAGE_NEWLINE_TOKEN: newline_id, FRAME_END_TOKEN: frame_end_id}
     if len(tokenizer) > vocab_size:
         raise CheckpointError(
             f"tokenizer: needs {len(tokenizer)} ids after adding {VIDEO_TOKEN}, but the embedding table has "
             f"{vocab_size} rows (text_config.vocab_size)"
         )
     ids["placeholders"] = placeholders
+    ids["tokens"] = names
     return ids
+
+
+def released_tokenizer_fields(tokenizer) -> dict:
+    """`tokenizer_config.json` fields an export writes so that transformers 4.x (the release, vLLM's Tarsier path)
+    loads the tokenizer as the release ships it.
+
+    transformers 5.x saves `"tokenizer_class": "TokenizersBackend"`, a name 4.x does not know. The released
+    checkpoints ship Llama tokenizers (a byte-fallback BPE `tokenizer.json`, converted from sentencepiece), whose
+    4.x fast class is `LlamaTokenizerFast`; that class rebuilds its post-processor from `add_bos_token` /
+    `add_eos_token`, so both are written as this tokenizer behaves. Any other tokenizer is written as the generic
+    `PreTrainedTokenizerFast`, which 4.x builds from `tokenizer.json` unchanged.
+    """
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return {"tokenizer_class": "PreTrainedTokenizerFast"}
+    ids = tokenizer("a").input_ids
+    return {
+        "tokenizer_class": "LlamaTokenizerFast",
+        "add_bos_token": tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id,
+        "add_eos_token": tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id,
+    }
 
 
 def detect_chat_format(tokenizer) -> str:
@@ -452,11 +505,9 @@ def detect_chat_format(tokenizer) -> str:
 
 
 def released_chat_template(chat_format: str, tokenizer) -> str:
-    """The released conversation format (`USER: ... ASSISTANT: answer<sep>`) as a Jinja template.
-
-    Built on the processor's `vicuna` template. When the tokenizer's eos token is not the release's separator
-    (Tarsier-34b ends turns with `<|endoftext|>`), the template first rebinds `eos_token` to the separator.
-    """
+    """The released conversation format (`USER: ... ASSISTANT: answer<sep>`, generation prompt `... ASSISTANT: `
+    with its trailing space) as a Jinja template: the processor's `vicuna` (Tarsier-7b/13b) or `tarsier-34b`
+    template, whose finished turns end with `</s>` / `<|endoftext|>` whatever the tokenizer's eos token is."""
     if chat_format not in CHAT_SEPARATORS:
         raise CheckpointError(
             f"--chat_template must be one of {sorted(CHAT_SEPARATORS)} or 'auto', got {chat_format!r}"
@@ -464,8 +515,8 @@ def released_chat_template(chat_format: str, tokenizer) -> str:
     separator = CHAT_SEPARATORS[chat_format]
     if separator not in tokenizer.get_vocab():
         raise CheckpointError(f"tokenizer: the {chat_format} turn separator {separator!r} is not a token")
-    template = CHAT_TEMPLATES["vicuna"]
-    if tokenizer.eos_token != separator:
+    template = CHAT_TEMPLATES["vicuna" if chat_format == "vicuna" else "tarsier-34b"]
+    if chat_format == "vicuna" and tokenizer.eos_token != separator:
         template = "{%- set eos_token = " + json.dumps(separator) + " -%}" + template
     return template
 
@@ -574,8 +625,11 @@ def model_card(config: TarsierConfig, chat_format: str, token_ids: dict, source_
         f"- Every frame takes {config.num_positions_per_frame} LM positions: "
         f"`([<image>] * {cols} + [<image_newline>]) * {rows} + [<frame_end>]`.",
         f"- Special tokens: `<image>` = {token_ids[IMAGE_TOKEN]}, `<video>` = {token_ids[VIDEO_TOKEN]}, "
-        f"`<image_newline>` = {token_ids[IMAGE_NEWLINE_TOKEN]} and `<frame_end>` = {token_ids[FRAME_END_TOKEN]} "
-        "(the released per-row newline and end-of-frame embedding rows).",
+        f"`{token_ids['tokens']['image_newline_token']}` = {token_ids[IMAGE_NEWLINE_TOKEN]} (row newline) and "
+        f"`{token_ids['tokens']['frame_end_token']}` = {token_ids[FRAME_END_TOKEN]} (end of frame): the released "
+        "separator embedding rows.",
+        "- Frames: 8, sampled uniformly (first and last included) and resized as the release does (stretched to a "
+        "square at full resolution, then resized to the tower's size).",
         f"- Chat format: released `{chat_format}` conversation (`USER: <video>\\n... ASSISTANT: answer"
         f"{CHAT_SEPARATORS[chat_format]}`).",
         "",
@@ -653,9 +707,10 @@ def convert_released(input_dir, output_dir, chat_template: str = "auto", overwri
         chat_template=template,
         patch_size=config.vision_config.patch_size,
         use_frame_separators=True,
-        resize_mode="stretch",
+        resize_mode="released",
         num_frames=8,
         sampling="uniform",
+        **token_ids["tokens"],
     )
     processor_ids = (processor.image_token_id, processor.video_token_id, processor.image_newline_token_id,
                      processor.frame_end_token_id)
@@ -707,6 +762,7 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
     tokenizer_config = read_json(output / "tokenizer_config.json")
     tokenizer_config.pop("auto_map", None)
     tokenizer_config["processor_class"] = "LlavaProcessor"
+    tokenizer_config.update(released_tokenizer_fields(tokenizer))
     (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
     preprocessor = {
         "image_processor_type": "CLIPImageProcessor",
