@@ -144,7 +144,10 @@ def write_llama_style_tokenizer(folder: Path) -> Tokenizer:
                                   AddedToken("<pad>", normalized=False, special=True)])
     assert tokenizer.token_to_id("<0x0A>") == 13 and tokenizer.token_to_id("</s>") == 2
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
+    # Written as tokenizers 0.19 (the release's, through transformers 4.44.2) writes it: merges as "a b" strings.
+    data = json.loads(tokenizer.to_str())
+    data["model"]["merges"] = [" ".join(pair) for pair in data["model"]["merges"]]
+    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
         "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False, "model_max_length": 4096,
@@ -396,7 +399,10 @@ def test_export_writes_the_names_and_tokenizer_class_the_release_loads(release, 
     tokenizer_config = json.loads((exported / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "LlamaTokenizerFast"
     assert tokenizer_config["add_bos_token"] is True and tokenizer_config.get("add_eos_token", False) is False
-    # The exported tokenizer.json, read as the release's fast tokenizer reads it, gives the release's prompt ids.
+    # The exported tokenizer.json, read as the release's fast tokenizer reads it, gives the release's prompt ids;
+    # its merges are "a b" strings, the only form tokenizers 0.19 (pinned through transformers 4.44.2) reads.
+    merges = json.loads((exported / "tokenizer.json").read_text())["model"]["merges"]
+    assert all(isinstance(m, str) and len(m.split(" ")) == 2 for m in merges)
     exported_tokenizer = Tokenizer.from_file(str(exported / "tokenizer.json"))
     prompt = "USER: " + "<image>" * 2 + "\n" + INSTRUCTION + " ASSISTANT: "
     assert exported_tokenizer.encode(prompt).ids == released_prompt_ids(release, 2)

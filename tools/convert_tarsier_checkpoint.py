@@ -11,50 +11,65 @@ largest shard (a 34B checkpoint converts on a machine that could never hold it).
 input's partition and dtype, tensors are written in sorted order with fixed metadata, so export -> convert
 reproduces the converted folder byte for byte.
 
-Released layout, as confirmed by reading the public release (bytedance/tarsier, branch `tarsier`, and vLLM):
+Facts this converter relies on, each confirmed by reading the released code (bytedance/tarsier, branch `tarsier`,
+unless said otherwise) and pinned by `tests/test_release_parity.py` (which writes them out explicitly):
 
-- `models/modeling_tarsier.py` (branch `tarsier`): `LlavaConfig` with `model_type = "llava"`, keys
-  `image_token_index` (default 32000), `image_newline_idx` (default 32002), `image_new_idx` (default 32003),
-  `vision_feature_layer` (-2), `vision_feature_select_strategy` ("default": CLS dropped), `projector_hidden_act`
-  ("gelu"), a CLIP ViT-L/14-336 default `vision_config` (hidden 1024, 24 layers, 16 heads, patch 14, 336 px)
-  and a llama default `text_config`. `TarsierForConditionalGeneration` holds `vision_tower` (AutoModel of the
-  vision config, i.e. `CLIPVisionModel` -> weights `vision_tower.vision_model.*`), `multi_modal_projector`
-  (`linear_1`, act, `linear_2`, both with bias) and `language_model` (AutoModelForCausalLM -> weights
-  `language_model.model.*` and `language_model.lm_head.*`). `add_split_tokens` reshapes each frame's projected
-  patches to (rows, cols), appends the input embedding of row `image_newline_idx` after every row and the
-  embedding of row `image_new_idx` after the frame: `rows * (cols + 1) + 1` = 601 LM positions per frame.
-  The embeddings are looked up with `get_input_embeddings()`, i.e. they are rows of the LM embedding table.
-- `dataset/processor.py` (branch `tarsier`): `<video>` in a prompt is replaced by `<image>` once per sampled
-  frame, and every `<image>` token id (`image_token_index`) is replaced by one frame's 601 features inside the
-  model; frames are resized to a square (`resize2square`) before the CLIP image processor of `LlavaProcessor`.
-- `tools/conversation.py` (branch `tarsier`): prompts are `"USER: " + "<image>" * n + "\\n" + text + " ASSISTANT: "`
-  and a finished assistant turn ends with `sep2`: `"</s>"` for tarsier-7b/13b (Vicuna), `"<|endoftext|>"` for
-  tarsier-34b (Yi); no system prompt.
+- `models/modeling_tarsier.py`: `LlavaConfig` with `model_type = "llava"`, keys `image_token_index` (default
+  32000), `image_newline_idx` (default 32002), `image_new_idx` (default 32003), `vision_feature_layer` (-2),
+  `vision_feature_select_strategy` ("default": CLS dropped), `projector_hidden_act` ("gelu"), a CLIP
+  ViT-L/14-336 default `vision_config` and a llama default `text_config`. `TarsierForConditionalGeneration`
+  holds `vision_tower` (`AutoModel.from_config(vision_config)`), `multi_modal_projector` (`linear_1`, act,
+  `linear_2`, both with bias) and `language_model` (`AutoModelForCausalLM.from_config(text_config)`).
+  `add_split_tokens` reshapes each frame's projected patches to (rows, cols), appends the input embedding of
+  row `image_newline_idx` after every row and of row `image_new_idx` after the frame (`rows * (cols + 1) + 1`
+  = 601 LM positions per frame); the rows are only looked up (`get_input_embeddings()(idx)`), so any row of the
+  table works, also one that is an ordinary token.
+- The release pins transformers 4.44.2 (`requirements.txt`), whose `CLIPVisionModel` nests the tower under
+  `vision_model.`: its `save_pretrained` writes `vision_tower.vision_model.embeddings.*`,
+  `vision_tower.vision_model.encoder.layers.*`, `vision_tower.vision_model.{pre_layrnorm,post_layernorm}.*`,
+  `multi_modal_projector.linear_{1,2}.*`, `language_model.model.*` and `language_model.lm_head.weight`.
+  transformers 5.x vision models have no `vision_model.` level: input `vision_tower.vision_model.X` becomes our
+  `model.vision_tower.X`, and `--export` writes it back.
+- `dataset/processor.py`: `<video>` in a prompt becomes `<image>` once per sampled frame, every `<image>` id
+  (`image_token_index`) is replaced by one frame's 601 features; a prompt without `USER:`/`ASSISTANT:` becomes
+  `f"USER: {prompt} ASSISTANT: "`; frames are stretched to a `max(w, h)` square at full resolution
+  (`resize2square`, PIL's default filter) and then go through `LlavaProcessor`'s CLIP image processor
+  (resize to 336, two resamplings in all): `resize_mode="released"` of our processor.
+- `tools/conversation.py`: roles `USER` / `ASSISTANT`, `sep1 = " "`, `sep2` `"</s>"` for tarsier-7b/13b and
+  `"<|endoftext|>"` for tarsier-34b, no system prompt: `"USER: <image>*n\\n{instruction} ASSISTANT: "` with a
+  trailing space (our `vicuna` / `tarsier-34b` chat templates).
+- `dataset/utils.py` `sample_frame_indices`: `[0]` for one frame, else `round(i * (T - 1) / (n - 1))`
+  (our `sample_uniform`); `tasks/inference_benchmark.py`: 8 frames by default, greedy, 512 new tokens.
 - vLLM `vllm/model_executor/models/tarsier.py`: reads `image_token_index`, `image_newline_idx`, `image_new_idx`,
   `vision_feature_layer`, `vision_feature_select_strategy`, `projector_hidden_act`, `multimodal_projector_bias`
-  (default True) from a transformers `LlavaConfig`, loads the weight prefixes above, and serves the
-  `TarsierForConditionalGeneration` architecture (`omni-research/Tarsier-7b` in its examples). Its per-image
-  count is `rows * (cols + 1) + num_additional_image_tokens + 1`, minus 1 for the "default" strategy, so the
-  export writes a LLaVA `processor_config.json` with `num_additional_image_tokens: 1` (601 for 336 px).
-  Newer vLLM lists the architecture in `_PREVIOUSLY_SUPPORTED_MODELS` as supported until v0.24.0
-  (`vllm/model_executor/models/registry.py`): serve exports with vLLM <= 0.24.
+  (default True) from a transformers `LlavaConfig`; its vision tower is vLLM's `CLIPVisionModel` /
+  `SiglipVisionModel`, whose weights are named `vision_model.*`, so it loads `vision_tower.vision_model.*`,
+  `multi_modal_projector.*` and `language_model.*` (`TarsierForConditionalGeneration`, `omni-research/Tarsier-7b`
+  in its examples). Its per-image count is `rows * (cols + 1) + num_additional_image_tokens + 1`, minus 1 for
+  the "default" strategy, so the export writes a LLaVA `processor_config.json` with
+  `num_additional_image_tokens: 1` (601 for 336 px). Newer vLLM lists the architecture in
+  `_PREVIOUSLY_SUPPORTED_MODELS` (`vllm/model_executor/models/registry.py`) as supported until v0.24.0, the
+  last versions on transformers 4.x: serve exports with vLLM <= 0.24. The export's `tokenizer_config.json`
+  therefore names a class 4.x loads (`LlamaTokenizerFast` for the released Llama tokenizers, see
+  `released_tokenizer_fields`), not 5.x's `TokenizersBackend`.
 - Model card of omni-research/Tarsier-7b (Hub README): base LLM llava-v1.6-vicuna-7b, license llama2.
 
 Not confirmed from public text (the Hub repos' config.json / tokenizer files are not readable here), so the
 converter reads them from the checkpoint instead of assuming them: the vocabulary size (32,064 for 7b), the
-exact ids in config.json (the release's defaults are used only when a key is absent), which rows the tokenizer
-names (`<image>` must be the token at `image_token_index`), and the shard names. The tokenizer is loaded with
-`AutoTokenizer`; a sentencepiece-only tokenizer (no tokenizer.json) needs `pip install sentencepiece protobuf`.
+exact ids in config.json (the release's defaults are used only when a key is absent; a newline / frame-end row
+that is already an ordinary token is accepted with a warning, as the release accepts it), which rows the
+tokenizer names (`<image>` must be the token at `image_token_index`), the tokenizer's class and the shard
+names. The tokenizer is loaded with `AutoTokenizer`; a sentencepiece-only tokenizer (no tokenizer.json) needs
+`pip install sentencepiece protobuf`.
 
 Our layout (docs/design.md): the same numbers in `TarsierConfig` (`image_token_id`, `image_newline_token_id`,
 `frame_end_token_id`) and the tokens `<image>`, `<video>`, `<image_newline>`, `<frame_end>` in the tokenizer.
 The converter names the released rows: `<image_newline>` and `<frame_end>` become the tokens at rows
-`image_newline_idx` / `image_new_idx` (the model keeps those rows' embeddings at those positions, exactly as
-`add_split_tokens` does), and `<video>` takes the first free row. Weight names: `vision_tower.*` ->
+`image_newline_idx` / `image_new_idx` (or those rows keep their existing tokens, which the processor then
+names), and `<video>` takes the first free row. Weight names: `vision_tower.vision_model.*` ->
 `model.vision_tower.*`, `multi_modal_projector.*` -> `model.multi_modal_projector.*`, `language_model.model.*`
--> `model.language_model.*`, `language_model.lm_head.*` -> `lm_head.*`. Chat template: the processor's
-`vicuna` template for both checkpoints (for 34b with `eos_token` rebound to `<|endoftext|>`), because the
-release's 34b conversation is the same `USER: ... ASSISTANT:` format, not Yi's ChatML.
+-> `model.language_model.*`, `language_model.lm_head.*` -> `lm_head.*`. Processor defaults: the released chat
+format, `resize_mode="released"`, 8 uniform frames.
 """
 
 from __future__ import annotations
@@ -492,6 +507,22 @@ def released_tokenizer_fields(tokenizer) -> dict:
     }
 
 
+def write_legacy_bpe_merges(path: Path) -> None:
+    """Rewrite a BPE `tokenizer.json`'s merges from pairs (`[["a", "b"], ...]`, tokenizers >= 0.20) to the
+    `"a b"` strings that tokenizers 0.19 reads (the release pins transformers 4.44.2, which requires
+    tokenizers < 0.20; newer versions read both). Left as is when a piece holds a space (not expressible)."""
+    data = json.loads(path.read_text())
+    model = data.get("model") or {}
+    merges = model.get("merges") or []
+    if model.get("type") != "BPE" or not merges or isinstance(merges[0], str):
+        return
+    if any(" " in piece for pair in merges for piece in pair):
+        logger.warning("%s: merges hold spaces; kept as pairs, which tokenizers < 0.20 cannot read", path)
+        return
+    model["merges"] = [" ".join(pair) for pair in merges]
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
 def detect_chat_format(tokenizer) -> str:
     """`vicuna` (Tarsier-7b/13b) or `yi` (Tarsier-34b), from the tokenizer's special tokens."""
     if tokenizer.eos_token == "</s>":
@@ -764,6 +795,7 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
     tokenizer_config["processor_class"] = "LlavaProcessor"
     tokenizer_config.update(released_tokenizer_fields(tokenizer))
     (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    write_legacy_bpe_merges(output / "tokenizer.json")
     preprocessor = {
         "image_processor_type": "CLIPImageProcessor",
         "processor_class": "LlavaProcessor",
