@@ -30,7 +30,13 @@ import numpy as np
 import pytest
 
 from eval.autodq.judge import OpenAIChatJudge, RetryPolicy
-from eval.autodq.parsing import ParseError, parse_entailment, parse_entailment_release, parse_events, parse_events_release
+from eval.autodq.parsing import (
+    ParseError,
+    parse_entailment,
+    parse_entailment_release,
+    parse_events,
+    parse_events_release,
+)
 from eval.autodq.pipeline import make_samples, run_autodq
 from eval.autodq.scoring import f1_score, get_config
 
@@ -160,11 +166,13 @@ def recorded_answers() -> dict[str, list[str]]:
         # Sample 2: the judge keeps writing "Entailed": the release retries 10 times, then drops the sample.
         release_extraction_prompt(PRED2.lower()): [str({"events": PRED2_EVENTS})],
         release_entailment_prompt(PRED2.lower(), GT2): [labels_answer(GT2, ["Entailed", "neutral"])],
-        release_entailment_prompt(SAMPLES[1][1].lower(), PRED2_EVENTS): [labels_answer(PRED2_EVENTS, ["entailment"] * 2)],
+        release_entailment_prompt(SAMPLES[1][1].lower(), PRED2_EVENTS): [
+            labels_answer(PRED2_EVENTS, ["entailment"] * 2)],
         # Sample 3: nothing entailed either way: recall + precision = 0.
         release_extraction_prompt(PRED3.lower()): [str({"events": PRED3_EVENTS})],
         release_entailment_prompt(PRED3.lower(), GT3): [labels_answer(GT3, ["neutral"])],
-        release_entailment_prompt(SAMPLES[2][1].lower(), PRED3_EVENTS): [labels_answer(PRED3_EVENTS, ["contradiction"])],
+        release_entailment_prompt(SAMPLES[2][1].lower(), PRED3_EVENTS): [
+            labels_answer(PRED3_EVENTS, ["contradiction"])],
         # Sample 4: no reference events: asked about the whole reference (newlines -> spaces), scores 1.0; the
         # first answer is unreadable (retried), the second judges one item.
         release_extraction_prompt(PRED4.lower()): [str({"events": PRED4_EVENTS})],

@@ -164,7 +164,7 @@ def released_to_ours(name: str, source: str = "checkpoint") -> str:
 
 
 def ours_to_released(name: str, source: str = "checkpoint") -> str:
-    """Inverse of `released_to_ours`: `model.vision_tower.embeddings...` -> `vision_tower.vision_model.embeddings...`."""
+    """Inverse of `released_to_ours`: `model.vision_tower.X` -> `vision_tower.vision_model.X`."""
     pairs = tuple(dict((new, old) for old, new in reversed(RELEASED_TO_OURS)).items())
     return _swap_prefix(name, pairs, source)
 
