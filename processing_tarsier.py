@@ -90,11 +90,12 @@ def _displayed_frames(ts: np.ndarray, times: np.ndarray) -> np.ndarray:
 def sample_uniform(timestamps: Sequence[float] | np.ndarray | int, num_frames: int) -> np.ndarray:
     """Inference sampling: `num_frames` frames evenly spread in time, first and last frame included.
 
-    For constant frame rate this is the released Tarsier rule `round(i * (T - 1) / (num_frames - 1))`.
+    For constant frame rate this is the released Tarsier rule `round(i * (T - 1) / (num_frames - 1))`
+    (bytedance/tarsier `dataset/utils.py`, `sample_frame_indices`), including its choice for one frame: the first.
 
     Args:
         timestamps: `(T,)` presentation times in seconds (or the frame count T for constant frame rate).
-        num_frames: number of frames to return (>= 1); one frame means the middle frame.
+        num_frames: number of frames to return (>= 1); one frame means the first frame, as in the release.
 
     Returns:
         `(num_frames,)` int64 frame indices, non-decreasing.
@@ -103,7 +104,7 @@ def sample_uniform(timestamps: Sequence[float] | np.ndarray | int, num_frames: i
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if num_frames == 1:
-        return _nearest_frames(ts, np.array([(ts[0] + ts[-1]) / 2]))
+        return np.zeros(1, dtype=np.int64)
     times = ts[0] + (ts[-1] - ts[0]) * np.arange(num_frames) / (num_frames - 1)
     return _nearest_frames(ts, times)
 
@@ -156,16 +157,19 @@ def sample_instruction_tuning(
 ) -> np.ndarray:
     """Instruction-tuning sampling: first and last frame always, the others evenly spaced between them.
 
+    Paper §3.2 samples 16 frames from complex (movie) clips and 8 from the others. `num_frames` is the count for
+    ordinary clips (default 8); complex clips get twice as many, the paper's ratio.
+
     Args:
         timestamps: `(T,)` presentation times in seconds (or the frame count T).
-        complex_clip: paper §3.2: 16 frames for complex (movie) clips, 8 for the others.
-        num_frames: explicit count, overriding `complex_clip`.
+        complex_clip: whether the clip is complex (twice the frames).
+        num_frames: frames for an ordinary clip (>= 1); None means the paper's 8.
 
     Returns:
-        `(n,)` int64 frame indices.
+        `(n,)` int64 frame indices, `n = num_frames` (ordinary) or `2 * num_frames` (complex).
     """
-    n = num_frames if num_frames is not None else (16 if complex_clip else 8)
-    return sample_uniform(timestamps, int(n))
+    n = 8 if num_frames is None else int(num_frames)
+    return sample_uniform(timestamps, 2 * n if complex_clip else n)
 
 
 def sample_by_fps(timestamps: Sequence[float] | np.ndarray | int, fps: float, max_frames: int = 64) -> np.ndarray:
@@ -204,13 +208,19 @@ def sample_frame_indices(
     complex_clip: bool = False,
     rng: np.random.Generator | int | None = None,
 ) -> np.ndarray:
-    """Dispatch to one of the sampling policies by name (`SAMPLING_POLICIES`); returns int64 frame indices."""
+    """Dispatch to one of the sampling policies by name (`SAMPLING_POLICIES`); returns int64 frame indices.
+
+    `num_frames` is honoured by every count-based policy (`instruction`: ordinary clips get `num_frames`,
+    complex ones twice that); `fps` ignores it and uses `fps` / `max_frames`.
+    """
     if policy == "uniform":
         return sample_uniform(timestamps, int(num_frames))
     if policy == "random_segments":
         return sample_random_segments(timestamps, num_frames, rng=rng)
     if policy == "instruction":
-        return sample_instruction_tuning(timestamps, complex_clip=complex_clip)
+        if isinstance(num_frames, (tuple, list)):
+            raise ValueError(f"policy 'instruction' takes one frame count, got the range {num_frames}")
+        return sample_instruction_tuning(timestamps, complex_clip=complex_clip, num_frames=int(num_frames))
     if policy == "fps":
         if fps is None:
             raise ValueError("policy 'fps' needs fps")
@@ -719,16 +729,26 @@ _CHATML_TURNS = (
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
 
-CHAT_TEMPLATES = {
-    # Tarsier-7B/13B (Vicuna-1.5): "USER: <video>\nDescribe the video. ASSISTANT: answer</s>"
-    "vicuna": _CONTENT_MACRO
-    + "{%- for message in messages -%}"
+# The released Tarsier conversation (bytedance/tarsier, branch `tarsier`, `tools/conversation.py` `get_prompt` and
+# `dataset/processor.py` `process_prompt`): roles "USER" / "ASSISTANT", `sep1 = " "` after a user turn, `sep2`
+# after an assistant answer, and an open assistant turn rendered as "ASSISTANT: " WITH its trailing space (it
+# tokenises to a final "▁" with Llama's tokenizer). Tarsier-7b/13b: sep2 "</s>"; Tarsier-34b: "<|endoftext|>".
+_RELEASED_TARSIER_TURNS = (
+    "{%- for message in messages -%}"
     "{%- if message.role == 'system' -%}{{ render(message.content) + ' ' }}"
     "{%- elif message.role == 'user' -%}{{ 'USER: ' + render(message.content) + ' ' }}"
     "{%- elif message.role == 'assistant' -%}{{ 'ASSISTANT: ' }}"
     "{%- generation -%}{{ render(message.content) + eos_token }}{%- endgeneration -%}"
     "{%- endif -%}{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}",
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT: ' }}{%- endif -%}"
+)
+
+CHAT_TEMPLATES = {
+    # Tarsier-7B/13B (Vicuna-1.5): "USER: <video>\nDescribe the video. ASSISTANT: answer</s>", and
+    # "USER: <video>\nDescribe the video. ASSISTANT: " (trailing space) as the generation prompt.
+    "vicuna": _CONTENT_MACRO + _RELEASED_TARSIER_TURNS,
+    # Tarsier-34B (Yi-34B base): the same released format, turns ending with "<|endoftext|>" (`conv_tarsier_yi`).
+    "tarsier-34b": "{%- set eos_token = '<|endoftext|>' -%}" + _CONTENT_MACRO + _RELEASED_TARSIER_TURNS,
     # Mistral-Instruct: "[INST] <video>\nDescribe the video. [/INST] answer</s>"
     "mistral": _CONTENT_MACRO
     + "{%- set system = namespace(text='') -%}"
@@ -739,9 +759,9 @@ CHAT_TEMPLATES = {
     "{%- elif message.role == 'assistant' -%}"
     "{%- generation -%}{{ render(message.content) + eos_token }}{%- endgeneration -%}"
     "{%- endif -%}{%- endfor -%}",
-    # Yi-34B-Chat (Tarsier-34B): ChatML turns without a default system prompt.
+    # Yi-34B-Chat's own ChatML turns without a default system prompt (not the released Tarsier-34B format).
     "yi": _CONTENT_MACRO + _CHATML_TURNS,
-    # Qwen2 (Tarsier2): ChatML with Qwen's default system prompt.
+    # Qwen2 ChatML with Qwen's default system prompt (Tarsier2 checkpoints carry their own template: docs/tarsier2.md).
     "chatml": _CONTENT_MACRO
     + "{%- if messages[0].role != 'system' -%}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
     "{%- endif -%}"
@@ -753,7 +773,11 @@ CHAT_TEMPLATES = {
 # Processor
 # ----------------------------------------------------------------------------------------------------------------
 
-RESIZE_MODES = ("stretch", "pad")
+# "stretch": one resize to (S, S). "pad": keep the aspect ratio, pad with the mean colour. "released": what the
+# released Tarsier does (branch `tarsier`, `dataset/processor.py` `CustomImageProcessor.resize2square`, then
+# LlavaProcessor's CLIPImageProcessor): stretch to a max(H, W) square at full resolution with PIL's default filter
+# (bicubic), then resize that square to (S, S) with the image processor's filter: two resamplings.
+RESIZE_MODES = ("stretch", "pad", "released")
 
 
 class TarsierProcessor(ProcessorMixin):
@@ -774,10 +798,13 @@ class TarsierProcessor(ProcessorMixin):
         chat_template: a Jinja template string (or a `CHAT_TEMPLATES` name).
         patch_size: vision tower patch size (rows = cols = image_size // patch_size).
         use_frame_separators: append `<image_newline>` after every patch row and `<frame_end>` after every frame.
-        resize_mode: `"stretch"` (released Tarsier: resize to a square) or `"pad"` (keep aspect, pad with the mean).
+        resize_mode: `"stretch"` (resize to a square once), `"pad"` (keep aspect, pad with the mean) or
+            `"released"` (the released Tarsier's two resamplings, the default of converted released checkpoints).
         num_frames: default frames per video (int, or `[low, high]` for `random_segments`).
         sampling: default policy, one of `SAMPLING_POLICIES`.
         video_fps / max_frames: parameters of the `"fps"` policy.
+        image_newline_token / frame_end_token: the tokens at the row-newline and end-of-frame embedding rows
+            (a converted released checkpoint whose rows are ordinary tokens, e.g. `<0x0A>`, names those).
     """
 
     def __init__(
@@ -792,6 +819,8 @@ class TarsierProcessor(ProcessorMixin):
         sampling: str = "uniform",
         video_fps: float | None = None,
         max_frames: int = 64,
+        image_newline_token: str = IMAGE_NEWLINE_TOKEN,
+        frame_end_token: str = FRAME_END_TOKEN,
         **kwargs,
     ):
         if resize_mode not in RESIZE_MODES:
@@ -809,15 +838,16 @@ class TarsierProcessor(ProcessorMixin):
         self.max_frames = int(max_frames)
         self.image_token = IMAGE_TOKEN
         self.video_token = VIDEO_TOKEN
-        self.image_newline_token = IMAGE_NEWLINE_TOKEN
-        self.frame_end_token = FRAME_END_TOKEN
-        missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+        self.image_newline_token = image_newline_token
+        self.frame_end_token = frame_end_token
+        tokens = [IMAGE_TOKEN, VIDEO_TOKEN, image_newline_token, frame_end_token]
+        missing = [t for t in tokens if t not in tokenizer.get_vocab()]
         if missing:
             raise ValueError(
                 f"the tokenizer lacks the special tokens {missing}; build the processor with "
                 "TarsierProcessor.from_parts(...), which adds them"
             )
-        ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+        ids = tokenizer.convert_tokens_to_ids(tokens)
         self.image_token_id, self.video_token_id, self.image_newline_token_id, self.frame_end_token_id = ids
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         if self.image_size % self.patch_size:
@@ -852,7 +882,9 @@ class TarsierProcessor(ProcessorMixin):
             image_processor = _build_image_processor(image_processor, image_size)
         elif image_size is not None:
             _set_image_size(image_processor, image_size)
-        missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+        tokens = (IMAGE_TOKEN, VIDEO_TOKEN, kwargs.get("image_newline_token", IMAGE_NEWLINE_TOKEN),
+                  kwargs.get("frame_end_token", FRAME_END_TOKEN))
+        missing = [t for t in tokens if t not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
         if chat_template is None:
@@ -897,7 +929,10 @@ class TarsierProcessor(ProcessorMixin):
         out = []
         for frame in frames:
             image = Image.fromarray(np.asarray(frame))
-            if self.resize_mode == "stretch":
+            if self.resize_mode == "released":
+                side = max(image.width, image.height)
+                image = image.resize((side, side), resample=Image.BICUBIC)
+            if self.resize_mode in ("stretch", "released"):
                 out.append(np.asarray(image.resize((size, size), resample=resample)))
                 continue
             scale = size / max(image.width, image.height)

@@ -134,8 +134,8 @@ def test_hand_computed_example(tmp_path):
     judge = FixedAnswerJudge(cache=JudgeCache(tmp_path / "cache.sqlite"))
     result = run_autodq(_samples(), judge, get_config("robust"), concurrency=2, bootstrap=0)
 
-    per_sample = [(s["recall"], s["precision"]) for s in result["samples"]]
-    assert per_sample == pytest.approx([(5 / 6, 1.0), (3 / 6, 3 / 5), (1 / 2, 1 / 4)])
+    per_sample = [value for s in result["samples"] for value in (s["recall"], s["precision"])]
+    assert per_sample == pytest.approx([5 / 6, 1.0, 3 / 6, 3 / 5, 1 / 2, 1 / 4])  # (recall, precision) per sample
     assert result["samples"][0]["f1"] == pytest.approx(10 / 11)
     assert result["samples"][1]["f1"] == pytest.approx(6 / 11)
     assert [s["reference_events_source"] for s in result["samples"]] == ["data", "data", "extracted"]
@@ -179,23 +179,24 @@ def test_failed_samples_robust_counts_zero_official_drops(tmp_path):
     assert robust["micro"]["f1"] == pytest.approx(f1(r, p))
     assert robust["macro"]["per_category"]["live_action"]["n_failed"] == 1
 
+    # The official failure policy (drop, 10 re-asks, judge defaults) on this judge's paper-prompt answers; the
+    # official prompts and parsing themselves are pinned in test_autodq_official.py.
+    official_policy = get_config("official", prompt_version="tarsier-paper-v1", protocol="robust")
     judge = FixedAnswerJudge(broken={PRED_GPT4V}, seed=None, temperature=None, max_tokens=None)
-    official = run_autodq(samples, judge, get_config("official"), bootstrap=0)
+    official = run_autodq(samples, judge, official_policy, bootstrap=0)
     assert official["n_failed"] == 1 and official["samples"][1]["recall"] is None
     assert official["micro"]["n"] == 2
     assert official["micro"]["recall"] == pytest.approx((5 / 6 + 1 / 2) / 2)
     assert official["macro"]["recall"] == pytest.approx((5 / 6 + 1 / 2) / 2)  # one sample left per category
     assert official["judge"]["temperature"] is None and official["judge"]["seed"] is None
     assert official["preset_mismatch"] == {} and robust["preset_mismatch"] == {}
-    mismatched = run_autodq(samples, FixedAnswerJudge(), get_config("official"), bootstrap=0)
+    mismatched = run_autodq(samples, FixedAnswerJudge(), official_policy, bootstrap=0)
     assert mismatched["preset_mismatch"] == {"temperature": {"judge": 0.0, "preset": None},
                                              "seed": {"judge": 1234, "preset": None},
                                              "max_tokens": {"judge": 1024, "preset": None}}
     # the released evaluator re-asks up to 10 times before giving up on a sample
-    broken_calls = [p for p, _ in judge.prompts_seen if PRED_GPT4V.lower().replace('"', "'") in p]
+    broken_calls = [p for p, _ in judge.prompts_seen if PRED_GPT4V in p]
     assert len(broken_calls) == 10
-    # official lower-cases descriptions before prompting
-    assert all(PRED_TARSIER not in p for p, _ in judge.prompts_seen)
 
 
 def test_repeats_report_mean_std_and_bootstrap(tmp_path):

@@ -70,7 +70,8 @@ def write_released_checkpoint(folder: Path, smollm2_dir: Path) -> dict:
     with torch.no_grad():  # distinct newline / end-of-frame rows, far from the random init scale
         llm.get_input_embeddings().weight[ids["newline"]].fill_(0.5)
         llm.get_input_embeddings().weight[ids["frame_end"]].fill_(-0.5)
-    tensors = {f"vision_tower.{k}": v for k, v in clip.state_dict().items()}
+    # The release's transformers 4.44 CLIPVisionModel nests the tower under `vision_model.`; 5.x has no such level.
+    tensors = {f"vision_tower.vision_model.{k}": v for k, v in clip.state_dict().items()}
     # Older transformers saved CLIP's position ids with the weights; the converter drops them.
     tensors["vision_tower.vision_model.embeddings.position_ids"] = torch.arange(5).unsqueeze(0)
     tensors["multi_modal_projector.linear_1.weight"] = torch.randn(64, 32) * 0.1
@@ -174,7 +175,7 @@ def reference_forward(release: dict, prompt_ids: list[int], pixel_values: torch.
     """
     tensors, ids = release["tensors"], release["ids"]
     clip = CLIPVisionModel(CLIPVisionConfig(**release["vision"])).eval()
-    clip.load_state_dict({k[len("vision_tower."):]: v for k, v in tensors.items()
+    clip.load_state_dict({k[len("vision_tower.vision_model."):]: v for k, v in tensors.items()
                           if k.startswith("vision_tower.") and not k.endswith("position_ids")})
     llm = LlamaForCausalLM(LlamaConfig(**release["text"])).eval()
     llm.load_state_dict({k[len("language_model."):]: v for k, v in tensors.items() if k.startswith("language_model.")})
@@ -202,8 +203,8 @@ def reference_forward(release: dict, prompt_ids: list[int], pixel_values: torch.
 
 
 def released_prompt(num_frames: int) -> str:
-    """tools/conversation.py of the release: `USER: <image>*n\\n{text} ASSISTANT:`."""
-    return "USER: " + "<image>" * num_frames + "\n" + PROMPT + " ASSISTANT:"
+    """tools/conversation.py of the release: `USER: <image>*n\\n{text} ASSISTANT: ` (trailing space)."""
+    return "USER: " + "<image>" * num_frames + "\n" + PROMPT + " ASSISTANT: "
 
 
 # ----------------------------------------------------------------------------------------------- tests
@@ -219,7 +220,7 @@ def test_converted_model_matches_reference_forward(release, converted, video_fra
         ids["image"], ids["newline"], ids["frame_end"])
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPT}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert text == "USER: <video>\n" + PROMPT + " ASSISTANT:"
+    assert text == "USER: <video>\n" + PROMPT + " ASSISTANT: "
     # A finished turn ends with Tarsier-34b's separator, not this tokenizer's eos (<|im_end|>).
     answered = messages + [{"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]
     assert processor.apply_chat_template(answered, tokenize=False).endswith(" ASSISTANT: A cat.<|endoftext|>")
@@ -260,7 +261,7 @@ def test_converted_folder_contents(release, converted):
     assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_tarsier.TarsierForConditionalGeneration"
     tensors = load_tensors(converted)
     original = release["tensors"]
-    assert "model.vision_tower.vision_model.embeddings.position_ids" not in tensors
+    assert "model.vision_tower.embeddings.position_ids" not in tensors
     assert torch.equal(tensors["lm_head.weight"], original["language_model.lm_head.weight"])
     assert torch.equal(tensors["model.language_model.embed_tokens.weight"],
                        original["language_model.model.embed_tokens.weight"])
@@ -417,7 +418,7 @@ def test_full_size_7b_names_and_shapes_fit():
     with torch.device("meta"):
         clip = CLIPVisionModel(CLIPVisionConfig(**vision))
         llm = LlamaForCausalLM(LlamaConfig(**text))
-    shapes = {f"vision_tower.{k}": tuple(v.shape) for k, v in clip.state_dict().items()}
+    shapes = {f"vision_tower.vision_model.{k}": tuple(v.shape) for k, v in clip.state_dict().items()}
     shapes.update({f"language_model.{k}": tuple(v.shape) for k, v in llm.state_dict().items()})
     projector = {"linear_1.weight": (4096, 1024), "linear_1.bias": (4096,), "linear_2.weight": (4096, 4096),
                  "linear_2.bias": (4096,)}
@@ -447,6 +448,8 @@ def test_special_token_rows_are_named_in_place(release):
     assert ids["<video>"] == base + 2 and ids["placeholders"] == [f"<tarsier_unused_{base + 3}>",
                                                                    f"<tarsier_unused_{base + 4}>"]
     with pytest.raises(convert.CheckpointError, match=f"needs {base + 5} ids .* embedding table has {base + 4} rows"):
+        convert.map_special_tokens(Tok.from_pretrained(release["path"]), base, base + 2, base + 3, base + 4)
+    with pytest.raises(convert.CheckpointError, match=f"image_new_idx={base + 4} is outside the embedding table"):
         convert.map_special_tokens(Tok.from_pretrained(release["path"]), base, base + 3, base + 4, base + 4)
 
 
@@ -512,10 +515,10 @@ def test_bad_inputs_give_clear_errors(release, converted, tmp_path):
     with pytest.raises(convert.CheckpointError, match=r"config.json: model_type is 'llama'"):
         convert.convert_released(wrong_type, tmp_path / "out1")
 
-    # A row the config names as newline that the tokenizer already uses for a real token.
+    # A newline row that is the <image> row itself (an ordinary token row is accepted: test_release_parity.py).
     clash = copy_release("clash")
-    rewrite(clash / "config.json", json.dumps({**config, "image_newline_idx": 5}))
-    with pytest.raises(convert.CheckpointError, match="row 5 .*image_newline_idx"):
+    rewrite(clash / "config.json", json.dumps({**config, "image_newline_idx": config["image_token_index"]}))
+    with pytest.raises(convert.CheckpointError, match="image_newline_idx=.* is the <image> row"):
         convert.convert_released(clash, tmp_path / "out2", chat_template="yi")
 
     # A tensor outside the released prefixes is named with its shard.

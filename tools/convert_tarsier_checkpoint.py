@@ -11,50 +11,65 @@ largest shard (a 34B checkpoint converts on a machine that could never hold it).
 input's partition and dtype, tensors are written in sorted order with fixed metadata, so export -> convert
 reproduces the converted folder byte for byte.
 
-Released layout, as confirmed by reading the public release (bytedance/tarsier, branch `tarsier`, and vLLM):
+Facts this converter relies on, each confirmed by reading the released code (bytedance/tarsier, branch `tarsier`,
+unless said otherwise) and pinned by `tests/test_release_parity.py` (which writes them out explicitly):
 
-- `models/modeling_tarsier.py` (branch `tarsier`): `LlavaConfig` with `model_type = "llava"`, keys
-  `image_token_index` (default 32000), `image_newline_idx` (default 32002), `image_new_idx` (default 32003),
-  `vision_feature_layer` (-2), `vision_feature_select_strategy` ("default": CLS dropped), `projector_hidden_act`
-  ("gelu"), a CLIP ViT-L/14-336 default `vision_config` (hidden 1024, 24 layers, 16 heads, patch 14, 336 px)
-  and a llama default `text_config`. `TarsierForConditionalGeneration` holds `vision_tower` (AutoModel of the
-  vision config, i.e. `CLIPVisionModel` -> weights `vision_tower.vision_model.*`), `multi_modal_projector`
-  (`linear_1`, act, `linear_2`, both with bias) and `language_model` (AutoModelForCausalLM -> weights
-  `language_model.model.*` and `language_model.lm_head.*`). `add_split_tokens` reshapes each frame's projected
-  patches to (rows, cols), appends the input embedding of row `image_newline_idx` after every row and the
-  embedding of row `image_new_idx` after the frame: `rows * (cols + 1) + 1` = 601 LM positions per frame.
-  The embeddings are looked up with `get_input_embeddings()`, i.e. they are rows of the LM embedding table.
-- `dataset/processor.py` (branch `tarsier`): `<video>` in a prompt is replaced by `<image>` once per sampled
-  frame, and every `<image>` token id (`image_token_index`) is replaced by one frame's 601 features inside the
-  model; frames are resized to a square (`resize2square`) before the CLIP image processor of `LlavaProcessor`.
-- `tools/conversation.py` (branch `tarsier`): prompts are `"USER: " + "<image>" * n + "\\n" + text + " ASSISTANT: "`
-  and a finished assistant turn ends with `sep2`: `"</s>"` for tarsier-7b/13b (Vicuna), `"<|endoftext|>"` for
-  tarsier-34b (Yi); no system prompt.
+- `models/modeling_tarsier.py`: `LlavaConfig` with `model_type = "llava"`, keys `image_token_index` (default
+  32000), `image_newline_idx` (default 32002), `image_new_idx` (default 32003), `vision_feature_layer` (-2),
+  `vision_feature_select_strategy` ("default": CLS dropped), `projector_hidden_act` ("gelu"), a CLIP
+  ViT-L/14-336 default `vision_config` and a llama default `text_config`. `TarsierForConditionalGeneration`
+  holds `vision_tower` (`AutoModel.from_config(vision_config)`), `multi_modal_projector` (`linear_1`, act,
+  `linear_2`, both with bias) and `language_model` (`AutoModelForCausalLM.from_config(text_config)`).
+  `add_split_tokens` reshapes each frame's projected patches to (rows, cols), appends the input embedding of
+  row `image_newline_idx` after every row and of row `image_new_idx` after the frame (`rows * (cols + 1) + 1`
+  = 601 LM positions per frame); the rows are only looked up (`get_input_embeddings()(idx)`), so any row of the
+  table works, also one that is an ordinary token.
+- The release pins transformers 4.44.2 (`requirements.txt`), whose `CLIPVisionModel` nests the tower under
+  `vision_model.`: its `save_pretrained` writes `vision_tower.vision_model.embeddings.*`,
+  `vision_tower.vision_model.encoder.layers.*`, `vision_tower.vision_model.{pre_layrnorm,post_layernorm}.*`,
+  `multi_modal_projector.linear_{1,2}.*`, `language_model.model.*` and `language_model.lm_head.weight`.
+  transformers 5.x vision models have no `vision_model.` level: input `vision_tower.vision_model.X` becomes our
+  `model.vision_tower.X`, and `--export` writes it back.
+- `dataset/processor.py`: `<video>` in a prompt becomes `<image>` once per sampled frame, every `<image>` id
+  (`image_token_index`) is replaced by one frame's 601 features; a prompt without `USER:`/`ASSISTANT:` becomes
+  `f"USER: {prompt} ASSISTANT: "`; frames are stretched to a `max(w, h)` square at full resolution
+  (`resize2square`, PIL's default filter) and then go through `LlavaProcessor`'s CLIP image processor
+  (resize to 336, two resamplings in all): `resize_mode="released"` of our processor.
+- `tools/conversation.py`: roles `USER` / `ASSISTANT`, `sep1 = " "`, `sep2` `"</s>"` for tarsier-7b/13b and
+  `"<|endoftext|>"` for tarsier-34b, no system prompt: `"USER: <image>*n\\n{instruction} ASSISTANT: "` with a
+  trailing space (our `vicuna` / `tarsier-34b` chat templates).
+- `dataset/utils.py` `sample_frame_indices`: `[0]` for one frame, else `round(i * (T - 1) / (n - 1))`
+  (our `sample_uniform`); `tasks/inference_benchmark.py`: 8 frames by default, greedy, 512 new tokens.
 - vLLM `vllm/model_executor/models/tarsier.py`: reads `image_token_index`, `image_newline_idx`, `image_new_idx`,
   `vision_feature_layer`, `vision_feature_select_strategy`, `projector_hidden_act`, `multimodal_projector_bias`
-  (default True) from a transformers `LlavaConfig`, loads the weight prefixes above, and serves the
-  `TarsierForConditionalGeneration` architecture (`omni-research/Tarsier-7b` in its examples). Its per-image
-  count is `rows * (cols + 1) + num_additional_image_tokens + 1`, minus 1 for the "default" strategy, so the
-  export writes a LLaVA `processor_config.json` with `num_additional_image_tokens: 1` (601 for 336 px).
-  Newer vLLM lists the architecture in `_PREVIOUSLY_SUPPORTED_MODELS` as supported until v0.24.0
-  (`vllm/model_executor/models/registry.py`): serve exports with vLLM <= 0.24.
+  (default True) from a transformers `LlavaConfig`; its vision tower is vLLM's `CLIPVisionModel` /
+  `SiglipVisionModel`, whose weights are named `vision_model.*`, so it loads `vision_tower.vision_model.*`,
+  `multi_modal_projector.*` and `language_model.*` (`TarsierForConditionalGeneration`, `omni-research/Tarsier-7b`
+  in its examples). Its per-image count is `rows * (cols + 1) + num_additional_image_tokens + 1`, minus 1 for
+  the "default" strategy, so the export writes a LLaVA `processor_config.json` with
+  `num_additional_image_tokens: 1` (601 for 336 px). Newer vLLM lists the architecture in
+  `_PREVIOUSLY_SUPPORTED_MODELS` (`vllm/model_executor/models/registry.py`) as supported until v0.24.0, the
+  last versions on transformers 4.x: serve exports with vLLM <= 0.24. The export's `tokenizer_config.json`
+  therefore names a class 4.x loads (`LlamaTokenizerFast` for the released Llama tokenizers, see
+  `released_tokenizer_fields`), not 5.x's `TokenizersBackend`.
 - Model card of omni-research/Tarsier-7b (Hub README): base LLM llava-v1.6-vicuna-7b, license llama2.
 
 Not confirmed from public text (the Hub repos' config.json / tokenizer files are not readable here), so the
 converter reads them from the checkpoint instead of assuming them: the vocabulary size (32,064 for 7b), the
-exact ids in config.json (the release's defaults are used only when a key is absent), which rows the tokenizer
-names (`<image>` must be the token at `image_token_index`), and the shard names. The tokenizer is loaded with
-`AutoTokenizer`; a sentencepiece-only tokenizer (no tokenizer.json) needs `pip install sentencepiece protobuf`.
+exact ids in config.json (the release's defaults are used only when a key is absent; a newline / frame-end row
+that is already an ordinary token is accepted with a warning, as the release accepts it), which rows the
+tokenizer names (`<image>` must be the token at `image_token_index`), the tokenizer's class and the shard
+names. The tokenizer is loaded with `AutoTokenizer`; a sentencepiece-only tokenizer (no tokenizer.json) needs
+`pip install sentencepiece protobuf`.
 
 Our layout (docs/design.md): the same numbers in `TarsierConfig` (`image_token_id`, `image_newline_token_id`,
 `frame_end_token_id`) and the tokens `<image>`, `<video>`, `<image_newline>`, `<frame_end>` in the tokenizer.
 The converter names the released rows: `<image_newline>` and `<frame_end>` become the tokens at rows
-`image_newline_idx` / `image_new_idx` (the model keeps those rows' embeddings at those positions, exactly as
-`add_split_tokens` does), and `<video>` takes the first free row. Weight names: `vision_tower.*` ->
+`image_newline_idx` / `image_new_idx` (or those rows keep their existing tokens, which the processor then
+names), and `<video>` takes the first free row. Weight names: `vision_tower.vision_model.*` ->
 `model.vision_tower.*`, `multi_modal_projector.*` -> `model.multi_modal_projector.*`, `language_model.model.*`
--> `model.language_model.*`, `language_model.lm_head.*` -> `lm_head.*`. Chat template: the processor's
-`vicuna` template for both checkpoints (for 34b with `eos_token` rebound to `<|endoftext|>`), because the
-release's 34b conversation is the same `USER: ... ASSISTANT:` format, not Yi's ChatML.
+-> `model.language_model.*`, `language_model.lm_head.*` -> `lm_head.*`. Processor defaults: the released chat
+format, `resize_mode="released"`, 8 uniform frames.
 """
 
 from __future__ import annotations
@@ -103,8 +118,13 @@ RELEASED_DEFAULTS = {
     "ignore_index": -100,
 }
 CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py")
-# (released prefix, our prefix), tried in order.
+# (released prefix, our prefix), tried in order; the reverse direction uses the first pair of each of our prefixes.
+# The release ran on transformers 4.44, whose CLIPVisionModel / SiglipVisionModel nest the tower under
+# `vision_model.` (so its `save_pretrained` writes `vision_tower.vision_model.embeddings.*`, and vLLM's
+# `tarsier.py` loads that name); transformers 5.x vision models have no such level. A flat `vision_tower.*`
+# (written by earlier versions of this converter's --export) is still accepted on input.
 RELEASED_TO_OURS = (
+    ("vision_tower.vision_model.", "model.vision_tower."),
     ("vision_tower.", "model.vision_tower."),
     ("multi_modal_projector.", "model.multi_modal_projector."),
     ("language_model.model.", "model.language_model."),
@@ -144,8 +164,9 @@ def released_to_ours(name: str, source: str = "checkpoint") -> str:
 
 
 def ours_to_released(name: str, source: str = "checkpoint") -> str:
-    """Inverse of `released_to_ours`."""
-    return _swap_prefix(name, tuple((new, old) for old, new in RELEASED_TO_OURS), source)
+    """Inverse of `released_to_ours`: `model.vision_tower.X` -> `vision_tower.vision_model.X`."""
+    pairs = tuple(dict((new, old) for old, new in reversed(RELEASED_TO_OURS)).items())
+    return _swap_prefix(name, pairs, source)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -385,12 +406,22 @@ def released_config_from_tarsier(config: TarsierConfig) -> dict:
 def map_special_tokens(tokenizer, image_id: int, newline_id: int, frame_end_id: int, vocab_size: int) -> dict:
     """Name the released embedding rows with our special tokens, in place.
 
-    `<image>` must already be the token at `image_id`. `<image_newline>` / `<frame_end>` become the tokens at
-    `newline_id` / `frame_end_id` (added when the tokenizer is shorter; rows between its end and those ids get
-    `<video>` first, then unused placeholders). `<video>` takes the first free id otherwise.
+    `<image>` must already be the token at `image_id`. The newline / end-of-frame rows are used by the release
+    only through their embeddings (`add_split_tokens` looks them up by id), so any row the embedding table has
+    is accepted:
+
+    - a row past the tokenizer's end gets our token `<image_newline>` / `<frame_end>` (rows between the
+      tokenizer's end and it get `<video>` first, then unused placeholders);
+    - a row that is already an ordinary token (e.g. `<0x0A>`) keeps that token, which is registered as an added
+      token so that it is matched whole in text; the processor names it as its newline / frame-end token. This
+      is logged as a warning: the converted model is still exact, but that token's text now stands for the
+      separator row too.
+
+    `<video>` takes the first free id otherwise.
 
     Returns:
-        `{"<image>": id, "<video>": id, "<image_newline>": id, "<frame_end>": id, "placeholders": [...]}`.
+        `{"<image>": id, "<video>": id, "<image_newline>": id, "<frame_end>": id, "placeholders": [...],
+        "tokens": {"image_newline_token": str, "frame_end_token": str}}`.
     """
     from tokenizers import AddedToken
 
@@ -410,7 +441,16 @@ def map_special_tokens(tokenizer, image_id: int, newline_id: int, frame_end_id: 
         raise CheckpointError(f"tokenizer: {IMAGE_TOKEN} is id {vocab[IMAGE_TOKEN]} but config.json says "
                               f"image_token_index={image_id}")
     placeholders = []
-    for token_id, content in sorted({newline_id: IMAGE_NEWLINE_TOKEN, frame_end_id: FRAME_END_TOKEN}.items()):
+    names = {}
+    roles = (("image_newline_token", newline_id, IMAGE_NEWLINE_TOKEN, "image_newline_idx"),
+             ("frame_end_token", frame_end_id, FRAME_END_TOKEN, "image_new_idx"))
+    for role, token_id, content, key in sorted(roles, key=lambda r: r[1]):
+        if not 0 <= token_id < vocab_size:
+            raise CheckpointError(f"config.json: {key}={token_id} is outside the embedding table "
+                                  f"(text_config.vocab_size={vocab_size})")
+        if token_id == image_id:
+            raise CheckpointError(f"config.json: {key}={token_id} is the {IMAGE_TOKEN} row (image_token_index); "
+                                  "visual placeholders and separators must be different tokens")
         while len(tokenizer) < token_id:
             if VIDEO_TOKEN not in tokenizer.get_vocab():
                 add(VIDEO_TOKEN)
@@ -421,22 +461,66 @@ def map_special_tokens(tokenizer, image_id: int, newline_id: int, frame_end_id: 
             add(content)
         existing = tokenizer.convert_ids_to_tokens(token_id)
         if existing != content:
-            key = "image_newline_idx" if content == IMAGE_NEWLINE_TOKEN else "image_new_idx"
-            raise CheckpointError(
-                f"tokenizer: row {token_id} (config.json {key}) is already the token {existing!r}; it cannot "
-                f"also be named {content}"
+            logger.warning(
+                "tokenizer: row %d (config.json %s) is the existing token %r; the release uses that row's embedding "
+                "as the separator, and so does the converted model (its processor names %r as %s)",
+                token_id, key, existing, existing, role,
             )
+            if existing not in tokenizer.get_added_vocab():
+                tokenizer.add_tokens([AddedToken(existing, special=False, normalized=False)])
+            if tokenizer.convert_tokens_to_ids(existing) != token_id:
+                raise CheckpointError(f"tokenizer: cannot name row {token_id} ({key}): its token {existing!r} does "
+                                      "not map back to it")
+        names[role] = existing
     if VIDEO_TOKEN not in tokenizer.get_vocab():
         add(VIDEO_TOKEN)
-    ids = dict(zip((IMAGE_TOKEN, VIDEO_TOKEN, IMAGE_NEWLINE_TOKEN, FRAME_END_TOKEN),
-                   tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, VIDEO_TOKEN, IMAGE_NEWLINE_TOKEN, FRAME_END_TOKEN])))
+    ids = {IMAGE_TOKEN: image_id, VIDEO_TOKEN: tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+           IMAGE_NEWLINE_TOKEN: newline_id, FRAME_END_TOKEN: frame_end_id}
     if len(tokenizer) > vocab_size:
         raise CheckpointError(
             f"tokenizer: needs {len(tokenizer)} ids after adding {VIDEO_TOKEN}, but the embedding table has "
             f"{vocab_size} rows (text_config.vocab_size)"
         )
     ids["placeholders"] = placeholders
+    ids["tokens"] = names
     return ids
+
+
+def released_tokenizer_fields(tokenizer) -> dict:
+    """`tokenizer_config.json` fields an export writes so that transformers 4.x (the release, vLLM's Tarsier path)
+    loads the tokenizer as the release ships it.
+
+    transformers 5.x saves `"tokenizer_class": "TokenizersBackend"`, a name 4.x does not know. The released
+    checkpoints ship Llama tokenizers (a byte-fallback BPE `tokenizer.json`, converted from sentencepiece), whose
+    4.x fast class is `LlamaTokenizerFast`; that class rebuilds its post-processor from `add_bos_token` /
+    `add_eos_token`, so both are written as this tokenizer behaves. Any other tokenizer is written as the generic
+    `PreTrainedTokenizerFast`, which 4.x builds from `tokenizer.json` unchanged.
+    """
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return {"tokenizer_class": "PreTrainedTokenizerFast"}
+    ids = tokenizer("a").input_ids
+    return {
+        "tokenizer_class": "LlamaTokenizerFast",
+        "add_bos_token": tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id,
+        "add_eos_token": tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id,
+    }
+
+
+def write_legacy_bpe_merges(path: Path) -> None:
+    """Rewrite a BPE `tokenizer.json`'s merges from pairs (`[["a", "b"], ...]`, tokenizers >= 0.20) to the
+    `"a b"` strings that tokenizers 0.19 reads (the release pins transformers 4.44.2, which requires
+    tokenizers < 0.20; newer versions read both). Left as is when a piece holds a space (not expressible)."""
+    data = json.loads(path.read_text())
+    model = data.get("model") or {}
+    merges = model.get("merges") or []
+    if model.get("type") != "BPE" or not merges or isinstance(merges[0], str):
+        return
+    if any(" " in piece for pair in merges for piece in pair):
+        logger.warning("%s: merges hold spaces; kept as pairs, which tokenizers < 0.20 cannot read", path)
+        return
+    model["merges"] = [" ".join(pair) for pair in merges]
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def detect_chat_format(tokenizer) -> str:
@@ -452,11 +536,9 @@ def detect_chat_format(tokenizer) -> str:
 
 
 def released_chat_template(chat_format: str, tokenizer) -> str:
-    """The released conversation format (`USER: ... ASSISTANT: answer<sep>`) as a Jinja template.
-
-    Built on the processor's `vicuna` template. When the tokenizer's eos token is not the release's separator
-    (Tarsier-34b ends turns with `<|endoftext|>`), the template first rebinds `eos_token` to the separator.
-    """
+    """The released conversation format (`USER: ... ASSISTANT: answer<sep>`, generation prompt `... ASSISTANT: `
+    with its trailing space) as a Jinja template: the processor's `vicuna` (Tarsier-7b/13b) or `tarsier-34b`
+    template, whose finished turns end with `</s>` / `<|endoftext|>` whatever the tokenizer's eos token is."""
     if chat_format not in CHAT_SEPARATORS:
         raise CheckpointError(
             f"--chat_template must be one of {sorted(CHAT_SEPARATORS)} or 'auto', got {chat_format!r}"
@@ -464,8 +546,8 @@ def released_chat_template(chat_format: str, tokenizer) -> str:
     separator = CHAT_SEPARATORS[chat_format]
     if separator not in tokenizer.get_vocab():
         raise CheckpointError(f"tokenizer: the {chat_format} turn separator {separator!r} is not a token")
-    template = CHAT_TEMPLATES["vicuna"]
-    if tokenizer.eos_token != separator:
+    template = CHAT_TEMPLATES["vicuna" if chat_format == "vicuna" else "tarsier-34b"]
+    if chat_format == "vicuna" and tokenizer.eos_token != separator:
         template = "{%- set eos_token = " + json.dumps(separator) + " -%}" + template
     return template
 
@@ -574,8 +656,11 @@ def model_card(config: TarsierConfig, chat_format: str, token_ids: dict, source_
         f"- Every frame takes {config.num_positions_per_frame} LM positions: "
         f"`([<image>] * {cols} + [<image_newline>]) * {rows} + [<frame_end>]`.",
         f"- Special tokens: `<image>` = {token_ids[IMAGE_TOKEN]}, `<video>` = {token_ids[VIDEO_TOKEN]}, "
-        f"`<image_newline>` = {token_ids[IMAGE_NEWLINE_TOKEN]} and `<frame_end>` = {token_ids[FRAME_END_TOKEN]} "
-        "(the released per-row newline and end-of-frame embedding rows).",
+        f"`{token_ids['tokens']['image_newline_token']}` = {token_ids[IMAGE_NEWLINE_TOKEN]} (row newline) and "
+        f"`{token_ids['tokens']['frame_end_token']}` = {token_ids[FRAME_END_TOKEN]} (end of frame): the released "
+        "separator embedding rows.",
+        "- Frames: 8, sampled uniformly (first and last included) and resized as the release does (stretched to a "
+        "square at full resolution, then resized to the tower's size).",
         f"- Chat format: released `{chat_format}` conversation (`USER: <video>\\n... ASSISTANT: answer"
         f"{CHAT_SEPARATORS[chat_format]}`).",
         "",
@@ -653,9 +738,10 @@ def convert_released(input_dir, output_dir, chat_template: str = "auto", overwri
         chat_template=template,
         patch_size=config.vision_config.patch_size,
         use_frame_separators=True,
-        resize_mode="stretch",
+        resize_mode="released",
         num_frames=8,
         sampling="uniform",
+        **token_ids["tokens"],
     )
     processor_ids = (processor.image_token_id, processor.video_token_id, processor.image_newline_token_id,
                      processor.frame_end_token_id)
@@ -707,7 +793,9 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
     tokenizer_config = read_json(output / "tokenizer_config.json")
     tokenizer_config.pop("auto_map", None)
     tokenizer_config["processor_class"] = "LlavaProcessor"
+    tokenizer_config.update(released_tokenizer_fields(tokenizer))
     (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    write_legacy_bpe_merges(output / "tokenizer.json")
     preprocessor = {
         "image_processor_type": "CLIPImageProcessor",
         "processor_class": "LlavaProcessor",

@@ -2,7 +2,9 @@
 
 micro: every scored sample weighs the same: mean recall, mean precision, F1 of those two means.
 macro (DREAM-1K's official number): mean recall and mean precision per category, then the plain mean of those
-over categories, F1 of the two results.
+over categories, F1 of the two results (the released evaluator's `_summarize_metric_by_subtask`, categories being
+DREAM-1K's `dataset` field). `f1_when_zero` is the F1 reported when recall + precision = 0 (the official preset:
+nan, as the release's numpy arithmetic gives).
 Breakdowns use the released evaluator's buckets: events <=3, 4-5, 6-7, >=8; subjects and shots <=1, 2, 3, >=4.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import random
 import statistics
+
+import numpy as np
 
 from .scoring import SampleScore, f1_score
 
@@ -25,19 +29,20 @@ def scored(scores: list[SampleScore]) -> list[SampleScore]:
     return [s for s in scores if s.recall is not None]
 
 
-def _prf(recalls: list[float], precisions: list[float]) -> dict:
+def _prf(recalls: list[float], precisions: list[float], f1_when_zero: float = 0.0) -> dict:
     if not recalls:
         return {"recall": None, "precision": None, "f1": None, "n": 0}
-    r, p = sum(recalls) / len(recalls), sum(precisions) / len(precisions)
-    return {"recall": r, "precision": p, "f1": f1_score(r, p), "n": len(recalls)}
+    # numpy's (pairwise) mean, as the released evaluator's np.average: the same bits on long lists
+    r, p = float(np.mean(recalls)), float(np.mean(precisions))
+    return {"recall": r, "precision": p, "f1": f1_score(r, p, f1_when_zero), "n": len(recalls)}
 
 
-def micro(scores: list[SampleScore]) -> dict:
+def micro(scores: list[SampleScore], f1_when_zero: float = 0.0) -> dict:
     kept = scored(scores)
-    return _prf([s.recall for s in kept], [s.precision for s in kept])
+    return _prf([s.recall for s in kept], [s.precision for s in kept], f1_when_zero)
 
 
-def macro(scores: list[SampleScore]) -> dict | None:
+def macro(scores: list[SampleScore], f1_when_zero: float = 0.0) -> dict | None:
     """DREAM-1K's official average; None when no sample has a category."""
     kept = [s for s in scored(scores) if s.category is not None]
     if not kept:
@@ -46,15 +51,17 @@ def macro(scores: list[SampleScore]) -> dict | None:
     per_category = {}
     for cat in categories:
         group = [s for s in scores if s.category == cat]
-        stats = _prf([s.recall for s in kept if s.category == cat], [s.precision for s in kept if s.category == cat])
+        stats = _prf([s.recall for s in kept if s.category == cat], [s.precision for s in kept if s.category == cat],
+                     f1_when_zero)
         stats["n_failed"] = sum(s.failed for s in group)
         per_category[cat] = stats
-    r = sum(c["recall"] for c in per_category.values()) / len(categories)
-    p = sum(c["precision"] for c in per_category.values()) / len(categories)
-    return {"recall": r, "precision": p, "f1": f1_score(r, p), "categories": categories, "per_category": per_category}
+    r = float(np.mean([c["recall"] for c in per_category.values()]))
+    p = float(np.mean([c["precision"] for c in per_category.values()]))
+    return {"recall": r, "precision": p, "f1": f1_score(r, p, f1_when_zero), "categories": categories,
+            "per_category": per_category}
 
 
-def breakdowns(scores: list[SampleScore]) -> dict:
+def breakdowns(scores: list[SampleScore], f1_when_zero: float = 0.0) -> dict:
     """{"events"|"subjects"|"shots": {bucket: {recall, precision, f1, n}}}; a dimension without data is omitted."""
     kept = scored(scores)
     out = {}
@@ -65,17 +72,17 @@ def breakdowns(scores: list[SampleScore]) -> dict:
         out[dim] = {}
         for name, test in buckets:
             group = [s for s, v in values if v is not None and test(v)]
-            out[dim][name] = _prf([s.recall for s in group], [s.precision for s in group])
+            out[dim][name] = _prf([s.recall for s in group], [s.precision for s in group], f1_when_zero)
     return out
 
 
-def summarize(scores: list[SampleScore]) -> dict:
+def summarize(scores: list[SampleScore], f1_when_zero: float = 0.0) -> dict:
     """Aggregates of one run (one repeat)."""
     failed = [s for s in scores if s.failed]
     return {
-        "micro": micro(scores),
-        "macro": macro(scores),
-        "breakdowns": breakdowns(scores),
+        "micro": micro(scores, f1_when_zero),
+        "macro": macro(scores, f1_when_zero),
+        "breakdowns": breakdowns(scores, f1_when_zero),
         "n_samples": len(scores),
         "n_scored": len(scored(scores)),
         "n_failed": len(failed),

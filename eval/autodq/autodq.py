@@ -53,7 +53,8 @@ Args:
     preset (str): {sorted(PRESETS)}; defaults to the config name given to `evaluate.load`, else "robust".
     judge (str | ChatJudge): "openai" (any OpenAI-compatible endpoint), "transformers" (in process) or a judge.
     judge_model, base_url, api_key, endpoint_kind: which judge and where.
-    temperature, seed, max_tokens, prompt_version, max_parse_attempts, drop_failed: override the preset.
+    temperature, seed, max_tokens, prompt_version, protocol, max_events, max_parse_attempts, drop_failed,
+        retry_temperature, accept_partial: override the preset.
     timeout, max_retries: per request seconds and attempts for transient errors.
     cache_path (str | False | None): SQLite judge cache (default ~/.cache/tarsier/autodq/judge_cache.sqlite).
     concurrency (int): samples in flight. repeats (int): judge runs with seeds seed + 1000 r.
@@ -67,7 +68,7 @@ Default prompt version: {DEFAULT_PROMPT_VERSION}.
 
 _CONFIG_KEYS = (
     "temperature", "seed", "max_tokens", "prompt_version", "max_parse_attempts", "drop_failed",
-    "retry_temperature", "accept_partial", "max_events",
+    "retry_temperature", "accept_partial", "max_events", "protocol",
 )
 
 

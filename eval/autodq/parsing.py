@@ -138,10 +138,10 @@ def _event_text(item) -> str | None:
     return None
 
 
-def parse_events(text: str, max_events: int = 10) -> tuple[list[str], dict]:
+def parse_events(text: str, max_events: int | None = 10) -> tuple[list[str], dict]:
     """Events from an extraction answer (`{"events": [...]}`, a bare list, or a bulleted/numbered list).
 
-    Returns `(events, info)`: at most `max_events` non-empty strings in the judge's order, and
+    Returns `(events, info)`: at most `max_events` (None: all) non-empty strings in the judge's order, and
     `info = {"n_returned": int, "truncated": bool}`. Raises `ParseError` when no event list is found.
     """
     try:
@@ -161,7 +161,8 @@ def parse_events(text: str, max_events: int = 10) -> tuple[list[str], dict]:
     events = [e for e in map(_event_text, value) if e]
     if value and not events:
         raise ParseError(f"the extraction answer's event list holds no strings: {str(text)[:200]!r}")
-    return events[:max_events], {"n_returned": len(events), "truncated": len(events) > max_events}
+    truncated = max_events is not None and len(events) > max_events
+    return events[:max_events], {"n_returned": len(events), "truncated": truncated}
 
 
 def normalize_label(label) -> str:
@@ -254,3 +255,69 @@ def parse_entailment(text: str, events: list[str]) -> list[str]:
     if not items:
         raise ParseError(f"the entailment answer lists no judgements: {text[:200]!r}")
     return match_labels(list(events), items)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The released evaluator's parsing (bytedance/tarsier `evaluation/metrics/evaluate_dream_gpt.py`), for the
+# official preset: strict where the functions above are lenient. Every answer they refuse is one failed attempt.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _strip_release_fence(text: str) -> str:
+    """A leading ```json / ```python fence: every fence marker removed, then stripped (as the release does)."""
+    for fence in ("```json", "```python"):
+        if text.startswith(fence):
+            return text.replace(fence, "").replace("```", "").strip()
+    return text
+
+
+def parse_events_release(text: str) -> list[str]:
+    """Events from an extraction answer, read as the release does: the fence rule above, then
+    `ast.literal_eval(answer)["events"]`, a list that is empty or starts with a string. Nothing is truncated.
+
+    Raises `ParseError` for anything else (a bare list, prose, a non-literal).
+    """
+    try:
+        value = ast.literal_eval(_strip_release_fence(text))
+        events = value["events"]
+    except (ValueError, SyntaxError, TypeError, KeyError, IndexError, MemoryError, RecursionError) as exc:
+        raise ParseError(f"not a Python dict with 'events' ({type(exc).__name__}): {str(text)[:200]!r}") from None
+    if not isinstance(events, list) or (events and not isinstance(events[0], str)):
+        raise ParseError(f"'events' is not a list of strings: {str(text)[:200]!r}")
+    return events
+
+
+def clean_entailment_answer_release(text: str) -> str:
+    """The release's clean-up of an entailment answer before `json.loads`, step by step: strip, whitespace runs
+    collapsed to one space, the fence rule above, braces added when missing at either end, `True`/`False`
+    lower-cased, `}{` / `} {` joined with a comma, a comma before a closing `}` / `]` dropped, `[Placeholder]`
+    -> `null`, `{Events:` removed."""
+    text = re.sub(r"\s+", " ", re.sub(r"\n+", "\n", text.strip()))
+    text = _strip_release_fence(text)
+    if not text.startswith("{"):
+        text = "{" + text
+    if not text.endswith("}"):
+        text = text + "}"
+    text = text.replace("True", "true").replace("False", "false")
+    text = text.replace("} {", "}, {").replace("}{", "}, {")
+    for close in "}]":
+        for before in (",\n", ", \n", ", ", ","):
+            text = text.replace(before + close, ("\n" if "\n" in before else "") + close)
+    return text.replace("[Placeholder]", "null").replace("{Events:", "").strip()
+
+
+def parse_entailment_release(text: str, n_events: int) -> list[str]:
+    """Labels from an entailment answer, read as the release does: `json.loads(clean(answer))["events"]` with
+    exactly `n_events` items (one when no events were asked about), each `relationship.strip().lower()` one of
+    LABELS. Raises `ParseError` otherwise; labels such as "Entailed" are refused, not normalised."""
+    try:
+        items = json.loads(clean_entailment_answer_release(text))["events"]
+        labels = [item["relationship"].strip().lower() for item in items]
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise ParseError(f"not a JSON object with 'events' ({type(exc).__name__}): {str(text)[:200]!r}") from None
+    if len(labels) != (n_events or 1):
+        raise ParseError(f"{len(labels)} judgements for {n_events} events: {str(text)[:200]!r}")
+    bad = [label for label in labels if label not in LABELS]
+    if bad:
+        raise ParseError(f"labels {bad} are not among {LABELS}")
+    return labels

@@ -151,7 +151,7 @@ def run_autodq(
     scorer = AutoDQScorer(judge, config, concurrency)
     calls_before = judge.stats.to_dict()
     runs = [scorer.score_all(samples, repeat=r) for r in range(repeats)]
-    summaries = [summarize(run) for run in runs]
+    summaries = [summarize(run, config.f1_when_zero) for run in runs]
     has_macro = summaries[0]["macro"] is not None
     headline = "macro" if has_macro else "micro"
 

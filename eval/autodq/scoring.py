@@ -7,11 +7,20 @@ precision = share of prediction events entailed by the reference (Tarsier paper,
 from __future__ import annotations
 
 import dataclasses
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .judge import ChatJudge, JudgeCallError
-from .parsing import INVALID, MISSING, ParseError, parse_entailment, parse_events
+from .parsing import (
+    INVALID,
+    MISSING,
+    ParseError,
+    parse_entailment,
+    parse_entailment_release,
+    parse_events,
+    parse_events_release,
+)
 from .prompts import DEFAULT_PROMPT_VERSION, PromptSet, get_prompts
 
 
@@ -24,18 +33,23 @@ class AutoDQConfig:
         judge_model / temperature / seed / max_tokens: judge settings used when the metric builds the judge
             (None = not sent to the endpoint).
         prompt_version: key of `prompts.PROMPTS`.
-        max_events: events kept from an extraction answer.
+        protocol: "robust" (this repo's lenient parsing, see `parsing.py`) or "release" (the released evaluator,
+            `evaluation/metrics/evaluate_dream_gpt.py`: descriptions lower-cased, the text sent for extraction
+            also with `"` -> `'`; strict parsing, `parse_events_release` / `parse_entailment_release`; an empty
+            event list is still sent to the judge with the other description as the one event, and needs a
+            valid answer, although that side scores `empty_events_score` whatever the answer).
+        max_events: events kept from an extraction answer; None keeps all (released evaluator).
         positive_labels: labels that count as "entailed".
         drop_failed: True drops samples the judge keeps failing on from every average (released evaluator);
             False scores them 0 and reports them.
-        lowercase: lower-case descriptions and turn double quotes into single quotes before prompting
-            (released evaluator).
         max_parse_attempts: answers asked for per step before giving up on an unreadable or incomplete one.
         retry_temperature: temperature for re-asks after an unreadable answer (None keeps the judge's).
         accept_partial: after the last attempt, use an entailment answer that leaves events out or mislabels
             them (those count as not entailed, and the sample is flagged `partial`) instead of failing.
         empty_events_score: recall (precision) when the reference (prediction) has no events; the released
             evaluator uses 1.0.
+        f1_when_zero: F1 when recall + precision = 0 (per sample and in every average); the released
+            evaluator's `2 * r * p / (r + p)` on numpy floats gives nan.
     """
 
     preset: str = "robust"
@@ -44,14 +58,19 @@ class AutoDQConfig:
     seed: int | None = 1234
     max_tokens: int | None = 1024
     prompt_version: str = DEFAULT_PROMPT_VERSION
-    max_events: int = 10
+    protocol: str = "robust"
+    max_events: int | None = 10
     positive_labels: tuple[str, ...] = ("entailment",)
     drop_failed: bool = False
-    lowercase: bool = False
     max_parse_attempts: int = 3
     retry_temperature: float | None = 0.7
     accept_partial: bool = True
     empty_events_score: float = 1.0
+    f1_when_zero: float = 0.0
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol={self.protocol!r} is unknown; choose one of {PROTOCOLS}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -59,18 +78,23 @@ class AutoDQConfig:
         return d
 
 
+PROTOCOLS = ("robust", "release")
+
 PRESETS: dict[str, AutoDQConfig] = {
-    # the released DREAM-1K evaluator's choices
+    # the released DREAM-1K evaluator (evaluation/metrics/evaluate_dream_gpt.py), in every choice it makes
     "official": AutoDQConfig(
         preset="official",
         temperature=None,
         seed=None,
         max_tokens=None,
+        prompt_version="tarsier-release-v1",
+        protocol="release",
+        max_events=None,
         drop_failed=True,
-        lowercase=True,
         max_parse_attempts=10,
         retry_temperature=None,
         accept_partial=False,
+        f1_when_zero=math.nan,
     ),
     "robust": AutoDQConfig(),
 }
@@ -123,8 +147,9 @@ class SampleScore:
         return dataclasses.asdict(self)
 
 
-def f1_score(recall: float, precision: float) -> float:
-    return 0.0 if recall + precision == 0 else 2 * recall * precision / (recall + precision)
+def f1_score(recall: float, precision: float, when_zero: float = 0.0) -> float:
+    """Harmonic mean of recall and precision; `when_zero` when both are 0."""
+    return when_zero if recall + precision == 0 else 2 * recall * precision / (recall + precision)
 
 
 def _is_judge_failure(exc: BaseException) -> bool:
@@ -147,8 +172,15 @@ class AutoDQScorer:
         self.prompts: PromptSet = get_prompts(config.prompt_version)
         self.concurrency = concurrency
 
-    def _text(self, text: str) -> str:
-        return text.lower().replace('"', "'") if self.config.lowercase else text
+    @property
+    def _release(self) -> bool:
+        return self.config.protocol == "release"
+
+    def _parse_events(self, answer: str) -> list[str]:
+        if self._release:
+            events = parse_events_release(answer)
+            return events if self.config.max_events is None else events[: self.config.max_events]
+        return parse_events(answer, self.config.max_events)[0]
 
     def _overrides(self, repeat: int) -> dict:
         seed = self.judge.settings.seed
@@ -159,10 +191,10 @@ class AutoDQScorer:
 
     def extract(self, description: str, repeat: int = 0) -> list[str]:
         """At most `max_events` events of `description`. Raises ParseError / JudgeCallError."""
-        messages = self.prompts.extraction_messages(self._text(description))
-        (events, _info), _ = self.judge.chat_parsed(
-            messages,
-            lambda answer: parse_events(answer, self.config.max_events),
+        text = description.lower().replace('"', "'") if self._release else description
+        events, _ = self.judge.chat_parsed(
+            self.prompts.extraction_messages(text),
+            self._parse_events,
             self.config.max_parse_attempts,
             self.config.retry_temperature,
             tag=self._tag(repeat),
@@ -171,8 +203,8 @@ class AutoDQScorer:
         return events
 
     def entail(self, premise: str, events: list[str], repeat: int = 0) -> tuple[list[str], bool]:
-        """One label per event judged against `premise`, and whether the answer was partial."""
-        messages = self.prompts.entailment_messages(self._text(premise), events)
+        """One label per event judged against `premise`, and whether the answer was partial (robust protocol)."""
+        messages = self.prompts.entailment_messages(premise, events)
         best: list[str] | None = None
 
         def parse(answer: str) -> list[str]:
@@ -200,6 +232,19 @@ class AutoDQScorer:
                 return best, True
             raise
 
+    def _entail_release(self, premise: str, events: list[str], asked: list[str], repeat: int) -> list[str]:
+        """The release's entailment step: `asked` events (the other description when `events` is empty) against
+        the lower-cased premise; labels of `events` (none when it is empty)."""
+        labels, _ = self.judge.chat_parsed(
+            self.prompts.entailment_messages(premise.lower(), asked),
+            lambda answer: parse_entailment_release(answer, len(events)),
+            self.config.max_parse_attempts,
+            self.config.retry_temperature,
+            tag=self._tag(repeat),
+            **self._overrides(repeat),
+        )
+        return labels if events else []
+
     def _ratio(self, labels: list[str]) -> float:
         if not labels:
             return self.config.empty_events_score
@@ -220,10 +265,17 @@ class AutoDQScorer:
             result.reference_events = ref_events
             result.prediction_events = pred_events = self.extract(sample.prediction, repeat)
             partial_r = partial_p = False
-            if ref_events:
-                result.recall_labels, partial_r = self.entail(sample.prediction, ref_events, repeat)
-            if pred_events:
-                result.precision_labels, partial_p = self.entail(sample.reference, pred_events, repeat)
+            if self._release:  # asked even when a side has no events (then about the other description)
+                result.recall_labels = self._entail_release(
+                    sample.prediction, ref_events, ref_events or [sample.reference.lower().replace("\n", " ")], repeat)
+                result.precision_labels = self._entail_release(
+                    sample.reference, pred_events, pred_events or [sample.prediction.lower().replace("\n", " ")],
+                    repeat)
+            else:
+                if ref_events:
+                    result.recall_labels, partial_r = self.entail(sample.prediction, ref_events, repeat)
+                if pred_events:
+                    result.precision_labels, partial_p = self.entail(sample.reference, pred_events, repeat)
             result.partial = partial_r or partial_p
         except Exception as exc:
             if not _is_judge_failure(exc):
@@ -234,7 +286,7 @@ class AutoDQScorer:
             return result
         result.recall = self._ratio(result.recall_labels)
         result.precision = self._ratio(result.precision_labels)
-        result.f1 = f1_score(result.recall, result.precision)
+        result.f1 = f1_score(result.recall, result.precision, self.config.f1_when_zero)
         if result.n_events is None:
             result.n_events = len(ref_events)
         return result
