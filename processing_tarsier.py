@@ -778,6 +778,9 @@ class TarsierProcessor(ProcessorMixin):
         num_frames: default frames per video (int, or `[low, high]` for `random_segments`).
         sampling: default policy, one of `SAMPLING_POLICIES`.
         video_fps / max_frames: parameters of the `"fps"` policy.
+        padding_side: where batches are padded; `"left"` (the default, as in transformers' VLM processors) so that
+            `generate` on a batch continues every sample right after its own prompt. Saved in
+            `processor_config.json` and set on the tokenizer; training collators pad on their own.
     """
 
     def __init__(
@@ -792,8 +795,11 @@ class TarsierProcessor(ProcessorMixin):
         sampling: str = "uniform",
         video_fps: float | None = None,
         max_frames: int = 64,
+        padding_side: str = "left",
         **kwargs,
     ):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         if sampling not in SAMPLING_POLICIES:
@@ -807,6 +813,8 @@ class TarsierProcessor(ProcessorMixin):
         self.sampling = sampling
         self.video_fps = video_fps
         self.max_frames = int(max_frames)
+        self.padding_side = padding_side
+        tokenizer.padding_side = padding_side
         self.image_token = IMAGE_TOKEN
         self.video_token = VIDEO_TOKEN
         self.image_newline_token = IMAGE_NEWLINE_TOKEN
