@@ -118,8 +118,8 @@ def reference(folder):
 
 
 def ask(client, content, **kwargs):
-    return client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": content}],
-                                          max_tokens=MAX_TOKENS, temperature=0, **kwargs)
+    kwargs = {"max_tokens": MAX_TOKENS, "temperature": 0, **kwargs}
+    return client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": content}], **kwargs)
 
 
 def text(value: str) -> dict:
@@ -202,6 +202,21 @@ def test_streaming_equals_non_streaming(client, media):
     assert streamed == whole
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == MAX_TOKENS
+
+
+@pytest.mark.slow
+def test_a_closed_stream_stops_its_generation(client):
+    """A streaming client that goes away frees the generation thread: the next request does not wait for the
+    abandoned one's remaining tokens (measured: ~5 s for 1,000 tokens of the tiny model vs ~0.1 s after)."""
+    started = time.monotonic()
+    assert ask(client, "Say hello.", max_tokens=1000).usage.completion_tokens == 1000
+    whole = time.monotonic() - started
+    stream = ask(client, "Say hello.", max_tokens=1000, stream=True)
+    next(stream), next(stream), next(stream)
+    stream.close()
+    started = time.monotonic()
+    ask(client, "Say hello.")
+    assert time.monotonic() - started < whole / 3
 
 
 def test_stop_string_is_left_out(client, reference):
