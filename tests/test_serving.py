@@ -298,3 +298,9 @@ def test_autodq_through_a_served_smollm2(smollm2_dir, dream1k_path, tmp_path):
     assert result["calls"]["completed"] >= 1 and len(result["samples"]) == 2
     for sample in result["samples"]:
         assert 0.0 <= sample["f1"] <= 1.0
+
+
+def test_help():
+    result = subprocess.run([sys.executable, "-m", "tools.serve", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0 and "--allowed_local_media_path" in result.stdout, result.stderr[-1000:]
