@@ -551,7 +551,130 @@ class VideoSample:
     metadata: dict = field(default_factory=dict)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Media given as URLs (what OpenAI-style clients send): `file://` URLs, and `data:` URIs holding an image, a video
+# file, or a video as base64 JPEG frames (`data:video/jpeg;base64,<frame>,<frame>,...`, vLLM's convention).
+# http(s) URLs are refused with a reason: this code does not fetch from the network.
+# ----------------------------------------------------------------------------------------------------------------
+
+_URL_SCHEMES = ("data:", "file:", "http://", "https://")
+# Container suffix for a `data:video/<subtype>` payload, so PyAV picks the right demuxer from the file name.
+_VIDEO_MIME_SUFFIXES = {"mp4": ".mp4", "webm": ".webm", "quicktime": ".mov", "x-matroska": ".mkv",
+                        "matroska": ".mkv", "x-msvideo": ".avi", "avi": ".avi", "mpeg": ".mpg", "mp2t": ".ts",
+                        "x-flv": ".flv", "3gpp": ".3gp", "ogg": ".ogv", "x-m4v": ".m4v"}
+
+
+def _is_url(source: Any) -> bool:
+    return isinstance(source, str) and source[:8].lower().startswith(_URL_SCHEMES)
+
+
+def _label(source: str) -> str:
+    """A printable name for a source: data URIs are shortened to their media type and size."""
+    if source[:5].lower() == "data:":
+        return f"{source.split(',', 1)[0]},... ({len(source)} characters)"
+    return source
+
+
+def _parse_data_uri(uri: str) -> tuple[str, str, bool]:
+    """`data:<media type>[;base64],<payload>` -> `(media type, payload, is_base64)`."""
+    header, comma, payload = uri[5:].partition(",")
+    if not comma:
+        raise VideoReadError(f"{_label(uri)}: not a data URI (no ',' between the media type and the data)")
+    parts = [p.strip() for p in header.split(";")]
+    return (parts[0] or "text/plain").lower(), payload, "base64" in (p.lower() for p in parts[1:])
+
+
+def _data_bytes(payload: str, is_base64: bool, what: str) -> bytes:
+    import base64
+    import binascii
+    import urllib.parse
+
+    if not is_base64:
+        return urllib.parse.unquote_to_bytes(payload)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise VideoReadError(f"{what}: invalid base64 data ({error})") from None
+
+
+def _file_url_path(url: str) -> str:
+    import urllib.parse
+    import urllib.request
+
+    parsed = urllib.parse.urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise VideoReadError(f"{url}: a file URL on another host ({parsed.netloc}) cannot be read")
+    return urllib.request.url2pathname(parsed.path)
+
+
+def _refuse_remote(url: str) -> None:
+    if url[:8].lower().startswith(("http://", "https://")):
+        raise VideoReadError(
+            f"{url}: http(s) URLs are not fetched; download the file and pass its path, or send it as a data: URI"
+        )
+
+
+def _image_from_url(url: str) -> Image.Image | str:
+    """An image URL -> a PIL image (data URI) or a local path (file URL)."""
+    _refuse_remote(url)
+    if url[:5].lower() != "data:":
+        return _file_url_path(url)
+    media_type, payload, is_base64 = _parse_data_uri(url)
+    if not media_type.startswith("image/"):
+        raise VideoReadError(f"{_label(url)}: expected an image/* data URI, got {media_type}")
+    import io
+
+    try:
+        return Image.open(io.BytesIO(_data_bytes(payload, is_base64, _label(url))))
+    except (OSError, SyntaxError) as error:
+        raise VideoReadError(f"{_label(url)}: not a readable image ({error})") from None
+
+
+class _VideoURL:
+    """Context manager: a video URL -> something `load_video` reads (a path, or a list of PIL frames).
+
+    A `data:` URI holding a video file is written to a temporary file (PyAV demuxes files), removed on exit.
+    """
+
+    def __init__(self, url: str):
+        self.url, self.label, self._temporary = url, _label(url), None
+
+    def __enter__(self) -> str | list[Image.Image]:
+        _refuse_remote(self.url)
+        if self.url[:5].lower() != "data:":
+            return _file_url_path(self.url)
+        media_type, payload, is_base64 = _parse_data_uri(self.url)
+        if media_type == "video/jpeg" or media_type.startswith("image/"):  # base64 frames, or a single image
+            import io
+
+            frames = []
+            for number, part in enumerate(payload.split(",")):
+                try:
+                    frames.append(Image.open(io.BytesIO(_data_bytes(part, is_base64, self.label))))
+                except (OSError, SyntaxError) as error:
+                    raise VideoReadError(f"{self.label}: frame {number} is not a readable image ({error})") from None
+            return frames
+        if not media_type.startswith("video/"):
+            raise VideoReadError(f"{self.label}: expected a video/* or image/* data URI, got {media_type}")
+        import tempfile
+
+        suffix = _VIDEO_MIME_SUFFIXES.get(media_type.split("/", 1)[1], ".mp4")
+        with tempfile.NamedTemporaryFile(prefix="tarsier-video-", suffix=suffix, delete=False) as handle:
+            handle.write(_data_bytes(payload, is_base64, self.label))
+            self._temporary = handle.name
+        return self._temporary
+
+    def __exit__(self, *exc) -> None:
+        if self._temporary is not None:
+            os.unlink(self._temporary)
+
+
 def _load_image_file(path: str) -> np.ndarray:
+    if _is_url(path):
+        image = _image_from_url(path)
+        if isinstance(image, Image.Image):
+            return np.asarray(_exif_transpose(image).convert("RGB"))
+        path = image
     _check_file(path)
     try:
         with Image.open(path) as image:
@@ -612,7 +735,9 @@ def load_video(
     Args:
         video: a video file (mp4, mkv, webm, mov, avi, gif, ...), an image file (one frame), a folder of frame
             images (natural sort order), a list of frame files, a list of PIL images, a numpy array or torch
-            tensor shaped `(T, H, W, 3)` or `(T, 3, H, W)`.
+            tensor shaped `(T, H, W, 3)` or `(T, 3, H, W)`; or a URL: `file://...`, a `data:video/<type>;base64,...`
+            URI of a video file, `data:video/jpeg;base64,<frame>,<frame>,...` (base64 JPEG frames, as vLLM takes
+            them), or a list of `data:image/...` URIs as frames. http(s) URLs are refused (nothing is fetched).
         num_frames, policy, fps, max_frames, complex_clip, rng: see `sample_frame_indices`.
         indices: explicit frame indices; overrides the policy.
 
@@ -631,6 +756,15 @@ def load_video(
             complex_clip=complex_clip, rng=rng,
         )
 
+    if _is_url(video):
+        with _VideoURL(video) as local:
+            try:
+                sample = load_video(local, num_frames, policy, fps, max_frames, complex_clip, rng, indices)
+            except VideoReadError as error:
+                message = str(error).replace(local, _label(video)) if isinstance(local, str) else str(error)
+                raise VideoReadError(message) from None
+        sample.source = _label(video)
+        return sample
     if isinstance(video, (str, os.PathLike)):
         source = str(video)
         if os.path.isdir(source):
@@ -666,7 +800,7 @@ def load_video(
             paths = [str(item) for item in items]
             return _sequence_sample(
                 lambda idx: _stack_same_size([_load_image_file(paths[i]) for i in idx], paths[0]),
-                len(paths), f"{len(paths)} frame files from {paths[0]}", sampler,
+                len(paths), f"{len(paths)} frame files from {_label(paths[0])}", sampler,
             )
         if all(isinstance(item, Image.Image) for item in items):
             return _sequence_sample(
@@ -688,7 +822,8 @@ def _stack_same_size(frames: list[np.ndarray], source: str) -> np.ndarray:
 
 
 def load_image(image: Any) -> np.ndarray:
-    """Read one still image (file path, PIL image, `(H, W, 3)`/`(3, H, W)` array or tensor) as `(H, W, 3)` uint8."""
+    """Read one still image as `(H, W, 3)` uint8: a file path, a `file://` URL, a `data:image/...` URI, a PIL image,
+    or an `(H, W, 3)` / `(3, H, W)` array or tensor."""
     if isinstance(image, (str, os.PathLike)):
         if Path(str(image)).suffix.lower() in VIDEO_EXTENSIONS:
             raise VideoReadError(f"{image}: is a video file; pass it as a video, not an image")
@@ -805,6 +940,9 @@ class TarsierProcessor(ProcessorMixin):
         video_fps / max_frames: parameters of the `"fps"` policy.
         image_newline_token / frame_end_token: the tokens at the row-newline and end-of-frame embedding rows
             (a converted released checkpoint whose rows are ordinary tokens, e.g. `<0x0A>`, names those).
+        padding_side: where batches are padded; `"left"` (the default, as in transformers' VLM processors) so that
+            `generate` on a batch continues every sample right after its own prompt. Saved in
+            `processor_config.json` and set on the tokenizer; training collators pad on their own.
     """
 
     def __init__(
@@ -821,8 +959,11 @@ class TarsierProcessor(ProcessorMixin):
         max_frames: int = 64,
         image_newline_token: str = IMAGE_NEWLINE_TOKEN,
         frame_end_token: str = FRAME_END_TOKEN,
+        padding_side: str = "left",
         **kwargs,
     ):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
         if sampling not in SAMPLING_POLICIES:
@@ -836,6 +977,8 @@ class TarsierProcessor(ProcessorMixin):
         self.sampling = sampling
         self.video_fps = video_fps
         self.max_frames = int(max_frames)
+        self.padding_side = padding_side
+        tokenizer.padding_side = padding_side
         self.image_token = IMAGE_TOKEN
         self.video_token = VIDEO_TOKEN
         self.image_newline_token = image_newline_token
@@ -1131,7 +1274,9 @@ def _is_single_visual(items: Sequence[Any], name: str) -> bool:
     if isinstance(first, np.ndarray) and first.ndim == 3:
         return True
     if isinstance(first, (str, os.PathLike)):
-        return all(Path(str(x)).suffix.lower() in IMAGE_EXTENSIONS for x in items) and len(items) > 1
+        return len(items) > 1 and all(
+            Path(str(x)).suffix.lower() in IMAGE_EXTENSIONS or str(x)[:11].lower() == "data:image/" for x in items
+        )
     return False
 
 

@@ -364,7 +364,7 @@ def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distribu
     from training.model_card import prepare_hub_folder
 
     card = (output_dir / "README.md").read_text()
-    assert "pipeline_tag: video-text-to-text" in card and "random_segments" in card
+    assert "pipeline_tag: image-text-to-text" in card and "random_segments" in card
     files = prepare_hub_folder(output_dir, card)
     for name in ("config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
                  "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "README.md"):

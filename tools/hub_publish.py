@@ -4,9 +4,11 @@
 
 `push_to_hub` first builds the exact folder it will upload (`prepare_upload_folder`): it checks that the
 checkpoint is complete and loadable as remote code (config with `auto_map` and the code files it names, every
-shard of the weight index, tokenizer, processor config, chat template, generation config, model card) and
-copies only the checkpoint's files into a staging folder, leaving out caches and hidden files. Only then does
-it create the repository and upload that staging folder in one commit. `--dry_run` stops after the staging
+shard of the weight index, tokenizer, processor config, chat template, generation config) and copies only the
+checkpoint's files into a staging folder, leaving out caches and hidden files. A folder without a model card,
+or with only the placeholder card `push_to_hub` writes ("Model Card for Model ID"), gets a Tarsier card generated
+from its config (`training.model_card`). Only then does it create the repository and upload that staging folder
+in one commit. `--dry_run` stops after the staging
 folder, so what would be uploaded can be inspected without a network connection or a token.
 """
 
@@ -29,8 +31,12 @@ REQUIRED_FILES = (
     "processor_config.json",
     "chat_template.jinja",
     "tokenizer_config.json",
-    "README.md",
 )
+CARD_FILE = "README.md"
+# The heading of huggingface_hub's default card template (huggingface_hub/templates/modelcard_template.md) when no
+# model id is given, which is what transformers' `push_to_hub` uploads for a folder without a card
+# (transformers/utils/hub.py, `create_and_tag_model_card`).
+PLACEHOLDER_CARD_HEADING = "# Model Card for Model ID"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 SKIPPED_DIRS = {"__pycache__", ".git", ".cache", ".ipynb_checkpoints"}
 SKIPPED_SUFFIXES = (".pyc", ".lock", ".tmp", ".incomplete")
@@ -134,10 +140,20 @@ def check_checkpoint(folder: str | os.PathLike) -> list[str]:
     return files
 
 
-def prepare_upload_folder(folder: str | os.PathLike, staging_dir: str | os.PathLike | None = None) -> Path:
+def needs_model_card(folder: str | os.PathLike) -> bool:
+    """True when `folder` has no `README.md`, or only the placeholder card of `push_to_hub`."""
+    card = Path(folder) / CARD_FILE
+    return not card.is_file() or PLACEHOLDER_CARD_HEADING in card.read_text(encoding="utf-8", errors="replace")
+
+
+def prepare_upload_folder(
+    folder: str | os.PathLike, staging_dir: str | os.PathLike | None = None, model_name: str | None = None
+) -> Path:
     """Check `folder` and copy exactly the files to upload into `staging_dir` (a new temporary folder if None).
 
     Files are hard-linked when the file system allows it (no extra disk for multi-GB shards), copied otherwise.
+    When the folder has no real model card, one is generated into the staging folder (the source folder is not
+    changed), titled `model_name` (default: the folder name).
 
     Returns:
         The staging folder; its content is what `push_to_hub` uploads.
@@ -151,11 +167,20 @@ def prepare_upload_folder(folder: str | os.PathLike, staging_dir: str | os.PathL
         if staging.exists() and any(staging.iterdir()):
             raise PublishError(f"{staging}: staging folder exists and is not empty")
         staging.mkdir(parents=True, exist_ok=True)
+    generate_card = needs_model_card(source)
     for name in files:
+        if name == CARD_FILE and generate_card:
+            continue
         try:
             os.link(source / name, staging / name)
         except OSError:
             shutil.copy2(source / name, staging / name)
+    if generate_card:
+        from training.model_card import card_details_from_folder, render_model_card
+
+        card = render_model_card(model_name or source.resolve().name, details=card_details_from_folder(source))
+        (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        logger.info("%s: no model card, generated %s", source, staging / CARD_FILE)
     return staging
 
 
@@ -184,7 +209,7 @@ def push_to_hub(
     """
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PublishError(f"repo_id {repo_id!r} must look like 'namespace/name'")
-    staging = prepare_upload_folder(folder, staging_dir)
+    staging = prepare_upload_folder(folder, staging_dir, model_name=repo_id)
     plan = UploadPlan(repo_id=repo_id, folder=staging, files=sorted(p.name for p in staging.iterdir()),
                       private=private, revision=revision, commit_message=commit_message)
     if dry_run:
