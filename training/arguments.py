@@ -133,8 +133,11 @@ def check_sft_config(args: Any) -> None:
     from trl import SFTConfig
 
     defaults = {f.name: f.default for f in fields(SFTConfig) if f.name in REFUSED_SFT_OPTIONS}
+    # SFTConfig resolves pad_to_multiple_of="auto" to None (or 128 on Neuron) in __post_init__
+    resolved = {"auto": (None, 128)}
     problems = [f"--{name} {getattr(args, name)!r}: {REFUSED_SFT_OPTIONS[name]}"
-                for name, default in defaults.items() if getattr(args, name) != default]
+                for name, default in defaults.items()
+                if getattr(args, name) != default and getattr(args, name) not in resolved.get(default, ())]
     if problems:
         raise ValueError("options that do not apply to video SFT:\n  " + "\n  ".join(problems))
 

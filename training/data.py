@@ -80,6 +80,8 @@ DEFAULT_PROMPT_POOLS: dict[str, list[str]] = {
 }
 
 _VISUAL_TYPES = ("video", "image")
+# Keys of Tarsier2's media items that pick a part of a file (dataset/custom_data_parsers/standard_vision_parser.py)
+_CLIP_KEYS = {"frame_indices", "time_indices", "start_frame", "end_frame", "start_time", "end_time"}
 
 
 def load_prompt_pools(path: str | os.PathLike | None) -> dict[str, list[str]]:
@@ -131,7 +133,14 @@ def _normalize_item(item: Any, root: str | None, where: str) -> dict:
     source = item.get("path")
     nested = item.get(kind)
     if source is None and isinstance(nested, dict):
-        source = nested.get(f"{kind}_file", nested.get("path"))
+        # rows read through Arrow carry every key of the file's items, None where unused
+        nested = {k: v for k, v in nested.items() if v is not None}
+        unsupported = sorted(set(nested) & _CLIP_KEYS)
+        if unsupported or (kind == "image" and "video_file" in nested):
+            raise ValueError(f"{where}: {kind} item selects part of a file ({unsupported or ['video_file']}): clip "
+                             "ranges and fixed frame indices are not supported; cut the clip or sample by policy")
+        # Tarsier2 also writes a video as its frame images: {"type": "video", "video": {"image_file": [...]}}
+        source = nested.get(f"{kind}_file", nested.get("image_file", nested.get("path")))
     elif source is None and isinstance(nested, str):
         source = nested
     if isinstance(source, (list, tuple)):
@@ -296,6 +305,8 @@ def normalize_row(row: dict, video_root: str | None, origin: str = "dataset") ->
             content = message.get("content")
             if content is None:
                 content = []
+            elif isinstance(content, dict):  # one item without a list around it
+                content = [content]
             elif isinstance(content, str):
                 content = [{"type": "text", "text": content}]
             items = [_normalize_item({k: v for k, v in item.items() if v is not None}, video_root, where)
