@@ -142,6 +142,15 @@ def build_dataset(
     )
 
 
+def as_hf_dataset(dataset, training_args):
+    """What `SFTTrainer` takes: a lazy `datasets.Dataset`, or an `IterableDataset` with a shard per DataLoader worker."""
+    if dataset is None:
+        return None
+    if isinstance(dataset, StreamingConversationDataset):
+        return dataset.as_hf_dataset(num_shards=max(1, training_args.dataloader_num_workers))
+    return dataset.as_hf_dataset()
+
+
 def warn_if_max_length_too_short(tarsier_args: TarsierArguments, processor, max_length: int | None) -> None:
     """Say up front when `max_length` cannot hold the largest frame count (those samples would all be skipped)."""
     if max_length is None:
@@ -215,8 +224,7 @@ def main(
     )
     trainer = TarsierSFTTrainer(
         model=model, args=training_args, data_collator=collator, processing_class=processor, peft_config=peft_config,
-        train_dataset=train_dataset if streaming else train_dataset.as_hf_dataset(),
-        eval_dataset=None if eval_dataset is None else eval_dataset if streaming else eval_dataset.as_hf_dataset(),
+        train_dataset=as_hf_dataset(train_dataset, training_args), eval_dataset=as_hf_dataset(eval_dataset, training_args),
     )
     trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir))
     trainer.save_model(training_args.output_dir)

@@ -219,3 +219,32 @@ def test_sharegpt_images_text_only_and_markers_in_place():
         {"role": "assistant", "content": {"type": "text", "text": "Two frames."}}])}, "/r")
     assert frames["messages"][0]["content"][0] == {"type": "video", "paths": ["/r/f/1.jpg", "/r/f/2.jpg"]}
     assert frames["messages"][1]["content"] == [{"type": "text", "text": "Two frames."}]
+
+
+@pytest.mark.slow
+def test_train_sft_streams_a_published_layout_by_dataset_name(tiny_tarsier, layout_root, tmp_path):
+    """`train_sft.py --dataset_name FILE --dataset_streaming true`: TRL's option names, a real run, LLaVA-Video rows."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder, _, _ = tiny_tarsier
+    data = tmp_path / "0_30_s_academic_v0_1_cap_processed.json"
+    data.write_text(json.dumps(LLAVA_VIDEO_178K))
+    output_dir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "train_sft.py"), "--model_name_or_path",
+         str(folder), "--dataset_name", str(data), "--dataset_streaming", "true", "--video_roots", str(layout_root),
+         "--frame_sampling", "uniform", "--num_frames", "2", "--max_steps", "3", "--per_device_train_batch_size", "2",
+         "--output_dir", str(output_dir), "--bf16", "false", "--use_cpu", "true", "--report_to", "none",
+         "--save_strategy", "no", "--logging_steps", "1", "--dataloader_num_workers", "1",
+         "--gradient_checkpointing", "false", "--learning_rate", "1e-3"],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    logs = [entry for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 3 and len(logs) == 3 and all(entry["num_tokens"] > 0 for entry in logs)
+    assert "lmms-lab" not in (output_dir / "README.md").read_text() and data.name in (output_dir / "README.md").read_text()

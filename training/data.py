@@ -555,16 +555,16 @@ class ConversationDataset(torch.utils.data.Dataset):
         return table.with_transform(self._transform)
 
 
-class StreamingConversationDataset(torch.utils.data.IterableDataset):
+class StreamingConversationDataset:
     """
     `ConversationDataset` for data too big for disk: each dataset is read with `datasets.load_dataset(...,
     streaming=True)` (or given as an `IterableDataset`), the datasets are interleaved row by row, and each row is
     normalised and given a pooled prompt as it streams past.
 
     Mixing weights act per row in expectation: weight `w` yields each row `floor(w)` times plus once more with
-    probability `w - floor(w)` (so 0.3 keeps ~30 % of a source, 2.5 repeats it 2.5 times). DataLoader workers take
-    every `num_workers`-th row each. There is no length (train with `max_steps`) and no random access (the collator
-    drops unreadable samples instead of drawing replacements).
+    probability `w - floor(w)` (so 0.3 keeps ~30 % of a source, 2.5 repeats it 2.5 times). There is no length
+    (train with `max_steps`) and no random access (the collator drops unreadable samples instead of drawing
+    replacements). Iterating gives the rows; `as_hf_dataset` gives the `datasets.IterableDataset` `SFTTrainer` takes.
     """
 
     def __init__(
@@ -582,18 +582,12 @@ class StreamingConversationDataset(torch.utils.data.IterableDataset):
         self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
         self.resample_prompts = resample_prompts
         self.seed = seed
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by the Trainer each epoch: new weight draws and prompts, same for the same seed and epoch."""
-        self.epoch = epoch
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rng = random.Random(hash((self.seed, self.epoch, worker)))
+    def shard(self, index: int, num_shards: int):
+        """Rows number `index`, `index + num_shards`, ... of the interleaved stream, normalised and weighted."""
+        rng = random.Random(hash((self.seed, index, num_shards)))
         streams = [(iter(rows), spec) for rows, spec in self.parts]
-        position = 0
+        position = -1
         while streams:
             for stream in list(streams):
                 iterator, spec = stream
@@ -602,7 +596,7 @@ class StreamingConversationDataset(torch.utils.data.IterableDataset):
                     streams.remove(stream)
                     continue
                 position += 1
-                if position % workers != worker:
+                if position % num_shards != index:
                     continue
                 row = normalize_row(raw, spec.video_root, origin=spec.label)
                 if row["source"] is None:
@@ -611,3 +605,22 @@ class StreamingConversationDataset(torch.utils.data.IterableDataset):
                 whole, frac = divmod(weight, 1.0)
                 for _ in range(int(whole) + (rng.random() < frac)):
                     yield apply_prompt_pool(copy.deepcopy(row), self.prompt_pools, rng, self.resample_prompts)
+
+    def __iter__(self):
+        return self.shard(0, 1)
+
+    def _generate(self, shards: list[int], num_shards: int):
+        for index in shards:
+            for row in self.shard(index, num_shards):
+                yield {"row": row}
+
+    def as_hf_dataset(self, num_shards: int = 1):
+        """
+        This stream as a `datasets.IterableDataset` of `{"row": normalised row}` (what `SFTTrainer` accepts), in
+        `num_shards` shards so that that many DataLoader workers each read a different part.
+        """
+        import datasets
+
+        return datasets.IterableDataset.from_generator(
+            self._generate, gen_kwargs={"shards": list(range(max(1, num_shards))), "num_shards": max(1, num_shards)}
+        )
