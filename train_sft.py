@@ -36,7 +36,7 @@ from training.arguments import (  # noqa: E402
 )
 from training.collator import FramePolicy, TarsierVideoCollator  # noqa: E402
 from training.data import (  # noqa: E402
-    ConversationDataset, DatasetSpec, StreamingConversationDataset, load_prompt_pools, parse_weights,
+    ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
 )
 from training.model_builder import build_from_parts, copy_code_files, load_tarsier, save_tarsier  # noqa: E402
 from training.model_card import prepare_hub_folder, push_folder, render_model_card  # noqa: E402
@@ -142,6 +142,18 @@ def build_dataset(
     )
 
 
+def check_data_arguments(script_args: ScriptArguments, training_args, tarsier_args: TarsierArguments) -> None:
+    """Refuse, before anything loads, data options that cannot work together."""
+    if script_args.dataset_streaming and training_args.max_steps <= 0:
+        raise ValueError("--dataset_streaming has no length to count epochs by: set --max_steps")
+    if training_args.eval_strategy != "no":
+        single = [s.label for s in dataset_specs(script_args, tarsier_args, "test") if not has_splits(s.path)]
+        if single:
+            raise ValueError(f"--eval_strategy {training_args.eval_strategy}: {single} have no splits to take "
+                             f"--dataset_test_split {script_args.dataset_test_split} from (a file or a folder of files "
+                             "is a single split); evaluate on Hub ids or DatasetDict folders, or set --eval_strategy no")
+
+
 def as_hf_dataset(dataset, training_args):
     """What `SFTTrainer` takes: a lazy `datasets.Dataset`, or an `IterableDataset` with a shard per DataLoader worker."""
     if dataset is None:
@@ -193,8 +205,7 @@ def main(
     # TRL has no video support: keep our columns, skip its tokenisation, feed batches through our collator.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
-    if script_args.dataset_streaming and training_args.max_steps <= 0:
-        raise ValueError("--dataset_streaming has no length to count epochs by: set --max_steps")
+    check_data_arguments(script_args, training_args, tarsier_args)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once at the end, below
 
     # the parts' fresh weights (vision tower, projector, new token rows) come from the global RNG: seed it first,

@@ -305,6 +305,17 @@ def test_trl_argument_names_parse_and_inapplicable_options_are_refused(tmp_path)
             ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", option, value])
         with pytest.raises(ValueError, match=rf"{option} .*: "):
             check_sft_config(refused)
+    from train_sft import check_data_arguments
+
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    parsed = make_parser().parse_args_and_config(["--dataset_paths", str(tmp_path / "train.jsonl"), "--output_dir",
+                                                  str(tmp_path), "--use_cpu", "true", "--eval_strategy", "steps"])
+    with pytest.raises(ValueError, match=r"\['train'\] have no splits to take --dataset_test_split test"):
+        check_data_arguments(parsed[0], parsed[1], parsed[3])  # it would evaluate on the training rows
+    parsed = make_parser().parse_args_and_config(["--dataset_name", "x.jsonl", "--dataset_streaming", "true",
+                                                  "--output_dir", str(tmp_path), "--use_cpu", "true"])
+    with pytest.raises(ValueError, match="set --max_steps"):
+        check_data_arguments(parsed[0], parsed[1], parsed[3])
     # through the real entry point: the run stops before loading anything, with the reason
     result = subprocess.run([sys.executable, str(REPO / "train_sft.py"), "--packing", "true", "--output_dir",
                              str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--dataset_paths", "x.jsonl"],

@@ -408,6 +408,26 @@ def load_rows(spec, split: str = "train", name: str | None = None, streaming: bo
     return datasets.load_dataset(str(spec), name=name, split=split, streaming=streaming)
 
 
+def has_splits(spec) -> bool:
+    """Whether `load_rows(spec, split)` can tell splits apart: Hub ids, `DatasetDict`s and dataset folders can; a
+    file, a folder of files or a `Dataset` is one split (any `split` reads all of it)."""
+    import datasets
+
+    if isinstance(spec, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return True
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
+    path = Path(spec)
+    if path.is_file():
+        return False
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            return True
+        if (path / "state.json").is_file() or any(next(path.glob(f"*{s}"), None) for s in _FILE_BUILDERS):
+            return False
+    return True
+
+
 def parse_weights(pairs: Sequence[str] | None) -> dict[str, float]:
     """`["webvid=0.5", "ssv2=2"]` -> `{"webvid": 0.5, "ssv2": 2.0}`."""
     weights = {}
