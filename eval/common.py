@@ -41,9 +41,12 @@ class JudgeArguments:
     judge_max_tokens: int | None = field(default=None, metadata={"help": "Override the preset's max tokens."})
     judge_max_parse_attempts: int | None = field(default=None, metadata={"help": "Re-asks after unreadable answers."})
     judge_cache: str | None = field(default=None, metadata={"help": "SQLite judge cache (default ~/.cache/tarsier)."})
-    judge_concurrency: int = field(default=4, metadata={"help": "Judge calls in flight."})
-    judge_timeout: float = field(default=60.0, metadata={"help": "Seconds per judge request."})
-    judge_max_retries: int = field(default=6, metadata={"help": "Attempts per judge request on transient errors."})
+    judge_concurrency: int | None = field(
+        default=None, metadata={"help": "Samples in flight (default 4; 1 for a judge on this machine)."})
+    judge_timeout: float | None = field(
+        default=None, metadata={"help": "Seconds per judge request (default 60; 600 for a judge on this machine)."})
+    judge_max_retries: int | None = field(
+        default=None, metadata={"help": "Attempts per judge request on transient errors (default 6; 2 locally)."})
     judge_device: str = field(default="cpu", metadata={"help": "Device of an in-process transformers judge."})
     skip_scoring: bool = field(default=False, metadata={"help": "Only generate; score later."})
 

@@ -5,7 +5,12 @@
         --judge openai --judge_base_url http://127.0.0.1:8000/v1 --judge_model my-judge
     accelerate launch --multi_gpu --num_processes 8 -m eval.dream1k ...   # sharded generation
 
-`--annotations` is a DREAM-1K JSONL file or a Hub dataset id / local dataset folder (read with `datasets`).
+`--annotations` is a DREAM-1K JSONL file or a Hub dataset id / local dataset folder (read with `datasets`), in
+either published layout: the first release (`text.prompt` / `text.response`, `video_file`) or the later one of
+Tarsier2's annotation files (bytedance/tarsier, branch tarsier2, `data/annotations/DREAM-1k.jsonl`: `messages`
+whose user turn holds `{"type": "video", "video": {"video_file": ...}}` and the prompt, and whose assistant text
+item holds the reference in `reference`; events under `extra_info` in both). Category names follow the record's
+`dataset` (the later release renames `shorts` / `stock` to `vertical_video` / `videvo`; eval.report maps both).
 Videos are found in `--videos` by the record's `video_file` (when it is a real path) or by `idx` / `vid` with
 any video extension (`--video_template` overrides, e.g. `"{idx}.mp4"`). Videos that are missing or unreadable
 are listed in the results and left out of the scores; the run goes on.
@@ -27,7 +32,7 @@ from pathlib import Path
 from eval.common import JudgeArguments, ModelArguments, predictions_of
 from eval.inference import VideoRequest, get_state, run_inference
 from eval.prompts import get_preset
-from eval.report import category_key, plot_complexity, table3_markdown
+from eval.report import plot_complexity, table3_markdown
 from eval.results import append_jsonl, write_json
 
 logger = logging.getLogger(__name__)
@@ -54,8 +59,32 @@ class Dream1kArguments:
     model_name: str | None = field(default=None, metadata={"help": "Row name in Table 3 (default: checkpoint)."})
 
 
+def from_messages_layout(record: dict, where: str) -> dict:
+    """A DREAM-1K record of the later `messages` layout with the first layout's fields (`text`, `video_file`)."""
+    messages = record["messages"]
+    if isinstance(messages, str):  # a Hub viewer config may type it as a JSON string
+        messages = json.loads(messages)
+    turns = {m.get("role"): m.get("content") or [] for m in messages if isinstance(m, dict)}
+    user, assistant = turns.get("user"), turns.get("assistant")
+    if user is None or assistant is None:
+        raise ValueError(f"{where}: a messages-layout record needs a user and an assistant turn")
+    user = [user] if isinstance(user, dict) else user
+    assistant = [assistant] if isinstance(assistant, dict) else assistant
+    videos = [(i.get("video") or {}).get("video_file") for i in user if isinstance(i, dict) and i.get("type") == "video"]
+    prompt = " ".join(i["text"] for i in user if isinstance(i, dict) and i.get("type") == "text" and i.get("text"))
+    references = [i.get("reference") or i.get("text") for i in assistant if isinstance(i, dict) and i.get("type") == "text"]
+    references = [r for r in references if r]
+    if not references:
+        raise ValueError(f"{where}: the assistant turn has no reference (text item with 'reference' or 'text')")
+    converted = {k: v for k, v in record.items() if k != "messages"}
+    converted["text"] = {"prompt": "<video>\n" * len(videos) + prompt, "response": references[0]}
+    converted["video_file"] = videos[0] if len(videos) == 1 else videos or None
+    return converted
+
+
 def load_annotations(source: str | os.PathLike, split: str = "test") -> list[dict]:
-    """DREAM-1K records from a JSONL file or a dataset (Hub id or local folder) loaded with `datasets`."""
+    """DREAM-1K records (either layout, returned in the first's fields) from a JSONL file or a dataset (Hub id or
+    local folder) loaded with `datasets`."""
     source = str(source)
     path = Path(source)
     if path.is_file():
@@ -79,6 +108,8 @@ def load_annotations(source: str | os.PathLike, split: str = "test") -> list[dic
             raise FileNotFoundError(f"{source}: neither a DREAM-1K JSONL file nor a loadable dataset ({error})") from error
         records = [dict(row) for row in dataset]
     for number, record in enumerate(records):
+        if "messages" in record and "text" not in record:
+            record = records[number] = from_messages_layout(record, f"{source}: record {number} (idx={record.get('idx')!r})")
         missing = [k for k in REQUIRED_FIELDS if k not in record]
         if missing:
             raise ValueError(f"{source}: record {number} (idx={record.get('idx')!r}) lacks {missing}")
@@ -92,7 +123,8 @@ def find_video(record: dict, videos: str | os.PathLike, template: str | None = N
     videos = Path(videos)
     candidates = []
     if template:
-        fields = {**record, **(record.get("extra_info") or {}), "category": category_key(record.get("dataset"))}
+        # the folder name of the release the videos came with, not the paper's name for it
+        fields = {**record, **(record.get("extra_info") or {}), "category": (record.get("dataset") or "").rsplit("/", 1)[-1]}
         candidates.append(videos / template.format(**fields))
     video_file = record.get("video_file")
     if video_file and video_file != PLACEHOLDER:

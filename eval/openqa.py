@@ -255,7 +255,10 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     predictions = predictions_of(outputs)
     config = judge_args.autodq_config()
     judge = judge or judge_args.build(config)
-    scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, judge_args.judge_concurrency)
+    from eval.autodq.pipeline import judge_defaults
+
+    concurrency = judge_args.judge_concurrency or judge_defaults(judge)["concurrency"]
+    scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency)
     results = {
         **result_header(data.format, "openqa", data.model_name, model_args, settings),
         "prompt": {"template": data.prompt_template, "example": requests[0].prompt if requests else None},

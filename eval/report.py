@@ -22,9 +22,15 @@ DREAM_CATEGORIES = (
 COMPLEXITY_AXES = (("events", "Number of events"), ("subjects", "Number of subjects"), ("shots", "Number of shots"))
 
 
+# Later names of the same categories: the DREAM-1K re-release in Tarsier2's annotation files
+# (bytedance/tarsier, branch tarsier2, data/annotations/DREAM-1k.jsonl) calls Shorts and Stock so.
+CATEGORY_ALIASES = {"vertical_video": "shorts", "videvo": "stock"}
+
+
 def category_key(dataset: str | None) -> str:
-    """`"DREAM/movie_live_action"` -> `"movie_live_action"`."""
-    return (dataset or "").rsplit("/", 1)[-1]
+    """`"DREAM/movie_live_action"` -> `"movie_live_action"`; a later name maps to the paper's (`CATEGORY_ALIASES`)."""
+    key = (dataset or "").rsplit("/", 1)[-1]
+    return CATEGORY_ALIASES.get(key, key)
 
 
 def _cell(stats: dict | None) -> str:
@@ -40,11 +46,14 @@ def table3_markdown(rows: Sequence[tuple[str, dict]]) -> str:
         rows: `(model name, scores)` where `scores` has `per_category` (`{category: {recall, precision, f1}}`,
             keys as in `DREAM_CATEGORIES` or full `DREAM/...` names) and `overall`.
     """
-    header = ["Model"] + [title for _, title in DREAM_CATEGORIES] + ["Overall"]
+    known = [key for key, _ in DREAM_CATEGORIES]
+    # categories of a later revision that the paper does not name get their own columns, never dropped
+    extra = sorted({category_key(k) for _, scores in rows for k in (scores.get("per_category") or {})} - set(known))
+    header = ["Model"] + [title for _, title in DREAM_CATEGORIES] + extra + ["Overall"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, scores in rows:
         per_category = {category_key(k): v for k, v in (scores.get("per_category") or {}).items()}
-        cells = [_cell(per_category.get(key)) for key, _ in DREAM_CATEGORIES] + [_cell(scores.get("overall"))]
+        cells = [_cell(per_category.get(key)) for key in known + extra] + [_cell(scores.get("overall"))]
         lines.append("| " + " | ".join([name] + cells) + " |")
     lines.append("")
     lines.append("F1/Precision/Recall (%) by AutoDQ; Overall is DREAM-1K's macro average over the categories present.")

@@ -221,7 +221,7 @@ def test_bad_document_frequency_file(cider_metric, tmp_path):
         (dict(predictions=["a", "b"], references=[["a"]]), ValueError, "predictions has 2 items but references has 1"),
         (dict(predictions=["a"], references=[[]]), ValueError, r"references\[0\] is empty"),
         (dict(predictions=[3], references=[["a"]]), TypeError, r"predictions\[0\] must be a string, got int"),
-        (dict(predictions=["a"], references=["a"]), TypeError, r"references\[0\] must be a list of strings"),
+        (dict(predictions=["a"], references=[3]), TypeError, r"references\[0\] must be a string or a list of strings"),
         (dict(predictions=["a"], references=[["a", None]]), TypeError, r"references\[0\]\[1\] must be a string"),
         (dict(predictions="a", references=[["a"]]), TypeError, "predictions must be a list"),
     ],

@@ -60,7 +60,7 @@ def test_normalize_reads_all_three_layouts(dream1k_path):
     assert assistant["content"][0]["text"] == dream["text"]["response"]
     assert row["source"] == dream["dataset"]
 
-    with pytest.raises(ValueError, match="idx=5.*no 'messages'"):
+    with pytest.raises(ValueError, match="idx=5.*not a known layout"):
         normalize_row({"idx": 5, "caption": "x"}, None)
     with pytest.raises(ValueError, match="idx=6.*no file path"):
         normalize_row({"idx": 6, "messages": [{"role": "user", "content": [{"type": "video"}]},
@@ -221,34 +221,145 @@ def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, 
 
 def test_freezing_options_top_k_layers_and_lora_targets(tiny_tarsier, tmp_path):
     from peft import get_peft_model
+    from trl import ModelConfig
 
-    from train_sft import TarsierModelArguments, build_model, parse_llm_layers
+    from train_sft import TarsierArguments, build_model, parse_llm_layers
 
     folder, _, _ = tiny_tarsier
-    model, _, peft_config, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder)), str(tmp_path))
+    model, _, peft_config, _ = build_model(ModelConfig(model_name_or_path=str(folder)), TarsierArguments(), str(tmp_path))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert peft_config is None and trainable and not any("vision_tower" in n or "projector" in n for n in trainable)
     assert any("layers.0." in n for n in trainable) and any("embed_tokens" in n for n in trainable)
 
-    model, _, _, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder), train_llm_layers="1",
-                                                       train_projector=True), str(tmp_path))
+    model, _, _, _ = build_model(ModelConfig(model_name_or_path=str(folder)),
+                                 TarsierArguments(train_llm_layers="1", train_projector=True), str(tmp_path))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("layers.1." in n for n in trainable) and not any("layers.0." in n for n in trainable)
     assert any("multi_modal_projector" in n for n in trainable) and not any("vision_tower" in n for n in trainable)
 
-    model, _, _, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder), train_embeddings=False,
-                                                       train_vision_tower=True), str(tmp_path))
+    model, _, _, _ = build_model(ModelConfig(model_name_or_path=str(folder)),
+                                 TarsierArguments(train_embeddings=False, train_vision_tower=True), str(tmp_path))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("layers.0." in n for n in trainable) and any("vision_tower" in n for n in trainable)
     assert not any("embed_tokens" in n or "lm_head" in n for n in trainable)
 
-    model, _, peft_config, _ = build_model(TarsierModelArguments(model_name_or_path=str(folder), use_lora=True),
-                                           str(tmp_path))
+    # TRL's --use_peft / --lora_r through TRL's get_peft_config; the default targets are the LLM's projections
+    model, _, peft_config, _ = build_model(ModelConfig(model_name_or_path=str(folder), use_peft=True, lora_r=4),
+                                           TarsierArguments(), str(tmp_path))
+    assert peft_config.r == 4
     peft_model = get_peft_model(model, peft_config)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    # --dtype and --attn_implementation (TRL's ModelConfig) reach the loaded model
+    model, _, _, _ = build_model(ModelConfig(model_name_or_path=str(folder), dtype="bfloat16",
+                                             attn_implementation="eager"), TarsierArguments(), str(tmp_path))
+    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "eager"
     with pytest.raises(ValueError, match="'all', 'none' or an integer"):
         parse_llm_layers("top")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line: TRL's argument classes, --help, refused options
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_help_lists_trl_options_and_marks_refused_ones():
+    """`python train_sft.py --help` in a real subprocess (it crashed on the `{% generation %}` in a help text)."""
+    result = subprocess.run([sys.executable, str(REPO / "train_sft.py"), "--help"], capture_output=True, text=True,
+                            env=_env(), timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = " ".join(result.stdout.split())
+    for option in ("--dataset_name", "--dataset_train_split", "--dataset_streaming", "--use_peft", "--lora_r",
+                   "--dtype", "--attn_implementation", "--vision_model", "--frame_sampling", "--loss_head"):
+        assert option in text, option
+    assert "{% generation %} markers" in text
+    assert "--packing [PACKING] Not applicable to video SFT (refused)" in text
+    assert "--dataset_text_field DATASET_TEXT_FIELD, --dataset-text-field DATASET_TEXT_FIELD Not applicable" in text
+
+
+def test_trl_argument_names_parse_and_inapplicable_options_are_refused(tmp_path):
+    from trl import ModelConfig, ScriptArguments
+
+    from train_sft import TarsierArguments, dataset_specs, make_parser
+    from training.arguments import check_sft_config
+
+    script_args, training_args, model_args, tarsier_args = make_parser().parse_args_and_config([
+        "--dataset_name", "lmms-lab/LLaVA-Video-178K", "--dataset_config", "0_30_s_academic_v0_1",
+        "--dataset_train_split", "caption", "--dataset_streaming", "true", "--dataset_paths", "extra.jsonl",
+        "--video_roots", "/videos", "--model_name_or_path", "ckpt", "--use_peft", "true", "--lora_r", "8",
+        "--dtype", "bfloat16", "--attn_implementation", "sdpa", "--output_dir", str(tmp_path), "--use_cpu", "true",
+        "--bf16", "false", "--frame_sampling", "instruction",
+    ])
+    assert isinstance(script_args, ScriptArguments) and isinstance(model_args, ModelConfig)
+    assert isinstance(tarsier_args, TarsierArguments) and tarsier_args.frame_sampling == "instruction"
+    assert (model_args.use_peft, model_args.lora_r, model_args.dtype, model_args.attn_implementation) == (
+        True, 8, "bfloat16", "sdpa")
+    specs = dataset_specs(script_args, tarsier_args, script_args.dataset_train_split)
+    assert [(s.path, s.name, s.split, s.streaming, s.video_root) for s in specs] == [
+        ("lmms-lab/LLaVA-Video-178K", "0_30_s_academic_v0_1", "caption", True, "/videos"),
+        ("extra.jsonl", None, "caption", True, "/videos")]
+    check_sft_config(training_args)  # nothing refused was set
+
+    for option, value in (("--packing", "true"), ("--dataset_text_field", "prompt"), ("--padding_free", "true")):
+        _, refused, _, _ = make_parser().parse_args_and_config(
+            ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", option, value])
+        with pytest.raises(ValueError, match=rf"{option} .*: "):
+            check_sft_config(refused)
+    from train_sft import check_data_arguments
+
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    parsed = make_parser().parse_args_and_config(["--dataset_paths", str(tmp_path / "train.jsonl"), "--output_dir",
+                                                  str(tmp_path), "--use_cpu", "true", "--eval_strategy", "steps"])
+    with pytest.raises(ValueError, match=r"\['train'\] have no splits to take --dataset_test_split test"):
+        check_data_arguments(parsed[0], parsed[1], parsed[3])  # it would evaluate on the training rows
+    parsed = make_parser().parse_args_and_config(["--dataset_name", "x.jsonl", "--dataset_streaming", "true",
+                                                  "--output_dir", str(tmp_path), "--use_cpu", "true"])
+    with pytest.raises(ValueError, match="set --max_steps"):
+        check_data_arguments(parsed[0], parsed[1], parsed[3])
+    # through the real entry point: the run stops before loading anything, with the reason
+    result = subprocess.run([sys.executable, str(REPO / "train_sft.py"), "--packing", "true", "--output_dir",
+                             str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--dataset_paths", "x.jsonl"],
+                            capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+    assert result.returncode != 0 and "--packing True: packing concatenates" in result.stderr
+
+
+def test_plain_sft_trainer_with_video_sft_config_trains_and_without_it_says_what_to_set(tiny_tarsier, data_dir,
+                                                                                         tmp_path):
+    """A user's own `SFTTrainer` + our collator: `video_sft_config` gives the two settings; without them, advice."""
+    import copy
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from training.arguments import video_sft_config
+    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.data import normalize_row
+
+    _, model, processor = tiny_tarsier
+    rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
+            for i, name in enumerate(COLORS)]
+    dataset = Dataset.from_list(rows)
+    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [2]))
+    common = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=2,
+                  per_device_train_batch_size=2, gradient_checkpointing=False, save_strategy="no")
+    args = video_sft_config(**common)
+    assert isinstance(args, SFTConfig) and args.remove_unused_columns is False
+    assert args.dataset_kwargs == {"skip_prepare_dataset": True}
+    trainer = SFTTrainer(model=copy.deepcopy(model), args=args, train_dataset=dataset, data_collator=collator,
+                         processing_class=processor)
+    state = trainer.train()
+    assert state.global_step == 2 and state.training_loss > 0
+
+    # without remove_unused_columns=False the Trainer drops every column (and says so itself)
+    plain = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True})
+    with pytest.raises(ValueError, match=r"remove_unused_columns=False"):
+        SFTTrainer(model=copy.deepcopy(model), args=plain, train_dataset=dataset, data_collator=collator,
+                   processing_class=processor).train()
+    # rows that reach the collator tokenised or pruned (no `messages`): the collator says what to set
+    with pytest.raises(ValueError, match=r"remove_unused_columns=False.*skip_prepare_dataset.*video_sft_config"):
+        collator([{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1]}])
+    with pytest.raises(ValueError, match="packing"):
+        video_sft_config(**common, packing=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -264,14 +375,14 @@ def test_recipes_carry_appendix_a_and_accelerate_configs_load():
     expected = {"stage1": (1000, 100000, 288 // 48, [8, 32], "random_segments"),
                 "stage2": (1500, 10000, 96 // 16, [8], "instruction")}
     for stage, (warmup, steps, per_device, frames, sampling) in expected.items():
-        model_args, data_args, args = make_parser().parse_args_and_config(
+        _, args, model_args, data_args = make_parser().parse_args_and_config(
             ["--config", str(REPO / "recipes" / f"{stage}.yaml"), "--bf16", "false", "--use_cpu", "true"]
         )
         assert (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (2e-5, 0.9, 0.999, 1e-6)
         assert (args.weight_decay, args.max_grad_norm, str(args.lr_scheduler_type.value)) == (0.01, 1.0, "cosine")
         assert (args.warmup_steps, args.max_steps, args.per_device_train_batch_size) == (warmup, steps, per_device)
         assert (data_args.num_frames, data_args.frame_sampling) == (frames, sampling)
-        assert (model_args.train_vision_tower, model_args.train_projector, model_args.train_llm_layers) == (
+        assert (data_args.train_vision_tower, data_args.train_projector, data_args.train_llm_layers) == (
             False, False, "all")
     for name in ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"):
         config = load_config_from_file(str(REPO / "recipes" / "accelerate" / f"{name}.yaml"))
@@ -453,7 +564,7 @@ LORA_MERGE = textwrap.dedent(
 def test_lora_run_saves_adapter_that_merges_and_reloads(tiny_tarsier, data_dir, tmp_path):
     folder, _, _ = tiny_tarsier
     output_dir = tmp_path / "lora"
-    cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(folder), "--use_lora", "true",
+    cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(folder), "--use_peft", "true",
            "--lora_r", "4", "--max_steps", "3", "--save_steps", "100", "--learning_rate", "1e-2",
            "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir, data="good.jsonl")]
     _run(cmd, cwd=tmp_path)

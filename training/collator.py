@@ -282,6 +282,13 @@ class TarsierVideoCollator:
         rng = self._generator()
         counts = {"skipped_samples": 0, "skipped_too_long": 0}
         rows = [row["row"] if set(row) == {"row"} else row for row in rows]
+        if any("messages" not in row for row in rows):
+            raise ValueError(
+                f"the collator got rows without 'messages' (keys: {sorted(rows[0])}): the Trainer dropped the columns "
+                "it does not know, or TRL tokenised the rows as text. With a plain SFTTrainer use "
+                "SFTConfig(remove_unused_columns=False, dataset_kwargs={'skip_prepare_dataset': True}) "
+                "(training.arguments.video_sft_config(...) returns one)"
+            )
         # Encode the given rows first, so that their failures are known before replacements are drawn.
         encoded = [self._try_encode(row, rng, counts) for row in rows]
         missing = sum(e is None for e in encoded)

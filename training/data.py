@@ -19,13 +19,27 @@
 - A user turn with no text item gets a prompt drawn from the pool of its `task` (paper section 3.2.1: the prompt
   defines the output format); `resample_prompts=True` also replaces existing user prompts of pooled tasks.
 
-## Layouts read unchanged
+## Layouts read unchanged (recipes/README.md shows one example row of each)
 
-- Released Tarsier data on the Hub (e.g. Tarsier2-Recap-585K): content items `{"type": "video", "video":
-  {"video_file": "x.mp4"}}` (a list of frame image files also works) or `{"type": "image", "image":
-  {"image_file": ...}}`, plus `dataset` (read as `source`), `task` and `idx`.
+- Released Tarsier / Tarsier2 data on the Hub (Tarsier2-Recap-585K `metadata.json`, Tarsier2's annotation files):
+  content items `{"type": "video", "video": {"video_file": "x.mp4"}}` (a list of frame image files also works) or
+  `{"type": "image", "image": {"image_file": ...}}`, with `null` for the unused keys of each item; an assistant
+  text item may keep its text in `reference`; plus `dataset` (read as `source`), `task` and `idx`. `messages`
+  given as a JSON string is parsed.
 - DREAM-1K (`DREAM-1K.jsonl`): `{"text": {"prompt": "<video>\\n...", "response": "..."}, "video_file": ...,
   "dataset": ..., "idx": ...}`; `<video>` / `<image>` in the prompt mark where the visual items go.
+- ShareGPT / LLaVA (LLaVA-Video-178K and most video-instruction sets): `{"id", "video" (or "image"),
+  "conversations": [{"from": "human"|"gpt"|"system", "value": "<image>\\n..."}], "data_source"}`; `<image>` or
+  `<video>` in a turn marks where the row's video (or images) go.
+- ShareGPT4Video captions (`sharegpt4video_40k.jsonl`): `{"video_id", "captions": [{"idx": "-1", "content":
+  ...}, ...], "zip_folder", ...}`: the whole-video caption (`idx` "-1") becomes the answer of a `caption_detailed`
+  sample of the video `{video_id}.mp4` (or `video_path` when given).
+- WebVid-style caption tables (CSV / parquet): `{"videoid", "name", "page_dir", "duration", "contentUrl"}`:
+  `name` is the answer of a `caption_short` sample of `{page_dir}/{videoid}.mp4`.
+
+Rows come from a `.jsonl`/`.json`/`.parquet`/`.csv`/`.tsv` file or a folder of them, a `save_to_disk` folder, a
+Hub dataset id (`datasets.load_dataset`, optionally streamed) or an in-memory `datasets.Dataset` /
+`IterableDataset` (`load_rows`).
 
 Every row is normalised on the fly by `normalize_row` into `{"messages": [{"role", "content": [items]}], "task",
 "source", "idx"}` (plus `mix_index`, its position in the mixture) with item dicts `{"type": "video"|"image"|"text", "path"|"paths"|"text"}` and absolute paths.
@@ -33,9 +47,11 @@ Every row is normalised on the fly by `normalize_row` into `{"messages": [{"role
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,6 +80,8 @@ DEFAULT_PROMPT_POOLS: dict[str, list[str]] = {
 }
 
 _VISUAL_TYPES = ("video", "image")
+# Keys of Tarsier2's media items that pick a part of a file (dataset/custom_data_parsers/standard_vision_parser.py)
+_CLIP_KEYS = {"frame_indices", "time_indices", "start_frame", "end_frame", "start_time", "end_time"}
 
 
 def load_prompt_pools(path: str | os.PathLike | None) -> dict[str, list[str]]:
@@ -103,16 +121,26 @@ def _normalize_item(item: Any, root: str | None, where: str) -> dict:
         raise ValueError(f"{where}: content item {item!r} is not a dict with a 'type'")
     kind = item["type"]
     if kind == "text":
-        if not isinstance(item.get("text"), str):
+        text = item.get("text")
+        if not text and isinstance(item.get("reference"), str):  # Tarsier2 annotation files keep answers there
+            text = item["reference"]
+        if not isinstance(text, str):
             raise ValueError(f"{where}: text item without a 'text' string: {item!r}")
-        return {"type": "text", "text": item["text"]}
+        return {"type": "text", "text": text}
     if kind not in _VISUAL_TYPES:
         raise ValueError(f"{where}: unknown content type {kind!r} (expected text, image or video)")
     # Our format: {"type": "video", "path": ...}; released layout: {"type": "video", "video": {"video_file": ...}}.
     source = item.get("path")
     nested = item.get(kind)
     if source is None and isinstance(nested, dict):
-        source = nested.get(f"{kind}_file", nested.get("path"))
+        # rows read through Arrow carry every key of the file's items, None where unused
+        nested = {k: v for k, v in nested.items() if v is not None}
+        unsupported = sorted(set(nested) & _CLIP_KEYS)
+        if unsupported or (kind == "image" and "video_file" in nested):
+            raise ValueError(f"{where}: {kind} item selects part of a file ({unsupported or ['video_file']}): clip "
+                             "ranges and fixed frame indices are not supported; cut the clip or sample by policy")
+        # Tarsier2 also writes a video as its frame images: {"type": "video", "video": {"image_file": [...]}}
+        source = nested.get(f"{kind}_file", nested.get("image_file", nested.get("path")))
     elif source is None and isinstance(nested, str):
         source = nested
     if isinstance(source, (list, tuple)):
@@ -146,6 +174,115 @@ def _split_placeholders(prompt: str, visual: list[dict]) -> list[dict]:
     return items
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Published layouts -> our format (media paths still relative; `normalize_row` resolves them)
+# ---------------------------------------------------------------------------------------------------------------
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_MARKER = re.compile(r"<(image|video)>")
+# Layouts whose rows name no source: the source (for --source_weights) is the layout's dataset.
+LAYOUT_SOURCES = {"sharegpt4video": "sharegpt4video", "webvid": "webvid"}
+
+
+def detect_layout(keys) -> str:
+    """The layout of a row (or of a table, from its column names): messages, dream1k, sharegpt, sharegpt4video,
+    webvid, or unknown."""
+    keys = set(keys)
+    if "messages" in keys:
+        return "messages"
+    if "conversations" in keys:
+        return "sharegpt"
+    if {"video_id", "captions"} <= keys:
+        return "sharegpt4video"
+    if {"videoid", "name"} <= keys:
+        return "webvid"
+    if "text" in keys:
+        return "dream1k"
+    return "unknown"
+
+
+def _listed(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _turn_items(text: str, media: list[dict], where: str) -> list[dict]:
+    """A turn's text with `<image>`/`<video>` markers -> content items; each marker takes the next of `media`."""
+    items, position = [], 0
+    for marker in _MARKER.finditer(text):
+        before = text[position:marker.start()].strip()
+        if before:
+            items.append({"type": "text", "text": before})
+        if not media:
+            raise ValueError(f"{where}: more <image>/<video> markers in 'conversations' than files in the row's "
+                             "'video' / 'image' field")
+        items.append(media.pop(0))
+        position = marker.end()
+    rest = text[position:].strip()
+    if rest:
+        items.append({"type": "text", "text": rest})
+    return items
+
+
+def from_sharegpt(row: dict, where: str) -> dict:
+    """ShareGPT / LLaVA `conversations` (LLaVA-Video-178K) -> our format.
+
+    The row's `video` (or `image`: one path or a list) goes where the turns' `<image>`/`<video>` markers are
+    (LLaVA-Video writes `<image>` for the video); files without a marker open the first user turn.
+    """
+    kind = "video" if row.get("video") is not None else "image" if row.get("image") is not None else None
+    media = [{"type": kind, "path": p} for p in _listed(row[kind])] if kind else []
+    messages = []
+    for number, turn in enumerate(row["conversations"] or []):
+        role = SHAREGPT_ROLES.get(turn.get("from") if isinstance(turn, dict) else None)
+        if role is None or not isinstance(turn.get("value"), str):
+            raise ValueError(f"{where}: conversations[{number}] needs 'from' in {sorted(SHAREGPT_ROLES)} and a "
+                             f"string 'value', got {turn!r}")
+        messages.append({"role": role, "content": _turn_items(turn["value"], media, where)})
+    if media:
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise ValueError(f"{where}: the row has media but its conversations have no human turn")
+        first_user["content"][:0] = media
+    return {"messages": messages, "task": row.get("task"),
+            "source": row.get("data_source") or row.get("source") or row.get("dataset"),
+            "idx": row.get("id", row.get("idx"))}
+
+
+def from_sharegpt4video(row: dict, where: str) -> dict:
+    """ShareGPT4Video captions -> one `caption_detailed` sample: the whole-video caption (`idx` "-1")."""
+    whole = [c for c in row.get("captions") or [] if isinstance(c, dict) and str(c.get("idx")) == "-1"]
+    if not whole or not isinstance(whole[0].get("content"), str):
+        raise ValueError(f"{where}: ShareGPT4Video row without a whole-video caption (captions item with idx '-1')")
+    video = row.get("video_path") or f"{row['video_id']}.mp4"
+    return {"messages": [{"role": "user", "content": [{"type": "video", "path": video}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": whole[0]["content"]}]}],
+            "task": "caption_detailed", "source": LAYOUT_SOURCES["sharegpt4video"], "idx": row["video_id"]}
+
+
+def from_webvid(row: dict, where: str) -> dict:
+    """A WebVid-style caption table row -> one `caption_short` sample of `{page_dir}/{videoid}.mp4`."""
+    if not isinstance(row.get("name"), str) or not row["name"].strip():
+        raise ValueError(f"{where}: WebVid row without a caption in 'name'")
+    video = f"{row['videoid']}.mp4"
+    if row.get("page_dir"):
+        video = f"{row['page_dir']}/{video}"
+    return {"messages": [{"role": "user", "content": [{"type": "video", "path": video}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": row["name"].strip()}]}],
+            "task": "caption_short", "source": LAYOUT_SOURCES["webvid"], "idx": row["videoid"]}
+
+
+def from_published_layout(row: dict, where: str) -> dict:
+    """A row of any published layout in our `messages` format (rows already in it, and DREAM-1K, pass through)."""
+    if isinstance(row.get("messages"), str):  # a Hub viewer config may type `messages` as a JSON string
+        try:
+            return {**row, "messages": json.loads(row["messages"])}
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where}: 'messages' is a string but not JSON ({error.msg})") from None
+    layout = detect_layout(row)
+    converter = {"sharegpt": from_sharegpt, "sharegpt4video": from_sharegpt4video, "webvid": from_webvid}.get(layout)
+    return row if converter is None else converter(row, where)
+
+
 def normalize_row(row: dict, video_root: str | None, origin: str = "dataset") -> dict:
     """
     Bring a row of any supported layout into the internal form (see the module docstring).
@@ -159,6 +296,7 @@ def normalize_row(row: dict, video_root: str | None, origin: str = "dataset") ->
         `{"messages": [...], "task": str | None, "source": str | None, "idx": Any}`.
     """
     where = _row_name(row, origin)
+    row = from_published_layout(row, where)
     if row.get("messages") is not None:
         messages = []
         for message in row["messages"]:
@@ -167,6 +305,8 @@ def normalize_row(row: dict, video_root: str | None, origin: str = "dataset") ->
             content = message.get("content")
             if content is None:
                 content = []
+            elif isinstance(content, dict):  # one item without a list around it
+                content = [content]
             elif isinstance(content, str):
                 content = [{"type": "text", "text": content}]
             items = [_normalize_item({k: v for k, v in item.items() if v is not None}, video_root, where)
@@ -183,7 +323,8 @@ def normalize_row(row: dict, video_root: str | None, origin: str = "dataset") ->
         if row["text"].get("response") is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": row["text"]["response"]}]})
     else:
-        raise ValueError(f"{where}: no 'messages' and no DREAM-1K style 'text.prompt' field; keys: {sorted(row)}")
+        raise ValueError(f"{where}: not a known layout (messages, conversations, DREAM-1K text.prompt, ShareGPT4Video "
+                         f"captions, WebVid videoid/name; see recipes/README.md); keys: {sorted(row)}")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{where}: no assistant turn to train on")
     return {
@@ -215,27 +356,76 @@ def apply_prompt_pool(row: dict, pools: dict[str, list[str]], rng: random.Random
     return row
 
 
-def load_rows(spec: str, split: str = "train"):
-    """
-    Load raw rows from a local `.jsonl`/`.json` file or folder of them, or a Hub dataset id.
+_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
 
-    Returns a `datasets.Dataset`; video paths stay plain strings (decoding is ours, in DataLoader workers).
+
+def load_rows(spec, split: str = "train", name: str | None = None, streaming: bool = False):
+    """
+    Raw rows, read with `datasets`, from any of:
+
+    - an in-memory `datasets.Dataset` / `IterableDataset` (returned as is) or `DatasetDict` (its `split`);
+    - a `.jsonl` / `.json` / `.parquet` / `.csv` / `.tsv` file, or a folder of files of one of those kinds;
+    - a folder written by `save_to_disk` (a `Dataset` or a `DatasetDict`);
+    - a Hub dataset id or a dataset folder with a card, through `datasets.load_dataset(spec, name, split=split)`.
+
+    `streaming=True` returns an `IterableDataset` (nothing is downloaded up front). Video paths stay plain strings
+    (decoding is ours, in the DataLoader workers).
     """
     import datasets
 
+    if isinstance(spec, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split not in spec:
+            raise ValueError(f"the DatasetDict has no split {split!r} (splits: {sorted(spec)})")
+        spec = spec[split]
+    if isinstance(spec, datasets.Dataset):
+        return spec.to_iterable_dataset() if streaming else spec
+    if isinstance(spec, datasets.IterableDataset):
+        if not streaming:
+            raise ValueError("an IterableDataset can only be streamed: use --dataset_streaming / "
+                             "StreamingConversationDataset")
+        return spec
+    path = Path(spec)
+    files: list[str] = []
+    if path.is_file():
+        if path.suffix not in _FILE_BUILDERS:
+            raise ValueError(f"{spec}: expected a {'/'.join(_FILE_BUILDERS)} file, a folder of them, a save_to_disk "
+                             "folder, or a Hub dataset id")
+        files = [str(path)]
+    elif path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return load_rows(datasets.load_from_disk(str(path)), split, streaming=streaming)
+        for suffix in _FILE_BUILDERS:
+            files = sorted(str(p) for p in path.glob(f"*{suffix}"))
+            if files:
+                break
+    elif spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise FileNotFoundError(f"{spec}: no such file or folder, and not a Hub dataset id (owner/name)")
+    if files:
+        suffix = Path(files[0]).suffix
+        kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        return datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=files, split="train", streaming=streaming,
+                                     **kwargs)
+    return datasets.load_dataset(str(spec), name=name, split=split, streaming=streaming)
+
+
+def has_splits(spec) -> bool:
+    """Whether `load_rows(spec, split)` can tell splits apart: Hub ids, `DatasetDict`s and dataset folders can; a
+    file, a folder of files or a `Dataset` is one split (any `split` reads all of it)."""
+    import datasets
+
+    if isinstance(spec, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        return True
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
     path = Path(spec)
     if path.is_file():
-        if path.suffix not in (".jsonl", ".json"):
-            raise ValueError(f"{spec}: expected a .jsonl/.json file, a folder of them, or a Hub dataset id")
-        return datasets.load_dataset("json", data_files=str(path), split="train")
+        return False
     if path.is_dir():
-        files = sorted(str(p) for p in path.glob("*.jsonl")) or sorted(str(p) for p in path.glob("*.json"))
-        if files:
-            return datasets.load_dataset("json", data_files=files, split="train")
-        return datasets.load_dataset(str(path), split=split)
-    if spec.count("/") == 1 and not spec.startswith((".", "/")):
-        return datasets.load_dataset(spec, split=split)
-    raise FileNotFoundError(f"{spec}: no such file or folder, and not a Hub dataset id (owner/name)")
+        if (path / "dataset_dict.json").is_file():
+            return True
+        if (path / "state.json").is_file() or any(next(path.glob(f"*{s}"), None) for s in _FILE_BUILDERS):
+            return False
+    return True
 
 
 def parse_weights(pairs: Sequence[str] | None) -> dict[str, float]:
@@ -285,11 +475,30 @@ def mixture_indices(sources: Sequence[str | None], weights: dict[str, float], se
 
 @dataclass
 class DatasetSpec:
-    """One training dataset: where the rows are, the folder its videos are in, and its split."""
+    """
+    One training dataset: where the rows are (`load_rows`: a path, a Hub id or a `datasets` object), the folder
+    its media paths are relative to, its split, its config name (`datasets.load_dataset(path, name)`) and whether
+    it is streamed.
+    """
 
-    path: str
+    path: Any
     video_root: str | None = None
     split: str = "train"
+    name: str | None = None
+    streaming: bool = False
+
+    @property
+    def label(self) -> str:
+        """A name for messages and the default source: the file stem, the Hub id's name or the object's type."""
+        if isinstance(self.path, (str, os.PathLike)):
+            return Path(self.path).stem
+        info = getattr(self.path, "info", None)
+        return getattr(info, "dataset_name", None) or type(self.path).__name__
+
+
+def default_source(columns, spec: DatasetSpec) -> str:
+    """The source of rows that name none: the layout's dataset (WebVid, ShareGPT4Video), else the dataset's label."""
+    return LAYOUT_SOURCES.get(detect_layout(columns), spec.label)
 
 
 class ConversationDataset(torch.utils.data.Dataset):
@@ -314,16 +523,12 @@ class ConversationDataset(torch.utils.data.Dataset):
         sources: list[str | None] = []
         self._offsets = [0]
         for spec in specs:
-            rows = load_rows(spec.path, spec.split)
+            rows = load_rows(spec.path, spec.split, spec.name)
             columns = rows.column_names
-            default_source = Path(spec.path).stem
-            if "source" in columns:
-                part_sources = rows["source"]
-            elif "dataset" in columns:
-                part_sources = rows["dataset"]
-            else:
-                part_sources = [None] * len(rows)
-            sources.extend(s if s is not None else default_source for s in part_sources)
+            fallback = default_source(columns, spec)
+            column = next((c for c in ("source", "dataset", "data_source") if c in columns), None)
+            part_sources = rows[column] if column else [None] * len(rows)
+            sources.extend(s if s is not None else fallback for s in part_sources)
             self.parts.append((rows, spec))
             self._offsets.append(self._offsets[-1] + len(rows))
         self.sources = sources
@@ -346,7 +551,7 @@ class ConversationDataset(torch.utils.data.Dataset):
             raise IndexError(index)
         flat = int(self.indices[index])
         raw, spec = self.raw_row(flat)
-        row = normalize_row(raw, spec.video_root, origin=spec.path)
+        row = normalize_row(raw, spec.video_root, origin=spec.label)
         if row["source"] is None:
             row["source"] = self.sources[flat]
         # A fresh prompt per draw; seeded by index and draw count so runs are reproducible per worker.
@@ -368,3 +573,74 @@ class ConversationDataset(torch.utils.data.Dataset):
 
         table = datasets.Dataset.from_dict({"mix_index": np.arange(len(self), dtype=np.int64)})
         return table.with_transform(self._transform)
+
+
+class StreamingConversationDataset:
+    """
+    `ConversationDataset` for data too big for disk: each dataset is read with `datasets.load_dataset(...,
+    streaming=True)` (or given as an `IterableDataset`), the datasets are interleaved row by row, and each row is
+    normalised and given a pooled prompt as it streams past.
+
+    Mixing weights act per row in expectation: weight `w` yields each row `floor(w)` times plus once more with
+    probability `w - floor(w)` (so 0.3 keeps ~30 % of a source, 2.5 repeats it 2.5 times). There is no length
+    (train with `max_steps`) and no random access (the collator drops unreadable samples instead of drawing
+    replacements). Iterating gives the rows; `as_hf_dataset` gives the `datasets.IterableDataset` `SFTTrainer` takes.
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[DatasetSpec],
+        source_weights: dict[str, float] | None = None,
+        prompt_pools: dict[str, list[str]] | None = None,
+        resample_prompts: bool = False,
+        seed: int = 0,
+    ):
+        if not specs:
+            raise ValueError("no training dataset given")
+        self.parts = [(load_rows(spec.path, spec.split, spec.name, streaming=True), spec) for spec in specs]
+        self.weights = dict(source_weights or {})
+        self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
+        self.resample_prompts = resample_prompts
+        self.seed = seed
+
+    def shard(self, index: int, num_shards: int):
+        """Rows number `index`, `index + num_shards`, ... of the interleaved stream, normalised and weighted."""
+        rng = random.Random(hash((self.seed, index, num_shards)))
+        streams = [(iter(rows), spec) for rows, spec in self.parts]
+        position = -1
+        while streams:
+            for stream in list(streams):
+                iterator, spec = stream
+                raw = next(iterator, None)
+                if raw is None:
+                    streams.remove(stream)
+                    continue
+                position += 1
+                if position % num_shards != index:
+                    continue
+                row = normalize_row(raw, spec.video_root, origin=spec.label)
+                if row["source"] is None:
+                    row["source"] = default_source(raw, spec)
+                weight = self.weights.get(row["source"], 1.0)
+                whole, frac = divmod(weight, 1.0)
+                for _ in range(int(whole) + (rng.random() < frac)):
+                    yield apply_prompt_pool(copy.deepcopy(row), self.prompt_pools, rng, self.resample_prompts)
+
+    def __iter__(self):
+        return self.shard(0, 1)
+
+    def _generate(self, shards: list[int], num_shards: int):
+        for index in shards:
+            for row in self.shard(index, num_shards):
+                yield {"row": row}
+
+    def as_hf_dataset(self, num_shards: int = 1):
+        """
+        This stream as a `datasets.IterableDataset` of `{"row": normalised row}` (what `SFTTrainer` accepts), in
+        `num_shards` shards so that that many DataLoader workers each read a different part.
+        """
+        import datasets
+
+        return datasets.IterableDataset.from_generator(
+            self._generate, gen_kwargs={"shards": list(range(max(1, num_shards))), "num_shards": max(1, num_shards)}
+        )

@@ -5,10 +5,13 @@ labels every event against the other description as entailment / neutral / contr
 recall = share of reference events entailed by the prediction, precision = share of prediction events entailed
 by the reference, F1 of the two.
 
-    metric = evaluate.load("eval/autodq")                      # preset "robust"
-    metric = evaluate.load("eval/autodq", config_name="official")
+    metric = evaluate.load("path/to/eval/autodq")               # preset "robust"; any folder, any working dir
+    metric = evaluate.load("path/to/eval/autodq", config_name="official")
     result = metric.compute(predictions=[...], references=[...], judge="openai",
                             base_url="http://127.0.0.1:8000/v1", judge_model="my-model")
+    # judge settings at load time, so that evaluate.combine([cider, autodq]).compute(...) needs none
+    autodq = evaluate.load("path/to/eval/autodq", config_name="robust", judge="openai",
+                           base_url="http://127.0.0.1:8000/v1", judge_model="my-model")
 
 Every helper is imported here directly (relative imports) so that `evaluate` copies them next to this file.
 """
@@ -55,10 +58,16 @@ Args:
     judge_model, base_url, api_key, endpoint_kind: which judge and where.
     temperature, seed, max_tokens, prompt_version, protocol, max_events, max_parse_attempts, drop_failed,
         retry_temperature, accept_partial: override the preset.
-    timeout, max_retries: per request seconds and attempts for transient errors.
+    timeout, max_retries: per request seconds and attempts for transient errors (default 60 s / 6, or
+        600 s / 2 for a judge on this machine).
     cache_path (str | False | None): SQLite judge cache (default ~/.cache/tarsier/autodq/judge_cache.sqlite).
-    concurrency (int): samples in flight. repeats (int): judge runs with seeds seed + 1000 r.
+    concurrency (int): samples in flight (default 4, or 1 for a judge on this machine).
+    repeats (int): judge runs with seeds seed + 1000 r.
     bootstrap (int): bootstrap resamples over videos for the confidence interval (0 disables).
+    progress (bool): tqdm bar over the samples. fail_fast (bool): stop with advice when the first samples all
+        time out.
+    Every argument from `preset` on can also be given to `evaluate.load(..., **settings)` (`timeout` as
+    `judge_timeout`, since `evaluate` takes `timeout` itself); arguments of `compute` win.
 Returns:
     dict with "recall", "precision", "f1" (macro when categories are given, else micro), "micro", "macro",
     "breakdowns", "samples" (events and labels {LABELS} per sample), "n_failed", "failed", "repeats",
@@ -72,8 +81,26 @@ _CONFIG_KEYS = (
 )
 
 
+# compute() arguments that can also be set at load time (evaluate.load(..., **settings)), with their defaults
+_JUDGE_DEFAULTS = {
+    "preset": None, "judge": "openai", "judge_model": None, "base_url": None, "api_key": None, "endpoint_kind": None,
+    "timeout": None, "max_retries": None, "cache_path": None, "device": "cpu", "concurrency": None, "repeats": 1,
+    "bootstrap": 1000, "progress": True, "fail_fast": True,
+}
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Autodq(evaluate.Metric):
+    def __init__(self, config_name=None, judge_timeout=None, **kwargs):
+        # evaluate.load passes its own options (cache_dir, timeout of its file lock, ...) with ours: split them
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if k in _JUDGE_DEFAULTS or k in _CONFIG_KEYS}
+        if judge_timeout is not None:
+            settings["timeout"] = judge_timeout
+        super().__init__(config_name=config_name, **kwargs)
+        if config_name not in (None, "default") and config_name not in PRESETS:
+            raise ValueError(f"autodq: config_name={config_name!r} is not a preset; choose one of {sorted(PRESETS)}")
+        self.judge_settings = settings
+
     def _info(self):
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
@@ -92,31 +119,20 @@ class Autodq(evaluate.Metric):
         n_events=None,
         n_subjects=None,
         n_shots=None,
-        preset: str | None = None,
-        judge: str | ChatJudge = "openai",
-        judge_model: str | None = None,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        endpoint_kind: str | None = None,
-        timeout: float = 60.0,
-        max_retries: int = 6,
-        cache_path=None,
-        device: str = "cpu",
-        concurrency: int = 4,
-        repeats: int = 1,
-        bootstrap: int = 1000,
-        **overrides,
+        **arguments,
     ):
-        if preset is None:
-            preset = self.config_name if self.config_name in PRESETS else "robust"
-        unknown = set(overrides) - set(_CONFIG_KEYS)
+        unknown = set(arguments) - set(_JUDGE_DEFAULTS) - set(_CONFIG_KEYS)
         if unknown:
             raise ValueError(f"autodq.compute: unknown argument(s) {sorted(unknown)}")
+        options = {**_JUDGE_DEFAULTS, **self.judge_settings, **arguments}
+        preset = options.pop("preset") or (self.config_name if self.config_name in PRESETS else "robust")
         # an override given as None (e.g. temperature=None) means "do not send it", as in the official preset
-        config = get_config(preset, **overrides)
+        config = get_config(preset, **{k: options.pop(k) for k in list(options) if k in _CONFIG_KEYS})
         samples = make_samples(predictions, references, reference_events, categories, n_events, n_subjects, n_shots)
         chat_judge = build_judge(
-            judge, config, judge_model=judge_model, base_url=base_url, api_key=api_key, endpoint_kind=endpoint_kind,
-            timeout=timeout, max_retries=max_retries, cache_path=cache_path, device=device,
+            options["judge"], config, judge_model=options["judge_model"], base_url=options["base_url"],
+            api_key=options["api_key"], endpoint_kind=options["endpoint_kind"], timeout=options["timeout"],
+            max_retries=options["max_retries"], cache_path=options["cache_path"], device=options["device"],
         )
-        return run_autodq(samples, chat_judge, config, concurrency=concurrency, repeats=repeats, bootstrap=bootstrap)
+        return run_autodq(samples, chat_judge, config, concurrency=options["concurrency"], repeats=options["repeats"],
+                          bootstrap=options["bootstrap"], progress=options["progress"], fail_fast=options["fail_fast"])

@@ -6,16 +6,50 @@ directly::
     from eval.autodq.pipeline import build_judge, run_autodq, samples_from_dream1k
     judge = build_judge("openai", get_config("robust"), base_url="http://127.0.0.1:8000/v1", judge_model="m")
     result = run_autodq(samples_from_dream1k(records, predictions), judge, get_config("robust"))
+
+Thousands of judge calls: `run_autodq` shows a tqdm bar (samples done, failures so far). A local judge (an
+endpoint on this machine, or `judge="transformers"`) answers far slower than a hosted API, so its unset defaults
+are scaled (`judge_defaults`: 1 sample in flight, 600 s per request, 2 attempts); and when the first samples all
+fail because the judge timed out, the run stops at once with advice (`JudgeTimeoutError`) instead of failing
+every sample.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .aggregate import bootstrap_ci, mean_std, summarize
 from .judge import ChatJudge, JudgeCache, OpenAIChatJudge, RetryPolicy, TransformersChatJudge
 from .scoring import AutoDQConfig, AutoDQScorer, Sample
+
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+# Unset judge options per kind of judge: a hosted API takes many requests at once and answers in seconds; a judge
+# on this machine (often a CPU) generates one answer at a time, slowly, and a timed-out request will time out again.
+HOSTED_DEFAULTS = {"concurrency": 4, "timeout": 60.0, "max_retries": 6}
+LOCAL_DEFAULTS = {"concurrency": 1, "timeout": 600.0, "max_retries": 2}
+
+
+class JudgeTimeoutError(RuntimeError):
+    """The first samples all failed because the judge did not answer in time (raised by `run_autodq`)."""
+
+
+def is_local_judge(judge: str | ChatJudge, base_url: str | None = None) -> bool:
+    """True for `judge="transformers"` (in process) and for endpoints on this machine."""
+    settings = getattr(judge, "settings", None)
+    if settings is not None:
+        judge, base_url = settings.endpoint_kind, settings.base_url
+    if judge == "transformers":
+        return True
+    return base_url is not None and urlparse(base_url).hostname in LOCAL_HOSTS
+
+
+def judge_defaults(judge: str | ChatJudge, base_url: str | None = None) -> dict:
+    """`{"concurrency", "timeout", "max_retries"}` to use where the caller set none (see the module docstring)."""
+    return dict(LOCAL_DEFAULTS if is_local_judge(judge, base_url) else HOSTED_DEFAULTS)
 
 
 def default_cache_path() -> Path:
@@ -30,8 +64,8 @@ def build_judge(
     base_url: str | None = None,
     api_key: str | None = None,
     endpoint_kind: str | None = None,
-    timeout: float = 60.0,
-    max_retries: int = 6,
+    timeout: float | None = None,
+    max_retries: int | None = None,
     retry_base_delay: float = 0.5,
     retry_max_delay: float = 30.0,
     cache_path: str | os.PathLike | bool | None = None,
@@ -40,10 +74,14 @@ def build_judge(
     """A judge for `config`: `judge="openai"` (any OpenAI-compatible endpoint) or `"transformers"` (in process).
 
     An object with `chat` and `settings` (a `ChatJudge`) is returned unchanged. `cache_path=None` uses
-    `default_cache_path()`, `False` disables the cache.
+    `default_cache_path()`, `False` disables the cache. `timeout` (seconds per request) and `max_retries` (attempts)
+    left None take `judge_defaults` (longer and fewer for a judge on this machine).
     """
     if hasattr(judge, "chat") and hasattr(judge, "settings"):
         return judge
+    defaults = judge_defaults(judge, base_url)
+    timeout = defaults["timeout"] if timeout is None else timeout
+    max_retries = defaults["max_retries"] if max_retries is None else max_retries
     if cache_path is None or cache_path is True:
         cache_path = default_cache_path()
     cache = JudgeCache(cache_path) if cache_path else None
@@ -129,17 +167,73 @@ def preset_mismatch(judge: ChatJudge, config: AutoDQConfig) -> dict:
     return out
 
 
+def _timed_out(score) -> bool:
+    error = (score.error or "").lower()
+    return score.failed and ("timeout" in error or "timed out" in error)
+
+
+def _score_runs(scorer: AutoDQScorer, samples: list[Sample], repeats: int, progress: bool, fail_fast: bool):
+    """Every sample of every repeat, `scorer.concurrency` in flight, with a tqdm bar; `runs[r][i]` in input order.
+
+    With `fail_fast`, when the first `concurrency` finished samples all failed on judge timeouts, the pending ones
+    are cancelled and `JudgeTimeoutError` is raised with advice (calls already in flight end on their own).
+    """
+    from tqdm.auto import tqdm
+
+    runs = [[None] * len(samples) for _ in range(repeats)]
+    probe = min(len(samples) * repeats, scorer.concurrency)
+    first: list = []
+    failed = 0
+    settings = scorer.judge.settings
+    bar = tqdm(total=len(samples) * repeats, desc=f"AutoDQ ({settings.model})", unit="sample", disable=not progress)
+    pool = ThreadPoolExecutor(max_workers=scorer.concurrency)
+    try:
+        pending = {pool.submit(scorer.score, sample, r): (r, i)
+                   for r in range(repeats) for i, sample in enumerate(samples)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                r, i = pending.pop(future)
+                score = runs[r][i] = future.result()
+                failed += score.failed
+                bar.update(1)
+                bar.set_postfix(failed=failed, refresh=False)
+                if len(first) < probe:
+                    first.append(score)
+                    if fail_fast and len(first) == probe and all(_timed_out(s) for s in first):
+                        raise JudgeTimeoutError(
+                            f"AutoDQ stopped: the first {probe} sample(s) all failed because judge {settings.model!r}"
+                            f" ({settings.base_url or settings.endpoint_kind}) did not answer in time ({first[-1].error})."
+                            " A slow local judge? Give it more time per request and fewer requests at once, e.g. "
+                            "timeout=1200 and concurrency=1 (eval runners: --judge_timeout / --judge_concurrency), a "
+                            "smaller max_tokens (e.g. 512), or a faster judge; fail_fast=False scores anyway (every "
+                            "timed-out sample then counts as failed)."
+                        )
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown(wait=True)
+    return runs
+
+
 def run_autodq(
     samples: list[Sample],
     judge: ChatJudge,
     config: AutoDQConfig,
-    concurrency: int = 4,
+    concurrency: int | None = None,
     repeats: int = 1,
     bootstrap: int = 1000,
     bootstrap_seed: int = 0,
     confidence_level: float = 0.95,
+    progress: bool = True,
+    fail_fast: bool = True,
 ) -> dict:
     """Score `samples` `repeats` times (repeat r uses judge seed + 1000 r) and aggregate.
+
+    `concurrency` (samples in flight) left None is 4, or 1 for a judge on this machine (`judge_defaults`).
+    `progress` shows a tqdm bar; `fail_fast` stops with `JudgeTimeoutError` when the first samples all time out.
 
     Returns a dict: headline `recall`/`precision`/`f1` (macro when samples have categories, else micro; mean
     over repeats), `headline`, per-run `micro`/`macro`/`breakdowns` (of repeat 0) and `runs` (every repeat),
@@ -148,9 +242,11 @@ def run_autodq(
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if concurrency is None:
+        concurrency = judge_defaults(judge)["concurrency"]
     scorer = AutoDQScorer(judge, config, concurrency)
     calls_before = judge.stats.to_dict()
-    runs = [scorer.score_all(samples, repeat=r) for r in range(repeats)]
+    runs = _score_runs(scorer, samples, repeats, progress, fail_fast)
     summaries = [summarize(run, config.f1_when_zero) for run in runs]
     has_macro = summaries[0]["macro"] is not None
     headline = "macro" if has_macro else "micro"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .judge import ChatJudge, JudgeCallError
@@ -290,10 +289,3 @@ class AutoDQScorer:
         if result.n_events is None:
             result.n_events = len(ref_events)
         return result
-
-    def score_all(self, samples: list[Sample], repeat: int = 0) -> list[SampleScore]:
-        """Scores in input order; `concurrency` samples in flight."""
-        if self.concurrency == 1:
-            return [self.score(s, repeat) for s in samples]
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda s: self.score(s, repeat), samples))

@@ -4,6 +4,7 @@
     >>> cider = evaluate.load("path/to/eval/cider")
     >>> cider.compute(predictions=["a man walks"], references=[["a man is walking", "someone walks"]])
     {'cider': 0.0, 'scores': [0.0], ...}
+    >>> cider.compute(predictions=["a man walks"], references=["a man is walking"])  # one reference each
 
 (One sample scores 0 with corpus document frequencies: see the metric card.)
 """
@@ -39,7 +40,8 @@ scores are 0-3). Document frequencies come from the references of the evaluated 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions (list of str): one generated caption per sample.
-    references (list of list of str): one non-empty list of reference captions per sample.
+    references (list of list of str, or list of str): one non-empty list of reference captions per sample, or
+        one reference caption per sample (as BLEU and ROUGE take them).
     document_frequencies (str, os.PathLike or DocumentFrequencies, optional): n-gram document frequencies of
         a reference corpus (a JSON file written by `DocumentFrequencies.save`). Default: computed from
         `references`, as pycocoevalcap does (then a single sample always scores 0, because idf = log(1)).
@@ -53,12 +55,19 @@ Returns:
     num_samples (int), document_frequency_source ("references" or "file"/"object"),
     num_documents (int): the N of idf = log(N / df).
 Examples:
-    >>> cider = evaluate.load("cider")  # from inside the eval/ folder
+    >>> cider = evaluate.load("path/to/eval/cider")  # from any working directory
     >>> result = cider.compute(predictions=["a dog runs", "a cat sleeps"],
     ...                        references=[["a dog is running"], ["the cat is sleeping"]])
     >>> round(result["cider"], 3)
     1.736
 """
+
+
+def _as_lists(references):
+    """Flat references (one string per prediction) as one-element lists; everything else unchanged."""
+    if isinstance(references, (list, tuple)):
+        return [[r] if isinstance(r, str) else r for r in references]
+    return references
 
 
 def _validate(predictions, references) -> None:
@@ -74,8 +83,8 @@ def _validate(predictions, references) -> None:
         if not isinstance(prediction, str):
             raise TypeError(f"predictions[{i}] must be a string, got {type(prediction).__name__}")
     for i, refs in enumerate(references):
-        if isinstance(refs, str) or not isinstance(refs, (list, tuple)):
-            raise TypeError(f"references[{i}] must be a list of strings, got {type(refs).__name__}")
+        if not isinstance(refs, (list, tuple)):
+            raise TypeError(f"references[{i}] must be a string or a list of strings, got {type(refs).__name__}")
         if len(refs) == 0:
             raise ValueError(f"references[{i}] is empty; every sample needs at least one reference caption")
         for j, ref in enumerate(refs):
@@ -92,10 +101,13 @@ class Cider(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Value("string"),
-                "references": datasets.Sequence(datasets.Value("string")),
-            }),
+            features=[
+                datasets.Features({
+                    "predictions": datasets.Value("string"),
+                    "references": datasets.Sequence(datasets.Value("string")),
+                }),
+                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            ],
             codebase_urls=["https://github.com/tylin/coco-caption", "https://github.com/salaniz/pycocoevalcap"],
             reference_urls=["https://arxiv.org/abs/1411.5726"],
         )
@@ -105,10 +117,12 @@ class Cider(evaluate.Metric):
         # Validate before evaluate's Arrow conversion, which would coerce or reject with generic messages.
         # (Both None: the inputs came through add()/add_batch() and are checked in _compute.)
         if predictions is not None or references is not None:
+            references = _as_lists(references)
             _validate(predictions, references)
         return super().compute(predictions=predictions, references=references, **kwargs)
 
     def _compute(self, predictions, references, document_frequencies=None, tokenize=True, n=4, sigma=6.0):
+        references = _as_lists(references)
         _validate(predictions, references)
         if tokenize:
             tokenizer = PTBTokenizer()
