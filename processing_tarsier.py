@@ -12,7 +12,8 @@ PyAV, numpy, Pillow and torch (no torchvision, torchcodec or decord), and holds 
 
 Token layout (the contract with the model, see docs/design.md): every frame becomes
 `([<image>] * cols + [<image_newline>]) * rows + [<frame_end>]` with `use_frame_separators=True`, or
-`[<image>] * (rows * cols)` otherwise, where `rows = cols = image_size // patch_size`.
+`[<image>] * (rows * cols + num_additional_image_tokens)` otherwise, where `rows = cols = image_size // patch_size`
+(`num_additional_image_tokens = 1` when the model keeps CLIP's CLS feature: `vision_feature_select_strategy="full"`).
 """
 
 from __future__ import annotations
@@ -940,6 +941,9 @@ class TarsierProcessor(ProcessorMixin):
         video_fps / max_frames: parameters of the `"fps"` policy.
         image_newline_token / frame_end_token: the tokens at the row-newline and end-of-frame embedding rows
             (a converted released checkpoint whose rows are ordinary tokens, e.g. `<0x0A>`, names those).
+        num_additional_image_tokens: features per frame besides the patches (1 for CLIP's CLS token when the model's
+            `vision_feature_select_strategy` is `"full"`, as in transformers' LLaVA processor); needs
+            `use_frame_separators=False`.
         padding_side: where batches are padded; `"left"` (the default, as in transformers' VLM processors) so that
             `generate` on a batch continues every sample right after its own prompt. Saved in
             `processor_config.json` and set on the tokenizer; training collators pad on their own.
@@ -960,6 +964,7 @@ class TarsierProcessor(ProcessorMixin):
         image_newline_token: str = IMAGE_NEWLINE_TOKEN,
         frame_end_token: str = FRAME_END_TOKEN,
         padding_side: str = "left",
+        num_additional_image_tokens: int = 0,
         **kwargs,
     ):
         if padding_side not in ("left", "right"):
@@ -972,6 +977,9 @@ class TarsierProcessor(ProcessorMixin):
             chat_template = CHAT_TEMPLATES[chat_template]
         self.patch_size = int(patch_size)
         self.use_frame_separators = bool(use_frame_separators)
+        self.num_additional_image_tokens = int(num_additional_image_tokens)
+        if self.num_additional_image_tokens and self.use_frame_separators:
+            raise ValueError("num_additional_image_tokens (a CLS feature per frame) needs use_frame_separators=False")
         self.resize_mode = resize_mode
         self.num_frames = list(num_frames) if isinstance(num_frames, (list, tuple)) else int(num_frames)
         self.sampling = sampling
@@ -1047,51 +1055,31 @@ class TarsierProcessor(ProcessorMixin):
     @property
     def tokens_per_frame(self) -> int:
         side = self.image_size // self.patch_size
-        return side * (side + 1) + 1 if self.use_frame_separators else side * side
+        return side * (side + 1) + 1 if self.use_frame_separators else side * side + self.num_additional_image_tokens
 
     def frame_token_ids(self) -> list[int]:
         """Token ids of one frame's run (`tokens_per_frame` long)."""
         side = self.image_size // self.patch_size
         if not self.use_frame_separators:
-            return [self.image_token_id] * (side * side)
+            return [self.image_token_id] * (side * side + self.num_additional_image_tokens)
         row = [self.image_token_id] * side + [self.image_newline_token_id]
         return row * side + [self.frame_end_token_id]
 
     def _frame_text(self) -> str:
         side = self.image_size // self.patch_size
         if not self.use_frame_separators:
-            return self.image_token * (side * side)
+            return self.image_token * (side * side + self.num_additional_image_tokens)
         return (self.image_token * side + self.image_newline_token) * side + self.frame_end_token
 
     # -- pixels -------------------------------------------------------------------------------------------------
 
     def resize_frames(self, frames: np.ndarray | list[np.ndarray]) -> list[np.ndarray]:
         """Resize `(H, W, 3)` uint8 frames to `(S, S, 3)` per `resize_mode` with the image processor's resampling."""
-        size = self.image_size
-        resample = getattr(self.image_processor, "resample", Image.BICUBIC)
-        out = []
-        for frame in frames:
-            image = Image.fromarray(np.asarray(frame))
-            if self.resize_mode == "released":
-                side = max(image.width, image.height)
-                image = image.resize((side, side), resample=Image.BICUBIC)
-            if self.resize_mode in ("stretch", "released"):
-                out.append(np.asarray(image.resize((size, size), resample=resample)))
-                continue
-            scale = size / max(image.width, image.height)
-            width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-            fill = tuple(int(round(255 * m)) for m in self.image_processor.image_mean)
-            canvas = Image.new("RGB", (size, size), fill)
-            canvas.paste(image.resize((width, height), resample=resample), ((size - width) // 2, (size - height) // 2))
-            out.append(np.asarray(canvas))
-        return out
+        return resize_frames(frames, self.image_processor, self.resize_mode)
 
     def preprocess_frames(self, frames: np.ndarray | list[np.ndarray]):
         """`(n, H, W, 3)` uint8 frames -> `(n, 3, S, S)` float32 tensor (resize, rescale, normalise)."""
-        resized = self.resize_frames(frames)
-        return self.image_processor(
-            images=resized, do_resize=False, do_center_crop=False, return_tensors="pt"
-        )["pixel_values"]
+        return preprocess_frames(frames, self.image_processor, self.resize_mode)
 
     def load_video(self, video: Any, **overrides) -> VideoSample:
         """Sample frames from a video source with the processor's default policy (overridable per call)."""
@@ -1280,6 +1268,36 @@ def _is_single_visual(items: Sequence[Any], name: str) -> bool:
     return False
 
 
+def resize_frames(frames: np.ndarray | list[np.ndarray], image_processor, resize_mode: str = "stretch") -> list[np.ndarray]:
+    """Resize `(H, W, 3)` uint8 frames to the image processor's `(S, S, 3)` per `resize_mode` (see
+    `TarsierProcessor`), with the image processor's resampling."""
+    size = _image_size_of(image_processor)
+    resample = getattr(image_processor, "resample", Image.BICUBIC)
+    out = []
+    for frame in frames:
+        image = Image.fromarray(np.asarray(frame))
+        if resize_mode == "released":
+            side = max(image.width, image.height)
+            image = image.resize((side, side), resample=Image.BICUBIC)
+        if resize_mode in ("stretch", "released"):
+            out.append(np.asarray(image.resize((size, size), resample=resample)))
+            continue
+        scale = size / max(image.width, image.height)
+        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        fill = tuple(int(round(255 * m)) for m in image_processor.image_mean)
+        canvas = Image.new("RGB", (size, size), fill)
+        canvas.paste(image.resize((width, height), resample=resample), ((size - width) // 2, (size - height) // 2))
+        out.append(np.asarray(canvas))
+    return out
+
+
+def preprocess_frames(frames: np.ndarray | list[np.ndarray], image_processor, resize_mode: str = "stretch"):
+    """`(n, H, W, 3)` uint8 frames -> `(n, 3, S, S)` float32 tensor: `resize_frames`, then the image processor's
+    rescale and normalisation (what every Tarsier model sees)."""
+    resized = resize_frames(frames, image_processor, resize_mode)
+    return image_processor(images=resized, do_resize=False, do_center_crop=False, return_tensors="pt")["pixel_values"]
+
+
 def _image_size_of(image_processor) -> int:
     for attribute in ("crop_size", "size"):
         size = getattr(image_processor, attribute, None)
@@ -1323,6 +1341,8 @@ __all__ = [
     "VideoSample",
     "load_video",
     "load_image",
+    "preprocess_frames",
+    "resize_frames",
     "sample_uniform",
     "sample_random_segments",
     "sample_instruction_tuning",

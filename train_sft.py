@@ -82,6 +82,7 @@ def build_model(
             tarsier_args.vision_model, tarsier_args.language_model, tarsier_args.projector_path,
             chat_template=tarsier_args.chat_template, use_frame_separators=tarsier_args.use_frame_separators,
             vision_feature_layer=tarsier_args.vision_feature_layer,
+            vision_feature_select_strategy=tarsier_args.vision_feature_select_strategy,
         )
         if model_args.dtype not in (None, "auto", "float32"):
             model = model.to(getattr(torch, model_args.dtype))

@@ -207,16 +207,16 @@ def run_logged(cmd: list[str], log_file: Path) -> None:
         raise RuntimeError(f"command failed with exit code {code} (full log: {log_file}):\n{tail}")
 
 
-def pretrain_tower(args: TinyRecipeArguments, out: Path, language_model: str, timer: PhaseTimer) -> Path:
-    """Stage 0: `python -m training.vision_pretraining --config recipes/tiny/stage0.yaml ...` (CLIP's contrastive
-    loss on single frames and their captions); returns the `clip_vision_model` folder that stages 1 and 2 load."""
+def pretrain_tower(args: TinyRecipeArguments, out: Path, timer: PhaseTimer) -> Path:
+    """Stage 0: `python -m training.vision_pretraining --config recipes/tiny/stage0.yaml ...` (multi-label
+    classification of single frames' facts); returns the `clip_vision_model` folder that stages 1 and 2 load."""
     data_dir, tower = out / "data", out / "stage0"
     if args.keep_going and (tower / "config.json").is_file():
         return tower
     log(f"stage 0 (vision tower pre-training on single frames) -> {tower}")
     cmd = [sys.executable, "-m", "training.vision_pretraining", "--config", str(RECIPES / "stage0.yaml"),
            "--frames_file", str(data_dir / "stage0.jsonl"), "--video_root", str(data_dir),
-           "--tokenizer", language_model, "--output_dir", str(tower), "--seed", str(args.seed)]
+           "--output_dir", str(tower), "--seed", str(args.seed)]
     if args.stage0_steps:
         cmd += ["--max_steps", str(args.stage0_steps)]
     if args.quick:
@@ -428,7 +428,7 @@ def run_recipe(args: TinyRecipeArguments) -> dict:
     with timer.phase("parts"):
         parts = {"vision_config": str(RECIPES / "vision_tower.json"),
                  "language_model": str(make_language_model(args.llm_layers, out / "parts"))}
-    parts["tower"] = str(pretrain_tower(args, out, parts["language_model"], timer))
+    parts["tower"] = str(pretrain_tower(args, out, timer))
 
     specs = [RunSpec("full"), *(ABLATIONS if args.ablations else ())]
     results, final_checkpoint = [], None

@@ -72,6 +72,9 @@ class TarsierArguments:
     )
     use_frame_separators: bool = field(default=True, metadata={"help": "Released per-frame token layout."})
     vision_feature_layer: int = field(default=-2, metadata={"help": "Vision hidden state that is projected."})
+    vision_feature_select_strategy: str | None = field(default=None, metadata={
+        "help": "'default' (patch features; CLIP's CLS dropped) or 'full' (CLIP's CLS kept: one more position per "
+                "frame, needs use_frame_separators false); default: 'default' for CLIP, 'full' for SigLIP."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Train the vision tower (paper: frozen)."})
     train_projector: bool = field(default=False, metadata={"help": "Train the projector (paper: frozen)."})
     train_llm_layers: str = field(

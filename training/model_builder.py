@@ -74,6 +74,7 @@ def build_from_parts(
     use_frame_separators: bool = True,
     vision_feature_layer: int = -2,
     resize_mode: str = "stretch",
+    vision_feature_select_strategy: str | None = None,
 ) -> tuple[TarsierForConditionalGeneration, TarsierProcessor]:
     """
     Assemble a Tarsier from a vision encoder, an LLM and a fresh or given projector.
@@ -85,6 +86,8 @@ def build_from_parts(
         chat_template: a `processing_tarsier.CHAT_TEMPLATES` name or Jinja string (`None`: the tokenizer's own,
             which then needs `{% generation %}` markers for training).
         use_frame_separators, vision_feature_layer, resize_mode: see `TarsierConfig` / `TarsierProcessor`.
+        vision_feature_select_strategy: `"default"` (patches only; CLIP's CLS dropped) or `"full"` (CLIP's CLS
+            feature kept as one more LM position per frame); None: "default" for CLIP, "full" for SigLIP (no CLS).
 
     Returns:
         `(model, processor)`; the tokenizer holds the special tokens and the embeddings are resized to it.
@@ -93,6 +96,7 @@ def build_from_parts(
     kind = VISION_KINDS.get(vision_config.model_type)
     if kind is None:
         raise ValueError(f"{vision}: vision model type {vision_config.model_type!r} is not CLIP or SigLIP")
+    strategy = vision_feature_select_strategy or ("default" if kind == "clip" else "full")
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     processor = TarsierProcessor.from_parts(
         tokenizer,
@@ -102,6 +106,7 @@ def build_from_parts(
         patch_size=vision_config.patch_size,
         use_frame_separators=use_frame_separators,
         resize_mode=resize_mode,
+        num_additional_image_tokens=int(strategy == "full" and kind == "clip"),
     )
     llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=torch.float32)
     if llm.get_input_embeddings().weight.shape[0] < len(tokenizer):
@@ -118,7 +123,7 @@ def build_from_parts(
         frame_end_token_id=processor.frame_end_token_id,
         use_frame_separators=use_frame_separators,
         vision_feature_layer=vision_feature_layer,
-        vision_feature_select_strategy="default" if kind == "clip" else "full",
+        vision_feature_select_strategy=strategy,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = TarsierForConditionalGeneration(config)

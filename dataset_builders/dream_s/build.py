@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..video_writer import write_video
-from .grammar import camera_description, detailed_description, frame_caption, short_description
+from .grammar import camera_description, detailed_description, frame_caption, frame_labels, short_description
 from .render import compute_boxes, compute_tracks, render_frames
 from .scene import ClipSpec, all_combinations, heldout_combinations, sample_clip
 from .tasks import stage1_rows, stage2_rows, test_row
@@ -110,7 +110,8 @@ def build_clip(config: BuildConfig, heldout: set, split: str, index: int) -> dic
     }
     task_rng = clip_rng(config.seed, split, index, stream=1)
     if split == "train":
-        frames_rows = [{"video": video, "frame": f, "caption": frame_caption(clip, tracks, f)} for f in range(clip.num_frames)]
+        frames_rows = [{"video": video, "frame": f, "labels": frame_labels(clip, tracks, f, config.size),
+                        "caption": frame_caption(clip, tracks, f)} for f in range(clip.num_frames)]
         return {"record": record, "stage0": frames_rows, "stage1": stage1_rows(clip, task_rng, video, idx, boxes),
                 "stage2": stage2_rows(clip, task_rng, video, idx)}
     return {"record": record, "test": [test_row(clip, video, idx)]}
@@ -126,7 +127,7 @@ def build_dataset(config: BuildConfig, progress: bool = True) -> dict:
     """Generate the dataset under `config.out`; returns the content of `info.json`.
 
     Files (paths inside rows are relative to `config.out`):
-        videos/{train,test}/NNNNNN.mp4, stage0.jsonl (one caption per train frame), stage1.jsonl, stage2.jsonl,
+        videos/{train,test}/NNNNNN.mp4, stage0.jsonl (the facts of every train frame), stage1.jsonl, stage2.jsonl,
         test.jsonl,
         clips_train.jsonl, clips_test.jsonl (full ground truth per clip), info.json.
     """

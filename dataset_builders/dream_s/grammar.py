@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from .render import CHECKER_PERIOD
 from .scene import ClipSpec
 from .vocab import COLOURS, NUMBER_WORDS, SHAPES
 
@@ -110,17 +111,20 @@ def camera_description(clip: ClipSpec) -> str:
     return f"{camera_sentence(clip)} {cut_sentence(clip)}"
 
 
-# --------------------------------------------------------------------------------------------- frame captions
-# What one frame shows, for stage 0 (contrastive pre-training of the vision tower on single frames). Positions and
-# sizes are in image coordinates (after the camera), binned so that every event changes at least one word between
-# its first and last frame: a move (0.3 of the frame) always crosses a fifth, grow / shrink change the size word.
+# ------------------------------------------------------------------------------------------------- frame facts
+# What one frame shows, for stage 0 (pre-training the vision tower on single frames). Positions and sizes are in
+# image coordinates (after the camera), binned so that every event changes at least one fact between its first and
+# last frame: a move (0.3 of the frame) always crosses a fifth, grow / shrink change the size word, a rotation the
+# pose. The background facts (palette, checker phase and cell size) are what camera motion and cuts change.
 _COLUMNS = ("far left", "left", "centre", "right", "far right")
 _ROWS = ("top", "upper", "middle", "lower", "bottom")
 _SIZE_WORDS = ((0.085, "small"), (0.135, "medium"), (float("inf"), "large"))  # image-space radius upper bounds
+_CELL_WORDS = ((7.8, "small"), (8.4, "medium"), (float("inf"), "large"))  # checker cell side, px at 64 px
+_PHASES = 4
 
 
-def _bin(value: float, names: tuple[str, ...]) -> str:
-    return names[min(len(names) - 1, max(0, int(value * len(names))))]
+def _bin(value: float, count: int) -> int:
+    return min(count - 1, max(0, int(value * count)))
 
 
 def _pose(kind: str, angle: float) -> str:
@@ -136,30 +140,57 @@ def _pose(kind: str, angle: float) -> str:
     return "tilted"
 
 
-def frame_caption(clip: ClipSpec, tracks, frame: int) -> str:
-    """One frame in words: every shape at least half visible, left to right, with size, colour, shape, pose and
-    position, e.g. "a medium red triangle pointing up at the upper left; a small blue circle at the middle right".
-
-    `tracks` is `render.compute_tracks(clip)`; colours are named by the nearest palette colour (a shape that is
-    changing colour takes the name of the colour it is closer to).
-    """
+def frame_objects(clip: ClipSpec, tracks, frame: int) -> list[dict]:
+    """The shapes at least half visible in one frame, left to right: `{"colour", "shape", "size", "pose",
+    "row", "column", "x"}` (colour: the nearest palette colour, so a shape changing colour is named by the colour
+    it is closer to). `tracks` is `render.compute_tracks(clip)`."""
     palette = {name: tuple(rgb) for name, rgb in COLOURS.items()}
-    items = []
+    zoom = tracks.zoom[frame]
+    objects = []
     for i, shape in enumerate(clip.shapes):
-        if tracks.alpha[frame, i] < 0.5:
-            continue
-        zoom = tracks.zoom[frame]
         x = (tracks.x[frame, i] - tracks.cam_x[frame]) * zoom + 0.5
         y = (tracks.y[frame, i] - tracks.cam_y[frame]) * zoom + 0.5
-        if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        if tracks.alpha[frame, i] < 0.5 or not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
             continue
         rgb = tracks.colour[frame, i]
-        colour = min(palette, key=lambda name: sum((a - b) ** 2 for a, b in zip(palette[name], rgb)))
-        size = next(word for bound, word in _SIZE_WORDS if tracks.size[frame, i] * zoom < bound)
-        pose = _pose(shape.shape, tracks.angle[frame, i])
-        where = f"{_bin(y, _ROWS)} {_bin(x, _COLUMNS)}".replace("middle centre", "centre")
-        items.append((x, f"a {size} {colour} {shape.shape}{' ' + pose if pose else ''} at the {where}"))
-    return "; ".join(text for _, text in sorted(items)) if items else "nothing but the background"
+        objects.append({
+            "colour": min(palette, key=lambda name: sum((a - b) ** 2 for a, b in zip(palette[name], rgb))),
+            "shape": shape.shape,
+            "size": next(word for bound, word in _SIZE_WORDS if tracks.size[frame, i] * zoom < bound),
+            "pose": _pose(shape.shape, tracks.angle[frame, i]),
+            "row": _ROWS[_bin(y, len(_ROWS))], "column": _COLUMNS[_bin(x, len(_COLUMNS))], "x": float(x),
+        })
+    return sorted(objects, key=lambda o: o["x"])
+
+
+def frame_caption(clip: ClipSpec, tracks, frame: int) -> str:
+    """One frame in words, e.g. "a medium red triangle pointing up at the upper left; a small blue circle at the
+    middle right" (the shapes of `frame_objects`)."""
+    items = []
+    for o in frame_objects(clip, tracks, frame):
+        where = f"{o['row']} {o['column']}".replace("middle centre", "centre")
+        items.append(f"a {o['size']} {o['colour']} {o['shape']}{' ' + o['pose'] if o['pose'] else ''} at the {where}")
+    return "; ".join(items) if items else "nothing but the background"
+
+
+def frame_labels(clip: ClipSpec, tracks, frame: int, size: int = 64) -> list[str]:
+    """The facts of one frame as labels for multi-label classification: per shape (named by its colour, unique in
+    a clip) its shape, size, pose, row and column, and the background's palette, checker phase and cell size,
+    e.g. `["red triangle", "red medium", "red pointing up", "red row upper", "red column left", "background 0",
+    "checker x 2", "checker y 1", "cells medium"]`."""
+    labels = []
+    for o in frame_objects(clip, tracks, frame):
+        c = o["colour"]
+        labels += [f"{c} {o['shape']}", f"{c} {o['size']}", f"{c} row {o['row']}", f"{c} column {o['column']}"]
+        if o["pose"]:
+            labels.append(f"{c} {o['pose']}")
+    zoom, period = tracks.zoom[frame], 2 * CHECKER_PERIOD  # the checkerboard repeats every two cells
+    left, top = tracks.cam_x[frame] - 0.5 / zoom, tracks.cam_y[frame] - 0.5 / zoom  # world point at the image corner
+    cell = CHECKER_PERIOD * zoom * size
+    labels += [f"background {clip.backgrounds[tracks.shot[frame]]}",
+               f"checker x {_bin((left / period) % 1.0, _PHASES)}", f"checker y {_bin((top / period) % 1.0, _PHASES)}",
+               f"cells {next(word for bound, word in _CELL_WORDS if cell < bound)}"]
+    return labels
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
