@@ -49,6 +49,10 @@ class TarsierConfig(PreTrainedConfig):
             Index into the vision tower's hidden states (embeddings output = 0) whose features are projected.
         vision_feature_select_strategy (`str`, defaults to `"default"`):
             `"default"` drops the CLS token (CLIP), `"full"` keeps every position (SigLIP has no CLS).
+        vision_feature_pooling (`int`, defaults to 1):
+            Average-pool the patch grid with this kernel and stride before the projector (the spatial pooling of
+            video frames in LLaVA-NeXT-Video); 1 keeps every patch, `image_size // patch_size` leaves one feature
+            per frame. A CLS feature kept by `"full"` is not pooled.
         projector_hidden_act (`str`, defaults to `"gelu"`):
             Activation between the two projector layers.
         multimodal_projector_bias (`bool`, defaults to `True`):
@@ -95,6 +99,7 @@ class TarsierConfig(PreTrainedConfig):
     use_frame_separators: bool = True
     vision_feature_layer: int = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
+    vision_feature_pooling: int = 1
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     ignore_index: int = -100
@@ -140,6 +145,12 @@ class TarsierConfig(PreTrainedConfig):
                 f"vision_config.image_size={self.vision_config.image_size} is not a multiple of "
                 f"patch_size={self.vision_config.patch_size}"
             )
+        side = self.vision_config.image_size // self.vision_config.patch_size
+        if not isinstance(self.vision_feature_pooling, int) or self.vision_feature_pooling < 1 or side % self.vision_feature_pooling:
+            raise ValueError(
+                f"vision_feature_pooling={self.vision_feature_pooling!r} must be a positive divisor of the patch grid "
+                f"side ({side})"
+            )
         vocab_size = self.text_config.vocab_size
         ids = {"image_token_id": self.image_token_id, "video_token_id": self.video_token_id}
         if self.use_frame_separators:
@@ -155,8 +166,8 @@ class TarsierConfig(PreTrainedConfig):
 
     @property
     def patch_grid(self) -> tuple[int, int]:
-        """`(rows, cols)` of patches per frame."""
-        side = self.vision_config.image_size // self.vision_config.patch_size
+        """`(rows, cols)` of patch features per frame (after `vision_feature_pooling`)."""
+        side = self.vision_config.image_size // self.vision_config.patch_size // self.vision_feature_pooling
         return side, side
 
     @property

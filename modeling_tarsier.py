@@ -125,6 +125,13 @@ class TarsierModel(TarsierPreTrainedModel):
         features = outputs.hidden_states[self.config.vision_feature_layer]
         if self.config.vision_feature_select_strategy == "default":
             features = features[:, 1:]
+        stride = self.config.vision_feature_pooling
+        if stride > 1:  # (F, [CLS +] side * side, D) -> (F, [CLS +] (side / stride) ** 2, D)
+            side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+            extra = features.shape[1] - side * side
+            grid = features[:, extra:].unflatten(1, (side, side)).permute(0, 3, 1, 2)
+            pooled = nn.functional.avg_pool2d(grid, stride).flatten(2).transpose(1, 2)
+            features = torch.cat([features[:, :extra], pooled], dim=1)
         return self.multi_modal_projector(features)
 
     def _image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.BoolTensor:

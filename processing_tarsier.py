@@ -12,7 +12,8 @@ PyAV, numpy, Pillow and torch (no torchvision, torchcodec or decord), and holds 
 
 Token layout (the contract with the model, see docs/design.md): every frame becomes
 `([<image>] * cols + [<image_newline>]) * rows + [<frame_end>]` with `use_frame_separators=True`, or
-`[<image>] * (rows * cols + num_additional_image_tokens)` otherwise, where `rows = cols = image_size // patch_size`
+`[<image>] * (rows * cols + num_additional_image_tokens)` otherwise, where
+`rows = cols = image_size // patch_size // vision_feature_pooling`
 (`num_additional_image_tokens = 1` when the model keeps CLIP's CLS feature: `vision_feature_select_strategy="full"`).
 """
 
@@ -941,6 +942,8 @@ class TarsierProcessor(ProcessorMixin):
         video_fps / max_frames: parameters of the `"fps"` policy.
         image_newline_token / frame_end_token: the tokens at the row-newline and end-of-frame embedding rows
             (a converted released checkpoint whose rows are ordinary tokens, e.g. `<0x0A>`, names those).
+        vision_feature_pooling: the model's average pooling of the patch grid (`TarsierConfig`): rows = cols =
+            `image_size // patch_size // vision_feature_pooling`.
         num_additional_image_tokens: features per frame besides the patches (1 for CLIP's CLS token when the model's
             `vision_feature_select_strategy` is `"full"`, as in transformers' LLaVA processor); needs
             `use_frame_separators=False`.
@@ -965,6 +968,7 @@ class TarsierProcessor(ProcessorMixin):
         frame_end_token: str = FRAME_END_TOKEN,
         padding_side: str = "left",
         num_additional_image_tokens: int = 0,
+        vision_feature_pooling: int = 1,
         **kwargs,
     ):
         if padding_side not in ("left", "right"):
@@ -978,6 +982,7 @@ class TarsierProcessor(ProcessorMixin):
         self.patch_size = int(patch_size)
         self.use_frame_separators = bool(use_frame_separators)
         self.num_additional_image_tokens = int(num_additional_image_tokens)
+        self.vision_feature_pooling = int(vision_feature_pooling)
         if self.num_additional_image_tokens and self.use_frame_separators:
             raise ValueError("num_additional_image_tokens (a CLS feature per frame) needs use_frame_separators=False")
         self.resize_mode = resize_mode
@@ -1054,19 +1059,19 @@ class TarsierProcessor(ProcessorMixin):
 
     @property
     def tokens_per_frame(self) -> int:
-        side = self.image_size // self.patch_size
+        side = self.image_size // self.patch_size // self.vision_feature_pooling
         return side * (side + 1) + 1 if self.use_frame_separators else side * side + self.num_additional_image_tokens
 
     def frame_token_ids(self) -> list[int]:
         """Token ids of one frame's run (`tokens_per_frame` long)."""
-        side = self.image_size // self.patch_size
+        side = self.image_size // self.patch_size // self.vision_feature_pooling
         if not self.use_frame_separators:
             return [self.image_token_id] * (side * side + self.num_additional_image_tokens)
         row = [self.image_token_id] * side + [self.image_newline_token_id]
         return row * side + [self.frame_end_token_id]
 
     def _frame_text(self) -> str:
-        side = self.image_size // self.patch_size
+        side = self.image_size // self.patch_size // self.vision_feature_pooling
         if not self.use_frame_separators:
             return self.image_token * (side * side + self.num_additional_image_tokens)
         return (self.image_token * side + self.image_newline_token) * side + self.frame_end_token

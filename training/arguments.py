@@ -75,6 +75,9 @@ class TarsierArguments:
     vision_feature_select_strategy: str | None = field(default=None, metadata={
         "help": "'default' (patch features; CLIP's CLS dropped) or 'full' (CLIP's CLS kept: one more position per "
                 "frame, needs use_frame_separators false); default: 'default' for CLIP, 'full' for SigLIP."})
+    vision_feature_pooling: int = field(default=1, metadata={
+        "help": "Average-pool the patch grid with this stride before the projector (LLaVA-NeXT-Video's pooling); "
+                "image_size // patch_size leaves one feature per frame."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Train the vision tower (paper: frozen)."})
     train_projector: bool = field(default=False, metadata={"help": "Train the projector (paper: frozen)."})
     train_llm_layers: str = field(

@@ -75,6 +75,7 @@ def build_from_parts(
     vision_feature_layer: int = -2,
     resize_mode: str = "stretch",
     vision_feature_select_strategy: str | None = None,
+    vision_feature_pooling: int = 1,
 ) -> tuple[TarsierForConditionalGeneration, TarsierProcessor]:
     """
     Assemble a Tarsier from a vision encoder, an LLM and a fresh or given projector.
@@ -88,6 +89,7 @@ def build_from_parts(
         use_frame_separators, vision_feature_layer, resize_mode: see `TarsierConfig` / `TarsierProcessor`.
         vision_feature_select_strategy: `"default"` (patches only; CLIP's CLS dropped) or `"full"` (CLIP's CLS
             feature kept as one more LM position per frame); None: "default" for CLIP, "full" for SigLIP (no CLS).
+        vision_feature_pooling: average pooling of the patch grid before the projector (see `TarsierConfig`).
 
     Returns:
         `(model, processor)`; the tokenizer holds the special tokens and the embeddings are resized to it.
@@ -107,6 +109,7 @@ def build_from_parts(
         use_frame_separators=use_frame_separators,
         resize_mode=resize_mode,
         num_additional_image_tokens=int(strategy == "full" and kind == "clip"),
+        vision_feature_pooling=vision_feature_pooling,
     )
     llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=torch.float32)
     if llm.get_input_embeddings().weight.shape[0] < len(tokenizer):
@@ -124,6 +127,7 @@ def build_from_parts(
         use_frame_separators=use_frame_separators,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=strategy,
+        vision_feature_pooling=vision_feature_pooling,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = TarsierForConditionalGeneration(config)

@@ -118,7 +118,7 @@ def camera_description(clip: ClipSpec) -> str:
 # pose. The background facts (palette, checker phase and cell size) are what camera motion and cuts change.
 _COLUMNS = ("far left", "left", "centre", "right", "far right")
 _ROWS = ("top", "upper", "middle", "lower", "bottom")
-_SIZE_WORDS = ((0.085, "small"), (0.135, "medium"), (float("inf"), "large"))  # image-space radius upper bounds
+_SIZE_WORDS = ((0.1, "small"), (0.165, "medium"), (float("inf"), "large"))  # image-space radius upper bounds
 _CELL_WORDS = ((7.8, "small"), (8.4, "medium"), (float("inf"), "large"))  # checker cell side, px at 64 px
 _PHASES = 4
 

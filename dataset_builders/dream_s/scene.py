@@ -15,14 +15,14 @@ import numpy as np
 
 from .vocab import ACTIONS, BACKGROUNDS, CAMERA_MOTIONS, COLOURS, MOVES, SHAPES, action_supported
 
-# Legibility (docs/tiny_recipe.md): at the tiny model's 64 px input a shape starts 12-16 px wide, a move crosses
+# Legibility (docs/tiny_recipe.md): at the tiny model's 64 px input a shape starts 15-19 px wide, a move crosses
 # a fifth of the frame or more, grow / shrink end at least 1.5x apart from the start, and a rotation ends in a
 # pose that no start pose has (a square becomes a diamond, a triangle points down).
 BOUNDS = (0.18, 0.82)  # where shape centres may be, so shapes stay in view under pans and zooms
 MOVE_DISTANCE = 0.3
 GROW_FACTOR, SHRINK_FACTOR = 1.5, 0.6
-START_SIZES = (0.095, 0.125)  # circle radius at the start (squares and triangles: the same area)
-MAX_SIZE, MIN_SIZE = 0.19, 0.055
+START_SIZES = (0.12, 0.15)  # circle radius at the start (squares and triangles: the same area)
+MAX_SIZE, MIN_SIZE = 0.23, 0.07
 START_TILT = 8.0  # degrees: squares start upright and triangles pointing up, within this tilt
 ROTATION_DEGREES = {"square": 45.0, "triangle": 60.0}  # half a symmetry period: the end pose is the farthest
 COLLIDE_PUSH = 0.12  # how far the hit shape slides
@@ -266,7 +266,7 @@ def _try_sample(
     for colour, kind in zip(colours, kinds):
         for _ in range(50):
             x, y = rng.uniform(0.22, 0.78, size=2)
-            if all(math.hypot(x - s.x, y - s.y) >= 0.32 for s in shapes):
+            if all(math.hypot(x - s.x, y - s.y) >= 0.36 for s in shapes):
                 break
         else:
             return None
