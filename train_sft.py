@@ -16,6 +16,7 @@ hub; `--help`) plus `--loss_head fused|plain` and `--vision_learning_rate` (trai
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -129,7 +130,11 @@ class TarsierDataArguments:
     on_too_long: str = field(
         default="skip", metadata={"help": "Samples above max_length after expansion: 'skip' (counted) or 'error'."}
     )
-    fail_fast: bool = field(default=False, metadata={"help": "Raise on the first unreadable video instead of skipping."})
+    fail_fast: bool = field(
+        default=False,
+        metadata={"help": "Stop before training when any row is bad (listing them all), and on the first unreadable "
+                  "video, instead of skipping and counting them."},
+    )
 
 
 def parse_llm_layers(value: str) -> bool | int:
@@ -185,6 +190,8 @@ def build_model(model_args: TarsierModelArguments, output_dir: str, is_main_proc
 
 
 def build_dataset(data_args: TarsierDataArguments, seed: int) -> ConversationDataset:
+    """The training mixture; every row is validated here, before training (bad rows skipped, or fatal under
+    --fail_fast)."""
     if not data_args.dataset_paths:
         raise ValueError("give at least one --dataset_paths")
     roots = data_args.video_roots or [None]
@@ -196,6 +203,7 @@ def build_dataset(data_args: TarsierDataArguments, seed: int) -> ConversationDat
     return ConversationDataset(
         specs, source_weights=parse_weights(data_args.source_weights),
         prompt_pools=load_prompt_pools(data_args.prompt_pools), resample_prompts=data_args.resample_prompts, seed=seed,
+        fail_fast=data_args.fail_fast,
     )
 
 
@@ -249,6 +257,9 @@ def main(
     )
     train_dataset = build_dataset(data_args, training_args.seed)
     os.makedirs(training_args.output_dir, exist_ok=True)
+    if train_dataset.bad_rows and training_args.process_index == 0:
+        with open(os.path.join(training_args.output_dir, "bad_rows.jsonl"), "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(asdict(row)) + "\n" for row in train_dataset.bad_rows)
     warn_if_max_length_too_short(data_args, processor, training_args.max_length)
     collator = TarsierVideoCollator(
         processor,
@@ -288,6 +299,7 @@ def main(
                       "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
                       "world_size": training_args.world_size, "train_llm_layers": model_args.train_llm_layers,
                       "train_projector": model_args.train_projector, "use_lora": model_args.use_lora,
+                      "skipped_rows": len(train_dataset.bad_rows),
                       "skipped_samples": trainer.skip_totals["skipped_samples"],
                       "skipped_too_long": trainer.skip_totals["skipped_too_long"]},
             is_adapter=model_args.use_lora,

@@ -34,6 +34,7 @@ Every row is normalised on the fly by `normalize_row` into `{"messages": [{"role
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Prompt pools per task. Pools for other tasks come from a JSON/YAML file (`--prompt_pools`), merged over these.
 DEFAULT_PROMPT_POOLS: dict[str, list[str]] = {
@@ -298,6 +301,11 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     `__getitem__` is cheap (no decoding): it returns the normalised row with absolute media paths and a prompt drawn
     from the task's pool. Frames are decoded by the collator, which runs in the DataLoader workers.
+
+    Every row is checked once when the dataset is built (`check_row`): rows that cannot train (unparsable JSON, no
+    `messages`, a message without `role`, no assistant turn, an empty answer, ...) are logged with `file:line` and
+    the reason, kept in `bad_rows` and left out of the mixture, so no bad row reaches `__getitem__` mid-run; with
+    `fail_fast=True` building raises `BadRowsError` listing them all instead.
     """
 
     def __init__(
@@ -307,28 +315,35 @@ class ConversationDataset(torch.utils.data.Dataset):
         prompt_pools: dict[str, list[str]] | None = None,
         resample_prompts: bool = False,
         seed: int = 0,
+        fail_fast: bool = False,
     ):
         if not specs:
             raise ValueError("no training dataset given")
         self.parts = []
         sources: list[str | None] = []
         self._offsets = [0]
+        self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
+        self.bad_rows: list[BadRow] = []
+        bad_flat: list[int] = []
         for spec in specs:
-            rows = load_rows(spec.path, spec.split)
-            columns = rows.column_names
+            rows, places, bad = load_rows_with_places(spec)
             default_source = Path(spec.path).stem
-            if "source" in columns:
-                part_sources = rows["source"]
-            elif "dataset" in columns:
-                part_sources = rows["dataset"]
-            else:
-                part_sources = [None] * len(rows)
-            sources.extend(s if s is not None else default_source for s in part_sources)
+            for position, raw in enumerate(rows):
+                reason = check_row(raw, spec, self.prompt_pools)
+                if reason is not None:
+                    bad.append(BadRow(places[position], reason))
+                    bad_flat.append(self._offsets[-1] + position)
+                source = raw.get("source") or raw.get("dataset")
+                sources.append(source if source is not None else default_source)
+            self.bad_rows += sorted(bad, key=lambda row: row.order)
             self.parts.append((rows, spec))
             self._offsets.append(self._offsets[-1] + len(rows))
         self.sources = sources
-        self.indices = mixture_indices(sources, source_weights or {}, seed)
-        self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
+        report_bad_rows(self.bad_rows, fail_fast)
+        indices = mixture_indices(sources, source_weights or {}, seed)
+        self.indices = indices[~np.isin(indices, bad_flat)]
+        if not len(self.indices):
+            raise ValueError(f"no trainable rows: all {len(self.bad_rows)} rows of {[s.path for s in specs]} are bad")
         self.resample_prompts = resample_prompts
         self.seed = seed
         self._draws = 0
@@ -368,3 +383,145 @@ class ConversationDataset(torch.utils.data.Dataset):
 
         table = datasets.Dataset.from_dict({"mix_index": np.arange(len(self), dtype=np.int64)})
         return table.with_transform(self._transform)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Row validation: every row is checked once, before training, so a bad row never stops a run mid-way.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BadRow:
+    """A row that cannot train: `where` is `file:line` for JSON Lines files (else `path row N`), `reason` why."""
+
+    where: str
+    reason: str
+
+    @property
+    def order(self) -> tuple[str, int]:
+        """(file, line) for sorting in file order."""
+        head, _, number = self.where.replace(" row ", ":").rpartition(":")
+        return head, int(number)
+
+
+class BadRowsError(ValueError):
+    """Raised under `fail_fast` when rows are bad; the message lists every one with its place and reason."""
+
+
+def _json_lines_files(path: Path) -> list[Path] | None:
+    """The local JSON Lines files a dataset path names (a `.jsonl` file or a folder of them), else None."""
+    if path.is_file() and path.suffix == ".jsonl":
+        return [path]
+    if path.is_dir():
+        return sorted(path.glob("*.jsonl")) or None
+    return None
+
+
+class JsonLinesRows:
+    """Rows of local JSON Lines files, kept as their JSON text in an in-memory Arrow table and parsed on access.
+
+    Unlike an Arrow table of the parsed rows, any mix of value types under one key loads (e.g. `content` a string in
+    one row and a list in another, both valid), and rows read back exactly as written (no None-filled keys).
+    """
+
+    def __init__(self, texts: list[str]):
+        import datasets
+
+        self._table = datasets.Dataset.from_dict({"json": texts})
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __getitem__(self, index: int) -> dict:
+        return json.loads(self._table[int(index)]["json"])
+
+    def __iter__(self):
+        for batch in self._table.iter(batch_size=1024):
+            yield from (json.loads(text) for text in batch["json"])
+
+
+def read_json_lines(files: Sequence[Path]) -> tuple[JsonLinesRows, list[str], list[BadRow]]:
+    """Parse JSON Lines files line by line.
+
+    Returns:
+        `(rows, places, bad)`: the rows that are JSON objects, the `file:line` of each, and a `BadRow` for every
+        line that is not (blank lines are skipped).
+
+    Raises:
+        ValueError: when the files hold no line at all (an empty file).
+    """
+    texts, places, bad = [], [], []
+    for file in files:
+        with open(file, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{file}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    bad.append(BadRow(where, f"not valid JSON ({error.msg} at column {error.colno})"))
+                    continue
+                if not isinstance(row, dict):
+                    bad.append(BadRow(where, f"a JSON {type(row).__name__}, not an object"))
+                    continue
+                texts.append(line)
+                places.append(where)
+    if not texts and not bad:
+        raise ValueError(f"{', '.join(map(str, files))}: no rows (the file is empty)")
+    return JsonLinesRows(texts), places, bad
+
+
+def load_rows_with_places(spec: DatasetSpec):
+    """`load_rows`, plus where every row comes from and the lines that could not be parsed.
+
+    Local JSON Lines files are parsed here line by line (a malformed line is a `BadRow`, not a failed load); other
+    sources go through `load_rows`.
+
+    Returns:
+        `(rows, places, bad)`: the rows (`JsonLinesRows` or a `datasets.Dataset`; both index and iterate as dicts),
+        one place string per row, and the unparsable lines.
+    """
+    files = _json_lines_files(Path(spec.path))
+    if files is None:
+        rows = load_rows(spec.path, spec.split)
+        return rows, [f"{spec.path} row {i}" for i in range(len(rows))], []
+    return read_json_lines(files)
+
+
+def _has_text(content: list[dict]) -> bool:
+    return any(item["type"] == "text" and item["text"].strip() for item in content)
+
+
+def check_row(raw: dict, spec: DatasetSpec, pools: dict[str, list[str]]) -> str | None:
+    """Why a raw row cannot train, or None when it can (it normalises and every assistant turn has text)."""
+    messages = raw.get("messages")
+    if isinstance(messages, list):
+        if not messages:
+            return "'messages' is empty"
+        for number, message in enumerate(messages):
+            # Rows read through `datasets` carry every key of the file's schema: a missing role reads as None.
+            if not isinstance(message, dict) or message.get("role") is None:
+                return f"message {number} has no 'role'"
+    try:
+        row = normalize_row(raw, spec.video_root, origin=spec.path)
+        apply_prompt_pool(row, pools, random.Random(0), resample=False)
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        return str(error).split(": ", 1)[-1] if str(error).startswith(spec.path) else str(error)
+    roles = {m["role"] for m in row["messages"]} - {"system", "user", "assistant"}
+    if roles:
+        return f"unknown role(s) {sorted(roles)} (expected system, user, assistant)"
+    empty = [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant" and not _has_text(m["content"])]
+    if empty:
+        return f"empty answer: assistant message {empty[0]} has no text"
+    return None
+
+
+def report_bad_rows(bad: Sequence[BadRow], fail_fast: bool) -> None:
+    """Log every bad row (place and reason); raise `BadRowsError` listing them all under `fail_fast`."""
+    if not bad:
+        return
+    lines = "\n".join(f"  {row.where}: {row.reason}" for row in bad)
+    if fail_fast:
+        raise BadRowsError(f"{len(bad)} bad training row(s) (--fail_fast):\n{lines}")
+    logger.warning("skipping %d bad training row(s):\n%s", len(bad), lines)
