@@ -280,16 +280,19 @@ class _DeadlineTransport(_httpx.AsyncBaseTransport):
         if errors is not None:
             errors.append(error[:500])
 
+    async def _exchange(self, request):
+        response = await self._inner.handle_async_request(request)
+        try:
+            body = b"".join([chunk async for chunk in response.stream])
+        finally:
+            await response.aclose()
+        return response, body
+
     async def handle_async_request(self, request):
         self.on_request()
         try:
-            async with asyncio.timeout(self.seconds):
-                response = await self._inner.handle_async_request(request)
-                try:
-                    body = b"".join([chunk async for chunk in response.stream])
-                finally:
-                    await response.aclose()
-        except TimeoutError:
+            response, body = await asyncio.wait_for(self._exchange(request), self.seconds)
+        except asyncio.TimeoutError:
             message = f"no complete answer within {self.seconds:g} s (total deadline of one request)"
             self._record(f"ReadTimeout: {message}")
             raise _httpx.ReadTimeout(message, request=request) from None
