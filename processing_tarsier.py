@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -316,8 +317,6 @@ class VideoReader:
 
     def _check_format(self) -> None:
         """Refuse images renamed as videos; warn on raw streams without a container (they read, without timing)."""
-        import warnings
-
         fmt = self._container.format
         suffix = Path(self.path).suffix.lower()
         if fmt.name.endswith("_pipe") or fmt.name == "image2":
@@ -406,8 +405,6 @@ class VideoReader:
             return False
         end = max(e.pos + e.size for e in entries)
         if end > os.path.getsize(self.path):
-            import warnings
-
             warnings.warn(
                 f"{self.path}: the file is truncated: its sample table lists {count} frames ending at byte {end}, "
                 f"but the file has {os.path.getsize(self.path)} bytes; reading the frames that are there",
