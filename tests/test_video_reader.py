@@ -7,6 +7,7 @@ Every generated video carries its frame number as a binary code of big blocks in
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import av
@@ -428,7 +429,10 @@ def test_every_container_codec_pair_reads_exactly(matrix_videos, suffix, codec):
             assert any(p.pts != p.dts for p in container.demux(video=0) if p.size), "no B-frames were written"
     reference = decode_order(path)
     assert codes(reference) == list(range(30))
-    with VideoReader(path) as reader:
+    # FFmpeg probes PyAV's H.263 program stream as a raw H.263 stream: read in order, with a warning naming it.
+    with pytest.warns(UserWarning, match="raw H.263") if codec == "h263p" and suffix != ".avi" else nullcontext():
+        reader = VideoReader(path)
+    with reader:
         assert reader.num_frames == 30
         for indices in ([0, 29], [5, 15, 25], [29, 0, 14, 14], [12], list(range(30))):
             np.testing.assert_array_equal(reader.get_frames(indices), reference[indices], err_msg=str(indices))
