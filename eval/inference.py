@@ -150,7 +150,9 @@ def load_model_and_processor(
             checkpoint, trust_remote_code=True, dtype=resolve_dtype(dtype, device)
         )
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root holds the model files
+        root = str(Path(__file__).resolve().parents[1])  # the repo root holds the model files
+        if root not in sys.path:
+            sys.path.insert(0, root)
         from configuration_tarsier import TarsierConfig
         from modeling_tarsier import TarsierForConditionalGeneration
         from processing_tarsier import TarsierProcessor
