@@ -107,3 +107,17 @@ def test_describe_reports_every_input_folders_named_like_videos_and_dangling_lin
     assert "gone.mp4: dangling symbolic link" in records["gone.mp4"]["error"]
     for name in ("x.mp4", "gone.mp4"):
         assert f"{folder / name}:" in result.stderr
+
+
+def test_collect_videos_keeps_entries_that_will_fail(tmp_path):
+    from tools.describe import collect_videos
+
+    folder = tmp_path / "videos"
+    (folder / "x.mp4").mkdir(parents=True)
+    (folder / "x.mp4" / "inner.mp4").write_bytes(b"x")
+    (folder / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    (folder / "notes.txt").write_text("not a video")
+    assert collect_videos([str(folder)]) == [str(folder / "gone.mp4"), str(folder / "x.mp4")]
+    # recursive: a folder named like a video is searched, not reported
+    assert collect_videos([str(folder)], recursive=True) == [str(folder / "gone.mp4"), str(folder / "x.mp4" / "inner.mp4")]
+    assert collect_videos([str(folder / "gone.mp4")]) == [str(folder / "gone.mp4")]  # named explicitly: kept too
