@@ -128,18 +128,40 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
 
 
-def load_model_and_processor(checkpoint: str | os.PathLike, dtype: str = "auto", device: str | torch.device = "cpu"):
-    """Load a Tarsier checkpoint (remote code) and its processor, ready for generation on `device`."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def load_model_and_processor(
+    checkpoint: str | os.PathLike, dtype: str = "auto", device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load a Tarsier checkpoint and its processor, ready for generation on `device`.
+
+    By default the classes of this repository (`modeling_tarsier`, `processing_tarsier`, `configuration_tarsier`)
+    load the checkpoint and none of the code files saved in it runs. `trust_remote_code=True` imports the
+    checkpoint's own code instead (transformers' remote code), which runs whatever those files contain.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     device = torch.device(device)
     checkpoint = str(checkpoint)
     if not Path(checkpoint).exists() and (checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1):
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint folder (and not a Hub id of the form org/name)")
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-    model = AutoModelForImageTextToText.from_pretrained(
-        checkpoint, trust_remote_code=True, dtype=resolve_dtype(dtype, device)
-    )
+    if trust_remote_code:
+        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+        model = AutoModelForImageTextToText.from_pretrained(
+            checkpoint, trust_remote_code=True, dtype=resolve_dtype(dtype, device)
+        )
+    else:
+        root = str(Path(__file__).resolve().parents[1])  # the repo root holds the model files
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        from configuration_tarsier import TarsierConfig
+        from modeling_tarsier import TarsierForConditionalGeneration
+        from processing_tarsier import TarsierProcessor
+
+        # The tokenizer reads config.json through AutoConfig: with model_type "tarsier" registered to our class it
+        # never looks at the checkpoint's configuration_tarsier.py.
+        AutoConfig.register("tarsier", TarsierConfig, exist_ok=True)
+        processor = TarsierProcessor.from_pretrained(checkpoint)
+        model = TarsierForConditionalGeneration.from_pretrained(checkpoint, dtype=resolve_dtype(dtype, device))
     model.to(device).eval()
     return model, processor
 
@@ -174,8 +196,13 @@ class VideoTextGenerator:
 
     def encode(self, request: VideoRequest) -> dict:
         """One request -> `input_ids (L,)`, `pixel_values (n, 3, S, S)`, `frame_indices (n,)`. Raises on bad video."""
-        if not os.path.isfile(request.video):
-            raise FileNotFoundError(f"{request.video}: no such video file")
+        video = request.video
+        if os.path.islink(video) and not os.path.exists(video):
+            raise FileNotFoundError(f"{video}: dangling symbolic link (to {os.readlink(video)}, which does not exist)")
+        if os.path.isdir(video):
+            raise IsADirectoryError(f"{video}: is a folder, not a video file")
+        if not os.path.isfile(video):
+            raise FileNotFoundError(f"{video}: no such video file")
         settings = self.settings
         sample = self.processor.load_video(
             request.video,
@@ -294,6 +321,7 @@ def run_inference(
     processor=None,
     progress: bool = True,
     state=None,
+    trust_remote_code: bool = False,
 ) -> dict[str, dict]:
     """Generate for every request not yet finished in `output`, sharded over the processes of this launch.
 
@@ -305,6 +333,7 @@ def run_inference(
         model, processor: already loaded objects (else loaded from `settings.checkpoint`).
         progress: show a tqdm bar on the main process.
         state: an accelerate `PartialState` (created when None).
+        trust_remote_code: load the checkpoint with its own code files (see `load_model_and_processor`).
 
     Returns:
         `{id: record}` for every request, read back from `output` after all processes finished: predictions,
@@ -326,7 +355,9 @@ def run_inference(
             todo.append((index, remaining))
     if todo:
         if model is None or processor is None:
-            model, processor = load_model_and_processor(settings.checkpoint, settings.dtype, state.device)
+            model, processor = load_model_and_processor(
+                settings.checkpoint, settings.dtype, state.device, trust_remote_code=trust_remote_code
+            )
         generator = VideoTextGenerator(model, processor, settings)
         bar = tqdm(
             total=sum(len(b) for _, b in todo), desc=f"generate [{state.process_index}]", unit="video",
@@ -403,6 +434,10 @@ class InferenceArguments(GenerationArguments):
     sampling: str = field(default="uniform", metadata={"help": "Frame sampling policy: uniform or fps."})
     fps: float | None = field(default=None, metadata={"help": "Rate of the fps policy."})
     max_frames: int = field(default=64, metadata={"help": "Cap of the fps policy."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the checkpoint's own code files instead of this repository's classes."},
+    )
 
     def settings(self) -> InferenceSettings:
         return InferenceSettings(
@@ -412,24 +447,29 @@ class InferenceArguments(GenerationArguments):
         )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status: 0 when at least one request has a prediction (failures are
+    counted and listed), 1 when none has."""
     from transformers import HfArgumentParser
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(args=argv)
     requests = read_requests(args.requests)
     start = time.perf_counter()
-    results = run_inference(requests, args.output, args.settings(), batch_size=args.batch_size)
-    state = get_state()
-    if state.is_main_process:
-        failed = [r for r in results.values() if "error" in r]
+    results = run_inference(
+        requests, args.output, args.settings(), batch_size=args.batch_size, trust_remote_code=args.trust_remote_code
+    )
+    failed = [r for r in results.values() if "error" in r]
+    succeeded = len(results) - len(failed)
+    if get_state().is_main_process:
         print(
-            f"{len(results) - len(failed)}/{len(requests)} predictions in {args.output} "
+            f"{succeeded}/{len(requests)} predictions in {args.output} "
             f"({len(failed)} failed, {time.perf_counter() - start:.1f}s)"
         )
         for record in failed:
             print(f"  failed: {record['error']}", file=sys.stderr)
+    return 0 if succeeded else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
