@@ -84,8 +84,8 @@ def test_a_trickling_server_cannot_hold_a_call(fault):
         assert not worker.is_alive(), f"the judge call is still waiting after {3 * timeout + 8} s"
     assert attempts * timeout <= outcome["seconds"] < 3 * timeout
     assert len(server.log) == attempts
-    assert outcome["error"].errors == [f"ReadTimeout: no complete answer within {timeout:g} s (total deadline of one "
-                                       "request)"] * attempts
+    assert outcome["error"].errors == [f"ReadTimeout: timed out: no complete answer within {timeout:g} s (total "
+                                       "deadline of one request)"] * attempts
     assert judge.stats.failed_calls == 1 and judge.stats.requests == attempts
 
 

@@ -293,7 +293,7 @@ class _DeadlineTransport(_httpx.AsyncBaseTransport):
         try:
             response, body = await asyncio.wait_for(self._exchange(request), self.seconds)
         except asyncio.TimeoutError:
-            message = f"no complete answer within {self.seconds:g} s (total deadline of one request)"
+            message = f"timed out: no complete answer within {self.seconds:g} s (total deadline of one request)"
             self._record(f"ReadTimeout: {message}")
             raise _httpx.ReadTimeout(message, request=request) from None
         except _httpx.TransportError as exc:
