@@ -299,14 +299,14 @@ def _unchanged(item):
 
 def prefetched_batches(generator: VideoTextGenerator, batches, num_workers: int):
     """Iterate `(index, requests, prepared)` in order; with `num_workers > 0` workers stay 2 batches ahead each."""
+    dataset = EncodedBatches(generator, batches)
     if num_workers == 0:
-        yield from (EncodedBatches(generator, batches)[i] for i in range(len(batches)))
+        yield from (dataset[i] for i in range(len(dataset)))
         return
-    loader = torch.utils.data.DataLoader(
-        EncodedBatches(generator, batches), batch_size=None, shuffle=False, num_workers=min(num_workers, len(batches)),
-        prefetch_factor=2, collate_fn=_unchanged,
+    yield from torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=min(num_workers, len(dataset)), prefetch_factor=2,
+        collate_fn=_unchanged,
     )
-    yield from loader
 
 
 def error_record(request: VideoRequest, error: BaseException, run: dict) -> dict:
@@ -383,7 +383,7 @@ def run_inference(
         if model is None or processor is None:
             model, processor = load_model_and_processor(settings.checkpoint, settings.dtype, state.device)
         generator = VideoTextGenerator(model, processor, settings)
-    # the plan covers all requests (finished ones too), so batch contents and seeds survive a resume
+    # while work remains the plan covers all requests (finished ones too): batch contents and seeds survive a resume
     batches = plan_batches(list(requests), batch_size, length=generator.prompt_length if pending else None)
     todo = []
     for index, batch in shard(batches, state.process_index, state.num_processes):
