@@ -11,8 +11,9 @@ tokens per frame. Both decode greedily for `--new_tokens` tokens (`min_new_token
 
 * `plain loop`: per clip, decode -> preprocess -> `generate` at batch 1 (what a user writes around the model);
 * `ours, batch 1, 0 workers`: `run_inference` without batching or workers (the reference outputs);
+* `ours, batch B, 0 workers`: batching and length sorting alone;
 * `ours, batch B, W workers`: requests sorted by prompt length, `W` DataLoader workers decoding ahead of
-  generation, results streamed to JSONL. Its predictions must equal the batch-1 ones.
+  generation, results streamed to JSONL. The batched predictions must equal the batch-1 ones.
 
 Half of the clips get a longer prompt, so batching by prompt length matters. Each configuration runs once after a
 one-clip warm-up; the table reports videos/s and the speed-up over the plain loop.
@@ -141,13 +142,15 @@ def main(argv=None) -> dict:
     plain_texts = plain_loop(llava, processor, requests, ours_length, args.new_tokens)
     plain_s = time.perf_counter() - start
     single_s, single = ours(1, 0, "ours_b1")
+    no_workers_s, no_workers = ours(args.batch_size, 0, "ours_batched_no_workers")
     batched_s, batched = ours(args.batch_size, args.workers, "ours_batched")
 
     n = len(requests)
-    identical = batched == single
+    identical = batched == single == no_workers
     rows = [
         ("plain loop, LlavaNextVideoForConditionalGeneration", plain_s),
         ("ours, batch 1, 0 workers", single_s),
+        (f"ours, batch {args.batch_size}, 0 workers, length-sorted", no_workers_s),
         (f"ours, batch {args.batch_size}, {args.workers} workers, length-sorted", batched_s),
     ]
     print(f"{n} clips, {FRAMES} frames, {min(ours_length.values())}-{max(ours_length.values())} LM positions, "
@@ -157,7 +160,8 @@ def main(argv=None) -> dict:
         print(f"| {name} | {n / seconds:.2f} | {plain_s / seconds:.2f}x |")
     print(f"batched predictions identical to batch 1: {identical} ({sum(batched[k] == single[k] for k in single)}/{n})")
     assert len(plain_texts) == n
-    result = {"videos": n, "plain_s": plain_s, "ours_b1_s": single_s, "ours_batched_s": batched_s,
+    result = {"videos": n, "plain_s": plain_s, "ours_b1_s": single_s, "ours_batched_no_workers_s": no_workers_s,
+              "ours_batched_s": batched_s,
               "speedup": plain_s / batched_s, "identical": identical,
               "positions": sorted(set(ours_length.values()))}
     if args.json:
