@@ -1,4 +1,4 @@
-"""Batch description throughput on CPU: `eval.inference.run_inference` vs a plain loop over transformers' LLaVA-NeXT-Video.
+"""Batch description throughput on CPU: `eval.inference.run_inference` vs a plain loop over LLaVA-NeXT-Video.
 
     python benchmarks/bench_describe_throughput.py                    # 32 clips, prints a Markdown table
     python benchmarks/bench_describe_throughput.py --videos 8 --json out.json

@@ -11,8 +11,8 @@ FSDP 2 (`fully_shard` per the recipe's wrap policy, full or sharded state dicts,
 `test_accelerate_leaves_fsdp_off_on_cpu_without_the_shim` fails when accelerate lifts the gate (then drop this).
 
 After accelerate's `fsdp2_prepare_model` every rank prints one `FSDP_LAYOUT {json}` line to stderr describing what was
-built (FSDP units by class, activation-checkpointed layers, sharded parameters and this rank's share of their elements), so
-tests can check the sharding itself rather than only its results.
+built (FSDP units by class, activation-checkpointed layers, sharded parameters and this rank's share of their
+elements), so tests can check the sharding itself rather than only its results.
 """
 
 from __future__ import annotations

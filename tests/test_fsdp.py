@@ -54,7 +54,8 @@ def test_accelerate_leaves_fsdp_off_on_cpu_without_the_shim(tmp_path):
             import tests.accelerate_fsdp_cpu  # noqa: F401
         from accelerate import Accelerator
         accelerator = Accelerator()
-        print(json.dumps({"type": str(accelerator.distributed_type), "plugin": getattr(accelerator.state, "fsdp_plugin", None) is not None,
+        plugin = getattr(accelerator.state, "fsdp_plugin", None)
+        print(json.dumps({"type": str(accelerator.distributed_type), "plugin": plugin is not None,
                           "fsdp2": accelerator.is_fsdp2}))
         """
     )
