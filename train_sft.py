@@ -262,6 +262,8 @@ def main(
         train_dataset=as_hf_dataset(train_dataset, training_args), eval_dataset=as_hf_dataset(eval_dataset, training_args),
     )
     trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir))
+    if trainer.is_fsdp_enabled:  # SHARDED_STATE_DICT checkpoints stay sharded; the final folder is gathered in full
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json (log history, global step) next to the final weights
 

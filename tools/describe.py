@@ -102,7 +102,7 @@ def describe(inputs: list[str], args: DescribeArguments, model=None, processor=N
     requests = [VideoRequest(id=video, video=video, prompt=args.prompt) for video in videos]
     return run_inference(
         requests, args.output, settings_from(args), batch_size=args.batch_size, model=model, processor=processor,
-        progress=not args.no_progress, trust_remote_code=args.trust_remote_code,
+        progress=not args.no_progress, num_workers=args.num_workers, trust_remote_code=args.trust_remote_code,
     )
 
 
