@@ -213,7 +213,7 @@ def test_lora_under_fsdp_with_gradient_checkpointing(tiny_tarsier, data_dir, tmp
     checkpointing: the run learns and saves a plain adapter with trained weights."""
     folder, _, _ = tiny_tarsier
     output_dir = tmp_path / "lora"
-    args = ["--model_name_or_path", str(folder), "--use_lora", "true", "--lora_r", "4", "--max_steps", "3",
+    args = ["--model_name_or_path", str(folder), "--use_peft", "true", "--lora_r", "4", "--max_steps", "3",
             "--save_strategy", "no", "--learning_rate", "1e-2", "--gradient_checkpointing", "true",
             *_common_args(data_dir, output_dir, data="good.jsonl")]
     result = _launch_fsdp(args, cwd=tmp_path)
@@ -233,7 +233,7 @@ def test_lora_under_fsdp_with_gradient_checkpointing(tiny_tarsier, data_dir, tmp
 def test_lora_with_fsdp_activation_checkpointing_is_refused(tiny_tarsier, data_dir, tmp_path):
     """peft 0.21 + accelerate's checkpoint wrappers save an adapter without tensors (measured): refused up front."""
     folder, _, _ = tiny_tarsier
-    args = ["--model_name_or_path", str(folder), "--use_lora", "true", "--max_steps", "1",
+    args = ["--model_name_or_path", str(folder), "--use_peft", "true", "--max_steps", "1",
             "--gradient_checkpointing", "false", *_common_args(data_dir, tmp_path / "lora", data="good.jsonl")]
     with pytest.raises(AssertionError, match="LoRA under FSDP with fsdp_activation_checkpointing saves an empty"):
         _launch_fsdp(args, cwd=tmp_path, launch_args=("--fsdp_activation_checkpointing", "true"))
