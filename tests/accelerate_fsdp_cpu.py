@@ -10,17 +10,19 @@ recipe would test nothing. This shim changes only that decision: every later ste
 FSDP 2 (`fully_shard` per the recipe's wrap policy, full or sharded state dicts, DCP checkpoints) over gloo.
 `test_accelerate_leaves_fsdp_off_on_cpu_without_the_shim` fails when accelerate lifts the gate (then drop this).
 
-After accelerate's `fsdp2_prepare_model` every rank prints one `FSDP_LAYOUT {json}` line to stderr describing what was
-built (FSDP units by class, activation-checkpointed layers, sharded parameters and this rank's share of their
-elements), so tests can check the sharding itself rather than only its results.
+After accelerate's `fsdp2_prepare_model` every rank writes `fsdp_layout.rank{N}.json` in the working folder describing
+what was built (FSDP units by class, activation-checkpointed layers, sharded parameters and this rank's share of
+their elements), so tests can check the sharding itself rather than only its results (one file per rank: lines
+that two ranks print to one stderr can interleave).
 """
 
 from __future__ import annotations
 
 import json
 import runpy
-from collections import Counter
 import sys
+from collections import Counter
+from pathlib import Path
 
 import accelerate.accelerator
 from accelerate.state import AcceleratorState
@@ -63,7 +65,8 @@ _fsdp2_prepare_model = accelerate.accelerator.fsdp2_prepare_model
 
 def _fsdp2_prepare_model_and_report(accelerator, model):
     model = _fsdp2_prepare_model(accelerator, model)
-    print("FSDP_LAYOUT " + json.dumps(layout(model)), file=sys.stderr, flush=True)
+    report = layout(model)
+    Path(f"fsdp_layout.rank{report['rank']}.json").write_text(json.dumps(report))
     return model
 
 

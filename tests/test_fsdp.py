@@ -28,15 +28,20 @@ SHIM = REPO / "tests" / "accelerate_fsdp_cpu.py"
 
 
 def _launch_fsdp(script_args, cwd, launch_args=()):
+    for stale in Path(cwd).glob("fsdp_layout.rank*.json"):  # a previous launch's layouts
+        stale.unlink()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_RECIPE),
            "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0", *launch_args,
            str(SHIM), str(REPO / "train_sft.py"), *script_args]
     return _run(cmd, cwd=cwd)
 
 
-def _layouts(stderr: str) -> list[dict]:
-    rows = [json.loads(line.split("FSDP_LAYOUT ", 1)[1]) for line in stderr.splitlines() if "FSDP_LAYOUT " in line]
-    return sorted(rows, key=lambda r: r["rank"])
+def _layouts(cwd) -> list[dict]:
+    """The layout every rank of the last launch in `cwd` wrote (tests/accelerate_fsdp_cpu.py)."""
+    rows = sorted((json.loads(path.read_text()) for path in Path(cwd).glob("fsdp_layout.rank*.json")),
+                  key=lambda r: r["rank"])
+    assert [r["rank"] for r in rows] == [0, 1], rows
+    return rows
 
 
 def test_accelerate_leaves_fsdp_off_on_cpu_without_the_shim(tmp_path):
@@ -79,8 +84,9 @@ def fsdp_run(tiny_tarsier, data_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("fsdp") / "full"
     args = ["--model_name_or_path", str(folder), "--max_steps", "10", "--save_steps", "5", "--learning_rate", "5e-3",
             "--warmup_steps", "0", "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir)]
-    result = _launch_fsdp(args, cwd=tmp_path_factory.mktemp("cwd"))
-    return output_dir, result
+    cwd = tmp_path_factory.mktemp("cwd")
+    _launch_fsdp(args, cwd=cwd)
+    return output_dir, _layouts(cwd)
 
 
 GENERATE = textwrap.dedent(
@@ -112,13 +118,12 @@ GENERATE = textwrap.dedent(
 @pytest.mark.slow
 def test_fsdp_run_shards_learns_and_saves_the_same_model_as_ddp(fsdp_run, distributed_run, tiny_tarsier, data_dir,
                                                                   tmp_path):
-    output_dir, result = fsdp_run
+    output_dir, layouts = fsdp_run
     ddp_dir, _ = distributed_run
     folder, _, _ = tiny_tarsier
 
     # Really sharded: every parameter is a DTensor, each rank holds about half of the elements; one FSDP unit per
     # layer of the classes fsdp.yaml lists (2 LlamaDecoderLayer + 2 CLIPEncoderLayer), the rest in outer units.
-    layouts = _layouts(result.stderr)
     assert [r["rank"] for r in layouts] == [0, 1]
     for row in layouts:
         units = row["fsdp_units"]
@@ -187,8 +192,8 @@ def test_fsdp_resumes_from_sharded_checkpoint_with_fsdp_activation_checkpointing
                 *_common_args(data_dir, output_dir, data="good.jsonl")]
 
     straight = tmp_path / "straight"
-    result = _launch_fsdp(args(straight), cwd=tmp_path, launch_args=launch)
-    assert [row["checkpointed_layers"] for row in _layouts(result.stderr)] == [4, 4]  # 2 decoder + 2 encoder layers
+    _launch_fsdp(args(straight), cwd=tmp_path, launch_args=launch)
+    assert [row["checkpointed_layers"] for row in _layouts(tmp_path)] == [4, 4]  # 2 decoder + 2 encoder layers
     checkpoint = straight / "checkpoint-2"
     for part in ("pytorch_model_fsdp_0", "optimizer_0"):
         assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
@@ -216,8 +221,8 @@ def test_lora_under_fsdp_with_gradient_checkpointing(tiny_tarsier, data_dir, tmp
     args = ["--model_name_or_path", str(folder), "--use_peft", "true", "--lora_r", "4", "--max_steps", "3",
             "--save_strategy", "no", "--learning_rate", "1e-2", "--gradient_checkpointing", "true",
             *_common_args(data_dir, output_dir, data="good.jsonl")]
-    result = _launch_fsdp(args, cwd=tmp_path)
-    for row in _layouts(result.stderr):
+    _launch_fsdp(args, cwd=tmp_path)
+    for row in _layouts(tmp_path):
         assert 0 < row["trainable_parameters"] < row["parameters"] == row["sharded_parameters"]
     losses = [e["loss"] for e in _state(output_dir)["log_history"] if "loss" in e]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
