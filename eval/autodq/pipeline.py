@@ -72,8 +72,8 @@ def build_judge(
     """A judge for `config`: `judge="openai"` (any OpenAI-compatible endpoint) or `"transformers"` (in process).
 
     An object with `chat` and `settings` (a `ChatJudge`) is returned unchanged. `cache_path=None` uses
-    `default_cache_path()`, `False` disables the cache. `timeout` (seconds per request) and `max_retries` (attempts)
-    left None take `judge_defaults` (longer and fewer for a judge on this machine).
+    `default_cache_path()`, `False` disables the cache. `timeout` (total seconds of one HTTP request) and
+    `max_retries` (attempts) left None take `judge_defaults` (longer and fewer for a judge on this machine).
     """
     if hasattr(judge, "chat") and hasattr(judge, "settings"):
         return judge
