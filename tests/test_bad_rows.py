@@ -164,7 +164,8 @@ def test_streamed_rows_are_checked_as_they_stream(rows_file, data_dir, tmp_path)
     rows = datasets.Dataset.from_list([good, {"idx": 1, "messages": [_user()]}, good]).to_iterable_dataset()
     streamed = StreamingConversationDataset([DatasetSpec(rows, str(data_dir))])
     assert len(list(streamed)) == 2
-    assert [(r.where, r.reason) for r in streamed.bad_rows] == [("IterableDataset row 1", "no assistant turn to train on")]
+    assert [(r.where, r.reason) for r in streamed.bad_rows] == [
+        ("IterableDataset row 1", "no assistant turn to train on")]
 
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match=r"empty\.jsonl: no rows \(the file is empty\)"):
