@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -247,16 +248,37 @@ def _apply_rotation(array: np.ndarray, rotation: float | int | None) -> np.ndarr
     return np.ascontiguousarray(np.rot90(array, k=turns)) if turns else array
 
 
+# Demuxer flags (libavformat/avformat.h): the format stores no timestamps (raw elementary streams), or its seek
+# targets are presentation timestamps (mp4/mov). Other demuxers (mpegts, mpeg-ps, avi, flv) seek by decode time.
+_AVFMT_NOTIMESTAMPS = 0x80
+_AVFMT_SEEK_TO_PTS = 0x4000000
+# Containers that store no presentation timestamps: the decoder's frame.pts are guesses (with B-frames they come
+# out of order), so frames are identified by their position in decode output.
+_FORMATS_WITHOUT_PTS = ("avi",)
+# What each accepted extension should hold (substrings of PyAV's `container.format.name`).
+_EXPECTED_FORMATS = {
+    ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi",
+    ".gif": "gif", ".ts": "mpegts", ".mpg": "mpeg", ".mpeg": "mpeg", ".flv": "flv",
+}
+
+
 class VideoReader:
     """Exact random access to the frames of one video file with PyAV.
 
     Opening lists every frame's presentation timestamp and the keyframes without decoding anything: from the
-    mp4/mov sample table when the stream has a constant frame rate (no file data read, so opening costs the same
-    for a 10 s and a 10 min clip), otherwise by demuxing the video stream once. `get_frames` then decodes only
-    what it needs: it seeks to a keyframe only when the next wanted frame lies in a later GOP than the decoder's
-    position, decodes forward (skipping unreferenced frames it does not return), and converts to RGB only the
-    frames it returns. Frames are identical to a full sequential decode (checked in tests/test_video_reader.py);
-    a decoded timestamp that contradicts the fast index makes the reader rebuild the index by demuxing and retry.
+    mp4/mov sample table when the stream has a constant frame rate and the file holds every sample the table
+    lists (no file data read, so opening costs the same for a 10 s and a 10 min clip), otherwise by demuxing the
+    video stream once. `get_frames` then decodes only what it needs: it seeks to a keyframe only when the next
+    wanted frame lies in a later GOP than the decoder's position (by the keyframe's decode timestamp on demuxers
+    that seek by decode time: mpegts, mpeg-ps, flv), decodes forward (skipping unreferenced frames it does not
+    return), and converts to RGB only the frames it returns.
+
+    Frames are identical to a full sequential decode, where frame `i` is the `i`-th frame the decoder outputs
+    (checked in tests/test_video_reader.py on every container/codec pair PyAV writes). When a seek cannot be
+    trusted the reader decodes sequentially instead, which is exact, just slower: on containers without
+    presentation timestamps (avi, raw elementary streams), and, from then on, whenever a seek lands somewhere the
+    index does not predict. A decoded timestamp that contradicts the sample-table index makes the reader rebuild
+    the index by demuxing first.
 
     Attributes:
         path: the file.
@@ -265,6 +287,7 @@ class VideoReader:
         fps: average frame rate (T / duration).
         rotation: display rotation (counter-clockwise degrees) applied to returned frames.
         index_source: `"sample_table"` or `"demux"`, how the frame list was built.
+        sequential: True when frames are read by decoding from the start (no seeking).
     """
 
     def __init__(self, path: str | os.PathLike, apply_rotation: bool = True, fast_index: bool = True):
@@ -286,6 +309,7 @@ class VideoReader:
 
     def _open_stream(self, fast_index: bool) -> None:
         container = self._container
+        self._check_format()
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["no"]
             raise VideoReadError(f"{self.path}: has no video stream (found {', '.join(kinds)} streams)")
@@ -294,17 +318,43 @@ class VideoReader:
             raise VideoReadError(f"{self.path}: unsupported video codec (no decoder for stream 0)")
         self._stream = stream
         self.time_base = float(stream.time_base) if stream.time_base else 1.0
-        self._seekable = container.format.name not in ("gif", "image2", "apng")
+        flags = int(container.format.flags)
+        self._raw = bool(flags & _AVFMT_NOTIMESTAMPS)
+        self._seek_by_dts = not flags & _AVFMT_SEEK_TO_PTS
+        self._seekable = container.format.name not in ("gif", "image2", "apng") and not self._raw
+        self.sequential = self._raw or container.format.name in _FORMATS_WITHOUT_PTS or not self._seekable
         self.rotation = 0
         if not (fast_index and self._index_from_sample_table()):
             self._index_by_demuxing()
 
-    def _set_index(self, pts: np.ndarray, key_pts: np.ndarray, source: str) -> None:
+    def _check_format(self) -> None:
+        """Refuse images renamed as videos; warn on raw streams without a container (they read, without timing)."""
+        fmt = self._container.format
+        suffix = Path(self.path).suffix.lower()
+        if fmt.name.endswith("_pipe") or fmt.name == "image2":
+            kind = fmt.name[: -len("_pipe")].upper() if fmt.name.endswith("_pipe") else "still"
+            raise VideoReadError(
+                f"{self.path}: is a {kind} image ({fmt.long_name or fmt.name}), not a video; name it with its image "
+                f"extension ({', '.join(sorted(IMAGE_EXTENSIONS))}) to use it as a one-frame input"
+            )
+        expected = _EXPECTED_FORMATS.get(suffix)
+        if int(fmt.flags) & _AVFMT_NOTIMESTAMPS:
+            as_named = f", not a {suffix} file" if expected and expected not in fmt.name else ""
+            warnings.warn(
+                f"{self.path}: is a {fmt.long_name or fmt.name} ({fmt.name}){as_named}: it stores no timestamps, so "
+                "frames are read in decode order at the stream's nominal frame rate",
+                stacklevel=4,
+            )
+
+    def _set_index(self, pts: np.ndarray, key_pts: np.ndarray, source: str, key_dts: np.ndarray | None = None) -> None:
         self._pts = pts
         self._key_pts = key_pts
+        # Seek target of every keyframe: its decode timestamp on demuxers that seek by decode time.
+        self._key_seek = key_dts if key_dts is not None and self._seek_by_dts else key_pts
         # A stream that starts without a keyframe (cut files) still decodes from its first packet.
         if self._key_pts[0] > self._pts[0]:
             self._key_pts = np.concatenate([[self._pts[0]], self._key_pts])
+            self._key_seek = np.concatenate([[self._pts[0]], self._key_seek])
         self.timestamps = (self._pts - self._pts[0]).astype(np.float64) * self.time_base
         self.num_frames = len(self._pts)
         duration = self.timestamps[-1] + _frame_duration(self.timestamps) if self.num_frames > 1 else 0.0
@@ -314,35 +364,64 @@ class VideoReader:
     def _index_by_demuxing(self) -> None:
         """Frame list from the packets of the video stream (reads the file once, decodes nothing)."""
         self._reopen()
-        pts_list, key_pts = [], []
+        pts_list, key_pts, key_dts, count = [], [], [], 0
         try:
             for packet in self._container.demux(self._stream):
+                # Discard-flagged packets (edit lists cutting leading frames) decode to frames nobody sees; a
+                # corrupt-flagged one is the partial last packet of a truncated file, which is not decoded.
+                if packet.size == 0 or packet.is_discard or packet.is_corrupt:
+                    continue
+                count += 1
                 pts = packet.pts if packet.pts is not None else packet.dts
-                # Discard-flagged packets (edit lists cutting leading frames) decode to frames nobody sees.
-                if pts is None or packet.size == 0 or packet.is_discard:
+                if pts is None:
                     continue
                 pts_list.append(pts)
                 if packet.is_keyframe:
                     key_pts.append(pts)
+                    key_dts.append(packet.dts if packet.dts is not None else pts)
         except av.error.FFmpegError as error:
             raise VideoReadError(f"{self.path}: corrupt or truncated video stream ({_describe(error)})") from None
-        if not pts_list:
+        if not count:
             raise VideoReadError(f"{self.path}: the video stream holds no frames (empty or truncated file)")
+        if self._raw or len(pts_list) != count:
+            # Raw elementary streams carry no (or only some) timestamps: frames at the nominal rate, in decode
+            # order, read sequentially.
+            rate = self._stream.average_rate or self._stream.guessed_rate or 25
+            self.time_base = 1.0 / float(rate)
+            self.sequential = True
+            pts = np.arange(count, dtype=np.int64)
+            self._set_index(pts, pts[:1], "demux")
+            return
         pts = np.unique(np.asarray(pts_list, dtype=np.int64))
-        self._set_index(pts, np.unique(np.asarray(key_pts or [pts[0]], dtype=np.int64)), "demux")
+        if not key_pts:
+            self._set_index(pts, pts[:1], "demux")
+            return
+        order = np.argsort(key_pts, kind="stable")
+        self._set_index(
+            pts, np.asarray(key_pts, dtype=np.int64)[order], "demux", np.asarray(key_dts, dtype=np.int64)[order]
+        )
 
     def _index_from_sample_table(self) -> bool:
         """Frame list from the mp4/mov sample table, for constant-frame-rate streams; False when not applicable.
 
         The table gives decode timestamps and keyframe flags. With evenly spaced decode timestamps the
         presentation timestamps are the same grid shifted by the reorder delay, which the first packet gives
-        (its pts - dts). Anything irregular falls back to demuxing.
+        (its pts - dts). Anything irregular falls back to demuxing, and so does a table that lists samples past
+        the end of the file (a truncated download: the frames that are there still read, with a warning).
         """
         if "mp4" not in self._container.format.name:
             return False
         entries = self._stream.index_entries
         count = len(entries)
         if count < 2:
+            return False
+        end = max(e.pos + e.size for e in entries)
+        if end > os.path.getsize(self.path):
+            warnings.warn(
+                f"{self.path}: the file is truncated: its sample table lists {count} frames ending at byte {end}, "
+                f"but the file has {os.path.getsize(self.path)} bytes; reading the frames that are there",
+                stacklevel=4,
+            )
             return False
         dts = np.fromiter((e.timestamp for e in entries), dtype=np.int64, count=count)
         keyframe = np.fromiter((e.is_keyframe for e in entries), dtype=bool, count=count)
@@ -378,11 +457,19 @@ class VideoReader:
     def __len__(self) -> int:
         return self.num_frames
 
-    def get_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    def get_frames(
+        self, indices: Sequence[int] | np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> np.ndarray:
         """Decode the frames at `indices` (any order, repeats allowed).
 
+        Args:
+            indices: frame indices in `[0, num_frames)`.
+            transform: applied once to every distinct decoded `(H, W, 3)` frame (after rotation) before repeated
+                indices are copied, e.g. a resize: memory then holds one full-size frame at a time.
+
         Returns:
-            `(len(indices), H, W, 3)` uint8 RGB frames (rotated for display when the file says so).
+            `(len(indices), H, W, 3)` uint8 RGB frames (rotated for display when the file says so), or the
+            stacked outputs of `transform`.
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if len(indices) == 0:
@@ -390,23 +477,38 @@ class VideoReader:
         if indices.min() < 0 or indices.max() >= self.num_frames:
             raise IndexError(f"{self.path}: frame index out of range [0, {self.num_frames}): {indices.tolist()}")
         wanted = np.unique(indices)
-        try:
-            decoded = self._decode_pts([int(p) for p in self._pts[wanted]])
-        except VideoReadError:
-            if self.index_source == "demux":
-                raise
-            # The sample-table index guessed a timestamp the decoder does not produce: rebuild it from the
-            # packets and retry; positions stay valid when the frame count agrees.
-            count = self.num_frames
-            self._index_by_demuxing()
-            if self.num_frames != count:
-                raise VideoReadError(
-                    f"{self.path}: the sample table lists {count} frames but the stream holds {self.num_frames}; "
-                    "open the reader again and resample"
-                ) from None
-            decoded = self._decode_pts([int(p) for p in self._pts[wanted]])
+        self._transform = transform
+        decoded = None
+        if not self.sequential:
+            try:
+                decoded = self._decode_pts([int(p) for p in self._pts[wanted]])
+            except VideoReadError:
+                if self.index_source == "sample_table":
+                    decoded = self._retry_with_demuxed_index(wanted)
+            if decoded is None:
+                # The seek did not land where the index says (demuxer quirks): a sequential decode is exact.
+                self.sequential = True
+        if decoded is None:
+            decoded = self._decode_in_order(wanted.tolist())
         by_index = dict(zip(wanted.tolist(), decoded))
         return np.stack([by_index[i] for i in indices.tolist()])
+
+    def _retry_with_demuxed_index(self, wanted: np.ndarray) -> list[np.ndarray] | None:
+        """The sample-table index guessed a timestamp the decoder does not produce: rebuild it from the packets and
+        retry; positions stay valid when the frame count agrees."""
+        count = self.num_frames
+        self._index_by_demuxing()
+        if self.num_frames != count:
+            raise VideoReadError(
+                f"{self.path}: the sample table lists {count} frames but the stream holds {self.num_frames}; "
+                "open the reader again and resample"
+            ) from None
+        if self.sequential:
+            return None
+        try:
+            return self._decode_pts([int(p) for p in self._pts[wanted]])
+        except VideoReadError:
+            return None
 
     # -- decoding -----------------------------------------------------------------------------------------------
 
@@ -415,8 +517,9 @@ class VideoReader:
         return int(self._key_pts[position]) if position >= 0 else None
 
     def _seek(self, key_pts: int) -> None:
+        target = int(self._key_seek[int(np.searchsorted(self._key_pts, key_pts))])
         try:
-            self._container.seek(key_pts, stream=self._stream, backward=True, any_frame=False)
+            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
         except av.error.FFmpegError as error:
             raise VideoReadError(f"{self.path}: seek to pts {key_pts} failed ({_describe(error)})") from None
 
@@ -446,6 +549,8 @@ class VideoReader:
         codec_context = self._stream.codec_context
         try:
             for packet in self._container.demux(self._stream):
+                if packet.is_corrupt:
+                    continue
                 skip = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
                 if codec_context.skip_frame != skip:
                     codec_context.skip_frame = skip
@@ -459,7 +564,29 @@ class VideoReader:
         if self.apply_rotation:
             self.rotation = frame.rotation or 0
             array = _apply_rotation(array, self.rotation)
-        return array
+        return self._transform(array) if self._transform is not None else array
+
+    def _decode_in_order(self, wanted: list[int]) -> list[np.ndarray]:
+        """Decode from the first frame and keep the frames at the given (sorted, unique) output positions."""
+        self._reopen()
+        out: list[np.ndarray] = []
+        position = 0
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.is_corrupt:
+                    continue
+                for frame in packet.decode():
+                    if position == wanted[len(out)]:
+                        out.append(self._to_rgb(frame))
+                        if len(out) == len(wanted):
+                            return out
+                    position += 1
+        except av.error.FFmpegError as error:
+            raise VideoReadError(f"{self.path}: corrupt or truncated video data ({_describe(error)})") from None
+        raise VideoReadError(
+            f"{self.path}: the stream ended after {position} decoded frames, before frame {wanted[len(out)]} of "
+            f"{self.num_frames}; the file is truncated or corrupt"
+        )
 
     def _decode_pts(self, wanted: list[int]) -> list[np.ndarray]:
         """Decode the frames with the given (sorted, unique) pts, seeking only across GOPs."""
@@ -713,13 +840,21 @@ def _to_uint8_frames(array: np.ndarray, source: str) -> np.ndarray:
 
 
 def _sequence_sample(
-    get: Callable[[np.ndarray], np.ndarray], total: int, source: str, sampler: Callable[[np.ndarray], np.ndarray]
+    get: Callable[[np.ndarray], np.ndarray],
+    total: int,
+    source: str,
+    sampler: Callable[[np.ndarray], np.ndarray],
+    transform: Callable[[np.ndarray], np.ndarray] | None,
 ) -> VideoSample:
     if total == 0:
         raise VideoReadError(f"{source}: holds no frames")
     timestamps = np.arange(total, dtype=np.float64) / DEFAULT_SEQUENCE_FPS
     indices = sampler(timestamps)
-    return VideoSample(get(indices), indices, timestamps[indices], total, DEFAULT_SEQUENCE_FPS, source)
+    distinct, inverse = np.unique(indices, return_inverse=True)
+    frames = get(distinct)
+    if transform is not None:
+        frames = np.stack([transform(frame) for frame in frames])
+    return VideoSample(frames[inverse], indices, timestamps[indices], total, DEFAULT_SEQUENCE_FPS, source)
 
 
 def load_video(
@@ -731,6 +866,7 @@ def load_video(
     complex_clip: bool = False,
     rng: np.random.Generator | int | None = None,
     indices: Sequence[int] | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> VideoSample:
     """Read a video source and sample frames from it.
 
@@ -742,9 +878,11 @@ def load_video(
             them), or a list of `data:image/...` URIs as frames. http(s) URLs are refused (nothing is fetched).
         num_frames, policy, fps, max_frames, complex_clip, rng: see `sample_frame_indices`.
         indices: explicit frame indices; overrides the policy.
+        transform: applied once to every distinct sampled `(H, W, 3)` frame before repeated indices are copied
+            (e.g. the processor's resize), so memory does not grow with repeats of full-size frames.
 
     Returns:
-        A `VideoSample` with `(n, H, W, 3)` uint8 frames.
+        A `VideoSample` with `(n, H, W, 3)` uint8 frames (the outputs of `transform` when given).
     """
 
     def sampler(timestamps: np.ndarray) -> np.ndarray:
@@ -778,11 +916,11 @@ def load_video(
             video = [os.path.join(source, f) for f in files]
         elif Path(source).suffix.lower() in IMAGE_EXTENSIONS:
             frame = _load_image_file(source)
-            return _sequence_sample(lambda idx: np.stack([frame] * len(idx)), 1, source, sampler)
+            return _sequence_sample(lambda idx: np.stack([frame] * len(idx)), 1, source, sampler, transform)
         else:
             with VideoReader(source) as reader:
                 chosen = sampler(reader.timestamps)
-                frames = reader.get_frames(chosen)
+                frames = reader.get_frames(chosen, transform=transform)
                 return VideoSample(
                     frames, chosen, reader.timestamps[chosen], reader.num_frames, reader.fps, source,
                     {"rotation": reader.rotation},
@@ -791,7 +929,7 @@ def load_video(
         video = video.detach().cpu().numpy()
     if isinstance(video, np.ndarray):
         array = _to_uint8_frames(video, "array")
-        return _sequence_sample(lambda idx: array[idx], len(array), f"array{tuple(array.shape)}", sampler)
+        return _sequence_sample(lambda idx: array[idx], len(array), f"array{tuple(array.shape)}", sampler, transform)
     if isinstance(video, Image.Image):
         video = [video]
     if isinstance(video, (list, tuple)):
@@ -802,17 +940,19 @@ def load_video(
             paths = [str(item) for item in items]
             return _sequence_sample(
                 lambda idx: _stack_same_size([_load_image_file(paths[i]) for i in idx], paths[0]),
-                len(paths), f"{len(paths)} frame files from {_label(paths[0])}", sampler,
+                len(paths), f"{len(paths)} frame files from {_label(paths[0])}", sampler, transform,
             )
         if all(isinstance(item, Image.Image) for item in items):
             return _sequence_sample(
                 lambda idx: _stack_same_size([np.asarray(items[i].convert("RGB")) for i in idx], "PIL frames"),
-                len(items), f"{len(items)} PIL frames", sampler,
+                len(items), f"{len(items)} PIL frames", sampler, transform,
             )
         if all(isinstance(item, np.ndarray) or hasattr(item, "detach") for item in items):
             arrays = [np.asarray(item.detach().cpu().numpy() if hasattr(item, "detach") else item) for item in items]
             array = _to_uint8_frames(np.stack(arrays), "frames list")
-            return _sequence_sample(lambda idx: array[idx], len(array), f"{len(array)} array frames", sampler)
+            return _sequence_sample(
+                lambda idx: array[idx], len(array), f"{len(array)} array frames", sampler, transform
+            )
     raise VideoReadError(f"unsupported video input of type {type(video).__name__}")
 
 
@@ -1165,9 +1305,11 @@ class TarsierProcessor(ProcessorMixin):
                     image_replacements.append(frame_text)
                     count += 1
                 else:
+                    # Resize each distinct decoded frame once, before repeats are copied (preprocess_frames then
+                    # leaves these S x S frames as they are).
                     sample = self.load_video(
                         next(video_iter), num_frames=num_frames, policy=sampling, fps=fps, max_frames=max_frames,
-                        complex_clip=complex_clip, rng=rng,
+                        complex_clip=complex_clip, rng=rng, transform=lambda frame: self.resize_frames([frame])[0],
                     )
                     frames_in_order.extend(sample.frames)
                     video_replacements.append(frame_text * len(sample.frames))

@@ -17,6 +17,7 @@ Arguments (training/arguments.py): TRL's `ScriptArguments` (dataset), `ModelConf
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -132,16 +133,31 @@ def dataset_specs(script_args: ScriptArguments, tarsier_args: TarsierArguments, 
 
 
 def build_dataset(
-    script_args: ScriptArguments, tarsier_args: TarsierArguments, seed: int, split: str | None = None
+    script_args: ScriptArguments, tarsier_args: TarsierArguments, seed: int, split: str | None = None,
+    bad_rows_log: str | None = None,
 ) -> ConversationDataset | StreamingConversationDataset:
-    """The training mixture (`split=None`: `--dataset_train_split`), streamed with `--dataset_streaming`."""
+    """The training mixture (`split=None`: `--dataset_train_split`), streamed with `--dataset_streaming`.
+
+    Every row is validated: here, before training (bad rows skipped, or fatal under --fail_fast), or, streamed, as
+    it streams past (skipped and appended to `bad_rows_log`, or fatal under --fail_fast).
+    """
     specs = dataset_specs(script_args, tarsier_args, split or script_args.dataset_train_split)
-    kind = StreamingConversationDataset if script_args.dataset_streaming else ConversationDataset
-    return kind(
-        specs, source_weights=parse_weights(tarsier_args.source_weights),
+    options = dict(
+        source_weights=parse_weights(tarsier_args.source_weights),
         prompt_pools=load_prompt_pools(tarsier_args.prompt_pools), resample_prompts=tarsier_args.resample_prompts,
-        seed=seed,
+        seed=seed, fail_fast=tarsier_args.fail_fast,
     )
+    if script_args.dataset_streaming:
+        return StreamingConversationDataset(specs, bad_rows_log=bad_rows_log, **options)
+    return ConversationDataset(specs, **options)
+
+
+def count_lines(path: str) -> int:
+    """Lines of a text file (0 when it does not exist): the bad rows recorded in `bad_rows.jsonl`."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for _ in handle)
 
 
 def check_data_arguments(script_args: ScriptArguments, training_args, tarsier_args: TarsierArguments) -> None:
@@ -216,13 +232,20 @@ def main(
     model, processor, peft_config, base_name = build_model(
         model_args, tarsier_args, training_args.output_dir, is_main_process=training_args.process_index == 0
     )
-    train_dataset = build_dataset(script_args, tarsier_args, training_args.seed)
+    bad_rows_path = os.path.join(training_args.output_dir, "bad_rows.jsonl")
+    if training_args.process_index == 0 and os.path.exists(bad_rows_path):
+        os.remove(bad_rows_path)  # a previous run's; this run's bad rows are written (or streamed) below
+    train_dataset = build_dataset(script_args, tarsier_args, training_args.seed, bad_rows_log=bad_rows_path)
     eval_dataset = None
     if training_args.eval_strategy != "no":
         eval_dataset = build_dataset(script_args, tarsier_args, training_args.seed, split=script_args.dataset_test_split)
     os.makedirs(training_args.output_dir, exist_ok=True)
     warn_if_max_length_too_short(tarsier_args, processor, training_args.max_length)
     streaming = isinstance(train_dataset, StreamingConversationDataset)
+    if train_dataset.bad_rows and training_args.process_index == 0:
+        # the bad rows found before training (a stream appends its own as they come up)
+        with open(bad_rows_path, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(asdict(row)) + "\n" for row in train_dataset.bad_rows)
     collator = TarsierVideoCollator(
         processor,
         FramePolicy(tarsier_args.frame_sampling, tarsier_args.num_frames, tarsier_args.complex_sources or (),
@@ -240,6 +263,8 @@ def main(
         train_dataset=as_hf_dataset(train_dataset, training_args), eval_dataset=as_hf_dataset(eval_dataset, training_args),
     )
     trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir))
+    if trainer.is_fsdp_enabled:  # SHARDED_STATE_DICT checkpoints stay sharded; the final folder is gathered in full
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json (log history, global step) next to the final weights
 
@@ -262,6 +287,7 @@ def main(
                       "per_device_train_batch_size": training_args.per_device_train_batch_size,
                       "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
                       "world_size": training_args.world_size, "use_peft": model_args.use_peft,
+                      "skipped_rows": count_lines(bad_rows_path),
                       "skipped_samples": trainer.skip_totals["skipped_samples"],
                       "skipped_too_long": trainer.skip_totals["skipped_too_long"]},
             is_adapter=model_args.use_peft,

@@ -9,10 +9,14 @@
 `--output` as they are produced (one JSON object per sample, see `RESULT_FIELDS`), so a killed run started again
 with the same arguments skips every finished sample and redoes only the rest.
 
-Determinism across process counts: the requests are cut into batches once, in input order, and batch `i` goes to
-process `i % num_processes` with its own seed `seed + i`. Every batch therefore holds the same samples, padded
-the same way and sampled with the same seed whatever the number of processes, so 2 processes write the same
-predictions as 1 (the file order may differ; readers key on `id`).
+Throughput: requests are ordered by prompt length (stable) before they are cut into batches, so a batch pads
+little; `num_workers` DataLoader processes decode and preprocess the next batches while the model generates the
+current one; each batch's records are appended to `--output` as soon as it finishes.
+
+Determinism across process counts: the requests are cut into batches once, and batch `i` goes to process
+`i % num_processes` with its own seed `seed + i`. Every batch therefore holds the same samples, padded the same
+way and sampled with the same seed whatever the number of processes, so 2 processes write the same predictions as
+1 (the file order may differ; readers key on `id`).
 
 Note on `accelerate launch` without a GPU: in accelerate 1.15, `--cpu --num_processes 2` starts a single process
 unless MPI is set up; `--multi_gpu --num_processes 2` starts two through torch.distributed and this module then
@@ -27,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -103,14 +107,22 @@ class VideoRequest:
     meta: dict = field(default_factory=dict)
 
 
-def plan_batches(requests: Sequence[VideoRequest], batch_size: int) -> list[list[VideoRequest]]:
-    """Cut requests into consecutive batches of `batch_size` (the last may be shorter), in input order."""
+def plan_batches(
+    requests: Sequence[VideoRequest], batch_size: int, length: Callable[[VideoRequest], int] | None = None
+) -> list[list[VideoRequest]]:
+    """Cut requests into consecutive batches of `batch_size` (the last may be shorter).
+
+    Without `length` the input order is kept; with it, requests are first sorted by `length(request)` (stable, so
+    equal lengths keep input order) and each batch holds prompts of similar length.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ids = [str(r.id) for r in requests]
     if len(set(ids)) != len(ids):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"request ids must be unique; repeated: {duplicates}")
+    if length is not None:
+        requests = sorted(requests, key=length)
     return [list(requests[i : i + batch_size]) for i in range(0, len(requests), batch_size)]
 
 
@@ -128,18 +140,40 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
 
 
-def load_model_and_processor(checkpoint: str | os.PathLike, dtype: str = "auto", device: str | torch.device = "cpu"):
-    """Load a Tarsier checkpoint (remote code) and its processor, ready for generation on `device`."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def load_model_and_processor(
+    checkpoint: str | os.PathLike, dtype: str = "auto", device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load a Tarsier checkpoint and its processor, ready for generation on `device`.
+
+    By default the classes of this repository (`modeling_tarsier`, `processing_tarsier`, `configuration_tarsier`)
+    load the checkpoint and none of the code files saved in it runs. `trust_remote_code=True` imports the
+    checkpoint's own code instead (transformers' remote code), which runs whatever those files contain.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     device = torch.device(device)
     checkpoint = str(checkpoint)
     if not Path(checkpoint).exists() and (checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1):
         raise FileNotFoundError(f"{checkpoint}: no such checkpoint folder (and not a Hub id of the form org/name)")
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-    model = AutoModelForImageTextToText.from_pretrained(
-        checkpoint, trust_remote_code=True, dtype=resolve_dtype(dtype, device)
-    )
+    if trust_remote_code:
+        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+        model = AutoModelForImageTextToText.from_pretrained(
+            checkpoint, trust_remote_code=True, dtype=resolve_dtype(dtype, device)
+        )
+    else:
+        root = str(Path(__file__).resolve().parents[1])  # the repo root holds the model files
+        if root not in sys.path:
+            sys.path.insert(0, root)
+        from configuration_tarsier import TarsierConfig
+        from modeling_tarsier import TarsierForConditionalGeneration
+        from processing_tarsier import TarsierProcessor
+
+        # The tokenizer reads config.json through AutoConfig: with model_type "tarsier" registered to our class it
+        # never looks at the checkpoint's configuration_tarsier.py.
+        AutoConfig.register("tarsier", TarsierConfig, exist_ok=True)
+        processor = TarsierProcessor.from_pretrained(checkpoint)
+        model = TarsierForConditionalGeneration.from_pretrained(checkpoint, dtype=resolve_dtype(dtype, device))
     model.to(device).eval()
     return model, processor
 
@@ -164,6 +198,13 @@ class VideoTextGenerator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def prompt_length(self, request: VideoRequest) -> int:
+        """Text tokens of the request's rendered prompt (its visual positions depend on the frames only)."""
+        text = self.processor.apply_chat_template(
+            self.conversation(request.prompt), add_generation_prompt=True, tokenize=False
+        )
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def conversation(self, prompt: str) -> list[dict]:
         text = prompt.replace(VIDEO_PLACEHOLDER, "").strip()
         messages = []
@@ -174,8 +215,13 @@ class VideoTextGenerator:
 
     def encode(self, request: VideoRequest) -> dict:
         """One request -> `input_ids (L,)`, `pixel_values (n, 3, S, S)`, `frame_indices (n,)`. Raises on bad video."""
-        if not os.path.isfile(request.video):
-            raise FileNotFoundError(f"{request.video}: no such video file")
+        video = request.video
+        if os.path.islink(video) and not os.path.exists(video):
+            raise FileNotFoundError(f"{video}: dangling symbolic link (to {os.readlink(video)}, which does not exist)")
+        if os.path.isdir(video):
+            raise IsADirectoryError(f"{video}: is a folder, not a video file")
+        if not os.path.isfile(video):
+            raise FileNotFoundError(f"{video}: no such video file")
         settings = self.settings
         sample = self.processor.load_video(
             request.video,
@@ -226,15 +272,22 @@ class VideoTextGenerator:
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def run_batch(self, requests: list[VideoRequest], seed: int) -> list[dict]:
-        """Records (predictions and per-video errors) for one batch, in request order."""
+    def encode_batch(self, requests: list[VideoRequest]) -> tuple[list[tuple[VideoRequest, dict]], dict[str, dict]]:
+        """Decode and preprocess a batch: `([(request, encoded)], {id: error record})` (DataLoader workers run this)."""
         run = self.settings.to_dict()
-        encoded, records = [], {}
+        encoded, errors = [], {}
         for request in requests:
             try:
                 encoded.append((request, self.encode(request)))
             except Exception as error:  # noqa: BLE001 - any reader failure is reported per video, with its reason
-                records[request.id] = error_record(request, error, run)
+                errors[request.id] = error_record(request, error, run)
+        return encoded, errors
+
+    def run_batch(self, requests: list[VideoRequest], seed: int, prepared=None) -> list[dict]:
+        """Records (predictions and per-video errors) for one batch, in request order; `prepared` is the result of
+        `encode_batch(requests)` when a worker already made it."""
+        run = self.settings.to_dict()
+        encoded, records = prepared if prepared is not None else self.encode_batch(requests)
         if encoded:
             texts = self.generate(self.collate([e for _, e in encoded]), seed)
             for (request, item), text in zip(encoded, texts):
@@ -249,6 +302,38 @@ class VideoTextGenerator:
                     "run": run,
                 }
         return [records[r.id] for r in requests]
+
+
+class EncodedBatches(torch.utils.data.Dataset):
+    """`(batch index, requests, encode_batch(requests))` per planned batch, for a DataLoader whose workers decode
+    and preprocess videos ahead of generation."""
+
+    def __init__(self, generator: VideoTextGenerator, batches: Sequence[tuple[int, list[VideoRequest]]]):
+        self.generator = generator
+        self.batches = list(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, position: int):
+        index, requests = self.batches[position]
+        return index, requests, self.generator.encode_batch(requests)
+
+
+def _unchanged(item):
+    return item
+
+
+def prefetched_batches(generator: VideoTextGenerator, batches, num_workers: int):
+    """Iterate `(index, requests, prepared)` in order; with `num_workers > 0` workers stay 2 batches ahead each."""
+    dataset = EncodedBatches(generator, batches)
+    if num_workers == 0:
+        yield from (dataset[i] for i in range(len(dataset)))
+        return
+    yield from torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=min(num_workers, len(dataset)), prefetch_factor=2,
+        collate_fn=_unchanged,
+    )
 
 
 def error_record(request: VideoRequest, error: BaseException, run: dict) -> dict:
@@ -294,6 +379,8 @@ def run_inference(
     processor=None,
     progress: bool = True,
     state=None,
+    trust_remote_code: bool = False,
+    num_workers: int = 2,
 ) -> dict[str, dict]:
     """Generate for every request not yet finished in `output`, sharded over the processes of this launch.
 
@@ -305,6 +392,8 @@ def run_inference(
         model, processor: already loaded objects (else loaded from `settings.checkpoint`).
         progress: show a tqdm bar on the main process.
         state: an accelerate `PartialState` (created when None).
+        trust_remote_code: load the checkpoint with its own code files (see `load_model_and_processor`).
+        num_workers: DataLoader processes decoding and preprocessing videos ahead of generation (0: in this one).
 
     Returns:
         `{id: record}` for every request, read back from `output` after all processes finished: predictions,
@@ -318,22 +407,27 @@ def run_inference(
     done = completed(read_jsonl(output))
     check_same_run(output, done, run)
 
-    batches = plan_batches(list(requests), batch_size)
+    pending = [r for r in requests if str(r.id) not in done]
+    if pending:
+        if model is None or processor is None:
+            model, processor = load_model_and_processor(
+                settings.checkpoint, settings.dtype, state.device, trust_remote_code=trust_remote_code
+            )
+        generator = VideoTextGenerator(model, processor, settings)
+    # while work remains the plan covers all requests (finished ones too): batch contents and seeds survive a resume
+    batches = plan_batches(list(requests), batch_size, length=generator.prompt_length if pending else None)
     todo = []
     for index, batch in shard(batches, state.process_index, state.num_processes):
         remaining = [r for r in batch if str(r.id) not in done]
         if remaining:
             todo.append((index, remaining))
     if todo:
-        if model is None or processor is None:
-            model, processor = load_model_and_processor(settings.checkpoint, settings.dtype, state.device)
-        generator = VideoTextGenerator(model, processor, settings)
         bar = tqdm(
             total=sum(len(b) for _, b in todo), desc=f"generate [{state.process_index}]", unit="video",
             disable=not progress or not state.is_main_process, file=sys.stderr,
         )
-        for index, batch in todo:
-            records = generator.run_batch(batch, seed=settings.generation.seed + index)
+        for index, batch, prepared in prefetched_batches(generator, todo, num_workers):
+            records = generator.run_batch(batch, seed=settings.generation.seed + index, prepared=prepared)
             append_jsonl(output, records)
             for record in records:
                 if "error" in record:
@@ -384,6 +478,9 @@ class GenerationArguments:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     num_beams: int = field(default=1, metadata={"help": "Beam search width."})
     seed: int = field(default=0, metadata={"help": "Base seed; batch i uses seed + i."})
+    num_workers: int = field(
+        default=2, metadata={"help": "DataLoader processes that decode and preprocess videos ahead of generation."}
+    )
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(
@@ -403,6 +500,10 @@ class InferenceArguments(GenerationArguments):
     sampling: str = field(default="uniform", metadata={"help": "Frame sampling policy: uniform or fps."})
     fps: float | None = field(default=None, metadata={"help": "Rate of the fps policy."})
     max_frames: int = field(default=64, metadata={"help": "Cap of the fps policy."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the checkpoint's own code files instead of this repository's classes."},
+    )
 
     def settings(self) -> InferenceSettings:
         return InferenceSettings(
@@ -412,24 +513,30 @@ class InferenceArguments(GenerationArguments):
         )
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status: 0 when at least one request has a prediction (failures are
+    counted and listed), 1 when none has."""
     from transformers import HfArgumentParser
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(args=argv)
     requests = read_requests(args.requests)
     start = time.perf_counter()
-    results = run_inference(requests, args.output, args.settings(), batch_size=args.batch_size)
-    state = get_state()
-    if state.is_main_process:
-        failed = [r for r in results.values() if "error" in r]
+    results = run_inference(
+        requests, args.output, args.settings(), batch_size=args.batch_size, num_workers=args.num_workers,
+        trust_remote_code=args.trust_remote_code,
+    )
+    failed = [r for r in results.values() if "error" in r]
+    succeeded = len(results) - len(failed)
+    if get_state().is_main_process:
         print(
-            f"{len(results) - len(failed)}/{len(requests)} predictions in {args.output} "
+            f"{succeeded}/{len(requests)} predictions in {args.output} "
             f"({len(failed)} failed, {time.perf_counter() - start:.1f}s)"
         )
         for record in failed:
             print(f"  failed: {record['error']}", file=sys.stderr)
+    return 0 if succeeded else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,8 @@ and "neutral" otherwise. Faults are taken from a script, one per request, in ord
     "garbage_answer" a well-formed completion whose text is prose, not the requested structure
     "slow"           the normal answer after `slow_seconds` (longer than the client's timeout)
     "drop"           the connection is closed without any answer
+    "drip"           200 and all headers at once, then the body one byte every `drip_seconds`
+    "drip_headers"   the status line and headers one byte every `drip_seconds` (the body never comes)
     "ok"             the normal answer
 
 `always` applies one fault to every request after the script is used up. `kill_at=(pid, n)` sends SIGKILL to
@@ -60,10 +62,15 @@ def rule_based_answer(prompt: str) -> str:
 class FaultServer:
     """Start with `with FaultServer(script=[...]) as server:`; `server.base_url` is the `/v1` URL."""
 
-    def __init__(self, script=(), always: str = "ok", slow_seconds: float = 2.0, kill_at: tuple[int, int] | None = None):
+    def __init__(
+        self, script=(), always: str = "ok", slow_seconds: float = 2.0, kill_at: tuple[int, int] | None = None,
+        drip_seconds: float = 2.0,
+    ):
         self.script = list(script)
         self.always = always
         self.slow_seconds = slow_seconds
+        self.drip_seconds = drip_seconds
+        self._stop = threading.Event()
         self.kill_at = kill_at
         self.log: list[tuple[int, str, str]] = []
         self._lock = threading.Lock()
@@ -83,6 +90,22 @@ class FaultServer:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _drip(self, fault: str):
+                """Trickle a never-ending answer until the client goes away or the server stops."""
+                text = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+                if fault == "drip":
+                    self.wfile.write(text)
+                    self.wfile.flush()
+                    text = b" " * 100000
+                try:
+                    for byte in text:
+                        if server._stop.wait(server.drip_seconds):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def do_GET(self):
                 self._send(200, json.dumps({"object": "list", "data": [{"id": "rule-judge", "object": "model"}]}).encode())
@@ -111,6 +134,8 @@ class FaultServer:
                     return self._send(200, b"<html>definitely not json")
                 if fault == "slow":
                     time.sleep(server.slow_seconds)
+                if fault in ("drip", "drip_headers"):
+                    return self._drip(fault)
                 request = json.loads(raw)
                 prompt = request["messages"][-1]["content"]
                 text = "Sure! Here is what I think about it." if fault == "garbage_answer" else rule_based_answer(prompt)
@@ -143,5 +168,6 @@ class FaultServer:
         return self
 
     def __exit__(self, *exc):
+        self._stop.set()
         self._httpd.shutdown()
         self._httpd.server_close()

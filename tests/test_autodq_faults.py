@@ -1,15 +1,18 @@
-"""AutoDQ judge under faults: a real HTTP server on 127.0.0.1 that answers 429, 500, garbage, slowly or not at
-all; retries, failure records, and a run killed with SIGKILL that resumes from the cache."""
+"""AutoDQ judge under faults: a real HTTP server on 127.0.0.1 that answers 429, 500, garbage, slowly, a byte at a
+time or not at all; retries, total deadlines, failure records, the cache key, and a run killed with SIGKILL that
+resumes from the cache."""
 
 import collections
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from eval.autodq.judge import JudgeCache, JudgeCallError, OpenAIChatJudge, RetryPolicy
+from eval.autodq.judge import JudgeCache, JudgeCallError, OpenAIChatJudge
 from eval.autodq.pipeline import run_autodq, samples_from_dream1k
 from eval.autodq.prompts import get_prompts
 from eval.autodq.scoring import get_config
@@ -18,13 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fault_server import FaultServer, rule_based_answer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FAST_RETRY = dict(base_delay=0.01, max_delay=0.05)
 
 
 def _judge(server, cache=None, attempts=4, timeout=0.5):
     return OpenAIChatJudge(
         "rule-judge", base_url=server.base_url, endpoint_kind="fault-server", timeout=timeout, cache=cache,
-        retry=RetryPolicy(max_attempts=attempts, **FAST_RETRY),
+        max_attempts=attempts,
     )
 
 
@@ -54,18 +56,58 @@ def test_client_errors_are_not_retried():
         judge = _judge(server)
         with pytest.raises(JudgeCallError) as info:
             judge.chat(get_prompts().extraction_messages("A man runs."))
-        assert len(server.log) == 1 and len(info.value.errors) == 1 and "BadRequestError" in info.value.errors[0]
+        assert len(server.log) == 1 and len(info.value.errors) == 1
+        assert info.value.errors[0].startswith("HTTP 400 Bad Request") and "unknown model" in info.value.errors[0]
     assert judge.stats.failed_calls == 1
 
 
-def test_backoff_grows_exponentially_with_jitter_and_cap():
-    policy = RetryPolicy(max_attempts=8, base_delay=1.0, max_delay=10.0)
-    for attempt, d in enumerate([1, 2, 4, 8, 10, 10]):
-        delays = [policy.delay(attempt) for _ in range(50)]
-        assert all(d / 2 <= x <= d for x in delays)
-        assert len(set(delays)) > 1  # jittered
-    assert policy.delay(0, retry_after=7.0) == 7.0  # the server's Retry-After wins, capped
-    assert policy.delay(0, retry_after=99.0) == 10.0
+@pytest.mark.parametrize("fault", ["drip", "drip_headers"])
+def test_a_trickling_server_cannot_hold_a_call(fault):
+    """Headers then one byte every 2 s (or the headers themselves that slowly): each read is within the 3 s
+    timeout, so only a total deadline per request ends it. Two attempts: about 2 x 3 s + the client's backoff."""
+    timeout, attempts = 3.0, 2
+    outcome = {}
+
+    def call():
+        start = time.monotonic()
+        try:
+            judge.chat(get_prompts().extraction_messages("A man runs."))
+        except JudgeCallError as error:
+            outcome["error"] = error
+        outcome["seconds"] = time.monotonic() - start
+
+    with FaultServer(always=fault, drip_seconds=2.0) as server:
+        judge = _judge(server, attempts=attempts, timeout=timeout)
+        worker = threading.Thread(target=call, daemon=True)
+        worker.start()
+        worker.join(3 * timeout + 8)  # the bound: attempts x timeout + one backoff (<= 8 s) + slack
+        assert not worker.is_alive(), f"the judge call is still waiting after {3 * timeout + 8} s"
+    assert attempts * timeout <= outcome["seconds"] < 3 * timeout
+    assert len(server.log) == attempts
+    assert outcome["error"].errors == [f"ReadTimeout: timed out: no complete answer within {timeout:g} s (total "
+                                       "deadline of one request)"] * attempts
+    assert judge.stats.failed_calls == 1 and judge.stats.requests == attempts
+
+
+def test_cache_key_includes_the_endpoint(tmp_path):
+    """The same model name behind another endpoint is another judge: a dead port must not answer from the cache."""
+    messages = get_prompts().extraction_messages("A man runs. A dog sits.")
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    with FaultServer() as server:
+        assert _judge(server, cache=cache).chat(messages) == rule_based_answer(messages[0]["content"])
+        with FaultServer() as stopped:
+            dead_url = stopped.base_url  # closed on exit: nothing answers there any more
+        other = OpenAIChatJudge("rule-judge", base_url=dead_url, endpoint_kind="fault-server", timeout=0.5,
+                                cache=cache, max_attempts=1)
+        with pytest.raises(JudgeCallError, match="ConnectError"):
+            other.chat(messages)
+        assert other.stats.cache_hits == 0 and len(cache) == 1
+        same = OpenAIChatJudge("rule-judge", base_url=server.base_url + "/", endpoint_kind="fault-server",
+                               cache=cache, max_attempts=1)
+        assert same.chat(messages) == rule_based_answer(messages[0]["content"]) and same.stats.cache_hits == 1
+        kind = OpenAIChatJudge("rule-judge", base_url=server.base_url, endpoint_kind="vllm", cache=cache)
+        kind.chat(messages)
+        assert kind.stats.cache_hits == 0 and len(cache) == 2
 
 
 def test_persistent_failure_is_recorded_not_dropped(dream1k_path, tmp_path):
@@ -75,7 +117,8 @@ def test_persistent_failure_is_recorded_not_dropped(dream1k_path, tmp_path):
         judge = _judge(server, cache=JudgeCache(tmp_path / "c.sqlite"), attempts=3)
         with pytest.raises(JudgeCallError) as info:
             judge.chat(get_prompts().extraction_messages("A man runs."))
-        assert len(info.value.errors) == 3 and all("InternalServerError" in e for e in info.value.errors)
+        assert len(server.log) == 3  # 1 request + the openai client's 2 retries
+        assert len(info.value.errors) == 3 and all(e.startswith("HTTP 500 Internal Server Error") for e in info.value.errors)
 
         robust = run_autodq(samples, judge, get_config("robust"), concurrency=1, bootstrap=0)
         assert robust["n_failed"] == 2 and robust["f1"] == 0.0
@@ -107,7 +150,7 @@ def test_unparsable_answer_is_asked_again_with_another_seed(tmp_path):
 _CLIENT = """
 import json, sys
 sys.path.insert(0, {repo!r})
-from eval.autodq.judge import OpenAIChatJudge, RetryPolicy
+from eval.autodq.judge import OpenAIChatJudge
 from eval.autodq.pipeline import run_autodq, samples_from_dream1k
 from eval.autodq.scoring import get_config
 base_url, cache, out, n, concurrency = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
@@ -115,7 +158,7 @@ with open({dream!r}) as f:
     records = [json.loads(next(f)) for _ in range(n)]
 predictions = [r["text"]["response"].split(".")[0] + ". A dog barks at the camera." for r in records]
 judge = OpenAIChatJudge("rule-judge", base_url=base_url, endpoint_kind="fault-server", timeout=5, cache=cache,
-                        retry=RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.05))
+                        max_attempts=3)
 sys.stdin.readline()  # wait until the test is ready to kill us
 result = run_autodq(samples_from_dream1k(records, predictions), judge, get_config("robust"),
                     concurrency=concurrency, bootstrap=200)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.autodq.judge import ChatJudge, JudgeCache, JudgeSettings, RetryPolicy
+from eval.autodq.judge import ChatJudge, JudgeCache, JudgeSettings
 from eval.autodq.pipeline import make_samples, run_autodq
 from eval.autodq.scoring import get_config
 
@@ -90,7 +90,7 @@ class FixedAnswerJudge(ChatJudge):
 
     def __init__(self, cache=None, seed=1234, temperature=0.0, max_tokens=1024, broken=(), seed_flips=None):
         settings = JudgeSettings("gpt-3.5-turbo-0125", "test", temperature, seed, max_tokens)
-        super().__init__(settings, cache, RetryPolicy(max_attempts=1))
+        super().__init__(settings, cache, max_attempts=1)
         self.broken = {_norm(b) for b in broken}
         self.seed_flips = {(_norm(k[0]), k[1]): v for k, v in (seed_flips or {}).items()}
         self.prompts_seen = []
@@ -258,9 +258,9 @@ with FaultServer() as server:
         out[where] = {{"name": metric.name, "f1": r["f1"], "recall": r["recall"], "judge": r["judge"],
                       "preset": r["preset"], "module": type(metric).__module__}}
     # a judge object built from the package (not from evaluate's copy) whose calls keep failing
-    from eval.autodq.judge import OpenAIChatJudge, RetryPolicy
+    from eval.autodq.judge import OpenAIChatJudge
 with FaultServer(always="500") as server:
-    judge = OpenAIChatJudge("rule-judge", base_url=server.base_url, retry=RetryPolicy(2, 0.01, 0.02))
+    judge = OpenAIChatJudge("rule-judge", base_url=server.base_url, max_attempts=2)
     r = metric.compute(predictions=["A man runs."], references=["A man runs."], judge=judge, bootstrap=0)
     out["package_judge"] = {{"n_failed": r["n_failed"], "error": r["failed"][0]["error"], "f1": r["f1"]}}
 print(json.dumps(out))

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from eval.autodq.judge import OpenAIChatJudge, RetryPolicy
+from eval.autodq.judge import OpenAIChatJudge
 from eval.autodq.parsing import (
     ParseError,
     parse_entailment,
@@ -193,7 +193,7 @@ def run(server, preset: str) -> dict:
     config = get_config(preset)
     judge = OpenAIChatJudge("gpt-35-turbo-0125", base_url=server.base_url, endpoint_kind="replay",
                             temperature=config.temperature, seed=config.seed, max_tokens=config.max_tokens,
-                            timeout=10, retry=RetryPolicy(max_attempts=1))
+                            timeout=10, max_attempts=1)
     predictions, references, events, categories = (list(c) for c in zip(*SAMPLES))
     samples = make_samples(predictions, references, events, categories)
     return run_autodq(samples, judge, config, concurrency=1, bootstrap=0)

@@ -65,15 +65,18 @@ def test_combine_cider_and_autodq_with_judge_settings_given_at_load_time(elsewhe
 
 
 def test_progress_bar_and_defaults_scaled_for_a_local_judge(capsys):
+    import openai
+
     from eval.autodq.pipeline import build_judge, run_autodq
     from eval.autodq.scoring import Sample, get_config
 
     config = get_config("robust")
     hosted = build_judge("openai", config, base_url="https://api.example.invalid/v1", api_key="x", cache_path=False)
-    assert (hosted.client.timeout, hosted.retry.max_attempts) == (60.0, 6)
+    # one total deadline per HTTP request and the attempts, through the openai client's own retries
+    assert (hosted.client.timeout, hosted.max_attempts, hosted.client.max_retries) == (openai.Timeout(60.0), 6, 5)
     with FaultServer() as server:
         local = build_judge("openai", config, base_url=server.base_url, judge_model="rule-judge", cache_path=False)
-        assert (local.client.timeout, local.retry.max_attempts) == (600.0, 2)
+        assert (local.client.timeout, local.max_attempts, local.client.max_retries) == (openai.Timeout(600.0), 2, 1)
         samples = [Sample(i, p, r) for i, (p, r) in enumerate(zip(PREDICTIONS, REFERENCES))]
         result = run_autodq(samples, local, config, bootstrap=0)
     assert result["concurrency"] == 1 and result["n_failed"] == 0
@@ -83,14 +86,14 @@ def test_progress_bar_and_defaults_scaled_for_a_local_judge(capsys):
 
 def test_fails_fast_with_advice_when_the_first_calls_time_out():
     """A judge slower than its timeout: stop after the first wave instead of failing all 40 samples."""
-    from eval.autodq.judge import OpenAIChatJudge, RetryPolicy
+    from eval.autodq.judge import OpenAIChatJudge
     from eval.autodq.pipeline import JudgeTimeoutError, run_autodq
     from eval.autodq.scoring import Sample, get_config
 
     samples = [Sample(i, f"A man opens door {i}.", f"A man closes door {i}.") for i in range(40)]
     with FaultServer(always="slow", slow_seconds=3.0) as server:
         judge = OpenAIChatJudge("rule-judge", base_url=server.base_url, endpoint_kind="fault-server", timeout=0.3,
-                                retry=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02))
+                                max_attempts=2)
         start = time.monotonic()
         with pytest.raises(JudgeTimeoutError, match=r"first 2 sample\(s\) all failed.*timed out.*timeout=1200"):
             run_autodq(samples, judge, get_config("robust"), concurrency=2, bootstrap=0, progress=False)
@@ -103,7 +106,7 @@ def test_fails_fast_with_advice_when_the_first_calls_time_out():
     samples = samples[:2]
     with FaultServer(always="slow", slow_seconds=3.0) as server:
         judge = OpenAIChatJudge("rule-judge", base_url=server.base_url, endpoint_kind="fault-server", timeout=0.3,
-                                retry=RetryPolicy(max_attempts=1))
+                                max_attempts=1)
         result = run_autodq(samples, judge, get_config("robust"), concurrency=2, bootstrap=0, progress=False,
                             fail_fast=False)
     assert result["n_failed"] == 2 and all("timed out" in f["error"].lower() for f in result["failed"])

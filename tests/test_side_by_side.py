@@ -487,3 +487,125 @@ def test_browser_with_assigned_shares_posts_session_indices(workdir, tmp_path, b
     saved = [json.loads(line) for line in (out / "labels" / "y.jsonl").read_text().splitlines()]
     assert [(r["pair"], r["winner"]) for r in saved] == [(0, "model_1"), (2, "model_2"), (4, "same")]
     assert [r["id"] for r in saved] == [session.pairs[i].id for i in (0, 2, 4)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile input: paths outside --videos, huge / slow / never-ending bodies, absurd Range headers, nested JSON, NaN
+# ---------------------------------------------------------------------------------------------------------------
+def test_videos_outside_the_video_folder_are_refused(workdir, tmp_path):
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(Path(workdir["videos"] / "clip0.mp4").read_bytes())
+    (workdir["videos"] / "link_out.mp4").unlink(missing_ok=True)
+    (workdir["videos"] / "link_out.mp4").symlink_to(outside)
+    for name, video in (("absolute", "/etc/passwd"), ("dotdot", f"../../{tmp_path.name}/outside.mp4"),
+                        ("symlink", "link_out.mp4")):
+        records = [{"id": "0", "video": video, "prediction": "a"}]
+        first = _write_jsonl(tmp_path / f"{name}_1.jsonl", records)
+        second = _write_jsonl(tmp_path / f"{name}_2.jsonl", [{"id": "0", "prediction": "b"}])
+        with pytest.raises(ResultsError, match="is outside the video folder"):
+            sample_session(first, second, workdir["videos"], 0)
+    (workdir["videos"] / "link_out.mp4").unlink()
+
+
+def test_server_refuses_a_session_file_pointing_outside_the_video_folder(workdir, tmp_path):
+    out = tmp_path / "run"
+    open_session(out, workdir["first"], workdir["second"], workdir["videos"], 2, seed=0)
+    data = json.loads((out / "session.json").read_text())
+    data["pairs"][0]["video"] = "/etc/passwd"  # an edited (or old) session file
+    (out / "session.json").write_text(json.dumps(data))
+    server = AnnotationServer(load_session(out), out, port=0, frames=2)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        status, _, body = _request(server.url + "video/0")
+        assert status == 403 and b"root:" not in body
+        assert _request(server.url + "frames/0/0.jpg")[0] == 403
+        assert _request(server.url + "video/1")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture()
+def strict_server(workdir, tmp_path):
+    out = tmp_path / "run"
+    session = open_session(out, workdir["first"], workdir["second"], workdir["videos"], 4, seed=0)
+    server = AnnotationServer(session, out, port=0, frames=2, request_timeout=1.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, out
+    server.shutdown()
+    server.server_close()
+
+
+def _raw(server, head: bytes, body: bytes = b"", drip: float | None = None, wait: float = 5.0) -> tuple[bytes, float]:
+    """Send raw bytes (the body one byte every `drip` s when given); returns (the answer, seconds until it)."""
+    import socket
+    import time
+
+    start = time.monotonic()
+    with socket.create_connection(server.server_address, timeout=wait) as sock:
+        sock.sendall(head)
+        try:
+            if drip is None:
+                sock.sendall(body)
+            else:
+                for byte in body:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(drip)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server already answered and closed
+        answer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+            if b"\r\n\r\n" in answer and b'"error"' in answer:
+                break
+    return answer, time.monotonic() - start
+
+
+def _post_head(length: int | None) -> bytes:
+    lines = [b"POST /api/label HTTP/1.1", b"Host: 127.0.0.1", b"Content-Type: application/json"]
+    if length is not None:
+        lines.append(b"Content-Length: %d" % length)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def test_label_bodies_are_capped_and_must_arrive_in_time(strict_server):
+    server, out = strict_server
+    answer, seconds = _raw(server, _post_head(300_000_000), b"x" * 1000)
+    assert answer.startswith(b"HTTP/1.1 413") and seconds < 2
+    answer, seconds = _raw(server, _post_head(100), b'{"annotator": ')  # the rest never comes
+    assert answer.startswith(b"HTTP/1.1 408") and seconds < 3
+    body = json.dumps({"annotator": "carol", "pair": 0, "label": "A"}).encode()
+    answer, seconds = _raw(server, _post_head(len(body)), body, drip=0.3)  # 0.3 s per byte: each read is quick
+    assert answer.startswith(b"HTTP/1.1 408") and seconds < 4
+    assert _raw(server, _post_head(None), body)[0].startswith(b"HTTP/1.1 411")
+    assert not (out / "labels" / "carol.jsonl").exists()
+    assert _request(server.url + "api/session?annotator=carol")[0] == 200  # still serving
+
+
+def test_absurd_range_headers_and_nested_json_get_an_answer(strict_server):
+    server, out = strict_server
+    size = len(Path(server.session.pairs[0].video).read_bytes())
+    status, headers, _ = _request(server.url + "video/0", headers={"Range": "bytes=" + "9" * 5000 + "-"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{size}"
+    status, _, body = _request(server.url + "video/0", headers={"Range": "bytes=0-" + "9" * 5000})
+    assert status == 206 and len(body) == size
+    status, _, body = _request(server.url + "video/0", headers={"Range": "bytes=-" + "9" * 5000})
+    assert status == 206 and len(body) == size
+    assert _request(server.url + "video/" + "1" * 5000)[0] == 404
+    nested = b"[" * 20_000 + b"]" * 20_000  # within the body cap, far beyond any parser's recursion limit
+    status, _, body = _request(server.url + "api/label", nested, {"Content-Type": "application/json"}, "POST")
+    assert status == 400 and b"nested too deeply" in body
+
+
+@pytest.mark.parametrize("elapsed", ["NaN", "Infinity", "-Infinity", "1e400", '"fast"', "true"])
+def test_only_finite_numbers_are_stored(strict_server, elapsed):
+    server, out = strict_server
+    body = b'{"annotator": "carol", "pair": 0, "label": "A", "elapsed_s": ' + elapsed.encode() + b"}"
+    status, _, answer = _request(server.url + "api/label", body, {"Content-Type": "application/json"}, "POST")
+    assert status == 400, answer
+    assert not (out / "labels" / "carol.jsonl").exists()
+    with pytest.raises(LabelError, match="finite number"):
+        server.store.add("carol", 0, "A", float("nan"))

@@ -7,6 +7,7 @@ Every generated video carries its frame number as a binary code of big blocks in
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import av
@@ -368,3 +369,150 @@ def test_writer_honours_gop_bframes_and_rotation(tmp_path):
         assert next(container.decode(video=0)).rotation == -90  # counter-clockwise -90 = 90 clockwise
     with pytest.raises(ValueError, match="multiple of 90"):
         write_video(tmp_path / "bad.mp4", frames[:2], rotation=45)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Every container/codec pair PyAV writes here, with and without B-frames: exact frames, never "corrupt".
+# The list is every pair that PyAV 18.1 (FFmpeg 8) on this machine writes into each accepted extension; a pair
+# that stops being writable fails the test instead of vanishing from it.
+# ------------------------------------------------------------------------------------------------------------
+
+_BFRAME_CODECS = ["libx264:0", "libx264:2", "mpeg4:0", "mpeg4:2", "mpeg2video:0", "mpeg2video:2", "mpeg1video:0",
+                  "mpeg1video:2"]
+_HEVC = ["libx265:0", "libx265:2"]
+CONTAINER_CODECS = {
+    ".mp4": _BFRAME_CODECS + _HEVC + ["libvpx-vp9", "libsvtav1", "mjpeg", "ffv1", "png"],
+    ".m4v": ["libx264:0", "libx264:2", "mpeg4:0", "mpeg4:2"],
+    ".mov": _BFRAME_CODECS + _HEVC + ["mjpeg", "gif", "prores", "png", "msmpeg4", "qtrle"],
+    ".mkv": _BFRAME_CODECS + _HEVC + ["libvpx", "libvpx-vp9", "libsvtav1", "mjpeg", "ffv1", "prores", "msmpeg4",
+                                      "rawvideo"],
+    ".webm": ["libvpx", "libvpx-vp9", "libsvtav1"],
+    ".avi": _BFRAME_CODECS + ["libvpx", "libvpx-vp9", "libsvtav1", "mjpeg", "ffv1", "flv", "h263p", "huffyuv",
+                              "png", "msmpeg4", "wmv2", "utvideo", "rawvideo"],
+    ".ts": _BFRAME_CODECS + _HEVC,
+    ".mpg": _BFRAME_CODECS + _HEVC + ["h263p"],
+    ".mpeg": _BFRAME_CODECS + _HEVC + ["h263p"],
+    ".flv": ["libx264:0", "libx264:2"] + _HEVC + ["libvpx-vp9", "libsvtav1", "flv"],
+    ".gif": ["gif"],
+}
+_PIX_FMT = {"gif": "rgb8", "mjpeg": "yuvj420p", "prores": "yuv422p10le", "huffyuv": "yuv422p", "png": "rgb24",
+            "qtrle": "rgb24"}
+MATRIX = [(suffix, codec) for suffix, codecs in CONTAINER_CODECS.items() for codec in codecs]
+
+
+@pytest.fixture(scope="module")
+def matrix_videos(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    folder = tmp_path_factory.mktemp("matrix")
+    frames = coded_frames(30, 64, 64)
+    out = {}
+    for suffix, entry in MATRIX:
+        codec, _, bframes = entry.partition(":")
+        path = folder / f"{codec}_{bframes or 'x'}{suffix}"
+        write_video(path, frames, codec=codec, gop_size=None if codec == "gif" else 10,
+                    max_b_frames=int(bframes) if bframes else None, pix_fmt=_PIX_FMT.get(codec))
+        out[suffix, entry] = path
+    return out
+
+
+def decode_order(path) -> np.ndarray:
+    """Reference: every frame in the order the decoder outputs it, front to back, no seeking."""
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix,codec", MATRIX, ids=[f"{s[1:]}-{c}" for s, c in MATRIX])
+def test_every_container_codec_pair_reads_exactly(matrix_videos, suffix, codec):
+    path = matrix_videos[suffix, codec]
+    if codec.endswith(":2") and suffix != ".avi":  # avi stores no presentation timestamps to compare
+        with av.open(str(path)) as container:
+            assert any(p.pts != p.dts for p in container.demux(video=0) if p.size), "no B-frames were written"
+    reference = decode_order(path)
+    assert codes(reference) == list(range(30))
+    # FFmpeg probes PyAV's H.263 program stream as a raw H.263 stream: read in order, with a warning naming it.
+    with pytest.warns(UserWarning, match="raw H.263") if codec == "h263p" and suffix != ".avi" else nullcontext():
+        reader = VideoReader(path)
+    with reader:
+        assert reader.num_frames == 30
+        for indices in ([0, 29], [5, 15, 25], [29, 0, 14, 14], [12], list(range(30))):
+            np.testing.assert_array_equal(reader.get_frames(indices), reference[indices], err_msg=str(indices))
+
+
+def _moov_first_mp4(path: Path, frames) -> bytes:
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = path.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")
+    return data
+
+
+def test_truncated_moov_first_mp4_reads_what_is_there_with_a_warning(tmp_path):
+    rng = np.random.default_rng(0)  # noise keeps packets of similar size, so half the bytes hold ~half the frames
+    frames = [np.clip(f.astype(int) + rng.integers(-30, 30, f.shape), 0, 255).astype(np.uint8)
+              for f in coded_frames(60, 96, 128)]
+    data = _moov_first_mp4(tmp_path / "whole.mp4", frames)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match=r"cut\.mp4: the file is truncated: its sample table lists 60 frames"):
+        reader = VideoReader(cut)
+    with reader:
+        assert 20 <= reader.num_frames < 60
+        assert codes(reader.get_frames(np.arange(reader.num_frames))) == list(range(reader.num_frames))
+    with pytest.warns(UserWarning, match="truncated"):
+        sample = load_video(cut, num_frames=8)
+    assert codes(sample.frames) == sample.indices.tolist() and sample.indices[-1] == reader.num_frames - 1
+
+
+def test_image_renamed_as_video_is_named(tmp_path):
+    path = tmp_path / "still.mp4"
+    Image.fromarray(coded_frames(1, HEIGHT, WIDTH)[0]).save(path, format="PNG")
+    with pytest.raises(VideoReadError, match=r"still\.mp4: is a PNG image .*not a video"):
+        load_video(path)
+
+
+def test_raw_h264_stream_named_mp4_reads_in_order_with_a_warning(tmp_path):
+    path = tmp_path / "raw.mp4"
+    with av.open(str(path), "w", format="h264") as container:  # an elementary stream: no container, no timestamps
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.codec_context.max_b_frames = 2
+        for frame in coded_frames(30, HEIGHT, WIDTH):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with pytest.warns(UserWarning, match=r"raw\.mp4: is a raw H\.264 .*not a \.mp4 file"):
+        sample = load_video(path, num_frames=8)
+    assert sample.total_frames == 30 and codes(sample.frames) == sample.indices.tolist()
+
+
+def test_repeated_frames_are_resized_once_not_copied_at_full_size(tmp_path, smollm2_dir):
+    """A 2-frame 1024x1024 clip sampled to 32 frames: beyond what the same call costs on a 64x64 clip (the
+    image processor's float work on 32 S x S frames), peak numpy memory stays near the two full-size frames."""
+    import tracemalloc
+
+    from transformers import AutoTokenizer
+
+    from processing_tarsier import TarsierProcessor
+
+    processor = TarsierProcessor.from_parts(AutoTokenizer.from_pretrained(smollm2_dir), "clip", num_frames=32)
+
+    def peak_bytes(side: int) -> int:
+        path = write_video(tmp_path / f"clip{side}.mp4", coded_frames(2, side, side), gop_size=1)
+        tracemalloc.start()
+        try:
+            out = processor(text="<video>\nDescribe.", videos=[path])
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert out["pixel_values"].shape == (32, 3, 336, 336)
+
+    full = 1024 * 1024 * 3
+    extra = peak_bytes(1024) - peak_bytes(64)
+    assert extra < 4 * full, f"{extra / full:.1f} full-size frames held for 2 distinct frames"

@@ -40,21 +40,30 @@ class DescribeArguments(GenerationArguments):
     prompt: str = field(default=DEFAULT_DESCRIPTION_PROMPT, metadata={"help": "Instruction given with every video."})
     recursive: bool = field(default=False, metadata={"help": "Look into sub-folders of folder inputs."})
     no_progress: bool = field(default=False, metadata={"help": "Hide the progress bar."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the checkpoint's own code files instead of this repository's classes."},
+    )
 
 
 def collect_videos(inputs: list[str], recursive: bool = False) -> list[str]:
     """Video paths from files, folders and `.txt` lists, in the given order, without duplicates.
 
-    A folder contributes its files with a video extension (sorted); a list contributes every non-empty,
-    non-comment line. Missing inputs raise `FileNotFoundError`; files named in lists are checked later, per
-    video, so one bad entry does not stop the batch.
+    A folder contributes every entry with a video extension (sorted), whatever it is: a dangling symbolic link or
+    a sub-folder named like a video is kept, so it shows up in the output with its error instead of vanishing
+    (with `recursive`, sub-folders are searched instead). A list contributes every non-empty, non-comment line.
+    Missing inputs raise `FileNotFoundError`; entries are checked later, per video, so one bad entry does not stop
+    the batch.
     """
     paths: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+            found = sorted(
+                p for p in path.glob(pattern)
+                if p.suffix.lower() in VIDEO_EXTENSIONS and not (recursive and p.is_dir())
+            )
             if not found:
                 logging.getLogger(__name__).warning("%s: folder holds no video files", path)
             paths += [str(p) for p in found]
@@ -64,7 +73,7 @@ def collect_videos(inputs: list[str], recursive: bool = False) -> list[str]:
                 if line and not line.startswith("#"):
                     entry = Path(line)
                     paths.append(str(entry if entry.is_absolute() else path.parent / entry))
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             paths.append(str(path))
         else:
             raise FileNotFoundError(f"{item}: no such video file, folder or list")
@@ -93,7 +102,7 @@ def describe(inputs: list[str], args: DescribeArguments, model=None, processor=N
     requests = [VideoRequest(id=video, video=video, prompt=args.prompt) for video in videos]
     return run_inference(
         requests, args.output, settings_from(args), batch_size=args.batch_size, model=model, processor=processor,
-        progress=not args.no_progress,
+        progress=not args.no_progress, num_workers=args.num_workers, trust_remote_code=args.trust_remote_code,
     )
 
 

@@ -126,7 +126,11 @@ class TarsierArguments:
     on_too_long: str = field(
         default="skip", metadata={"help": "Samples above max_length after expansion: 'skip' (counted) or 'error'."}
     )
-    fail_fast: bool = field(default=False, metadata={"help": "Raise on the first unreadable video instead of skipping."})
+    fail_fast: bool = field(
+        default=False,
+        metadata={"help": "Stop before training when any row is bad (listing them all; a streamed dataset stops at "
+                  "its first bad row), and on the first unreadable video, instead of skipping and counting them."},
+    )
 
 
 def refused_help(option: str) -> str:

@@ -49,15 +49,18 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Prompt pools per task. Pools for other tasks come from a JSON/YAML file (`--prompt_pools`), merged over these.
 DEFAULT_PROMPT_POOLS: dict[str, list[str]] = {
@@ -323,8 +326,8 @@ def normalize_row(row: dict, video_root: str | None, origin: str = "dataset") ->
         if row["text"].get("response") is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": row["text"]["response"]}]})
     else:
-        raise ValueError(f"{where}: not a known layout (messages, conversations, DREAM-1K text.prompt, ShareGPT4Video "
-                         f"captions, WebVid videoid/name; see recipes/README.md); keys: {sorted(row)}")
+        raise ValueError(f"{where}: not a known layout (no 'messages', 'conversations', DREAM-1K text.prompt, "
+                         f"ShareGPT4Video captions or WebVid videoid/name; see recipes/README.md); keys: {sorted(row)}")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{where}: no assistant turn to train on")
     return {
@@ -495,10 +498,181 @@ class DatasetSpec:
         info = getattr(self.path, "info", None)
         return getattr(info, "dataset_name", None) or type(self.path).__name__
 
+    @property
+    def place(self) -> str:
+        """Where the rows are, for the places of bad rows: the path or Hub id as given, else the object's label."""
+        return str(self.path) if isinstance(self.path, (str, os.PathLike)) else self.label
+
 
 def default_source(columns, spec: DatasetSpec) -> str:
     """The source of rows that name none: the layout's dataset (WebVid, ShareGPT4Video), else the dataset's label."""
     return LAYOUT_SOURCES.get(detect_layout(columns), spec.label)
+
+
+def row_source(raw: dict, spec: DatasetSpec) -> str:
+    """The source of a raw row (`source`, `dataset` or `data_source`), else `default_source`."""
+    named = next((raw[key] for key in ("source", "dataset", "data_source") if raw.get(key) is not None), None)
+    return named if named is not None else default_source(raw, spec)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Row validation: every row is checked before it can train, so a bad row never stops a run mid-way.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BadRow:
+    """A row that cannot train: `where` is `file:line` for JSON Lines files, else `dataset row N` (a file, Hub id
+    or in-memory dataset and the row's position in it); `reason` says why."""
+
+    where: str
+    reason: str
+
+    @property
+    def order(self) -> tuple[str, int]:
+        """(file, line) for sorting in file order."""
+        head, _, number = self.where.replace(" row ", ":").rpartition(":")
+        return head, int(number)
+
+
+class BadRowsError(ValueError):
+    """Raised under `fail_fast` when rows are bad; the message lists every one with its place and reason."""
+
+
+def _json_lines_files(spec: DatasetSpec) -> list[Path] | None:
+    """The local JSON Lines files a dataset names (a `.jsonl` file or a folder of them), else None."""
+    if not isinstance(spec.path, (str, os.PathLike)):
+        return None
+    path = Path(spec.path)
+    if path.is_file() and path.suffix == ".jsonl":
+        return [path]
+    if path.is_dir() and not (path / "dataset_dict.json").is_file() and not (path / "state.json").is_file():
+        return sorted(path.glob("*.jsonl")) or None
+    return None
+
+
+def iter_json_lines(files: Sequence[Path]):
+    """Read JSON Lines files lazily, line by line (blank lines skipped).
+
+    Yields:
+        `(place, row, reason)`: `place` is `file:line`; `row` the JSON object and `reason` None, or `row` None and
+        `reason` why the line is not a JSON object.
+    """
+    for file in files:
+        with open(file, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                where = f"{file}:{number}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    yield where, None, f"not valid JSON ({error.msg} at column {error.colno})"
+                    continue
+                if not isinstance(row, dict):
+                    yield where, None, f"a JSON {type(row).__name__}, not an object"
+                    continue
+                yield where, row, None
+
+
+def _check_not_empty(files: Sequence[Path]) -> None:
+    """Raise when no file holds a non-blank line (reads only up to the first one)."""
+    for file in files:
+        with open(file, encoding="utf-8") as handle:
+            if any(line.strip() for line in handle):
+                return
+    raise ValueError(f"{', '.join(map(str, files))}: no rows (the file is empty)")
+
+
+class JsonLinesRows:
+    """Rows of local JSON Lines files, kept as JSON text in an in-memory Arrow table and parsed on access.
+
+    Unlike an Arrow table of the parsed rows, any mix of value types under one key loads (e.g. `content` a string in
+    one row and a list in another, both valid), and rows read back exactly as written (no None-filled keys).
+    """
+
+    def __init__(self, texts: list[str]):
+        import datasets
+
+        self._table = datasets.Dataset.from_dict({"json": texts})
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __getitem__(self, index: int) -> dict:
+        return json.loads(self._table[int(index)]["json"])
+
+    def __iter__(self):
+        for batch in self._table.iter(batch_size=1024):
+            yield from (json.loads(text) for text in batch["json"])
+
+
+def load_rows_with_places(spec: DatasetSpec):
+    """`load_rows` for one dataset, plus where every row comes from and the lines that could not be parsed.
+
+    Local JSON Lines files are parsed here line by line (a malformed line is a `BadRow`, not a failed load); every
+    other layout and source goes through `load_rows`.
+
+    Returns:
+        `(rows, places, bad)`: the rows (`JsonLinesRows` or a `datasets.Dataset`; both index and iterate as dicts),
+        one place per row (`file:line`, or `dataset row N`), and a `BadRow` per unparsable line.
+
+    Raises:
+        ValueError: when JSON Lines files hold no line at all (an empty file).
+    """
+    files = _json_lines_files(spec)
+    if files is None:
+        rows = load_rows(spec.path, spec.split, spec.name)
+        return rows, [f"{spec.place} row {i}" for i in range(len(rows))], []
+    _check_not_empty(files)
+    texts, places, bad = [], [], []
+    for where, row, reason in iter_json_lines(files):
+        if reason is not None:
+            bad.append(BadRow(where, reason))
+        else:
+            texts.append(json.dumps(row, ensure_ascii=False))
+            places.append(where)
+    return JsonLinesRows(texts), places, bad
+
+
+def _has_text(content: list[dict]) -> bool:
+    return any(item["type"] == "text" and item["text"].strip() for item in content)
+
+
+def check_row(raw: dict, spec: DatasetSpec, pools: dict[str, list[str]]) -> str | None:
+    """Why a raw row (any layout) cannot train, or None when it can: it normalises, its first user turn gets a
+    prompt, every role is known and every assistant turn has text."""
+    messages = raw.get("messages")
+    if isinstance(messages, list):
+        if not messages:
+            return "'messages' is empty"
+        for number, message in enumerate(messages):
+            # Rows read through `datasets` carry every key of the file's schema: a missing role reads as None.
+            if not isinstance(message, dict) or message.get("role") is None:
+                return f"message {number} has no 'role'"
+    where = _row_name(raw, spec.label)
+    try:
+        row = normalize_row(raw, spec.video_root, origin=spec.label)
+        apply_prompt_pool(row, pools, random.Random(0), resample=False)
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        return str(error).removeprefix(f"{where}: ")
+    roles = {m["role"] for m in row["messages"]} - {"system", "user", "assistant"}
+    if roles:
+        return f"unknown role(s) {sorted(roles)} (expected system, user, assistant)"
+    empty = [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant" and not _has_text(m["content"])]
+    if empty:
+        return f"empty answer: assistant message {empty[0]} has no text"
+    return None
+
+
+def report_bad_rows(bad: Sequence[BadRow], fail_fast: bool) -> None:
+    """Log every bad row (place and reason); raise `BadRowsError` listing them all under `fail_fast`."""
+    if not bad:
+        return
+    lines = "\n".join(f"  {row.where}: {row.reason}" for row in bad)
+    if fail_fast:
+        raise BadRowsError(f"{len(bad)} bad training row(s) (--fail_fast):\n{lines}")
+    logger.warning("skipping %d bad training row(s):\n%s", len(bad), lines)
 
 
 class ConversationDataset(torch.utils.data.Dataset):
@@ -507,6 +681,12 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     `__getitem__` is cheap (no decoding): it returns the normalised row with absolute media paths and a prompt drawn
     from the task's pool. Frames are decoded by the collator, which runs in the DataLoader workers.
+
+    Every row of every layout is checked once when the dataset is built (`check_row`): rows that cannot train
+    (unparsable JSON, no known layout, empty `messages`, a message without `role`, no assistant turn, an empty
+    answer, ...) are logged with their place (`file:line` for JSON Lines files, else `dataset row N`) and the
+    reason, kept in `bad_rows` and left out of the mixture, so no bad row reaches `__getitem__` mid-run; with
+    `fail_fast=True` building raises `BadRowsError` listing them all instead.
     """
 
     def __init__(
@@ -516,24 +696,33 @@ class ConversationDataset(torch.utils.data.Dataset):
         prompt_pools: dict[str, list[str]] | None = None,
         resample_prompts: bool = False,
         seed: int = 0,
+        fail_fast: bool = False,
     ):
         if not specs:
             raise ValueError("no training dataset given")
         self.parts = []
         sources: list[str | None] = []
         self._offsets = [0]
+        self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
+        self.bad_rows: list[BadRow] = []
+        bad_flat: list[int] = []
         for spec in specs:
-            rows = load_rows(spec.path, spec.split, spec.name)
-            columns = rows.column_names
-            fallback = default_source(columns, spec)
-            column = next((c for c in ("source", "dataset", "data_source") if c in columns), None)
-            part_sources = rows[column] if column else [None] * len(rows)
-            sources.extend(s if s is not None else fallback for s in part_sources)
+            rows, places, bad = load_rows_with_places(spec)
+            for position, raw in enumerate(rows):
+                reason = check_row(raw, spec, self.prompt_pools)
+                if reason is not None:
+                    bad.append(BadRow(places[position], reason))
+                    bad_flat.append(self._offsets[-1] + position)
+                sources.append(row_source(raw, spec))
+            self.bad_rows += sorted(bad, key=lambda row: row.order)
             self.parts.append((rows, spec))
             self._offsets.append(self._offsets[-1] + len(rows))
         self.sources = sources
-        self.indices = mixture_indices(sources, source_weights or {}, seed)
-        self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
+        report_bad_rows(self.bad_rows, fail_fast)
+        indices = mixture_indices(sources, source_weights or {}, seed)
+        self.indices = indices[~np.isin(indices, bad_flat)]
+        if not len(self.indices):
+            raise ValueError(f"no trainable rows: all {len(self.bad_rows)} rows of {[s.place for s in specs]} are bad")
         self.resample_prompts = resample_prompts
         self.seed = seed
         self._draws = 0
@@ -578,8 +767,13 @@ class ConversationDataset(torch.utils.data.Dataset):
 class StreamingConversationDataset:
     """
     `ConversationDataset` for data too big for disk: each dataset is read with `datasets.load_dataset(...,
-    streaming=True)` (or given as an `IterableDataset`), the datasets are interleaved row by row, and each row is
-    normalised and given a pooled prompt as it streams past.
+    streaming=True)` (or given as an `IterableDataset`; local JSON Lines files are read line by line), the datasets
+    are interleaved row by row, and each row is checked (`check_row`), normalised and given a pooled prompt as it
+    streams past.
+
+    A bad row is skipped as it streams: logged with its place (`file:line`, or `dataset row N`) and reason,
+    appended to `bad_rows_log` (a JSONL file of `BadRow`s, shared by DataLoader workers and ranks) and kept in
+    `bad_rows` (of the process that read it); with `fail_fast=True` the first bad row raises `BadRowsError`.
 
     Mixing weights act per row in expectation: weight `w` yields each row `floor(w)` times plus once more with
     probability `w - floor(w)` (so 0.3 keeps ~30 % of a source, 2.5 repeats it 2.5 times). There is no length
@@ -594,29 +788,65 @@ class StreamingConversationDataset:
         prompt_pools: dict[str, list[str]] | None = None,
         resample_prompts: bool = False,
         seed: int = 0,
+        fail_fast: bool = False,
+        bad_rows_log: str | os.PathLike | None = None,
     ):
         if not specs:
             raise ValueError("no training dataset given")
-        self.parts = [(load_rows(spec.path, spec.split, spec.name, streaming=True), spec) for spec in specs]
+        self.parts = []
+        for spec in specs:
+            files = _json_lines_files(spec)
+            if files is not None:
+                _check_not_empty(files)
+            self.parts.append((files if files is not None else
+                               load_rows(spec.path, spec.split, spec.name, streaming=True), spec))
         self.weights = dict(source_weights or {})
         self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
         self.resample_prompts = resample_prompts
         self.seed = seed
+        self.fail_fast = fail_fast
+        self.bad_rows_log = bad_rows_log
+        self.bad_rows: list[BadRow] = []
+
+    @staticmethod
+    def _placed(rows, spec: DatasetSpec):
+        """`(place, row, reason)` of one dataset's stream (see `iter_json_lines`)."""
+        if isinstance(rows, list):
+            yield from iter_json_lines(rows)
+            return
+        for position, raw in enumerate(rows):
+            yield f"{spec.place} row {position}", raw, None
+
+    def _skip(self, bad: BadRow) -> None:
+        if self.fail_fast:
+            raise BadRowsError(f"bad training row (--fail_fast): {bad.where}: {bad.reason}")
+        logger.warning("skipping bad training row %s: %s", bad.where, bad.reason)
+        self.bad_rows.append(bad)
+        if self.bad_rows_log:
+            with open(self.bad_rows_log, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(asdict(bad)) + "\n")
 
     def shard(self, index: int, num_shards: int):
-        """Rows number `index`, `index + num_shards`, ... of the interleaved stream, normalised and weighted."""
+        """Rows number `index`, `index + num_shards`, ... of the interleaved stream, checked, normalised and
+        weighted (bad rows skipped, see the class docstring)."""
         rng = random.Random(hash((self.seed, index, num_shards)))
-        streams = [(iter(rows), spec) for rows, spec in self.parts]
+        streams = [(self._placed(rows, spec), spec) for rows, spec in self.parts]
         position = -1
         while streams:
             for stream in list(streams):
                 iterator, spec = stream
-                raw = next(iterator, None)
-                if raw is None:
+                item = next(iterator, None)
+                if item is None:
                     streams.remove(stream)
                     continue
                 position += 1
                 if position % num_shards != index:
+                    continue
+                place, raw, reason = item
+                if reason is None:
+                    reason = check_row(raw, spec, self.prompt_pools)
+                if reason is not None:
+                    self._skip(BadRow(place, reason))
                     continue
                 row = normalize_row(raw, spec.video_root, origin=spec.label)
                 if row["source"] is None:

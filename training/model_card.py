@@ -10,8 +10,8 @@ from typing import Any
 CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py")
 # What `push_to_hub` leaves out of the output folder: intermediate checkpoints, logs, the skip log, and the base
 # model / merged copy a LoRA run writes next to its adapter (push those folders separately if wanted).
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/*", "runs/*", "skipped_samples*.jsonl", "*.lock", ".cache/*",
-                 "base_model/*", "merged/*", "training_args.bin"]
+UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/*", "runs/*", "skipped_samples*.jsonl", "bad_rows.jsonl", "*.lock",
+                 ".cache/*", "base_model/*", "merged/*", "training_args.bin"]
 
 
 # Hub metadata. `pipeline_tag` must be a task transformers' `pipeline` and the Hub widgets know: video models in

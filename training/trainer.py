@@ -53,6 +53,14 @@ class TarsierSFTTrainer(SFTTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skip_totals = {key: 0 for key in SKIP_KEYS}
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
+        if plugin is not None and plugin.activation_checkpointing and hasattr(self.model, "peft_config"):
+            # measured (peft 0.21, accelerate 1.15): the checkpoint wrappers rename the LoRA modules and
+            # save_pretrained writes an adapter file with no tensors, silently
+            raise ValueError(
+                "LoRA under FSDP with fsdp_activation_checkpointing saves an empty adapter; use "
+                "--gradient_checkpointing true instead (and fsdp_activation_checkpointing: false)"
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -127,6 +135,31 @@ class TarsierSFTTrainer(SFTTrainer):
                 outputs = model(**inputs, use_cache=False)
             return loss, outputs
         return loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Save as the model's own class, also under FSDP 2.
+
+        `fully_shard` swaps the model's class for a dynamic `FSDP<Name>` subclass defined in torch's `_fsdp_init`
+        module; `save_pretrained` would then write `_fsdp_init.FSDPTarsierForConditionalGeneration` into
+        `config.auto_map` and copy torch's private `_fsdp_*.py` files, and the folder would not load. The weights
+        come gathered in `state_dict`, so the class is switched back for the duration of the save. The gathered
+        copies of tied weights no longer share storage, so the tied targets (`lm_head.weight` when embeddings are
+        tied) are dropped here as `save_pretrained` does for an unsharded model.
+        """
+        from torch.distributed.fsdp import FSDPModule
+
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not isinstance(model, FSDPModule):
+            return super()._save(output_dir, state_dict=state_dict)
+        if state_dict is not None:
+            tied = getattr(model, "all_tied_weights_keys", None) or {}
+            state_dict = {k: v for k, v in state_dict.items() if tied.get(k) not in state_dict}
+        sharded_class = type(model)
+        model.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, FSDPModule))
+        try:
+            return super()._save(output_dir, state_dict=state_dict)
+        finally:
+            model.__class__ = sharded_class
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = {k: v for k, v in inputs.items() if k not in SKIP_KEYS}

@@ -6,12 +6,16 @@ Two clients share one contract, `ChatJudge.chat(messages) -> str`:
   `transformers serve`, llama.cpp server, Ollama).
 - `TransformersChatJudge`: a chat model run in this process with transformers.
 
-Every answer is stored in a `JudgeCache` (SQLite, one committed transaction per answer) under a key made of the
-judge settings that change the answer (model, endpoint kind, temperature, seed, max tokens) and the messages.
-A run killed at any point therefore resumes without repeating a completed call, and a re-run makes none.
-Transient failures (429, 5xx, timeouts, dropped connections, unreadable bodies) are retried with exponential
-backoff and jitter, a bounded number of times; a call that keeps failing raises `JudgeCallError` carrying every
-attempt's error, so callers can record it.
+Every answer is stored in a `JudgeCache` (SQLite, one committed transaction per answer) under a key made of
+everything that can change the answer (endpoint kind and base URL, model, temperature, seed, max tokens) and the
+messages. A run killed at any point therefore resumes without repeating a completed call, and a re-run makes none.
+
+Failures are bounded in count and in time. HTTP failures (408, 409, 429, 5xx, timeouts, dropped connections) are
+retried by the `openai` client itself (`max_retries`, exponential backoff with jitter, `Retry-After` honoured);
+every HTTP attempt has a total deadline of `timeout` seconds, headers and body together, so a server that
+trickles bytes cannot hold a call (the client's own timeouts apply per read). Answers that cannot be used (a body
+that is not JSON, an empty text) are asked again, up to `max_attempts` calls. A call that keeps failing raises
+`JudgeCallError` carrying every attempt's error, so callers can record it.
 
 Example (the Video-ChatGPT QA judge protocol or any other use)::
 
@@ -21,15 +25,16 @@ Example (the Video-ChatGPT QA judge protocol or any other use)::
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import dataclasses
 import hashlib
 import json
 import os
-import random
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -38,7 +43,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class JudgeSettings:
-    """What the judge is; all fields but `base_url` are part of the cache key.
+    """What the judge is; every field is part of the cache key (a different endpoint may answer differently).
 
     `temperature`, `seed` and `max_tokens` set to None are not sent at all (the endpoint's defaults apply),
     which is what the released DREAM-1K evaluator does.
@@ -58,6 +63,7 @@ class JudgeSettings:
             "temperature": self.temperature,
             "seed": self.seed,
             "max_tokens": self.max_tokens,
+            "base_url": self.base_url.rstrip("/") if self.base_url else None,
         }
 
     def to_dict(self) -> dict:
@@ -112,26 +118,6 @@ class JudgeCache:
             self._conn.close()
 
 
-@dataclass
-class RetryPolicy:
-    """Bounded retries: attempt k (0-based) waits `d/2 + U(0, d/2)` with `d = min(max_delay, base_delay * 2**k)`.
-
-    A server's `Retry-After` (seconds) raises the wait, still capped at `max_delay`.
-    """
-
-    max_attempts: int = 6
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    rng: random.Random = field(default_factory=random.Random, repr=False)
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        d = min(self.max_delay, self.base_delay * (2**attempt))
-        wait = d / 2 + self.rng.uniform(0, d / 2)
-        if retry_after is not None:
-            wait = max(wait, min(self.max_delay, retry_after))
-        return wait
-
-
 class JudgeCallError(RuntimeError):
     """A judge call failed on every attempt (or with an error retrying cannot fix); `errors` lists each attempt."""
 
@@ -156,22 +142,26 @@ class CallStats:
 
 
 class ChatJudge:
-    """Base class: caching, retries and statistics around one `_complete(messages, settings) -> str`."""
+    """Base class: caching, bounded re-asks and statistics around one `_complete(messages, settings) -> str`.
 
-    def __init__(self, settings: JudgeSettings, cache: JudgeCache | str | os.PathLike | None, retry: RetryPolicy | None):
+    `_complete` raises `UnusableAnswerError` for an answer that another request may fix (asked again, up to
+    `max_attempts` calls); any other exception ends the call (subclasses retry their transport themselves).
+    """
+
+    # True when `_complete` counts the requests it sends itself (an HTTP client that retries internally).
+    _counts_own_requests = False
+
+    def __init__(self, settings: JudgeSettings, cache: JudgeCache | str | os.PathLike | None, max_attempts: int = 6):
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         self.settings = settings
         self.cache = JudgeCache(cache) if isinstance(cache, (str, os.PathLike)) else cache
-        self.retry = retry or RetryPolicy()
+        self.max_attempts = max_attempts
         self.stats = CallStats()
         self._stats_lock = threading.Lock()
 
-    # subclasses implement these two
     def _complete(self, messages: list[dict], settings: JudgeSettings) -> str:
         raise NotImplementedError
-
-    def _retryable(self, exc: BaseException) -> tuple[bool, float | None]:
-        """(retry?, server-requested wait in seconds or None)."""
-        return False, None
 
     def _count(self, name: str) -> None:
         with self._stats_lock:
@@ -192,19 +182,20 @@ class ChatJudge:
                 self._count("cache_hits")
                 return cached
         errors: list[str] = []
-        for attempt in range(self.retry.max_attempts):
-            self._count("requests")
+        for _ in range(self.max_attempts):
+            if not self._counts_own_requests:
+                self._count("requests")
             try:
                 answer = self._complete(messages, settings)
                 if not isinstance(answer, str) or not answer.strip():
-                    raise EmptyAnswerError(f"empty answer: {answer!r}")
-            except Exception as exc:  # classified below; nothing is swallowed silently
-                errors.append(f"{type(exc).__name__}: {exc}"[:500])
-                retry, retry_after = (True, None) if isinstance(exc, EmptyAnswerError) else self._retryable(exc)
-                if not retry or attempt + 1 == self.retry.max_attempts:
-                    break
-                time.sleep(self.retry.delay(attempt, retry_after))
+                    raise UnusableAnswerError(f"empty answer: {answer!r}")
+            except UnusableAnswerError as exc:
+                errors += exc.attempts + [f"{type(exc).__name__}: {exc}"[:500]]
                 continue
+            except Exception as exc:  # noqa: BLE001 - recorded in the JudgeCallError, never swallowed
+                # one entry per HTTP attempt when the transport saw them, else the exception itself
+                errors += getattr(exc, "judge_attempts", None) or [f"{type(exc).__name__}: {exc}"[:500]]
+                break
             if self.cache is not None:
                 self.cache.put(key, settings, messages, tag, answer)
             self._count("completed")
@@ -250,8 +241,74 @@ class ChatJudge:
         raise last_error
 
 
-class EmptyAnswerError(RuntimeError):
-    """The endpoint answered without any text."""
+class UnusableAnswerError(RuntimeError):
+    """The endpoint answered, but with nothing usable (no text, no choices, a body that is not JSON).
+
+    `attempts` lists the failed HTTP attempts behind this answer, if any."""
+
+    def __init__(self, message: str, attempts: list[str] | None = None):
+        super().__init__(message)
+        self.attempts = list(attempts or [])
+
+
+try:  # the HTTP library the installed `openai` client is built on
+    import httpx2 as _httpx
+except ImportError:  # pragma: no cover - openai < 3 uses httpx
+    import httpx as _httpx
+
+# Errors of the HTTP attempts of the judge call running in the current task (set per call, filled by the transport).
+_ATTEMPT_ERRORS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("judge_attempt_errors", default=None)
+
+
+class _DeadlineTransport(_httpx.AsyncBaseTransport):
+    """An HTTP transport that gives every request a total deadline, headers and body together.
+
+    The client's timeouts apply per network read, so a server that sends one byte every few seconds would hold a
+    request forever; here the whole exchange is cancelled after `seconds` and reported as a `ReadTimeout`, which
+    the `openai` client retries like any timeout. Every attempt is counted with `on_request` and its failure (if
+    any) appended to the current call's `_ATTEMPT_ERRORS`.
+    """
+
+    def __init__(self, seconds: float, on_request: Callable[[], None]):
+        self.seconds = seconds
+        self.on_request = on_request
+        self._inner = _httpx.AsyncHTTPTransport()
+
+    @staticmethod
+    def _record(error: str) -> None:
+        errors = _ATTEMPT_ERRORS.get()
+        if errors is not None:
+            errors.append(error[:500])
+
+    async def _exchange(self, request):
+        response = await self._inner.handle_async_request(request)
+        try:
+            body = b"".join([chunk async for chunk in response.stream])
+        finally:
+            await response.aclose()
+        return response, body
+
+    async def handle_async_request(self, request):
+        self.on_request()
+        try:
+            response, body = await asyncio.wait_for(self._exchange(request), self.seconds)
+        except asyncio.TimeoutError:
+            message = f"timed out: no complete answer within {self.seconds:g} s (total deadline of one request)"
+            self._record(f"ReadTimeout: {message}")
+            raise _httpx.ReadTimeout(message, request=request) from None
+        except _httpx.TransportError as exc:
+            self._record(f"{type(exc).__name__}: {exc}")
+            raise
+        if response.status_code >= 400:
+            reason = response.extensions.get("reason_phrase", b"").decode("ascii", "replace")
+            self._record(f"HTTP {response.status_code} {reason}: {body[:200].decode('utf-8', 'replace')}")
+        return _httpx.Response(
+            response.status_code, headers=response.headers, content=body,
+            extensions={k: v for k, v in response.extensions.items() if k in ("http_version", "reason_phrase")},
+        )
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 class OpenAIChatJudge(ChatJudge):
@@ -262,13 +319,21 @@ class OpenAIChatJudge(ChatJudge):
         base_url: e.g. `http://127.0.0.1:8000/v1`; None means api.openai.com.
         api_key: defaults to `$OPENAI_API_KEY` (`$AZURE_OPENAI_API_KEY` for Azure), or "EMPTY" for a local
             `base_url`.
-        endpoint_kind: recorded label and client choice: "openai", "azure" (uses `AzureOpenAI`, `base_url` is the
-            Azure endpoint), "vllm", "transformers-serve", "llama.cpp", "ollama", ...
+        endpoint_kind: recorded label and client choice: "openai", "azure" (uses `AsyncAzureOpenAI`, `base_url` is
+            the Azure endpoint), "vllm", "transformers-serve", "llama.cpp", "ollama", ...
         temperature, seed, max_tokens: sent when not None.
-        timeout: seconds per request; a timeout is retried.
+        timeout: total seconds of one HTTP request (headers and body); a request that runs over is retried.
         cache: a `JudgeCache`, a path for one, or None.
-        retry: the `RetryPolicy`. The openai client's own retries are switched off so attempts are counted here.
+        max_attempts: HTTP attempts per call (the `openai` client's `max_retries = max_attempts - 1`, with its
+            backoff and `Retry-After` handling), and calls per answer when answers are unusable. One call
+            therefore ends within about `max_attempts * (timeout + 8 s)` (8 s: the client's largest backoff)
+            unless the server asks for longer waits with `Retry-After` (the client honours up to 2 minutes).
+
+    Requests run on an event loop in a background thread (the deadline cancels them cleanly); `chat` blocks and is
+    safe to call from several threads at once.
     """
+
+    _counts_own_requests = True
 
     def __init__(
         self,
@@ -281,32 +346,40 @@ class OpenAIChatJudge(ChatJudge):
         max_tokens: int | None = None,
         timeout: float = 60.0,
         cache: JudgeCache | str | os.PathLike | None = None,
-        retry: RetryPolicy | None = None,
+        max_attempts: int = 6,
         api_version: str | None = None,
     ):
         import openai
 
         settings = JudgeSettings(model, endpoint_kind, temperature, seed, max_tokens, base_url)
-        super().__init__(settings, cache, retry)
-        self._openai = openai
+        super().__init__(settings, cache, max_attempts)
         if endpoint_kind == "azure":
             key = api_key or os.environ.get("AZURE_OPENAI_API_KEY")
             if not key or not base_url:
                 raise ValueError("endpoint_kind='azure' needs base_url (the Azure endpoint) and api_key or $AZURE_OPENAI_API_KEY")
-            self.client = openai.AzureOpenAI(
-                azure_endpoint=base_url,
-                api_key=key,
-                api_version=api_version or os.environ.get("OPENAI_API_VERSION", "2024-06-01"),
-                timeout=timeout,
-                max_retries=0,
-            )
+            client_class = openai.AsyncAzureOpenAI
+            options = {"azure_endpoint": base_url, "api_key": key,
+                       "api_version": api_version or os.environ.get("OPENAI_API_VERSION", "2024-06-01")}
         else:
             key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if base_url else None)
             if not key:
                 raise ValueError("OpenAIChatJudge: no api_key given and $OPENAI_API_KEY is not set")
-            self.client = openai.OpenAI(base_url=base_url, api_key=key, timeout=timeout, max_retries=0)
+            client_class = openai.AsyncOpenAI
+            options = {"base_url": base_url, "api_key": key}
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, name="judge-http", daemon=True).start()
+        transport = _DeadlineTransport(timeout, lambda: self._count("requests"))
+        self.client = client_class(
+            **options, timeout=openai.Timeout(timeout), max_retries=max_attempts - 1,
+            http_client=openai.DefaultAsyncHttpxClient(transport=transport, timeout=openai.Timeout(timeout)),
+        )
 
     def _complete(self, messages: list[dict], settings: JudgeSettings) -> str:
+        return asyncio.run_coroutine_threadsafe(self._acomplete(messages, settings), self._loop).result()
+
+    async def _acomplete(self, messages: list[dict], settings: JudgeSettings) -> str:
+        attempts: list[str] = []
+        _ATTEMPT_ERRORS.set(attempts)  # this task's own context: concurrent calls do not mix
         kwargs = {}
         if settings.temperature is not None:
             kwargs["temperature"] = settings.temperature
@@ -314,24 +387,21 @@ class OpenAIChatJudge(ChatJudge):
             kwargs["seed"] = settings.seed
         if settings.max_tokens is not None:
             kwargs["max_tokens"] = settings.max_tokens
-        response = self.client.chat.completions.create(model=settings.model, messages=messages, **kwargs)
+        try:
+            response = await self.client.chat.completions.create(model=settings.model, messages=messages, **kwargs)
+        except ValueError as exc:  # a 200 whose body is not JSON
+            raise UnusableAnswerError(f"the response body is not JSON ({exc})", attempts) from None
+        except Exception as exc:
+            exc.judge_attempts = attempts
+            raise
         if not getattr(response, "choices", None):
-            raise EmptyAnswerError(f"response without choices: {str(response)[:200]}")
+            raise UnusableAnswerError(f"response without choices: {str(response)[:200]}", attempts)
         return response.choices[0].message.content
 
-    def _retryable(self, exc: BaseException) -> tuple[bool, float | None]:
-        openai = self._openai
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            retry_after = None
-            try:
-                retry_after = float(exc.response.headers.get("retry-after"))
-            except (TypeError, ValueError, AttributeError):
-                pass
-            return (status in (408, 409, 429) or status >= 500), retry_after
-        # timeouts, refused/dropped connections (APIError), a body that is not JSON (ValueError), socket errors;
-        # anything else is a bug or a misconfiguration that retrying cannot fix
-        return isinstance(exc, (openai.APIError, ValueError, OSError)), None
+    def close(self) -> None:
+        """Close the HTTP client and stop the background event loop."""
+        asyncio.run_coroutine_threadsafe(self.client.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 class TransformersChatJudge(ChatJudge):
@@ -355,7 +425,7 @@ class TransformersChatJudge(ChatJudge):
         device: str = "cpu",
         dtype=None,
         cache: JudgeCache | str | os.PathLike | None = None,
-        retry: RetryPolicy | None = None,
+        max_attempts: int = 1,
         model_name: str | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -373,7 +443,7 @@ class TransformersChatJudge(ChatJudge):
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{name}: the tokenizer has no chat template; a chat judge needs one")
         settings = JudgeSettings(model_name or name, "transformers", temperature, seed, max_tokens, None)
-        super().__init__(settings, cache, retry or RetryPolicy(max_attempts=1))
+        super().__init__(settings, cache, max_attempts)
         self._generate_lock = threading.Lock()
 
     def _complete(self, messages: list[dict], settings: JudgeSettings) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .aggregate import bootstrap_ci, mean_std, summarize
-from .judge import ChatJudge, JudgeCache, OpenAIChatJudge, RetryPolicy, TransformersChatJudge
+from .judge import ChatJudge, JudgeCache, OpenAIChatJudge, TransformersChatJudge
 from .scoring import AutoDQConfig, AutoDQScorer, Sample
 
 
@@ -66,16 +66,14 @@ def build_judge(
     endpoint_kind: str | None = None,
     timeout: float | None = None,
     max_retries: int | None = None,
-    retry_base_delay: float = 0.5,
-    retry_max_delay: float = 30.0,
     cache_path: str | os.PathLike | bool | None = None,
     device: str = "cpu",
 ) -> ChatJudge:
     """A judge for `config`: `judge="openai"` (any OpenAI-compatible endpoint) or `"transformers"` (in process).
 
     An object with `chat` and `settings` (a `ChatJudge`) is returned unchanged. `cache_path=None` uses
-    `default_cache_path()`, `False` disables the cache. `timeout` (seconds per request) and `max_retries` (attempts)
-    left None take `judge_defaults` (longer and fewer for a judge on this machine).
+    `default_cache_path()`, `False` disables the cache. `timeout` (total seconds of one HTTP request) and
+    `max_retries` (attempts) left None take `judge_defaults` (longer and fewer for a judge on this machine).
     """
     if hasattr(judge, "chat") and hasattr(judge, "settings"):
         return judge
@@ -85,20 +83,19 @@ def build_judge(
     if cache_path is None or cache_path is True:
         cache_path = default_cache_path()
     cache = JudgeCache(cache_path) if cache_path else None
-    retry = RetryPolicy(max_attempts=max_retries, base_delay=retry_base_delay, max_delay=retry_max_delay)
     model = judge_model or config.judge_model
     if judge == "openai":
         kind = endpoint_kind or ("openai" if base_url is None else "openai-compatible")
         return OpenAIChatJudge(
             model, base_url=base_url, api_key=api_key, endpoint_kind=kind, temperature=config.temperature,
-            seed=config.seed, max_tokens=config.max_tokens, timeout=timeout, cache=cache, retry=retry,
+            seed=config.seed, max_tokens=config.max_tokens, timeout=timeout, cache=cache, max_attempts=max_retries,
         )
     if judge == "transformers":
         if config.max_tokens is None:
             raise ValueError("judge='transformers' needs max_tokens (generation must be bounded)")
         return TransformersChatJudge(
             model, temperature=config.temperature, seed=config.seed, max_tokens=config.max_tokens,
-            device=device, cache=cache, retry=RetryPolicy(max_attempts=1),
+            device=device, cache=cache, max_attempts=1,
         )
     raise ValueError(f"judge={judge!r}: expected 'openai', 'transformers' or a ChatJudge instance")
 

@@ -8,6 +8,7 @@ Every label is one line:
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -80,6 +81,8 @@ class LabelStore:
             raise LabelError(f"pair {pair_index!r} is not in this session ({len(self.session.pairs)} pairs)")
         if label not in LABELS:
             raise LabelError(f"label {label!r} is not one of {', '.join(LABELS)}")
+        if elapsed_s is not None and not (isinstance(elapsed_s, (int, float)) and math.isfinite(elapsed_s)):
+            raise LabelError(f"elapsed_s must be a finite number of seconds, got {elapsed_s!r}")
         pair = self.session.pairs[pair_index]
         try:
             assigned = self.session.pairs_for(annotator)

@@ -120,7 +120,8 @@ def resolve_video(video_dir: Path, first: Prediction, second: Prediction, first_
     """The video file of one id, from whichever result file names it; both must agree when both do.
 
     Raises:
-        ResultsError: neither file names a video, the two name different files, or the file is missing.
+        ResultsError: neither file names a video, the two name different files, the file is missing, or it lies
+            outside `video_dir` (after resolving `..` and symbolic links: the server hands out only that folder).
     """
     candidates = []
     for prediction, source in ((first, first_file), (second, second_file)):
@@ -139,6 +140,16 @@ def resolve_video(video_dir: Path, first: Prediction, second: Prediction, first_
                 f"id {first.id!r}: the result files name different videos: {path} ({source}:{prediction.line}) "
                 f"vs {other} ({other_source}:{other_prediction.line})"
             )
+    if not is_inside(path, video_dir):
+        raise ResultsError(
+            f"{source}:{prediction.line}: video of id {first.id!r} is outside the video folder {video_dir.resolve()}: "
+            f"{path}; only files under --videos are served (pass the folder that holds the videos)"
+        )
     if not path.is_file():
         raise ResultsError(f"{source}:{prediction.line}: video of id {first.id!r} not found: {path}")
     return path.resolve()
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` resolves (symbolic links and `..` followed) to somewhere inside `folder`."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())

@@ -7,16 +7,23 @@ Routes:
     POST /api/label                 `{"annotator", "pair", "label": "A"|"B"|"same", "elapsed_s"}`; fsynced before 200
     GET  /video/<pair>              the pair's video file, with HTTP Range support (206 / 416)
     GET  /frames/<pair>/<k>.jpg     the k-th of `frames` evenly spaced thumbnails of the video
+
+Hostile input is answered, never fatal: only files inside the session's video folder are served (403 otherwise),
+a label body is at most `MAX_BODY` bytes (413) and must arrive within `request_timeout` seconds (408), every
+socket read and write times out after `request_timeout`, a Range that no byte satisfies gets 416, JSON that is
+too deeply nested or holds NaN/Infinity gets 400.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import mimetypes
 import os
 import re
 import sys
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .frames import video_thumbnails
 from .labels import LabelError, LabelStore, check_annotator
+from .results import is_inside
 from .session import Session, SessionError
 
 HOST = "127.0.0.1"
@@ -33,6 +41,8 @@ VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", 
                ".mov": "video/quicktime", ".ogv": "video/ogg", ".avi": "video/x-msvideo", ".gif": "image/gif"}
 RANGE_PATTERN = re.compile(r"^bytes=(\d*)-(\d*)$")
 CHUNK = 1 << 16
+MAX_BODY = 1 << 16  # a label is about 100 bytes
+MAX_DIGITS = 18  # byte positions beyond 10**18 are past the end of any file (and int() refuses 4300+ digits)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
@@ -46,7 +56,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     match = RANGE_PATTERN.match(header.strip())
     if not match or match.group(1) == match.group(2) == "":
         return None
-    first, last = match.groups()
+    first, last = (group.lstrip("0") or ("0" if group else "") for group in match.groups())
+    if len(first) > MAX_DIGITS:
+        return "unsatisfiable"
+    if len(last) > MAX_DIGITS:  # an end past any file's end: up to the end (a suffix that long: all of it)
+        last = str(size if first == "" else size - 1)
     if first == "":
         length = int(last)
         if length == 0:
@@ -64,11 +78,15 @@ class AnnotationServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, session: Session, out_dir: str | os.PathLike, port: int = 0, frames: int = 8, verbose: bool = False):
+    def __init__(
+        self, session: Session, out_dir: str | os.PathLike, port: int = 0, frames: int = 8, verbose: bool = False,
+        request_timeout: float = 30.0,
+    ):
         self.session = session
         self.store = LabelStore(out_dir, session)
         self.frames = frames
         self.verbose = verbose
+        self.request_timeout = request_timeout
         super().__init__((HOST, port), AnnotationHandler)
 
     @property
@@ -80,9 +98,44 @@ class AnnotationHandler(BaseHTTPRequestHandler):
     server: AnnotationServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # every socket read and write of this connection
+        super().setup()
+
     def log_message(self, format, *args):  # noqa: A002 - the base class's signature
         if self.server.verbose:
             super().log_message(format, *args)
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering 411/413/408 (too large, no length, not complete in time)."""
+        try:
+            length = int(self.headers.get("Content-Length") or "x")
+        except ValueError:
+            self._error(HTTPStatus.LENGTH_REQUIRED, "send the label with a Content-Length")
+            return None
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"a label body is at most {MAX_BODY} bytes, not {length}")
+            return None
+        deadline = time.monotonic() + self.server.request_timeout
+        body = b""
+        try:
+            while len(body) < length:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read1(length - len(body))
+                if not chunk:
+                    raise TimeoutError  # the client closed before sending the whole body
+                body += chunk
+        except TimeoutError:
+            self.close_connection = True
+            self._error(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within {self.server.request_timeout:g} s")
+            return None
+        finally:
+            self.connection.settimeout(self.server.request_timeout)
+        return body
 
     # ---- responses -------------------------------------------------------------------------------------
     def _send_bytes(self, status: int, body: bytes, content_type: str, head_only: bool = False, extra=None) -> None:
@@ -131,8 +184,8 @@ class AnnotationHandler(BaseHTTPRequestHandler):
             if parts[0] == "frames" and len(parts) == 3:
                 return self._frame(parts[1], parts[2], head_only)
             return self._error(HTTPStatus.NOT_FOUND, f"no such page: {url.path}", head_only)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the browser dropped a media request it no longer needs
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the browser dropped (or stopped reading) a media request
 
     def do_POST(self):
         if not self._host_ok():
@@ -142,18 +195,23 @@ class AnnotationHandler(BaseHTTPRequestHandler):
         # JSON only: a cross-site form cannot send it without a CORS preflight, which this server never grants.
         if not (self.headers.get("Content-Type") or "").startswith("application/json"):
             return self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the label as application/json")
+        raw = self._read_body()
+        if raw is None:
+            return
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length) or b"null")
-        except (ValueError, json.JSONDecodeError):
-            return self._error(HTTPStatus.BAD_REQUEST, "the request body is not JSON")
+            body = json.loads(raw or b"null", parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as error:
+            reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+            return self._error(HTTPStatus.BAD_REQUEST, f"the request body is not usable JSON ({reason})")
         if not isinstance(body, dict):
             return self._error(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
         elapsed = body.get("elapsed_s")
+        if elapsed is not None and (isinstance(elapsed, bool) or not isinstance(elapsed, (int, float))
+                                    or not math.isfinite(elapsed)):
+            return self._error(HTTPStatus.BAD_REQUEST, f"elapsed_s must be a finite number of seconds, got {elapsed!r}")
         try:
             annotator = check_annotator(body.get("annotator"))
-            record = self.server.store.add(annotator, body.get("pair"), body.get("label"),
-                                           elapsed if isinstance(elapsed, (int, float)) else None)
+            record = self.server.store.add(annotator, body.get("pair"), body.get("label"), elapsed)
         except LabelError as error:
             return self._error(HTTPStatus.BAD_REQUEST, str(error))
         except OSError as error:
@@ -191,14 +249,20 @@ class AnnotationHandler(BaseHTTPRequestHandler):
         }, head_only)
 
     def _pair(self, text: str):
-        if not text.isdigit() or int(text) >= len(self.server.session.pairs):
+        if not text.isdigit() or len(text) > MAX_DIGITS or int(text) >= len(self.server.session.pairs):
             return None
         return self.server.session.pairs[int(text)]
+
+    def _served(self, pair) -> bool:
+        """Whether the pair's video lies inside the session's video folder (session.json may have been edited)."""
+        return is_inside(pair.video, self.server.session.video_dir)
 
     def _video(self, index: str, head_only: bool) -> None:
         pair = self._pair(index)
         if pair is None:
             return self._error(HTTPStatus.NOT_FOUND, f"no pair {index}", head_only)
+        if not self._served(pair):
+            return self._error(HTTPStatus.FORBIDDEN, f"pair {index}: the video is outside the video folder", head_only)
         path = Path(pair.video)
         try:
             handle = path.open("rb")
@@ -233,13 +297,19 @@ class AnnotationHandler(BaseHTTPRequestHandler):
     def _frame(self, index: str, name: str, head_only: bool) -> None:
         pair = self._pair(index)
         match = re.fullmatch(r"(\d+)\.jpg", name)
-        if pair is None or match is None or int(match.group(1)) >= self.server.frames:
+        if pair is None or match is None or len(match.group(1)) > MAX_DIGITS or int(match.group(1)) >= self.server.frames:
             return self._error(HTTPStatus.NOT_FOUND, f"no frame {index}/{name}", head_only)
+        if not self._served(pair):
+            return self._error(HTTPStatus.FORBIDDEN, f"pair {index}: the video is outside the video folder", head_only)
         try:
             thumbnails = video_thumbnails(pair.video, self.server.frames)
         except Exception as error:  # noqa: BLE001 - any decoder failure becomes a readable 500 for the page
             return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{pair.video}: cannot decode frames ({error})", head_only)
         self._send_bytes(HTTPStatus.OK, thumbnails[int(match.group(1))], "image/jpeg", head_only)
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def serve(session: Session, out_dir: str | os.PathLike, port: int = 8765, frames: int = 8, verbose: bool = False) -> None:

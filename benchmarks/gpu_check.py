@@ -1,0 +1,312 @@
+"""One GPU check in one call: precision, a 7B-shaped training step (MFU), batched generation and an FSDP 2 step.
+
+    python benchmarks/gpu_check.py                 # on one H100 / H200: about 5 minutes, prints one Markdown table
+    python benchmarks/gpu_check.py --tiny          # CPU, tiny shapes, same code path (tests/test_gpu_check.py)
+    python benchmarks/gpu_check.py --json out.json # also write the rows as JSON
+
+Rows (every check catches its own failure, e.g. out of memory, and reports it in its row):
+
+* `precision`: a small Tarsier (CLIP 4 x 256 at 224 px + llama 4 x 512) in float32 vs bfloat16 with sdpa and, if
+  `flash_attn` is importable, flash-attention 2; one forward + backward on the same inputs. Passes when the loss
+  differs by < 2 % (relative), the answer logits by < 5 % (relative L2 norm) and the whole gradient (all parameters
+  concatenated) has cosine similarity > 0.99 with float32 (bf16 keeps 8 mantissa bits: ~0.4 % per rounding; single
+  tensors whose exact gradient is zero, such as attention key biases, are pure rounding noise and not compared).
+* `train 7B`: `TarsierConfig()` = Tarsier-7b shapes (CLIP ViT-L/14-336 + 32 x 4096 llama, vocab 32,064), random
+  bf16 weights, vision tower and projector frozen, 8 frames = 4,808 LM positions + prompt, gradient checkpointing,
+  AdamW (fused, bf16 states) on the 6.6B LLM parameters. Step time, tokens/s, peak memory and MFU: model FLOPs
+  (LLM 6 N T + causal attention 6 L d T^2, vision tower forward 2 N_v T_v + attention 4 L_v d_v P^2 per frame; the
+  recomputation of checkpointing is not counted) / step time / the chip's dense bf16 peak (`PEAK_BF16_TFLOPS`).
+* `generate 7B`: the same weights, 8 frames, greedy `max_new_tokens` at batch 1 / 8 / 32: new tokens/s.
+* `fsdp2 step`: torch's `fully_shard` on one process, one unit per layer class listed in
+  recipes/accelerate/fsdp.yaml; loss and gradients of one step equal to the unsharded model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from configuration_tarsier import TarsierConfig  # noqa: E402
+from modeling_tarsier import TarsierForConditionalGeneration  # noqa: E402
+
+# Dense bf16 tensor-core peak (no sparsity) by device-name substring, from the vendors' data sheets; first match wins.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0,
+                    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "RTX 4090": 165.0}
+
+SMALL_VISION = dict(model_type="clip_vision_model", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                    num_attention_heads=4, image_size=224, patch_size=14)
+SMALL_TEXT = dict(model_type="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=8, vocab_size=32064, max_position_embeddings=8192)
+TINY_VISION = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=2, image_size=28, patch_size=14)
+TINY_TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=32064, max_position_embeddings=4096)
+PROMPT = 40  # text positions around the frames (system + instruction + answer)
+
+
+def peak_tflops(device: torch.device) -> tuple[str, float | None]:
+    if device.type != "cuda":
+        return "cpu", None
+    name = torch.cuda.get_device_name(device)
+    return name, next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def build(config: TarsierConfig, device, dtype, attn="sdpa", seed=0) -> TarsierForConditionalGeneration:
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = TarsierForConditionalGeneration._from_config(config, attn_implementation=attn, dtype=dtype)
+    return model
+
+
+def make_inputs(config: TarsierConfig, batch: int, frames: int, device, seed=0, labels=True) -> dict:
+    """Left-to-right sample `prompt[:8] + frames + prompt[8:]`: `input_ids (B, L)`, `pixel_values (B*F, 3, S, S)`."""
+    generator = torch.Generator().manual_seed(seed)
+    rows, cols = config.patch_grid
+    frame = ([config.image_token_id] * cols + [config.image_newline_token_id]) * rows + [config.frame_end_token_id]
+    text = torch.randint(1, 32000, (batch, PROMPT), generator=generator)
+    ids = torch.cat([text[:, :8], torch.tensor(frame * frames).expand(batch, -1), text[:, 8:]], dim=1)
+    size = config.vision_config.image_size
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "pixel_values": torch.randn(batch * frames, 3, size, size, generator=generator),
+              "num_frames": torch.full((batch,), frames)}
+    if labels:
+        target = ids.clone()
+        target[:, : ids.shape[1] - 16] = -100  # the last 16 text positions are the answer
+        inputs["labels"] = target
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def forward_backward(model, inputs, dtype) -> tuple[float, torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    inputs = dict(inputs, pixel_values=inputs["pixel_values"].to(dtype))
+    out = model(**inputs)
+    out.loss.backward()
+    grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+    return float(out.loss.detach()), out.logits[:, -16:].float().detach(), grads
+
+
+def check_precision(device, vision, text, frames) -> list[dict]:
+    torch.backends.cudnn.allow_tf32 = False  # a true float32 reference (the patch embedding is a convolution)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    config = TarsierConfig(vision_config=vision, text_config=text)
+    reference = build(config, device, torch.float32)
+    inputs = make_inputs(config, 2, frames, device)
+    ref_loss, ref_logits, ref_grads = forward_backward(reference, inputs, torch.float32)
+    state = reference.state_dict()
+    del reference
+    kernels = ["sdpa"]
+    try:
+        import flash_attn  # noqa: F401
+
+        kernels.append("flash_attention_2")
+    except ImportError:
+        pass
+    rows = []
+    for attn in kernels:
+        name = f"precision bf16+{attn}"
+        try:
+            model = build(config, device, torch.bfloat16, attn=attn)
+            model.load_state_dict(state)
+            loss, logits, grads = forward_backward(model, inputs, torch.bfloat16)
+            loss_err = abs(loss - ref_loss) / abs(ref_loss)
+            logit_err = float((logits - ref_logits).norm() / ref_logits.norm())
+            names = sorted(ref_grads)
+            flat, ref_flat = (torch.cat([g[k].flatten() for k in names]) for g in (grads, ref_grads))
+            cosine = float(torch.nn.functional.cosine_similarity(flat, ref_flat, dim=0))
+            ok = loss_err < 0.02 and logit_err < 0.05 and cosine > 0.99
+            rows.append(dict(check=name, ok=ok, loss_rel_err=loss_err, logits_rel_err=logit_err,
+                             grad_cosine=cosine, tolerance="loss < 2%, logits < 5%, gradient cosine > 0.99"))
+            del model
+        except Exception as error:  # noqa: BLE001 - reported in the table
+            rows.append(dict(check=name, ok=False, error=f"{type(error).__name__}: {error}"[:200]))
+    if "flash_attention_2" not in kernels:
+        rows.append(dict(check="precision bf16+flash_attention_2", ok=None, note="flash_attn not importable"))
+    return rows
+
+
+def model_flops(config: TarsierConfig, lm_params: int, vision_params: int, tokens: int, frames: int) -> float:
+    """Model FLOPs of one training step of one sample (see the module docstring)."""
+    text, vision = config.text_config, config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2 + 1
+    lm = 6 * lm_params * tokens + 6 * text.num_hidden_layers * text.hidden_size * tokens**2
+    tower = frames * (2 * vision_params * patches + 4 * vision.num_hidden_layers * vision.hidden_size * patches**2)
+    return lm + tower
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_training(model, config, device, frames, steps) -> dict:
+    model.set_trainable_parts(train_vision_tower=False, train_projector=False, train_language_model=True)
+    model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    lm_params = sum(p.numel() for n, p in model.named_parameters()
+                    if p.requires_grad and "embed_tokens" not in n)  # embedding lookups cost no FLOPs
+    vision_params = sum(p.numel() for p in model.model.vision_tower.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    inputs = make_inputs(config, 1, frames, device)
+    tokens = inputs["input_ids"].numel()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step in range(steps + 1):  # the first step warms up
+        synchronize(device)
+        start = time.perf_counter()
+        loss = model(**dict(inputs, pixel_values=inputs["pixel_values"].to(model.dtype))).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if step:
+            times.append(time.perf_counter() - start)
+    step_time = sorted(times)[len(times) // 2]
+    name, peak = peak_tflops(device)
+    flops = model_flops(config, lm_params, vision_params, tokens, frames)
+    del optimizer
+    model.language_model.gradient_checkpointing_disable()
+    for p in params:
+        p.grad = None
+    return dict(check="train step (grad ckpt, frozen tower)", ok=bool(math.isfinite(float(loss))), device=name,
+                lm_positions=tokens, trainable_params=sum(p.numel() for p in params), step_s=step_time,
+                tokens_per_s=tokens / step_time, tflops=flops / step_time / 1e12,
+                mfu=None if peak is None else flops / step_time / 1e12 / peak,
+                peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+
+
+@torch.inference_mode()
+def check_generation(model, config, device, frames, batches, new_tokens) -> list[dict]:
+    model.eval()
+    rows = []
+    for batch in batches:
+        name = f"generate batch {batch}"
+        try:
+            inputs = make_inputs(config, batch, frames, device, labels=False)
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
+            start = time.perf_counter()
+            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                 pad_token_id=0)
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            made = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
+            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            rows.append(dict(check=name, ok=made == batch * new_tokens, new_tokens_per_s=made / elapsed,
+                             seconds=elapsed, prompt_positions=inputs["input_ids"].shape[1], peak_mem_gib=peak))
+        except torch.OutOfMemoryError as error:
+            rows.append(dict(check=name, ok=False, error=f"out of memory: {str(error)[:120]}"))
+        finally:
+            inputs = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def recipe_layer_classes() -> list[str]:
+    """`fsdp_transformer_layer_cls_to_wrap` of recipes/accelerate/fsdp.yaml (the one FSDP definition)."""
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "recipes" / "accelerate" / "fsdp.yaml").read_text())
+    return [c.strip() for c in recipe["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(",")]
+
+
+def check_fsdp(device, vision, text, frames) -> dict:
+    """One process, world size 1: fully_shard per recipe layer class + root; loss and grads vs the plain model."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    started = not dist.is_initialized()
+    if started:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+    try:
+        config = TarsierConfig(vision_config=vision, text_config=text)
+        plain = build(config, device, torch.float32)
+        inputs = make_inputs(config, 2, frames, device)
+        ref_loss, _, ref_grads = forward_backward(plain, inputs, torch.float32)
+        sharded = build(config, device, torch.float32)
+        sharded.load_state_dict(plain.state_dict())
+        classes = set(recipe_layer_classes())
+        units = [m for m in sharded.modules() if type(m).__name__ in classes]
+        for module in units:
+            fully_shard(module)
+        fully_shard(sharded)
+        loss, _, grads = forward_backward(sharded, inputs, torch.float32)
+        full = {k: g.full_tensor() if hasattr(g, "full_tensor") else g for k, g in grads.items()}  # DTensor grads
+        grad_err = max(float((full[k] - g).abs().max()) for k, g in ref_grads.items())
+        ok = len(units) > 0 and abs(loss - ref_loss) < 1e-4 and grad_err < 1e-4
+        return dict(check="fsdp2 step (1 process)", ok=ok, units=len(units), loss_abs_err=abs(loss - ref_loss),
+                    max_grad_abs_err=grad_err, tolerance="1e-4 (float32)")
+    except Exception as error:  # noqa: BLE001 - reported in the table
+        return dict(check="fsdp2 step (1 process)", ok=False, error=f"{type(error).__name__}: {error}"[:200])
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:,.0f}"
+    return str(value)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| check | ok | measurements |", "|---|---|---|"]
+    for row in rows:
+        details = ", ".join(f"{k}={fmt(v)}" for k, v in row.items() if k not in ("check", "ok"))
+        lines.append(f"| {row['check']} | {fmt(row['ok'])} | {details} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="CPU-sized shapes (the test suite runs this)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.tiny:
+        small_vision, small_text = TINY_VISION, TINY_TEXT
+        big = TarsierConfig(vision_config=TINY_VISION, text_config=TINY_TEXT)
+    else:
+        small_vision, small_text, big = SMALL_VISION, SMALL_TEXT, TarsierConfig()
+    rows = check_precision(device, small_vision, small_text, frames=2)
+    rows.append(check_fsdp(device, small_vision, small_text, frames=2))
+    label = "tiny" if args.tiny else "7B"
+    try:
+        model = build(big, device, torch.bfloat16)
+        rows.append({**check_training(model, big, device, args.frames, args.steps), "config": label})
+        rows += [{**r, "config": label} for r in check_generation(model, big, device, args.frames, args.batches,
+                                                                   args.new_tokens)]
+    except torch.OutOfMemoryError as error:
+        rows.append(dict(check=f"train/generate {label}", ok=False, error=f"out of memory: {str(error)[:120]}"))
+    print(f"device: {peak_tflops(device)[0]}, torch {torch.__version__}")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0 if all(r["ok"] is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
