@@ -430,3 +430,52 @@ def test_loading_without_trust_remote_code_is_refused(tmp_path):
 def test_frame_run_helper_matches_config():
     config = tiny_config()
     assert len(frame_run(config)) == config.num_positions_per_frame == 2 * 3 + 1
+
+
+# ------------------------------------------------------------------ pooled features and the CLS feature
+
+
+@pytest.mark.parametrize("strategy", ["default", "full"])
+def test_pooled_features_are_the_average_of_the_patch_features(strategy):
+    """vision_feature_pooling=2 on a 2x2 patch grid leaves one feature per frame: the projected mean of the four
+    patch features (LLaVA-NeXT-Video's average pooling); a CLS feature kept by "full" stays unpooled in front."""
+    config = tiny_config(vision_feature_pooling=2, vision_feature_select_strategy=strategy, use_frame_separators=False)
+    model = make_model(config)
+    pixels = frames(3)
+    hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[config.vision_feature_layer]
+    expected = hidden[:, 1:].mean(1, keepdim=True)
+    if strategy == "full":
+        expected = torch.cat([hidden[:, :1], expected], dim=1)
+    with torch.no_grad():
+        features = model.model.get_image_features(pixels)
+        assert torch.allclose(features, model.model.multi_modal_projector(expected), atol=1e-6)
+    assert config.num_patches_per_frame == features.shape[1] == (2 if strategy == "full" else 1)
+    ids = torch.tensor([sample_ids(config, 3)])  # the layout follows the pooled grid
+    assert model(input_ids=ids, pixel_values=pixels).logits.shape[1] == ids.shape[1]
+
+
+def test_pooling_must_divide_the_patch_grid():
+    with pytest.raises(ValueError, match="vision_feature_pooling=3 must be a positive divisor of the patch grid side"):
+        tiny_config(vision_feature_pooling=3)
+
+
+def test_processor_layout_follows_pooling_and_the_cls_feature(smollm2_dir):
+    """The processor writes exactly the model's positions per frame for pooled and CLS-keeping configurations."""
+    from transformers import AutoTokenizer
+
+    from processing_tarsier import TarsierProcessor
+
+    for pooling, strategy in ((1, "default"), (2, "default"), (4, "full"), (1, "full")):
+        vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, image_size=64, patch_size=16)
+        config = TarsierConfig(vision_config=vision, use_frame_separators=False, vision_feature_pooling=pooling,
+                               vision_feature_select_strategy=strategy)
+        processor = TarsierProcessor.from_parts(
+            AutoTokenizer.from_pretrained(smollm2_dir), image_processor="clip", image_size=64, patch_size=16,
+            use_frame_separators=False, vision_feature_pooling=pooling,
+            num_additional_image_tokens=int(strategy == "full"))
+        assert processor.tokens_per_frame == len(processor.frame_token_ids()) == config.num_positions_per_frame
+        assert config.num_positions_per_frame == (4 // pooling) ** 2 + int(strategy == "full")
+    with pytest.raises(ValueError, match="needs use_frame_separators=False"):
+        TarsierProcessor.from_parts(AutoTokenizer.from_pretrained(smollm2_dir), image_processor="clip", image_size=64,
+                                    patch_size=16, num_additional_image_tokens=1)

@@ -33,7 +33,7 @@ def quick_run(tmp_path_factory, smollm2_dir):
 @pytest.mark.slow
 def test_every_artefact_exists(quick_run):
     out, stdout = quick_run
-    for name in ("stage1.jsonl", "stage2.jsonl", "test.jsonl", "info.json"):
+    for name in ("stage0.jsonl", "stage1.jsonl", "stage2.jsonl", "test.jsonl", "info.json"):
         assert (out / "data" / name).stat().st_size > 0, name
     for stage in ("stage1", "stage2"):
         for name in ("config.json", "model.safetensors", "processor_config.json", "modeling_tarsier.py",
@@ -50,6 +50,13 @@ def test_every_artefact_exists(quick_run):
     assert embeddings and layers
     assert all(torch.equal(stage1[k], stage2[k]) for k in embeddings)
     assert all(not torch.equal(stage1[k], stage2[k]) for k in layers)
+    # stage 0's tower is loaded into stage 1 and stays bit-identical through both stages (frozen, as in the paper)
+    tower = load_file(str(out / "stage0" / "model.safetensors"))
+    assert tower and json.loads((out / "stage0" / "config.json").read_text())["model_type"] == "clip_vision_model"
+    for name, value in tower.items():
+        key = "model.vision_tower." + name
+        assert torch.equal(stage1[key], value) and torch.equal(stage2[key], value), key
+    assert any(not torch.equal(stage1[k], stage2[k]) for k in stage1 if "multi_modal_projector" in k)
     assert (out / "f1_vs_events.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
     assert "| full recipe (stage 1 + stage 2) |" in table and "no LLM judge" in table

