@@ -14,6 +14,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def console_script(name: str) -> str:
+    """The path of an installed command (`transformers`, `accelerate`) of the running interpreter's environment,
+    so the tests work from `.venv/bin/python -m pytest` without an activated virtual environment."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
@@ -60,7 +67,7 @@ def judge_server(smollm2_dir, tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     with open(log, "w") as handle:
         server = subprocess.Popen(
-            ["transformers", "serve", str(smollm2_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            [console_script("transformers"), "serve", str(smollm2_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
             stdout=handle, stderr=subprocess.STDOUT, env=env,
         )
     try:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import console_script
+
 REPO = Path(__file__).resolve().parents[1]
 JUDGE_MAX_TOKENS = 16  # short judge answers keep the suite fast; truncated ones exercise the failure paths
 
@@ -288,7 +290,7 @@ def single_process_reference(tiny_checkpoint, requests_file, tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_give_the_same_results_as_one(tiny_checkpoint, requests_file, single_process_reference, tmp_path):
     output = tmp_path / "predictions.jsonl"
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [console_script("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", *_inference_cmd(tiny_checkpoint, requests_file, output)]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -420,11 +420,19 @@ def test_save_then_load_through_every_auto_class_in_a_fresh_process(tmp_path):
 
 
 def test_loading_without_trust_remote_code_is_refused(tmp_path):
-    from transformers import AutoModelForImageTextToText
-
+    """In a fresh interpreter (other tests register the repo's own classes with the Auto classes in-process, as
+    `eval.inference` and `tools.serve` do), a saved Tarsier folder is refused without `trust_remote_code`."""
     make_model().save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        AutoModelForImageTextToText.from_pretrained(tmp_path, trust_remote_code=False)
+    script = textwrap.dedent(f"""
+        from transformers import AutoModelForImageTextToText
+        try:
+            AutoModelForImageTextToText.from_pretrained({str(tmp_path)!r}, trust_remote_code=False)
+        except ValueError as error:
+            assert "trust_remote_code" in str(error), error
+            print("REFUSED")
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "REFUSED" in proc.stdout, proc.stderr[-2000:]
 
 
 def test_frame_run_helper_matches_config():

@@ -59,7 +59,8 @@ def test_every_artefact_exists(quick_run):
     assert any(not torch.equal(stage1[k], stage2[k]) for k in stage1 if "multi_modal_projector" in k)
     assert (out / "f1_vs_events.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
-    assert "| full recipe (stage 1 + stage 2) |" in table and "no LLM judge" in table
+    assert "| full recipe (stage 0 + 1 + 2) |" in table and "no LLM judge" in table
+    assert "| stage0 |" in table  # stage 0 has its own time in the phase table
     assert "no LLM judge" in stdout and str(out) in stdout.strip().splitlines()[-1]
     description = json.loads((out / "description.jsonl").read_text().splitlines()[0])
     assert isinstance(description["prediction"], str) and description["video"].endswith(".mp4")
