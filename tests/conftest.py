@@ -46,6 +46,28 @@ def smollm2_dir() -> Path:
     return materialize_smollm2()
 
 
+def wait_until_healthy(server, port: int, log: Path, name: str, timeout: float) -> str:
+    """Poll `http://127.0.0.1:PORT/health` until it answers 200 (at most `timeout` s); returns the `/v1` base URL.
+    Fails the test with the server's log when it exits or never answers."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            pytest.fail(f"{name} exited ({server.returncode}): {log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            server.kill()
+            pytest.fail(f"{name} not ready after {timeout:.0f} s: {log.read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
 def _free_port() -> int:
     import socket
 
@@ -58,8 +80,6 @@ def _free_port() -> int:
 def judge_server(smollm2_dir, tmp_path_factory):
     """A real OpenAI-compatible judge: `transformers serve` with SmolLM2 on 127.0.0.1; yields the `/v1` base URL."""
     import subprocess
-    import time
-    import urllib.request
 
     port = _free_port()
     log = tmp_path_factory.mktemp("judge") / "serve.log"
@@ -71,20 +91,7 @@ def judge_server(smollm2_dir, tmp_path_factory):
             stdout=handle, stderr=subprocess.STDOUT, env=env,
         )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"transformers serve exited ({server.returncode}): {log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve not ready after 180 s: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield wait_until_healthy(server, port, log, "transformers serve", 180)
     finally:
         server.terminate()
         try:

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 
 from tests.colour_clips import write_colour_clips
-from tests.conftest import _free_port
+from tests.conftest import _free_port, wait_until_healthy
 from tests.sensitive_tarsier import input_sensitive_copy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,20 +40,7 @@ def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     with open(log, "w") as handle:
         server = subprocess.Popen([sys.executable, "-m", "tools.serve", *args, "--port", str(port)],
                                   cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while True:
-        if server.poll() is not None:
-            pytest.fail(f"tools.serve exited ({server.returncode}): {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            server.kill()
-            pytest.fail(f"tools.serve not ready after 120 s: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
+    return server, wait_until_healthy(server, port, log, "tools.serve", 120)
 
 
 def stop_server(server: subprocess.Popen) -> None:
