@@ -202,7 +202,8 @@ def test_a_closed_stream_stops_its_generation(client):
     stream.close()
     started = time.monotonic()
     ask(client, "Say hello.")
-    assert time.monotonic() - started < whole / 3
+    # without the cancel it would wait for the abandoned ~997 tokens, i.e. about `whole`, before its own
+    assert time.monotonic() - started < 0.6 * whole
 
 
 def test_stop_string_is_left_out(client, reference):
