@@ -24,8 +24,8 @@ from dataset_builders.dream_s import (
     parse_events,
 )
 from dataset_builders.dream_s.render import PAN_SPAN, compute_boxes, render_frames
-from dataset_builders.dream_s.scene import COLLIDE_PUSH, MOVE_DISTANCE, event_triples
-from dataset_builders.dream_s.vocab import BACKGROUNDS, COLOURS
+from dataset_builders.dream_s.scene import COLLIDE_PUSH, GRID, MOVE_DISTANCE, event_triples, sample_clip
+from dataset_builders.dream_s.vocab import BACKGROUNDS, CAMERA_MOTIONS, COLOURS
 from dataset_builders.video_writer import write_video
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_videos_decode_with_right_frames_and_size(built):
             assert stream.codec_context.name == "h264"
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         assert len(frames) == 16
-        assert frames[0].shape == (64, 64, 3)
+        assert frames[0].shape == (BuildConfig.size, BuildConfig.size, 3)
 
 
 def test_rows_follow_the_documented_format(built):
@@ -327,3 +327,35 @@ def test_cli_shows_progress_and_rejects_bad_options(tmp_path):
     assert bad.returncode == 2 and "--size" in bad.stderr
     with pytest.raises(ValueError, match="heldout-fraction"):
         build_dataset(BuildConfig(out=str(tmp_path / "x"), num_train=1, num_test=1, heldout_fraction=0.0), progress=False)
+
+
+def test_first_frame_shows_nothing_of_the_camera_motion():
+    """The single-frame ablation sees one frame: the first (the released sampling rule). Every camera motion starts
+    from the rest pose, so that frame is pixel-identical whatever the motion, and the motion shows by the last."""
+    base = dict(shapes=[ShapeSpec("red", "square", 0.5, 0.5, 0.08)], events=[EventSpec(0, "grow")], num_frames=8)
+    renders = {camera: render_frames(ClipSpec(**base, camera=camera)) for camera in CAMERA_MOTIONS}
+    for camera, frames in renders.items():
+        assert np.array_equal(frames[0], renders["static"][0]), camera
+        if camera != "static":
+            assert np.abs(frames[-1].astype(int) - renders["static"][-1].astype(int)).mean() > 2.0, camera
+
+
+def test_shapes_start_inside_one_patch_of_the_tiny_tower():
+    """Legibility: the tiny recipe's tower sees 96 px frames as a 3 x 3 grid of 32 px patches; every shape starts at
+    the centre of one grid cell, so at rest all of its pixels lie inside a single patch (decoded colour masks)."""
+    tower = json.loads((REPO / "recipes" / "tiny" / "vision_tower.json").read_text())
+    assert tower["image_size"] // tower["patch_size"] == GRID and tower["image_size"] == BuildConfig.size
+    side = tower["patch_size"]
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        clip = sample_clip(rng, split="any")
+        frame = render_frames(clip)[0]
+        for shape in clip.shapes:
+            if not shape.visible_at_start:
+                continue
+            cell = (int(shape.y * GRID), int(shape.x * GRID))
+            assert (shape.x * GRID) % 1 == pytest.approx(0.5) and (shape.y * GRID) % 1 == pytest.approx(0.5)
+            mask = _colour_mask(frame[None], shape.colour)[0]
+            ys, xs = np.nonzero(mask)
+            assert len(ys) > 20, shape
+            assert set(zip((ys // side).tolist(), (xs // side).tolist())) == {cell}, (shape, clip.camera)

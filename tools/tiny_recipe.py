@@ -12,7 +12,7 @@ Phases, each timed:
 3. **stage 0**: `python -m training.vision_pretraining --config recipes/tiny/stage0.yaml` pre-trains the CLIP
    vision tower of `recipes/tiny/vision_tower.json` on single frames and their facts (transformers' `Trainer`,
    `CLIPForImageClassification`'s multi-label loss) and saves it as a `clip_vision_model` folder: the paper starts
-   from a pretrained CLIP-ViT, and none fits 64 px synthetic frames.
+   from a pretrained CLIP-ViT, and none fits 96 px synthetic frames.
 4. **stage 1** and **stage 2**: `accelerate launch train_sft.py --config recipes/tiny/stage{1,2}.yaml ...` as
    subprocesses (the repo's real trainer), from the stage-0 tower (frozen, as in the paper; its patch grid
    average-pooled to one feature per frame), a fresh projector and the cut LLM (embedding table frozen).
@@ -55,7 +55,7 @@ class TinyRecipeArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the data and of training."})
     num_train: int = field(default=1000, metadata={"help": "Training clips (5 stage-1 and 3 stage-2 rows each)."})
     num_test: int = field(default=60, metadata={"help": "Held-out test clips (unseen colour/shape/action triples)."})
-    video_size: int = field(default=64, metadata={"help": "Side of the generated videos in pixels."})
+    video_size: int = field(default=96, metadata={"help": "Side of the generated videos in pixels."})
     num_frames: int = field(default=8, metadata={"help": "Frames per video in stage 2 and evaluation."})
     llm_layers: int = field(default=2, metadata={"help": "SmolLM2 decoder layers kept (1-30; 30 = the whole LLM)."})
     stage0_steps: int | None = field(default=None, metadata={"help": "Stage-0 optimiser steps (default: the YAML)."})

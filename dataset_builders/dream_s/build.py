@@ -31,7 +31,7 @@ class BuildConfig:
     num_train: int = field(default=300, metadata={"help": "train clips (5 stage-1 rows and 3 stage-2 rows each)"})
     num_test: int = field(default=60, metadata={"help": "held-out test clips (one test row each)"})
     num_frames: int = field(default=16, metadata={"help": "frames per clip"})
-    size: int = field(default=64, metadata={"help": "frame side in pixels (even)"})
+    size: int = field(default=96, metadata={"help": "frame side in pixels (even)"})
     fps: float = field(default=8.0, metadata={"help": "frame rate written in the videos"})
     heldout_fraction: float = field(default=0.1, metadata={"help": "share of (colour, shape, action) triples only the test split shows"})
     max_subjects: int = field(default=2, metadata={"help": "most shapes per clip (1-3)"})

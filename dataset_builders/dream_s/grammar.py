@@ -116,10 +116,10 @@ def camera_description(clip: ClipSpec) -> str:
 # image coordinates (after the camera), binned so that every event changes at least one fact between its first and
 # last frame: a move (0.3 of the frame) always crosses a fifth, grow / shrink change the size word, a rotation the
 # pose. The background facts (palette, checker phase and cell size) are what camera motion and cuts change.
-_COLUMNS = ("far left", "left", "centre", "right", "far right")
-_ROWS = ("top", "upper", "middle", "lower", "bottom")
-_SIZE_WORDS = ((0.1, "small"), (0.165, "medium"), (float("inf"), "large"))  # image-space radius upper bounds
-_CELL_WORDS = ((7.8, "small"), (8.4, "medium"), (float("inf"), "large"))  # checker cell side, px at 64 px
+_COLUMNS = ("left", "centre", "right")  # the columns and rows of the scene grid (scene.GRID = 3)
+_ROWS = ("top", "middle", "bottom")
+_SIZE_WORDS = ((0.06, "small"), (0.105, "medium"), (float("inf"), "large"))  # image-space radius upper bounds
+_CELL_WORDS = ((0.122, "small"), (0.131, "medium"), (float("inf"), "large"))  # checker cell side, frame widths
 _PHASES = 4
 
 
@@ -186,7 +186,7 @@ def frame_labels(clip: ClipSpec, tracks, frame: int, size: int = 64) -> list[str
             labels.append(f"{c} {o['pose']}")
     zoom, period = tracks.zoom[frame], 2 * CHECKER_PERIOD  # the checkerboard repeats every two cells
     left, top = tracks.cam_x[frame] - 0.5 / zoom, tracks.cam_y[frame] - 0.5 / zoom  # world point at the image corner
-    cell = CHECKER_PERIOD * zoom * size
+    cell = CHECKER_PERIOD * zoom
     labels += [f"background {clip.backgrounds[tracks.shot[frame]]}",
                f"checker x {_bin((left / period) % 1.0, _PHASES)}", f"checker y {_bin((top / period) % 1.0, _PHASES)}",
                f"cells {next(word for bound, word in _CELL_WORDS if cell < bound)}"]

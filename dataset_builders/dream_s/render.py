@@ -13,8 +13,10 @@ from .vocab import BACKGROUNDS, COLOURS
 CHECKER_PERIOD = 0.125  # world units per background cell
 SQUARE_HALF_SIDE = math.sqrt(math.pi) / 2  # x size: a square with the area of the circle of radius `size`
 TRIANGLE_RADIUS = 1.4  # x size: circumradius of the equilateral triangle
-PAN_SPAN = 0.08  # camera centre travel of a pan over the clip (well below a move: 0.3)
-ZOOM_RANGE = (0.95, 1.18)  # a zoom changes sizes less than grow (1.5x) or shrink (0.6x)
+# Every camera motion starts from the rest pose (centre 0.5, zoom 1), so the first frame (the single-frame input of
+# the released sampling rule) shows nothing of the camera motion; the motion only shows between frames.
+PAN_SPAN = 0.08  # camera centre travel of a pan over the clip (well below a move)
+ZOOM_FACTOR = 1.15  # zoom at the end of a zoom in (a zoom out ends at 1 / ZOOM_FACTOR): less than grow / shrink
 
 
 @dataclass
@@ -85,13 +87,13 @@ def compute_tracks(clip: ClipSpec) -> Tracks:
 
     cam_x, cam_y, zoom = np.full(num, 0.5), np.full(num, 0.5), np.ones(num)
     if clip.camera == "pan left":  # the camera travels left, so the scene drifts right in the image
-        cam_x = 0.5 + PAN_SPAN / 2 - PAN_SPAN * t
+        cam_x = 0.5 - PAN_SPAN * t
     elif clip.camera == "pan right":
-        cam_x = 0.5 - PAN_SPAN / 2 + PAN_SPAN * t
+        cam_x = 0.5 + PAN_SPAN * t
     elif clip.camera == "zoom in":
-        zoom = ZOOM_RANGE[0] * (ZOOM_RANGE[1] / ZOOM_RANGE[0]) ** t
+        zoom = ZOOM_FACTOR**t
     elif clip.camera == "zoom out":
-        zoom = ZOOM_RANGE[1] * (ZOOM_RANGE[0] / ZOOM_RANGE[1]) ** t
+        zoom = ZOOM_FACTOR ** (-t)
     elif clip.camera != "static":
         raise ValueError(f"unknown camera motion {clip.camera!r}")
     shot = np.zeros(num, dtype=np.int64)

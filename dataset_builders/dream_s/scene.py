@@ -15,14 +15,16 @@ import numpy as np
 
 from .vocab import ACTIONS, BACKGROUNDS, CAMERA_MOTIONS, COLOURS, MOVES, SHAPES, action_supported
 
-# Legibility (docs/tiny_recipe.md): at the tiny model's 64 px input a shape starts 15-19 px wide, a move crosses
-# a fifth of the frame or more, grow / shrink end at least 1.5x apart from the start, and a rotation ends in a
-# pose that no start pose has (a square becomes a diamond, a triangle points down).
-BOUNDS = (0.18, 0.82)  # where shape centres may be, so shapes stay in view under pans and zooms
-MOVE_DISTANCE = 0.3
+# Legibility (docs/tiny_recipe.md): shapes start at the centres of a GRID x GRID grid of cells, the grid of the tiny
+# tower's patches (96 px frames, 32 px patches), so at rest every shape sits inside one patch; a move goes one cell,
+# grow / shrink change the size 1.5x, and a rotation ends in a pose that no start pose has (a square becomes a
+# diamond, a triangle points down). Sizes are circle radii in frame widths: a medium shape is ~15 px wide at 96 px.
+GRID = 3
+BOUNDS = (0.16, 0.84)  # where shape centres may be: the cell centres 1/6 .. 5/6, with a little slack
+MOVE_DISTANCE = 1.0 / GRID
 GROW_FACTOR, SHRINK_FACTOR = 1.5, 0.6
-START_SIZES = (0.12, 0.15)  # circle radius at the start (squares and triangles: the same area)
-MAX_SIZE, MIN_SIZE = 0.23, 0.07
+START_SIZES = (0.075, 0.085)  # circle radius at the start (squares and triangles: the same area)
+MAX_SIZE, MIN_SIZE = 0.13, 0.045
 START_TILT = 8.0  # degrees: squares start upright and triangles pointing up, within this tilt
 ROTATION_DEGREES = {"square": 45.0, "triangle": 60.0}  # half a symmetry period: the end pose is the farthest
 COLLIDE_PUSH = 0.12  # how far the hit shape slides
@@ -72,7 +74,7 @@ class ClipSpec:
     backgrounds: tuple[int, int] = (0, 1)  # palette index of shot 1 and shot 2
     num_frames: int = 16
     fps: float = 8.0
-    size: int = 64
+    size: int = 96
 
     @property
     def n_shots(self) -> int:
@@ -160,6 +162,11 @@ class _State:
     alive: bool = True  # False after it disappeared
     locked: bool = False  # True after it changed colour: its name would no longer match its look
     touched: bool = False  # took part in an event (so it cannot "appear" any more)
+
+
+def _centre(index: int) -> float:
+    """The normalised coordinate of the centre of grid cell `index` along one axis."""
+    return (index + 0.5) / GRID
 
 
 def _inside(x: float, y: float) -> bool:
@@ -264,12 +271,9 @@ def _try_sample(
     kinds = [str(s) for s in rng.choice(SHAPES, n_subjects)]
     shapes: list[ShapeSpec] = []
     for colour, kind in zip(colours, kinds):
-        for _ in range(50):
-            x, y = rng.uniform(0.22, 0.78, size=2)
-            if all(math.hypot(x - s.x, y - s.y) >= 0.36 for s in shapes):
-                break
-        else:
-            return None
+        free = [cell for cell in range(GRID * GRID) if all(math.hypot(_centre(cell % GRID) - s.x, _centre(cell // GRID) - s.y) > 1e-6 for s in shapes)]
+        cell = free[int(rng.integers(len(free)))]
+        x, y = _centre(cell % GRID), _centre(cell // GRID)
         angle = float(rng.uniform(-START_TILT, START_TILT)) if kind != "circle" else 0.0
         shapes.append(ShapeSpec(colour, kind, float(x), float(y), float(rng.uniform(*START_SIZES)), angle))
     states = [_State(s.x, s.y, s.size) for s in shapes]
@@ -321,7 +325,7 @@ def sample_clip(
     static_camera_prob: float = 0.4,
     num_frames: int = 16,
     fps: float = 8.0,
-    size: int = 64,
+    size: int = 96,
     max_tries: int = 500,
 ) -> ClipSpec:
     """Draw one clip.
