@@ -10,7 +10,7 @@ Supervised fine-tuning of Tarsier with TRL's `SFTTrainer`: both stages of the pa
         --dataset_config 0_30_s_academic_v0_1 --dataset_train_split caption --video_roots data/llava-video \\
         --frame_sampling instruction --output_dir runs/stage2 --max_steps 10000 --use_peft --lora_r 16
 
-Arguments (training/arguments.py): TRL's `ScriptArguments` (dataset), `ModelConfig` (model, dtype, attention, PEFT),
+Arguments (tarsier_hf/training/arguments.py): TRL's `ScriptArguments` (dataset), `ModelConfig` (model, dtype, attention, PEFT),
 `TarsierSFTConfig` (TRL's `SFTConfig` plus `--loss_head` and `--vision_learning_rate`) and `TarsierArguments`
 (building from parts, freezing, video data and frame sampling). `python train_sft.py --help` lists them all.
 """
@@ -20,28 +20,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-# Running from any folder (`python path/to/train_sft.py`) must still find the repo's modules.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-import torch  # noqa: E402
-from transformers import set_seed  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config  # noqa: E402
-
-from training.arguments import (  # noqa: E402
+from tarsier_hf.training.arguments import (
     DEFAULT_LORA_TARGETS, REFUSED_SFT_OPTIONS, TarsierArguments, check_sft_config, refused_help,
 )
-from training.collator import FramePolicy, TarsierVideoCollator  # noqa: E402
-from training.data import (  # noqa: E402
+from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+from tarsier_hf.training.data import (
     ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
 )
-from training.model_builder import build_from_parts, copy_code_files, load_tarsier, save_tarsier  # noqa: E402
-from training.model_card import prepare_hub_folder, push_folder, render_model_card  # noqa: E402
-from training.trainer import TarsierSFTConfig, TarsierSFTTrainer  # noqa: E402
+from tarsier_hf.hub.checkpoint import check_checkpoint, copy_code_files
+from tarsier_hf.hub.model_card import render_model_card
+from tarsier_hf.hub.publish import push_to_hub as publish
+from tarsier_hf.training.model_builder import build_from_parts, load_tarsier, save_tarsier
+from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
 logger = logging.getLogger("train_sft")
 
@@ -292,11 +290,12 @@ def main(
                       "skipped_too_long": trainer.skip_totals["skipped_too_long"]},
             is_adapter=model_args.use_peft,
         )
-        files = prepare_hub_folder(output_dir, card)
+        (Path(output_dir) / "README.md").write_text(card, encoding="utf-8")
+        check_checkpoint(output_dir)
         if push_to_hub:
             repo_id = training_args.hub_model_id or Path(output_dir).name
-            url = push_folder(output_dir, repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)
-            logger.info("pushed %d files to %s", len(files), url)
+            plan = publish(output_dir, repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)
+            logger.info("pushed %d files to %s", len(plan.files), plan.commit_url)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 

@@ -74,8 +74,8 @@ def run_pycocoevalcap(predictions, references):
 
 
 def run_ours_direct(predictions, references):
-    from eval.cider.cider_scorer import cider_d
-    from eval.cider.ptb_tokenizer import PTBTokenizer
+    from tarsier_hf.eval.cider.cider_scorer import cider_d
+    from tarsier_hf.eval.cider.ptb_tokenizer import PTBTokenizer
 
     start = time.perf_counter()
     tokenizer = PTBTokenizer()

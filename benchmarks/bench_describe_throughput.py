@@ -1,4 +1,4 @@
-"""Batch description throughput on CPU: `eval.inference.run_inference` vs a plain loop over LLaVA-NeXT-Video.
+"""Batch description throughput on CPU: `tarsier_hf.eval.inference.run_inference` vs a plain loop over LLaVA-NeXT-Video.
 
     python benchmarks/bench_describe_throughput.py                    # 32 clips, prints a Markdown table
     python benchmarks/bench_describe_throughput.py --videos 8 --json out.json
@@ -44,8 +44,8 @@ PROMPTS = ("Describe the video in detail.",
 def build_tarsier(root: Path, layers: int, hidden: int):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tools.local_llm import materialize_smollm2
-    from training.model_builder import build_from_parts
+    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+    from tarsier_hf.training.model_builder import build_from_parts
 
     tokenizer = AutoTokenizer.from_pretrained(materialize_smollm2())
     torch.manual_seed(0)
@@ -98,7 +98,7 @@ def plain_loop(llava, processor, requests, ours_length, new_tokens) -> list[str]
 
 
 def main(argv=None) -> dict:
-    from eval.inference import GenerationSettings, InferenceSettings, VideoRequest, VideoTextGenerator, run_inference
+    from tarsier_hf.eval.inference import GenerationSettings, InferenceSettings, VideoRequest, VideoTextGenerator, run_inference
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=32)

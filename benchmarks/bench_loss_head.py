@@ -31,8 +31,8 @@ def build(tmp: str):
     from configuration_tarsier import TarsierConfig
     from modeling_tarsier import TarsierForConditionalGeneration
     from processing_tarsier import TarsierProcessor
-    from tools.local_llm import materialize_smollm2
-    from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+    from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     llm = materialize_smollm2()
     tokenizer = AutoTokenizer.from_pretrained(llm)

@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dataset_builders.video_writer import draw_frame_code, write_video  # noqa: E402
+from tarsier_hf.dream_s.video_writer import draw_frame_code, write_video  # noqa: E402
 from processing_tarsier import TarsierProcessor, VideoReader, sample_uniform  # noqa: E402
 
 CACHE = Path(os.environ.get("TARSIER_CACHE", Path.home() / ".cache" / "tarsier")) / "bench"
@@ -105,7 +105,7 @@ def main(args: Args) -> None:
     from transformers import AutoTokenizer
 
     sys.path.insert(0, str(REPO))
-    from tools.local_llm import materialize_smollm2
+    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 
     processor = TarsierProcessor.from_parts(AutoTokenizer.from_pretrained(materialize_smollm2()), "clip")
     try:

@@ -1,6 +1,6 @@
 """Zero-shot video captioning (MSVD, MSR-VTT, VATEX) scored with the CIDEr module (`eval/cider`).
 
-    python -m eval.captioning --checkpoint path/to/tarsier --format msrvtt --annotations MSRVTT/test_videodatainfo.json \
+    python -m tarsier_hf.eval.captioning --checkpoint path/to/tarsier --format msrvtt --annotations MSRVTT/test_videodatainfo.json \
         --videos MSRVTT/videos --output_dir runs/msrvtt_caption
 
 Readers:
@@ -20,10 +20,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.common import ModelArguments, generate_predictions, predictions_of, result_header, unreadable_videos
-from eval.inference import VideoRequest, get_state
-from eval.prompts import caption_prompt, frames_for
-from eval.results import write_json
+from tarsier_hf.eval.common import ModelArguments, generate_predictions, predictions_of, result_header, unreadable_videos
+from tarsier_hf.eval.inference import VideoRequest, get_state
+from tarsier_hf.eval.prompts import caption_prompt, frames_for
+from tarsier_hf.eval.results import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class CaptioningArguments:
     videos: str = field(metadata={"help": "Video folder."})
     output_dir: str = field(metadata={"help": "Folder for predictions.jsonl and results.json."})
     split: str | None = field(default="test", metadata={"help": "MSR-VTT split to keep."})
-    prompt: str = field(default="caption-v1", metadata={"help": "eval.prompts template name or the prompt text."})
+    prompt: str = field(default="caption-v1", metadata={"help": "tarsier_hf.eval.prompts template name or the prompt text."})
     document_frequencies: str | None = field(default=None, metadata={"help": "Saved CIDEr document frequencies."})
     model_name: str | None = field(default=None, metadata={"help": "Row name in Table 5 (default: checkpoint)."})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from eval.inference import GenerationArguments, InferenceSettings
+from tarsier_hf.eval.inference import GenerationArguments, InferenceSettings
 
 
 @dataclass(kw_only=True)
@@ -12,7 +12,7 @@ class ModelArguments(GenerationArguments):
     """Which checkpoint runs and how it generates."""
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
-    model_preset: str = field(default="tarsier-7b", metadata={"help": "Frames/prompt preset of eval.prompts (§5.1)."})
+    model_preset: str = field(default="tarsier-7b", metadata={"help": "Frames/prompt preset of tarsier_hf.eval.prompts (§5.1)."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames per video (default: the preset's)."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N samples (smoke runs)."})
 
@@ -51,7 +51,7 @@ class JudgeArguments:
     skip_scoring: bool = field(default=False, metadata={"help": "Only generate; score later."})
 
     def autodq_config(self):
-        from eval.autodq.scoring import get_config
+        from tarsier_hf.eval.autodq.scoring import get_config
 
         overrides = {}
         if self.judge_max_tokens is not None:
@@ -61,8 +61,8 @@ class JudgeArguments:
         return get_config(self.judge_preset, **overrides)
 
     def build(self, config=None):
-        """A `ChatJudge` (eval.autodq.judge) with the persistent cache and bounded retries."""
-        from eval.autodq.pipeline import build_judge
+        """A `ChatJudge` (tarsier_hf.eval.autodq.judge) with the persistent cache and bounded retries."""
+        from tarsier_hf.eval.autodq.pipeline import build_judge
 
         config = config or self.autodq_config()
         return build_judge(
@@ -80,7 +80,7 @@ def generate_predictions(requests, output_dir, model_args: ModelArguments, setti
     """Run (or resume) generation into `output_dir/predictions.jsonl`; the records by id, or `None` off rank 0."""
     from pathlib import Path
 
-    from eval.inference import get_state, run_inference
+    from tarsier_hf.eval.inference import get_state, run_inference
 
     state = state or get_state()
     outputs = run_inference(requests, Path(output_dir) / "predictions.jsonl", settings, model_args.batch_size,

@@ -1,16 +1,16 @@
 """DREAM-1K (Tarsier paper §4.1, §5.1): describe every video, score with AutoDQ, report Table 3 and Figure 5.
 
-    python -m eval.dream1k --checkpoint path/to/tarsier --annotations ../shared/data/DREAM-1K.jsonl \
+    python -m tarsier_hf.eval.dream1k --checkpoint path/to/tarsier --annotations ../shared/data/DREAM-1K.jsonl \
         --videos DREAM-1K/video --output_dir runs/tarsier-7b-dream1k \
         --judge openai --judge_base_url http://127.0.0.1:8000/v1 --judge_model my-judge
-    accelerate launch --multi_gpu --num_processes 8 -m eval.dream1k ...   # sharded generation
+    accelerate launch --multi_gpu --num_processes 8 -m tarsier_hf.eval.dream1k ...   # sharded generation
 
 `--annotations` is a DREAM-1K JSONL file or a Hub dataset id / local dataset folder (read with `datasets`), in
 either published layout: the first release (`text.prompt` / `text.response`, `video_file`) or the later one of
 Tarsier2's annotation files (bytedance/tarsier, branch tarsier2, `data/annotations/DREAM-1k.jsonl`: `messages`
 whose user turn holds `{"type": "video", "video": {"video_file": ...}}` and the prompt, and whose assistant text
 item holds the reference in `reference`; events under `extra_info` in both). Category names follow the record's
-`dataset` (the later release renames `shorts` / `stock` to `vertical_video` / `videvo`; eval.report maps both).
+`dataset` (the later release renames `shorts` / `stock` to `vertical_video` / `videvo`; tarsier_hf.eval.report maps both).
 Videos are found in `--videos` by the record's `video_file` (when it is a real path) or by `idx` / `vid` with
 any video extension (`--video_template` overrides, e.g. `"{idx}.mp4"`). Videos that are missing or unreadable
 are listed in the results and left out of the scores; the run goes on.
@@ -29,11 +29,11 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval.common import JudgeArguments, ModelArguments, predictions_of
-from eval.inference import VideoRequest, get_state, run_inference
-from eval.prompts import get_preset
-from eval.report import plot_complexity, table3_markdown
-from eval.results import append_jsonl, write_json
+from tarsier_hf.eval.common import JudgeArguments, ModelArguments, predictions_of
+from tarsier_hf.eval.inference import VideoRequest, get_state, run_inference
+from tarsier_hf.eval.prompts import get_preset
+from tarsier_hf.eval.report import plot_complexity, table3_markdown
+from tarsier_hf.eval.results import append_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,7 @@ class Dream1kArguments:
 
     videos: str = field(metadata={"help": "Folder holding the DREAM-1K videos."})
     output_dir: str = field(metadata={"help": "Folder for predictions, scores, table and figure."})
-    annotations: str = field(
-        default=str(Path(os.environ.get("TARSIER_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-                    / "data" / "DREAM-1K.jsonl"),
-        metadata={"help": "DREAM-1K JSONL file, or a Hub dataset id / dataset folder."},
-    )
+    annotations: str = field(metadata={"help": "DREAM-1K annotations: a JSONL file, or a Hub dataset id / dataset folder."})
     split: str = field(default="test", metadata={"help": "Split when --annotations is a dataset id."})
     video_template: str | None = field(default=None, metadata={"help": "Video path pattern, e.g. '{idx}.mp4'."})
     prompt: str | None = field(default=None, metadata={"help": "Override the preset's description prompt."})
@@ -151,8 +147,8 @@ def build_requests(records: list[dict], videos: str, prompt: str, template: str 
 
 
 def score(records: list[dict], predictions: dict[str, str], judge_args: JudgeArguments, judge=None) -> dict:
-    """AutoDQ over the records that have a prediction (eval.autodq pipeline: cache, retries, macro average)."""
-    from eval.autodq.pipeline import run_autodq, samples_from_dream1k
+    """AutoDQ over the records that have a prediction (tarsier_hf.eval.autodq pipeline: cache, retries, macro average)."""
+    from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
 
     scored = [r for r in records if str(r["idx"]) in predictions]
     config = judge_args.autodq_config()

@@ -1,9 +1,9 @@
 """Batched, sharded, resumable video -> text generation with a Tarsier checkpoint.
 
     # one process
-    python -m eval.inference --checkpoint path/to/tarsier --requests requests.jsonl --output predictions.jsonl
+    python -m tarsier_hf.eval.inference --checkpoint path/to/tarsier --requests requests.jsonl --output predictions.jsonl
     # several processes (GPUs, or CPU processes with the gloo backend)
-    accelerate launch --multi_gpu --num_processes 2 -m eval.inference --checkpoint ... --output ...
+    accelerate launch --multi_gpu --num_processes 2 -m tarsier_hf.eval.inference --checkpoint ... --output ...
 
 `requests.jsonl` holds one `{"id": ..., "video": path, "prompt": text}` per line. Results are appended to
 `--output` as they are produced (one JSON object per sample, see `RESULT_FIELDS`), so a killed run started again
@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from eval.results import append_jsonl, first_by_id, read_jsonl
+from tarsier_hf.eval.results import append_jsonl, first_by_id, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ class GenerationArguments:
 
 @dataclass(kw_only=True)
 class InferenceArguments(GenerationArguments):
-    """Command-line arguments of `python -m eval.inference`."""
+    """Command-line arguments of `python -m tarsier_hf.eval.inference`."""
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
     requests: str = field(metadata={"help": "JSONL of {id, video, prompt}."})

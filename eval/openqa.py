@@ -1,12 +1,12 @@
 """Open-ended video QA (MSVD-QA, MSR-VTT-QA, ActivityNet-QA, TGIF-QA) with the Video-ChatGPT judge protocol.
 
-    python -m eval.openqa --checkpoint path/to/tarsier --format msvd_qa --annotations MSVD-QA/test_qa.json \
+    python -m tarsier_hf.eval.openqa --checkpoint path/to/tarsier --format msvd_qa --annotations MSVD-QA/test_qa.json \
         --video_map MSVD-QA/youtube_mapping.txt --videos MSVD/videos --output_dir runs/msvd_qa \
         --judge openai --judge_model gpt-3.5-turbo-0125
 
 The model answers each question freely; an LLM judge then compares the answer with the ground truth and returns
 `{'pred': 'yes'|'no', 'score': 0-5}` (Video-ChatGPT's prompt, the one the paper's Table 5c uses). Reported:
-accuracy = share of "yes", score = mean score. Judge calls go through `eval.autodq.judge` (persistent cache,
+accuracy = share of "yes", score = mean score. Judge calls go through `tarsier_hf.eval.autodq.judge` (persistent cache,
 bounded retries with backoff). A judge answer that stays unreadable counts as "no" with score 0 and is listed.
 """
 
@@ -21,11 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.common import (JudgeArguments, ModelArguments, generate_predictions, predictions_of, result_header,
+from tarsier_hf.eval.common import (JudgeArguments, ModelArguments, generate_predictions, predictions_of, result_header,
                          unreadable_videos)
-from eval.inference import VideoRequest, get_state
-from eval.prompts import frames_for, openqa_prompt
-from eval.results import write_json
+from tarsier_hf.eval.inference import VideoRequest, get_state
+from tarsier_hf.eval.prompts import frames_for, openqa_prompt
+from tarsier_hf.eval.results import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def parse_verdict(text: str) -> tuple[bool, float]:
 
     Accepts code fences, prose around the dict, `"score": "4"`; the score is clipped to [0, 5].
     """
-    from eval.autodq.parsing import ParseError, load_structure
+    from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
 
     pred = score = None
     try:
@@ -235,7 +235,7 @@ class OpenQAArguments:
     output_dir: str = field(metadata={"help": "Folder for predictions.jsonl and results.json."})
     answers: str | None = field(default=None, metadata={"help": "Separate answer file (ActivityNet-QA test_a.json)."})
     video_map: str | None = field(default=None, metadata={"help": "MSVD youtube_mapping.txt."})
-    prompt_template: str = field(default="openqa-v1", metadata={"help": "eval.prompts template name or text."})
+    prompt_template: str = field(default="openqa-v1", metadata={"help": "tarsier_hf.eval.prompts template name or text."})
     model_name: str | None = field(default=None, metadata={"help": "Row name in Table 5 (default: checkpoint)."})
 
 
@@ -255,7 +255,7 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     predictions = predictions_of(outputs)
     config = judge_args.autodq_config()
     judge = judge or judge_args.build(config)
-    from eval.autodq.pipeline import judge_defaults
+    from tarsier_hf.eval.autodq.pipeline import judge_defaults
 
     concurrency = judge_args.judge_concurrency or judge_defaults(judge)["concurrency"]
     scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency)

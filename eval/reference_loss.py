@@ -6,7 +6,7 @@ another row (row `i` gets the video of row `(i + shift) % n`). A model that igno
 same loss; the gap is how many nats per token the frames are worth. It complements generation metrics when a
 model is still weak: a zero event F1 can hide a model that has learnt some of what the video shows.
 
-Tokens are scored exactly as in training: the rows go through `training.collator.TarsierVideoCollator`
+Tokens are scored exactly as in training: the rows go through `tarsier_hf.training.collator.TarsierVideoCollator`
 (chat template, `<video>` expansion, labels on assistant tokens only) with uniform frame sampling.
 """
 
@@ -18,9 +18,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from training.collator import FramePolicy, TarsierVideoCollator
-from training.data import normalize_row
-from training.loss import labelled_logits
+from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+from tarsier_hf.training.data import normalize_row
+from tarsier_hf.training.loss import labelled_logits
 
 
 @dataclass
@@ -69,7 +69,7 @@ def score_references(
     Args:
         model: a `TarsierForConditionalGeneration` (any device; evaluated in its current dtype).
         processor: its `TarsierProcessor` (chat template with `{% generation %}` markers).
-        rows: conversation rows as in `training.data` (one video each; relative paths under `video_root`).
+        rows: conversation rows as in `tarsier_hf.training.data` (one video each; relative paths under `video_root`).
         num_frames: frames per video, sampled uniformly with the first and last frame included.
         shift: `0` scores each row with its own video; `k > 0` gives row `i` the video of row `(i + k) % n`.
         batch_size: rows per forward pass.
@@ -128,7 +128,7 @@ def nll_by_class(
 
     Args:
         own, other: `score_references` results for the same rows (shift 0 and shift k).
-        classify: maps a reference's tokens to one class name per token (e.g. `dataset_builders.dream_s.word_classes`).
+        classify: maps a reference's tokens to one class name per token (e.g. `tarsier_hf.dream_s.word_classes`).
 
     Returns:
         `{class: {"own_video": mean nats, "other_video": mean nats, "tokens": count}}`, classes sorted by name.
@@ -152,7 +152,7 @@ def own_vs_other_video(model, processor, rows: Sequence[dict], classify: Callabl
     overall and per word class.
 
     Args:
-        classify: maps a reference's tokens to one class per token (e.g. `dataset_builders.dream_s.word_classes`).
+        classify: maps a reference's tokens to one class per token (e.g. `tarsier_hf.dream_s.word_classes`).
         score_kwargs: passed to `score_references` (`video_root`, `num_frames`, `batch_size`, `collator`).
 
     Returns:

@@ -1,7 +1,7 @@
 """Report tables and plots in the paper's layouts: Table 3 (DREAM-1K), Figure 5 (F1 vs complexity), Table 5.
 
     # compare several runs the way the paper does
-    python -m eval.report runs/tarsier-7b/results.json runs/other/results.json --table table3.md --figure fig5.png
+    python -m tarsier_hf.eval.report runs/tarsier-7b/results.json runs/other/results.json --table table3.md --figure fig5.png
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def plot_complexity(rows: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     """Figure 5: F1 (%) against the number of events, subjects and shots, one line per model.
 
     Args:
-        rows: `(model name, breakdowns)` with `breakdowns[axis][bucket] = {"f1", "n", ...}` (eval.autodq buckets).
+        rows: `(model name, breakdowns)` with `breakdowns[axis][bucket] = {"f1", "n", ...}` (tarsier_hf.eval.autodq buckets).
         path: PNG file to write.
     """
     import matplotlib
@@ -95,7 +95,7 @@ def plot_complexity(rows: Sequence[tuple[str, dict]], path: str | Path) -> Path:
 
 
 def table5_markdown(results: Sequence[dict]) -> str:
-    """Table 5's three blocks from result files of `eval.mcqa`, `eval.captioning` and `eval.openqa`.
+    """Table 5's three blocks from result files of `tarsier_hf.eval.mcqa`, `tarsier_hf.eval.captioning` and `tarsier_hf.eval.openqa`.
 
     Every result needs `model`, `benchmark` and `task` (`mcqa`: accuracy %, `captioning`: CIDEr x100 as the
     paper prints it, `openqa`: accuracy %/score).

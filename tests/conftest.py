@@ -10,8 +10,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TARSIER_SHARED", REPO.parent / "shared"))
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def console_script(name: str) -> str:
@@ -41,7 +39,7 @@ def demo_video(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """A plain transformers folder of SmolLM2-135M-Instruct (real weights, tokenizer and chat template)."""
-    from tools.local_llm import materialize_smollm2
+    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 
     return materialize_smollm2()
 
@@ -141,7 +139,7 @@ def tiny_tarsier(parts_dir, tmp_path_factory):
     """`(folder, model, processor)` of a tiny Tarsier built from parts and saved with its code files."""
     import torch
 
-    from training.model_builder import build_from_parts, save_tarsier
+    from tarsier_hf.training.model_builder import build_from_parts, save_tarsier
 
     torch.manual_seed(0)
     model, processor = build_from_parts(str(parts_dir / "vision.json"), str(parts_dir / "llm"), chat_template="chatml")

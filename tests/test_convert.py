@@ -1,4 +1,4 @@
-"""Released Tarsier checkpoints -> our format and back (tools/convert_tarsier_checkpoint.py, tools/hub_publish.py).
+"""Released Tarsier checkpoints -> our format and back (tarsier_hf/hub/convert.py, tarsier_hf/hub/publish.py).
 
 A tiny checkpoint is written here in the released layout (bytedance/tarsier `models/modeling_tarsier.py`:
 `model_type` "llava", `TarsierForConditionalGeneration`, `vision_tower.vision_model.*`,
@@ -26,10 +26,12 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from tools import convert_tarsier_checkpoint as convert
-from tools import hub_publish
+from tarsier_hf.hub import convert
+from tarsier_hf.hub import publish as hub_publish
+from tarsier_hf.hub.checkpoint import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, PATCH = 28, 14  # 2 x 2 patches per frame -> 2 * (2 + 1) + 1 = 7 LM positions
@@ -126,7 +128,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.convert_tarsier_checkpoint", *args], cwd=cwd or REPO,
+    return subprocess.run([sys.executable, "-m", "tarsier_hf.hub.convert", *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -270,7 +272,7 @@ def test_converted_folder_contents(release, converted):
     tokenizer = TarsierProcessor.from_pretrained(converted).tokenizer
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in generation["eos_token_id"]  # Yi separator stops
     card = (converted / "README.md").read_text()
-    assert card.startswith("---\nlicense: llama2\n") and "7 LM positions" in card
+    assert ModelCard(card).data.license == "llama2" and "7 LM positions" in card  # the released card's license
     for name in convert.CODE_FILES:
         assert (converted / name).read_bytes() == (REPO / name).read_bytes()
 
@@ -320,7 +322,7 @@ def test_converted_folder_loads_in_fresh_process_and_generates(converted, demo_v
         import importlib.abc, json, sys
         class Block(importlib.abc.MetaPathFinder):  # the repo's own modules must not be importable here
             def find_spec(self, name, path=None, target=None):
-                if name in ("configuration_tarsier", "modeling_tarsier", "processing_tarsier", "tools"):
+                if name in ("configuration_tarsier", "modeling_tarsier", "processing_tarsier", "tarsier_hf"):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -366,7 +368,7 @@ def test_hub_publish_prepares_exactly_the_upload_folder(converted, workdir):
                              "--staging_dir", str(workdir / "upload2")])
     assert plan.repo_id == "someone/tarsier-tiny" and sorted(plan.files) == sorted(expected)
     assert plan.commit_url is None and plan.folder == workdir / "upload2"
-    with pytest.raises(hub_publish.PublishError, match="namespace/name"):
+    with pytest.raises(ValueError, match="namespace/name"):
         hub_publish.push_to_hub(converted, "no-namespace", dry_run=True)
 
     # A folder with a shard missing is refused before anything is uploaded.
@@ -374,7 +376,7 @@ def test_hub_publish_prepares_exactly_the_upload_folder(converted, workdir):
     broken.mkdir()
     for name in expected - {"model-00002-of-00003.safetensors"}:
         (broken / name).write_bytes((converted / name).read_bytes())
-    with pytest.raises(hub_publish.PublishError, match="model-00002-of-00003.safetensors"):
+    with pytest.raises(CheckpointError, match="model-00002-of-00003.safetensors"):
         hub_publish.prepare_upload_folder(broken, workdir / "upload3")
 
 

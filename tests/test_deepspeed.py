@@ -12,6 +12,7 @@ engine itself trains the tiny Tarsier on two CPU processes; the accelerate + Tra
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -63,14 +64,13 @@ ENGINE = textwrap.dedent(
     """
     import json, sys
     import torch, torch.distributed as dist, deepspeed
-    sys.path.insert(0, sys.argv[1])
     from tests.test_deepspeed import deepspeed_config
     from pathlib import Path
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
-    from training.model_builder import load_tarsier
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.model_builder import load_tarsier
 
-    repo, recipe, folder, data_dir, out = sys.argv[1:6]
+    recipe, folder, data_dir, out = sys.argv[1:5]
     deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
     config = deepspeed_config(Path(recipe), micro_batch=2, accumulation=1, world_size=2, clipping=1.0)
@@ -112,10 +112,11 @@ def test_deepspeed_engine_trains_tiny_tarsier_on_two_cpu_processes(name, tiny_ta
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(script), str(REPO), str(RECIPES / f"{name}.yaml"), str(folder), str(data_dir), str(tmp_path / "out")]
+           str(script), str(RECIPES / f"{name}.yaml"), str(folder), str(data_dir), str(tmp_path / "out")]
     import deepspeed
 
-    env = dict(_env(), PYTHONPATH=str(Path(deepspeed.__file__).parents[1]))  # the deepspeed this test imports
+    # the repo (for tests.test_deepspeed) and the deepspeed this test imports
+    env = dict(_env(), PYTHONPATH=os.pathsep.join([str(REPO), str(Path(deepspeed.__file__).parents[1])]))
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-5000:]
     reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]

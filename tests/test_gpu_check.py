@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -43,8 +44,12 @@ def test_mfu_formula_and_peak_lookup():
     """6 N T for the LLM plus causal attention; the 7B config holds 4,808 LM positions for 8 frames."""
     import torch
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from gpu_check import PEAK_BF16_TFLOPS, TarsierConfig, model_flops, peak_tflops
+    # benchmarks/ holds scripts, not a package: load the script by its path
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    PEAK_BF16_TFLOPS, TarsierConfig, model_flops, peak_tflops = (
+        gpu_check.PEAK_BF16_TFLOPS, gpu_check.TarsierConfig, gpu_check.model_flops, gpu_check.peak_tflops)
 
     config = TarsierConfig()
     assert config.num_positions_per_frame * 8 == 4808  # 24 x (24 + 1) + 1 = 601 per 336 px frame

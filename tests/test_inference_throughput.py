@@ -1,4 +1,4 @@
-"""eval.inference throughput parts: length-sorted batches, DataLoader workers decoding ahead, streamed JSONL;
+"""tarsier_hf.eval.inference throughput parts: length-sorted batches, DataLoader workers decoding ahead, streamed JSONL;
 and the throughput benchmark against transformers' LLaVA-NeXT-Video at tiny size."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.inference import VideoTextGenerator
+from tarsier_hf.eval.inference import VideoTextGenerator
 from tests.test_eval_runner import build_tiny_checkpoint, write_stand_in_videos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,13 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def loaded(smollm2_dir, tmp_path_factory):
-    from eval.inference import load_model_and_processor
+    from tarsier_hf.eval.inference import load_model_and_processor
 
     return load_model_and_processor(build_tiny_checkpoint(smollm2_dir, tmp_path_factory.mktemp("tiny_throughput")))
 
 
 def test_plan_batches_sorts_by_length_stably():
-    from eval.inference import VideoRequest, plan_batches
+    from tarsier_hf.eval.inference import VideoRequest, plan_batches
 
     requests = [VideoRequest(str(i), f"{i}.mp4", "x" * n) for i, n in enumerate([5, 1, 5, 3, 1, 9, 3])]
     batches = plan_batches(requests, 3, length=lambda r: len(r.prompt))
@@ -57,7 +57,7 @@ class RecordingGenerator(VideoTextGenerator):
 
 
 def test_workers_decode_ahead_and_results_stream_identical_to_batch_one(loaded, tmp_path, monkeypatch):
-    import eval.inference as inference
+    import tarsier_hf.eval.inference as inference
 
     model, processor = loaded
     videos = write_stand_in_videos(tmp_path / "v", [f"c{i}" for i in range(5)], seed=1)

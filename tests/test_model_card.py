@@ -1,4 +1,4 @@
-"""Model cards: Hub metadata that transformers and the Hub understand, and `tools/hub_publish` writing a card for
+"""Model cards: Hub metadata that transformers and the Hub understand, and `tarsier_hf.hub.publish` writing a card for
 a folder that has none (a plain `save_pretrained`) or only `push_to_hub`'s placeholder."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import shutil
 import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
-from tools import hub_publish
-from training.model_card import render_model_card
+from tarsier_hf.hub import publish as hub_publish
+from tarsier_hf.hub.model_card import render_model_card
 
 
 def _check_metadata(card_text: str) -> ModelCard:

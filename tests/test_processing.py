@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset_builders.video_writer import coded_frames, write_video
+from tarsier_hf.dream_s.video_writer import coded_frames, write_video
 from processing_tarsier import CHAT_TEMPLATES, SPECIAL_TOKENS, TarsierProcessor, load_video, sample_uniform
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""eval.reference_loss: teacher-forced reference loss with the own video vs another video, on real PyAV clips."""
+"""tarsier_hf.eval.reference_loss: teacher-forced reference loss with the own video vs another video, on real PyAV clips."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from eval.reference_loss import mean_token_nll, nll_by_class, score_references
+from tarsier_hf.eval.reference_loss import mean_token_nll, nll_by_class, score_references
 from tests.colour_clips import conversation_row
 
 
@@ -19,8 +19,8 @@ def _rows(data_dir):
 @pytest.fixture(scope="module")
 def colour_reader(tiny_tarsier, data_dir):
     """The tiny Tarsier after memorising which colour each clip shows (so it can only be right by looking)."""
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
 
     _, model, processor = tiny_tarsier
     model = copy.deepcopy(model).train()
@@ -39,8 +39,8 @@ def colour_reader(tiny_tarsier, data_dir):
 
 
 def test_own_video_scores_like_the_training_loss(colour_reader, data_dir):
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
 
     model, processor = colour_reader
     rows = _rows(data_dir)
@@ -92,9 +92,9 @@ def test_bad_rows_are_named(colour_reader, data_dir):
         score_references(model, processor, [two_videos], video_root=str(data_dir))
     with pytest.raises(ValueError, match="needs at least two rows"):
         score_references(model, processor, _rows(data_dir)[:1], video_root=str(data_dir), shift=1)
-    from training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
 
-    from training.data import normalize_row
+    from tarsier_hf.training.data import normalize_row
 
     short = _rows(data_dir)[0]
     length = len(TarsierVideoCollator(processor, FramePolicy("uniform", [4])).encode(

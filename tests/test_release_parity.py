@@ -52,7 +52,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tools import convert_tarsier_checkpoint as convert
+from tarsier_hf.hub import convert
 
 INSTRUCTION = "Describe the video in detail."  # DREAM-1K's prompt (data/annotations/DREAM-1k.jsonl)
 IMAGE_SIZE, PATCH = 28, 14  # 2 x 2 patches per frame

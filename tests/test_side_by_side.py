@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builders.video_writer import write_video
-from tools.side_by_side.labels import LabelError, LabelStore
-from tools.side_by_side.report import analyse, cohen_kappa, fleiss_kappa, session_winners, to_markdown
-from tools.side_by_side.results import ResultsError, load_results
-from tools.side_by_side.server import AnnotationServer, parse_range
-from tools.side_by_side.session import SessionError, assign_pairs, load_session, open_session, sample_session
+from tarsier_hf.dream_s.video_writer import write_video
+from tarsier_hf.eval.side_by_side.labels import LabelError, LabelStore
+from tarsier_hf.eval.side_by_side.report import analyse, cohen_kappa, fleiss_kappa, session_winners, to_markdown
+from tarsier_hf.eval.side_by_side.results import ResultsError, load_results
+from tarsier_hf.eval.side_by_side.server import AnnotationServer, parse_range
+from tarsier_hf.eval.side_by_side.session import SessionError, assign_pairs, load_session, open_session, sample_session
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -279,11 +279,11 @@ def test_kappas_on_textbook_cases():
 # End to end: CLI server process + real headless Chromium, keyboard only
 # ---------------------------------------------------------------------------------------------------------------
 class ServerProcess:
-    """`python -m tools.side_by_side serve ... --port 0` as a child process; its URL is read from stdout."""
+    """`python -m tarsier_hf.eval.side_by_side serve ... --port 0` as a child process; its URL is read from stdout."""
 
     def __init__(self, args: list[str]):
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools.side_by_side", "serve", *args, "--port", "0"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "serve", *args, "--port", "0"],
                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(l) for l in self.proc.stdout], daemon=True).start()
@@ -400,7 +400,7 @@ def test_browser_labelling_survives_reload_and_server_kill(workdir, tmp_path, br
         server.kill()
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    report = subprocess.run([sys.executable, "-m", "tools.side_by_side", "report", str(out), "--json", str(tmp_path / "r.json")],
+    report = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", str(out), "--json", str(tmp_path / "r.json")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stderr
     # alice: win, win, same, loss, win; bob: win, loss, same, loss, win
@@ -416,11 +416,11 @@ def test_cli_reports_bad_input_with_exit_code_2(workdir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "1", "prediction": "ok"}\n{oops\n')
-    result = subprocess.run([sys.executable, "-m", "tools.side_by_side", "serve", str(broken), str(workdir["second"]),
+    result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "serve", str(broken), str(workdir["second"]),
                              "--videos", str(workdir["videos"]), "--out", str(tmp_path / "o"), "--port", "0"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and f"{broken}:2: malformed JSON" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "tools.side_by_side", "report", str(tmp_path / "missing")],
+    result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", str(tmp_path / "missing")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "session file not found" in result.stderr
 

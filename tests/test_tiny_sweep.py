@@ -1,4 +1,4 @@
-"""tools.tiny_sweep: a reduced sweep of two configurations trains, scores from real generations, and resumes."""
+"""tarsier_hf.tiny_recipe.sweep: a reduced sweep of two configurations trains, scores from real generations, and resumes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tools.tiny_sweep import SweepConfig, frame_indices, main, read_configs
+from tarsier_hf.tiny_recipe.sweep import SweepConfig, frame_indices, main, read_configs
 
 TINY = {"num_train": 8, "num_test": 4, "llm_layers": 1, "stage1_steps": 2, "stage2_steps": 2, "batch_size": 2,
         "num_frames": 4, "max_new_tokens": 8, "learning_rate": 3e-4}

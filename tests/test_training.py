@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from tarsier_hf.hub.checkpoint import check_checkpoint
 from tests.colour_clips import COLORS, conversation_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_normalize_reads_all_three_layouts(dream1k_path):
-    from training.data import normalize_row
+    from tarsier_hf.training.data import normalize_row
 
     ours = normalize_row(conversation_row("videos/a.mp4", "Yes.", 3), "/data")
     assert ours["messages"][0]["content"][0] == {"type": "video", "path": "/data/videos/a.mp4"}
@@ -70,7 +71,7 @@ def test_normalize_reads_all_three_layouts(dream1k_path):
 def test_prompt_pools_and_mixing_weights(tmp_path):
     import random
 
-    from training.data import apply_prompt_pool, load_prompt_pools, mixture_indices, normalize_row, parse_weights
+    from tarsier_hf.training.data import apply_prompt_pool, load_prompt_pools, mixture_indices, normalize_row, parse_weights
 
     pools_file = tmp_path / "pools.json"
     pools_file.write_text(json.dumps({"count": ["How many?", "Count them."]}))
@@ -99,8 +100,8 @@ def test_prompt_pools_and_mixing_weights(tmp_path):
 
 def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, tmp_path):
     """The released Tarsier layout and the DREAM-1K layout, read unchanged through `datasets`, feed the collator."""
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     released = [{"messages": [
         {"role": "user", "content": [{"type": "video", "video": {"video_file": f"videos/{name}.mp4"}},
@@ -131,8 +132,8 @@ def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, 
 
 
 def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_dir):
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
 
     _, _, processor = tiny_tarsier
     row = normalize_row(conversation_row("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
@@ -160,8 +161,8 @@ def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_
 def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_dir, tmp_path):
     from PIL import Image
 
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
 
     _, _, processor = tiny_tarsier
     for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
@@ -189,8 +190,8 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
 
 
 def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, tmp_path):
-    from training.collator import FramePolicy, MediaError, SampleTooLongError, TarsierVideoCollator
-    from training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.collator import FramePolicy, MediaError, SampleTooLongError, TarsierVideoCollator
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     _, _, processor = tiny_tarsier
     dataset = ConversationDataset([DatasetSpec(str(data_dir / "with_bad.jsonl"), str(data_dir))])
@@ -281,7 +282,7 @@ def test_trl_argument_names_parse_and_inapplicable_options_are_refused(tmp_path)
     from trl import ModelConfig, ScriptArguments
 
     from train_sft import TarsierArguments, dataset_specs, make_parser
-    from training.arguments import check_sft_config
+    from tarsier_hf.training.arguments import check_sft_config
 
     script_args, training_args, model_args, tarsier_args = make_parser().parse_args_and_config([
         "--dataset_name", "lmms-lab/LLaVA-Video-178K", "--dataset_config", "0_30_s_academic_v0_1",
@@ -331,9 +332,9 @@ def test_plain_sft_trainer_with_video_sft_config_trains_and_without_it_says_what
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from training.arguments import video_sft_config
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.arguments import video_sft_config
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
 
     _, model, processor = tiny_tarsier
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
@@ -472,11 +473,9 @@ def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distribu
     assert sum(not torch.equal(before[k], after[k]) for k in trained) == len(trained)
 
     assert (output_dir / "checkpoint-5").is_dir() and (output_dir / "checkpoint-10").is_dir()
-    from training.model_card import prepare_hub_folder
-
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-text-to-text" in card and "random_segments" in card
-    files = prepare_hub_folder(output_dir, card)
+    files = check_checkpoint(output_dir)
     for name in ("config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
                  "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "README.md"):
         assert name in files
@@ -607,9 +606,9 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
 
     from datasets import Dataset
 
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
-    from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     _, model, processor = tiny_tarsier
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
@@ -658,7 +657,7 @@ def test_vision_learning_rate_gives_vision_tower_and_projector_their_own_rate(ti
 
     from datasets import Dataset
 
-    from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+    from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     _, model, processor = tiny_tarsier
     model = copy.deepcopy(model)

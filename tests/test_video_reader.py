@@ -1,7 +1,7 @@
 """Exactness and error handling of the PyAV video reader and the frame-sampling policies in processing_tarsier.
 
 Every generated video carries its frame number as a binary code of big blocks in its pixels
-(`dataset_builders.video_writer.draw_frame_code`), so each test checks the identity of every returned frame.
+(`tarsier_hf.dream_s.video_writer.draw_frame_code`), so each test checks the identity of every returned frame.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builders.video_writer import coded_frames, read_frame_code, write_video
+from tarsier_hf.dream_s.video_writer import coded_frames, read_frame_code, write_video
 from processing_tarsier import (
     VideoReader,
     VideoReadError,
@@ -356,7 +356,7 @@ def test_index_out_of_range_names_the_file(videos):
 
 
 def test_writer_honours_gop_bframes_and_rotation(tmp_path):
-    """dataset_builders.video_writer: the GOP length, B-frames and rotation asked for are what the file holds."""
+    """tarsier_hf.dream_s.video_writer: the GOP length, B-frames and rotation asked for are what the file holds."""
     frames = coded_frames(40, HEIGHT, WIDTH)
     for gop, bframes in ((8, 0), (15, 2)):
         path = write_video(tmp_path / f"g{gop}.mp4", frames, gop_size=gop, max_b_frames=bframes)

@@ -1,4 +1,4 @@
-"""Command line: `python -m tools.side_by_side serve ...` and `python -m tools.side_by_side report ...`."""
+"""Command line: `python -m tarsier_hf.eval.side_by_side serve ...` and `python -m tarsier_hf.eval.side_by_side report ...`."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.side_by_side", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tarsier_hf.eval.side_by_side", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, cls in (("serve", ServeArgs), ("report", ReportArgs)):
         add_dataclass_arguments(commands.add_parser(name, help=cls.__doc__, description=cls.__doc__), cls)

@@ -218,7 +218,7 @@ def load_session(out_dir: str | os.PathLike) -> Session:
     """Read `OUT/session.json`."""
     path = Path(out_dir) / SESSION_FILE
     if not path.is_file():
-        raise SessionError(f"{path}: session file not found (run `python -m tools.side_by_side serve` first)")
+        raise SessionError(f"{path}: session file not found (run `python -m tarsier_hf.eval.side_by_side serve` first)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:

@@ -4,11 +4,11 @@ Each clip shows 1-3 coloured shapes (circle / square / triangle, distinct colour
 sequential events that no single frame reveals: move left / right / up / down, appear, disappear, grow,
 shrink, rotate, change colour, collide (and bounce apart); the camera stays still, pans left / right or zooms
 in / out, and a clip may cut once to another shot. Everything is drawn with numpy from a seed and encoded with
-`dataset_builders.video_writer.write_video` (libx264). Descriptions come from a closed grammar
+`tarsier_hf.dream_s.video_writer.write_video` (libx264). Descriptions come from a closed grammar
 (`grammar.py`), so `parse_events` recovers the events of any description exactly and `event_scores` computes
 AutoDQ-style precision / recall / F1 without an LLM judge (`metric.py`).
 
-Build: `python -m dataset_builders.dream_s --out DIR --seed 0 --num-train 300 --num-test 60`
+Build: `python -m tarsier_hf.dream_s --out DIR --seed 0 --num-train 300 --num-test 60`
 (options: `--num-frames 16 --size 64 --fps 8 --heldout-fraction 0.1 --num-workers 1 ...`).
 
 Files under DIR (every path inside a row is relative to DIR):

@@ -1,4 +1,4 @@
-"""Command line: `python -m dataset_builders.dream_s --out DIR --seed S --num-train N --num-test M`."""
+"""Command line: `python -m tarsier_hf.dream_s --out DIR --seed S --num-train N --num-test M`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .build import BuildConfig, build_dataset
 
 def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, bool]:
     """Returns the build options and whether to show the progress bar."""
-    parser = argparse.ArgumentParser(prog="python -m dataset_builders.dream_s", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tarsier_hf.dream_s", description=__doc__)
     for f in dataclasses.fields(BuildConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.default is dataclasses.MISSING:

@@ -24,7 +24,7 @@ GRAMMAR_VERSION = 1
 
 @dataclass
 class BuildConfig:
-    """Options of `python -m dataset_builders.dream_s` (every field is a `--flag`)."""
+    """Options of `python -m tarsier_hf.dream_s` (every field is a `--flag`)."""
 
     out: str = field(metadata={"help": "output folder (created; files in it are overwritten)"})
     seed: int = field(default=0, metadata={"help": "everything (scenes, prompts, held-out combinations) follows from it"})

@@ -194,7 +194,7 @@ def frame_labels(clip: ClipSpec, tracks, frame: int, size: int = 64) -> list[str
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
-# Word classes of the grammar, for per-class scores (e.g. eval.reference_loss): which content the model gets right.
+# Word classes of the grammar, for per-class scores (e.g. tarsier_hf.eval.reference_loss): which content the model gets right.
 _ACTION_WORDS = {"moves", "appears", "disappears", "grows", "bigger", "shrinks", "rotates", "turns", "collides",
                  "bounce", "apart", "left", "right", "up", "down"}
 _CAMERA_WORDS = {"camera", "stays", "still", "pans", "zooms", "cuts", "cut", "shot"}

@@ -55,8 +55,6 @@ CAMERA_PROMPTS = (
 )
 TEST_PROMPT = DETAILED_PROMPTS[0]
 NUM_BOX_TIMES = 4
-STAGE1_TASKS = ("caption", "action", "mcqa", "qa", "boxes")
-STAGE2_TASKS = ("describe_detailed", "describe_short", "describe_camera")
 
 
 def _pick(rng: np.random.Generator, items):

@@ -1,9 +1,9 @@
 """Convert a released Tarsier checkpoint (Tarsier-7b / Tarsier-34b) into this repository's format, and back.
 
     # released layout -> ours (loads with AutoModelForImageTextToText / AutoProcessor, trust_remote_code=True)
-    python -m tools.convert_tarsier_checkpoint --input Tarsier-7b --output tarsier-7b-hf
+    python -m tarsier_hf.hub.convert --input Tarsier-7b --output tarsier-7b-hf
     # ours -> released layout (for engines that serve the released layout, e.g. vLLM's Tarsier support)
-    python -m tools.convert_tarsier_checkpoint --input tarsier-7b-hf --output Tarsier-7b-released --export
+    python -m tarsier_hf.hub.convert --input tarsier-7b-hf --output Tarsier-7b-released --export
 
 Both directions stream the checkpoint shard by shard with `safetensors.safe_open`: one input shard is read,
 renamed and written as one output shard before the next is opened, so peak memory stays near the size of the
@@ -78,7 +78,6 @@ import json
 import logging
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -86,14 +85,22 @@ from typing import Callable
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tokenizers import AddedToken
 from tqdm.auto import tqdm
+from transformers import (
+    AutoTokenizer,
+    CLIPImageProcessorPil,
+    GenerationConfig,
+    HfArgumentParser,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    SiglipImageProcessorPil,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python -m tools.convert_tarsier_checkpoint` from any directory
-    sys.path.insert(0, str(REPO_ROOT))
 
-from configuration_tarsier import TarsierConfig  # noqa: E402
-from processing_tarsier import (  # noqa: E402
+from configuration_tarsier import TarsierConfig
+from modeling_tarsier import TarsierForConditionalGeneration
+from processing_tarsier import (
     CHAT_TEMPLATES,
     FRAME_END_TOKEN,
     IMAGE_NEWLINE_TOKEN,
@@ -101,6 +108,9 @@ from processing_tarsier import (  # noqa: E402
     VIDEO_TOKEN,
     TarsierProcessor,
 )
+
+from tarsier_hf.hub.checkpoint import INDEX_FILE, CheckpointError, copy_code_files, read_json
+from tarsier_hf.hub.model_card import render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +127,6 @@ RELEASED_DEFAULTS = {
     "multimodal_projector_bias": True,
     "ignore_index": -100,
 }
-CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py")
 # (released prefix, our prefix), tried in order; the reverse direction uses the first pair of each of our prefixes.
 # The release ran on transformers 4.44, whose CLIPVisionModel / SiglipVisionModel nest the tower under
 # `vision_model.` (so its `save_pretrained` writes `vision_tower.vision_model.embeddings.*`, and vLLM's
@@ -138,11 +147,6 @@ CHAT_SEPARATORS = {"vicuna": "</s>", "yi": "<|endoftext|>"}
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SHARD_METADATA = {"format": "pt"}
-INDEX_FILE = "model.safetensors.index.json"
-
-
-class CheckpointError(ValueError):
-    """The input folder is not a checkpoint of the expected layout; the message names the file and the cause."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,8 +262,6 @@ def stream_shards(
 def check_weights_fit(config: TarsierConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
     """Compare renamed tensor names/shapes with those of `TarsierForConditionalGeneration(config)` (built on the
     meta device, so no memory is used) and raise on any missing, unexpected or mis-shaped tensor."""
-    from modeling_tarsier import TarsierForConditionalGeneration
-
     with torch.device("meta"):
         model = TarsierForConditionalGeneration(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -285,15 +287,6 @@ def check_weights_fit(config: TarsierConfig, shapes: dict[str, tuple[int, ...]],
 # ----------------------------------------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: invalid JSON ({error})") from None
 
 
 def read_released_config(folder: Path) -> dict:
@@ -423,8 +416,6 @@ def map_special_tokens(tokenizer, image_id: int, newline_id: int, frame_end_id: 
         `{"<image>": id, "<video>": id, "<image_newline>": id, "<frame_end>": id, "placeholders": [...],
         "tokens": {"image_newline_token": str, "frame_end_token": str}}`.
     """
-    from tokenizers import AddedToken
-
     def add(content: str) -> int:
         tokenizer.add_tokens([AddedToken(content, special=True, normalized=False)], special_tokens=True)
         return tokenizer.convert_tokens_to_ids(content)
@@ -554,8 +545,6 @@ def released_chat_template(chat_format: str, tokenizer) -> str:
 
 def build_image_processor(vision_config, preprocessor: dict | None):
     """CLIP (or SigLIP) PIL image processor at the vision tower's size, with the released mean/std if known."""
-    from transformers import CLIPImageProcessorPil, SiglipImageProcessorPil
-
     size = vision_config.image_size
     preprocessor = preprocessor or {}
     if vision_config.model_type == "siglip_vision_model":
@@ -576,8 +565,6 @@ def build_image_processor(vision_config, preprocessor: dict | None):
 def build_generation_config(folder: Path, tokenizer, separator: str, pad_token_id: int | None):
     """The input's generation config (or greedy decoding with 512 new tokens, the released default) that stops
     at the eos token and at the chat separator."""
-    from transformers import GenerationConfig
-
     if (folder / "generation_config.json").is_file():
         generation = GenerationConfig.from_pretrained(folder)
     else:
@@ -612,66 +599,37 @@ def _front_matter(readme: Path) -> dict[str, str]:
 
 
 def model_card(config: TarsierConfig, chat_format: str, token_ids: dict, source_card: dict[str, str]) -> str:
+    """The card of a converted checkpoint: the released card's license and base model, and the layout facts."""
     rows, cols = config.patch_grid
-    text = config.text_config
-    license_name = source_card.get("license", "other")
-    lines = [
-        "---",
-        f"license: {license_name}",
-        "library_name: transformers",
-        "pipeline_tag: image-text-to-text",
-        "tags:",
-        "- tarsier",
-        "- video",
-        "- video-description",
-        "- custom_code",
-        "---",
-        "",
-        "# Tarsier (converted)",
-        "",
-        "A released Tarsier checkpoint (Wang et al., *Tarsier: Recipes for Training and Evaluating Large Video",
-        "Description Models*) converted to the Hugging Face-native Tarsier classes: config, model and processor",
-        "load as remote code with `trust_remote_code=True`. The weights are the released ones, renamed only.",
-        "",
-        "```python",
-        "from transformers import AutoModelForImageTextToText, AutoProcessor",
-        "",
-        'model = AutoModelForImageTextToText.from_pretrained("PATH", trust_remote_code=True)',
-        'processor = AutoProcessor.from_pretrained("PATH", trust_remote_code=True)',
-        "messages = [{\"role\": \"user\", \"content\": [",
-        "    {\"type\": \"video\", \"path\": \"video.mp4\"},",
-        "    {\"type\": \"text\", \"text\": \"Describe the video in detail.\"}]}]",
-        "inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,",
-        "                                       return_dict=True, processor_kwargs={\"num_frames\": 8})",
-        "out = model.generate(**inputs, max_new_tokens=512)",
-        "print(processor.decode(out[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))",
-        "```",
-        "",
-        "## Layout",
-        "",
-        f"- Vision tower: {config.vision_config.model_type}, {config.vision_config.image_size} px, patch "
-        f"{config.vision_config.patch_size} ({rows}x{cols} patches), features of layer {config.vision_feature_layer}"
-        f" ({'CLS dropped' if config.vision_feature_select_strategy == 'default' else 'all positions'}).",
-        f"- Language model: {text.model_type}, {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
-        f"vocabulary {text.vocab_size}.",
-        f"- Every frame takes {config.num_positions_per_frame} LM positions: "
-        f"`([<image>] * {cols} + [<image_newline>]) * {rows} + [<frame_end>]`.",
-        f"- Special tokens: `<image>` = {token_ids[IMAGE_TOKEN]}, `<video>` = {token_ids[VIDEO_TOKEN]}, "
-        f"`{token_ids['tokens']['image_newline_token']}` = {token_ids[IMAGE_NEWLINE_TOKEN]} (row newline) and "
-        f"`{token_ids['tokens']['frame_end_token']}` = {token_ids[FRAME_END_TOKEN]} (end of frame): the released "
-        "separator embedding rows.",
-        "- Frames: 8, sampled uniformly (first and last included) and resized as the release does (stretched to a "
-        "square at full resolution, then resized to the tower's size).",
-        f"- Chat format: released `{chat_format}` conversation (`USER: <video>\\n... ASSISTANT: answer"
-        f"{CHAT_SEPARATORS[chat_format]}`).",
-        "",
-        "Export back to the released layout (for engines that serve it, e.g. vLLM's Tarsier support) with",
-        "`python -m tools.convert_tarsier_checkpoint --input THIS_FOLDER --output OUT --export`.",
-        "",
-    ]
-    if "base_model" in source_card:
-        lines.insert(2, f"base_model: {source_card['base_model']}")
-    return "\n".join(lines)
+    vision, text = config.vision_config, config.text_config
+    features = "CLS dropped" if config.vision_feature_select_strategy == "default" else "all positions"
+    tokens = token_ids["tokens"]
+    details = {
+        "vision tower": f"{vision.model_type}, {vision.image_size} px, patch {vision.patch_size} ({rows}x{cols} "
+                        f"patches), features of layer {config.vision_feature_layer} ({features})",
+        "language model": f"{text.model_type}, {text.num_hidden_layers} layers, hidden {text.hidden_size}, "
+                          f"vocabulary {text.vocab_size}",
+        "positions per frame": f"{config.num_positions_per_frame} LM positions: ([<image>] * {cols} + "
+                               f"[<image_newline>]) * {rows} + [<frame_end>]",
+        "special tokens": f"<image> = {token_ids[IMAGE_TOKEN]}, <video> = {token_ids[VIDEO_TOKEN]}, "
+                          f"{tokens['image_newline_token']} = {token_ids[IMAGE_NEWLINE_TOKEN]} (row newline), "
+                          f"{tokens['frame_end_token']} = {token_ids[FRAME_END_TOKEN]} (end of frame): the released "
+                          "separator embedding rows",
+        "frames": "8, sampled uniformly (first and last included), stretched to a square at full resolution, then "
+                  "resized to the tower's size (as the release does)",
+        "chat format": f"released {chat_format} conversation (USER: <video>\\n... ASSISTANT: answer"
+                       f"{CHAT_SEPARATORS[chat_format]})",
+    }
+    return render_model_card(
+        "Tarsier (converted)",
+        base_model=source_card.get("base_model"),
+        details=details,
+        license=source_card.get("license", "other"),
+        origin="a released checkpoint (the weights are the released ones, renamed only) converted to the Hugging "
+               "Face-native Tarsier classes",
+        notes="Export back to the released layout (for engines that serve it, e.g. vLLM's Tarsier support) with "
+              "`tarsier-convert --input THIS_FOLDER --output OUT --export`.",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -703,8 +661,6 @@ def _drop_rebuilt(rename: Callable[[str, str], str], log: bool = True) -> Callab
 def convert_released(input_dir, output_dir, chat_template: str = "auto", overwrite: bool = False) -> Path:
     """Released Tarsier folder -> our folder (config, weights, tokenizer, processor, generation config, code,
     model card). Returns the output path."""
-    from transformers import AutoTokenizer
-
     source, output = Path(input_dir), Path(output_dir)
     released = read_released_config(source)
     shards = list_shards(source)
@@ -759,8 +715,7 @@ def convert_released(input_dir, output_dir, chat_template: str = "auto", overwri
     separator = CHAT_SEPARATORS[chat_format]
     build_generation_config(source, tokenizer, separator, getattr(config.text_config, "pad_token_id", None)
                             ).save_pretrained(output)
-    for name in CODE_FILES:
-        shutil.copyfile(REPO_ROOT / name, output / name)
+    copy_code_files(output)
     (output / "README.md").write_text(model_card(config, chat_format, token_ids, _front_matter(source / "README.md")))
     return output
 
@@ -769,8 +724,6 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
     """Our folder -> the released layout (config.json of a `llava` / `TarsierForConditionalGeneration` model,
     `vision_tower.*` / `multi_modal_projector.*` / `language_model.*` weights, tokenizer, CLIP
     `preprocessor_config.json`, a LLaVA `processor_config.json`, generation config). Returns the output path."""
-    from transformers import AutoTokenizer
-
     source, output = Path(input_dir), Path(output_dir)
     ours = read_json(source / "config.json")
     if ours.get("model_type") != TarsierConfig.model_type:
@@ -851,8 +804,6 @@ def load_tarsier2_as_qwen2vl(folder, **from_pretrained_kwargs):
     The Qwen2-VL config is the released `text_config` (its `vision_config` inside it, or the top-level one);
     weights are renamed on the fly with `TARSIER2_KEY_MAPPING`. See docs/tarsier2.md for evaluating it.
     """
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
     path = Path(folder) / "config.json"
     released = read_json(path)
     text_config = released.get("text_config")
@@ -876,7 +827,7 @@ def load_tarsier2_as_qwen2vl(folder, **from_pretrained_kwargs):
 
 @dataclass
 class ConvertArguments:
-    """Command-line arguments of `python -m tools.convert_tarsier_checkpoint`."""
+    """Command-line arguments of `python -m tarsier_hf.hub.convert`."""
 
     input: str = field(metadata={"help": "Checkpoint folder: the released layout (or ours with --export)."})
     output: str = field(metadata={"help": "Destination folder (created; must be empty unless --overwrite)."})
@@ -890,8 +841,6 @@ class ConvertArguments:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from transformers import HfArgumentParser
-
     (args,) = HfArgumentParser(ConvertArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

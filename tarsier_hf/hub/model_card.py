@@ -1,4 +1,4 @@
-"""Model cards (Hub metadata + usage) for Tarsier checkpoints, and the upload folder for `push_to_hub` of a trained one."""
+"""Model cards (Hub metadata + usage) for Tarsier checkpoints: trained, converted, or of unknown origin."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py")
-# What `push_to_hub` leaves out of the output folder: intermediate checkpoints, logs, the skip log, and the base
-# model / merged copy a LoRA run writes next to its adapter (push those folders separately if wanted).
-UPLOAD_IGNORE = ["checkpoint-*", "checkpoint-*/*", "runs/*", "skipped_samples*.jsonl", "bad_rows.jsonl", "*.lock",
-                 ".cache/*", "base_model/*", "merged/*", "training_args.bin"]
+from huggingface_hub import ModelCardData
 
+from tarsier_hf.hub.checkpoint import CODE_FILES
 
 # Hub metadata. `pipeline_tag` must be a task transformers' `pipeline` and the Hub widgets know: video models in
 # transformers (LLaVA-NeXT-Video, Qwen2-VL) are served by `pipeline("image-text-to-text")`; the tags say "video".
@@ -27,6 +24,9 @@ def render_model_card(
     training: dict[str, Any] | None = None,
     is_adapter: bool = False,
     details: dict[str, Any] | None = None,
+    license: str | None = None,
+    origin: str | None = None,
+    notes: str | None = None,
 ) -> str:
     """
     Markdown model card with Hub YAML metadata: what the model is, how to load it, how it was trained.
@@ -39,9 +39,10 @@ def render_model_card(
             `train_sft.py`; None for a checkpoint of unknown training (no training section, no TRL tags).
         is_adapter: the folder holds a LoRA adapter rather than full weights.
         details: architecture facts to list (name -> value), e.g. from `card_details_from_folder`.
+        license: the Hub license id (e.g. a released checkpoint's own); None leaves it out.
+        origin: how the weights came to be, ending the card's first sentence (default: from `training`).
+        notes: a closing Markdown paragraph (e.g. how to export a converted checkpoint back).
     """
-    from huggingface_hub import ModelCardData
-
     hub_base = base_model if base_model and "/" in base_model and not os.path.exists(base_model) else None
     hub_datasets = [d for d in datasets if d.count("/") == 1 and not os.path.exists(d)]
     metadata = ModelCardData(
@@ -50,6 +51,7 @@ def render_model_card(
         tags=TAGS + (["trl", "sft"] if training is not None else []),
         base_model=hub_base,
         datasets=hub_datasets or None,
+        license=license,
     )
     load = (
         "from peft import PeftModel\n"
@@ -62,7 +64,8 @@ def render_model_card(
         f'model = AutoModelForImageTextToText.from_pretrained("{model_name}", trust_remote_code=True)\n'
         f'processor = AutoProcessor.from_pretrained("{model_name}", trust_remote_code=True)'
     )
-    origin = "fine-tuned with TRL's `SFTTrainer` by `train_sft.py`" if training is not None else "in transformers format"
+    if origin is None:
+        origin = "fine-tuned with TRL's `SFTTrainer` by `train_sft.py`" if training is not None else "in transformers format"
     facts = [f"- Started from: {base_model}"] if base_model else []
     if datasets:
         facts.append(f"- Training data: {', '.join(datasets)}")
@@ -89,7 +92,7 @@ output = model.generate(**inputs, max_new_tokens=256, do_sample=False)
 print(processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])
 ```
 
-Serve it on an OpenAI-compatible endpoint with `python -m tools.serve {model_name}` (from the tarsier-hf code).
+Serve it on an OpenAI-compatible endpoint with `tarsier-serve {model_name}` (from the tarsier-hf code).
 """
     if details:
         body += "\n## Model\n\n" + _table(details) + "\n"
@@ -102,6 +105,8 @@ Serve it on an OpenAI-compatible endpoint with `python -m tools.serve {model_nam
 Recipe: Wang et al., *Tarsier: Recipes for Training and Evaluating Large Video Description Models* (2024),
 section 3.2 and Appendix A.
 """
+    if notes:
+        body += "\n" + notes.strip() + "\n"
     return f"---\n{metadata.to_yaml()}\n---\n{body}"
 
 
@@ -129,41 +134,3 @@ def card_details_from_folder(folder: str | os.PathLike) -> dict[str, Any]:
         details["frames per video (default)"] = processor.get("num_frames")
         details["frame sampling (default)"] = processor.get("sampling")
     return {key: value for key, value in details.items() if value is not None}
-
-
-def prepare_hub_folder(output_dir: str | os.PathLike, card: str) -> list[str]:
-    """
-    Write the model card into `output_dir` and return the files `push_to_hub` would upload (relative paths).
-
-    Raises `FileNotFoundError` when the folder lacks weights, config or the processor.
-    """
-    output_dir = Path(output_dir)
-    (output_dir / "README.md").write_text(card, encoding="utf-8")
-    import fnmatch
-
-    files = sorted(
-        str(p.relative_to(output_dir))
-        for p in output_dir.rglob("*")
-        if p.is_file() and not any(fnmatch.fnmatch(str(p.relative_to(output_dir)), pat) for pat in UPLOAD_IGNORE)
-    )
-    is_adapter = "adapter_config.json" in files
-    needed = ["adapter_config.json"] if is_adapter else ["config.json", "processor_config.json", *CODE_FILES]
-    missing = [name for name in needed if name not in files]
-    if not any(f.endswith((".safetensors", ".bin")) for f in files):
-        missing.append("*.safetensors")
-    if missing:
-        raise FileNotFoundError(f"{output_dir}: cannot push, missing {missing}")
-    return files
-
-
-def push_folder(output_dir: str | os.PathLike, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
-    """Create the Hub repository if needed and upload the prepared folder. Returns the commit URL."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id, folder_path=str(output_dir), ignore_patterns=UPLOAD_IGNORE,
-        commit_message="Upload Tarsier trained with train_sft.py",
-    )
-    return str(getattr(commit, "commit_url", commit))

@@ -1,9 +1,9 @@
 """Describe videos in batch with a Tarsier checkpoint: files, folders or lists of paths -> JSONL.
 
-    python -m tools.describe clip.mp4 more_clips/ list.txt --checkpoint path/to/tarsier --output descriptions.jsonl
-    python -m tools.describe videos/ --checkpoint ... --num_frames 16 --prompt "Describe the camera motion." \
+    python -m tarsier_hf.inference.describe clip.mp4 more_clips/ list.txt --checkpoint path/to/tarsier --output descriptions.jsonl
+    python -m tarsier_hf.inference.describe videos/ --checkpoint ... --num_frames 16 --prompt "Describe the camera motion." \
         --max_new_tokens 256 --do_sample --temperature 0.7
-    accelerate launch --multi_gpu --num_processes 4 -m tools.describe videos/ --checkpoint ... --output out.jsonl
+    accelerate launch --multi_gpu --num_processes 4 -m tarsier_hf.inference.describe videos/ --checkpoint ... --output out.jsonl
 
 Inputs: a video file, a folder (its video files, `--recursive` for sub-folders) or a `.txt` list with one path
 per line (relative paths are relative to the list). Each output line is
@@ -21,8 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.inference import GenerationArguments, InferenceSettings, VideoRequest, get_state, run_inference
-from eval.prompts import DEFAULT_DESCRIPTION_PROMPT
+from tarsier_hf.eval.inference import GenerationArguments, InferenceSettings, VideoRequest, get_state, run_inference
+from tarsier_hf.eval.prompts import DEFAULT_DESCRIPTION_PROMPT
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
@@ -30,7 +30,7 @@ LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 @dataclass(kw_only=True)
 class DescribeArguments(GenerationArguments):
-    """Arguments of `python -m tools.describe`."""
+    """Arguments of `python -m tarsier_hf.inference.describe`."""
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
     output: str = field(default="descriptions.jsonl", metadata={"help": "JSONL file (appended; resumed if present)."})

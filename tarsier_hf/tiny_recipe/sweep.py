@@ -3,12 +3,12 @@
 Each configuration builds the tiny Tarsier from the same parts as `recipes/tiny` (a CLIP tower from random weights,
 a fresh projector, SmolLM2-135M-Instruct cut to its first layers), trains it in a plain PyTorch loop with the loss of
 `--loss_head plain`, on DREAM-S clips rendered in memory (no video encoding or decoding, so a GPU is not starved by
-data), and reports what `tools.tiny_recipe` reports: the closed-grammar event F1 of greedy descriptions of the test
+data), and reports what `tarsier_hf.tiny_recipe` reports: the closed-grammar event F1 of greedy descriptions of the test
 split, and the reference loss with each clip's own video vs another clip's video, per word class
-(`eval.reference_loss`). It is the research tool behind the recipe's settings (docs/tiny_recipe.md); the recipe itself
+(`tarsier_hf.eval.reference_loss`). It is the research tool behind the recipe's settings (docs/tiny_recipe.md); the recipe itself
 always trains through `train_sft.py`.
 
-    python -m tools.tiny_sweep --configs sweep.jsonl --output results.jsonl --device cuda
+    python -m tarsier_hf.tiny_recipe.sweep --configs sweep.jsonl --output results.jsonl --device cuda
 
 `--configs` holds one JSON object per line with `SweepConfig` fields (and a `tag`); results are appended to
 `--output`, and configurations whose tag is already there are skipped, so an interrupted sweep resumes.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEST_PROMPT = "Describe the video in detail."
 
 
@@ -83,10 +83,10 @@ class SweepArguments:
 
 
 def _render_clip(job: tuple) -> tuple[str, np.ndarray, dict]:
-    from dataset_builders.dream_s.build import clip_rng
-    from dataset_builders.dream_s.render import compute_boxes, compute_tracks, render_frames
-    from dataset_builders.dream_s.scene import sample_clip
-    from dataset_builders.dream_s.tasks import stage1_rows, stage2_rows, test_row
+    from tarsier_hf.dream_s.build import clip_rng
+    from tarsier_hf.dream_s.render import compute_boxes, compute_tracks, render_frames
+    from tarsier_hf.dream_s.scene import sample_clip
+    from tarsier_hf.dream_s.tasks import stage1_rows, stage2_rows, test_row
 
     seed, split, index, size, heldout, max_subjects, max_events = job
     clip = sample_clip(clip_rng(seed, split, index), heldout, split, size=size, max_subjects=max_subjects,
@@ -105,7 +105,7 @@ def _render_clip(job: tuple) -> tuple[str, np.ndarray, dict]:
 
 def render_dataset(config: SweepConfig, workers: int) -> tuple[dict[str, np.ndarray], dict[str, list[dict]]]:
     """DREAM-S clips as in-memory frames `(16, S, S, 3)` keyed by clip name, and the stage-1/2/test rows."""
-    from dataset_builders.dream_s.scene import heldout_combinations
+    from tarsier_hf.dream_s.scene import heldout_combinations
 
     heldout = heldout_combinations(config.seed, 0.1)
     shape = (config.video_size, heldout, config.max_subjects, config.max_events)
@@ -134,7 +134,7 @@ def frame_indices(total: int, n: int, policy: str, rng: np.random.Generator | No
 
 def in_memory_collator(processor, frames: dict[str, np.ndarray], num_frames: int):
     """A `TarsierVideoCollator` whose video paths name in-memory clips; `.policy` picks the frame sampling."""
-    from training.collator import TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
 
     class InMemoryCollator(TarsierVideoCollator):
         policy = "uniform"
@@ -151,7 +151,7 @@ def in_memory_collator(processor, frames: dict[str, np.ndarray], num_frames: int
 
 
 def build_model(config: SweepConfig, language_model: str):
-    from training.model_builder import build_from_parts
+    from tarsier_hf.training.model_builder import build_from_parts
 
     vision = {"model_type": "clip_vision_model", "image_size": config.image_size or config.video_size,
               "patch_size": config.patch_size, "num_channels": 3, "hidden_size": config.vision_width,
@@ -191,7 +191,7 @@ def parameter_groups(model, config: SweepConfig) -> list[dict]:
 
 def plain_head_loss(model, batch: dict) -> torch.Tensor:
     """Mean next-token loss with the LM head applied only at labelled positions (`--loss_head plain`)."""
-    from training.loss import labelled_logits
+    from tarsier_hf.training.loss import labelled_logits
 
     logits, targets, _ = labelled_logits(model, batch, batch.pop("labels"))
     return F.cross_entropy(logits.float(), targets)
@@ -228,8 +228,8 @@ def train_stage(model, collator, rows, steps, policy, config: SweepConfig, devic
 
 
 def describe(model, processor, frames, rows, config: SweepConfig) -> list[str]:
-    """Greedy detailed descriptions of test clips, batched as `eval.inference` batches them."""
-    from eval.inference import GenerationSettings, InferenceSettings, VideoTextGenerator
+    """Greedy detailed descriptions of test clips, batched as `tarsier_hf.eval.inference` batches them."""
+    from tarsier_hf.eval.inference import GenerationSettings, InferenceSettings, VideoTextGenerator
 
     generator = VideoTextGenerator(model, processor, InferenceSettings(
         checkpoint="(in memory)", num_frames=config.num_frames,
@@ -248,8 +248,8 @@ def describe(model, processor, frames, rows, config: SweepConfig) -> list[str]:
 
 def score(model, processor, collator, frames, rows, config: SweepConfig) -> dict:
     """Event F1 of greedy descriptions and reference loss (own / other video, per word class)."""
-    from dataset_builders.dream_s import corpus_event_scores, event_scores, word_classes
-    from eval.reference_loss import own_vs_other_video
+    from tarsier_hf.dream_s import corpus_event_scores, event_scores, word_classes
+    from tarsier_hf.eval.reference_loss import own_vs_other_video
 
     predictions = describe(model, processor, frames, rows, config)
     corpus = corpus_event_scores(event_scores(p, row["events"]) for p, row in zip(predictions, rows))
@@ -260,7 +260,7 @@ def score(model, processor, collator, frames, rows, config: SweepConfig) -> dict
 
 
 def run_config(config: SweepConfig, args: SweepArguments) -> dict:
-    from tools.tiny_recipe import make_language_model
+    from tarsier_hf.tiny_recipe import make_language_model
 
     started = time.perf_counter()
     frames, rows = render_dataset(config, args.data_workers)

@@ -6,7 +6,7 @@
   `--dataset_streaming`, ...;
 - `trl.ModelConfig`: `--model_name_or_path`, `--model_revision`, `--dtype`, `--attn_implementation`, `--use_peft`,
   `--lora_r`, `--lora_alpha`, `--lora_dropout`, `--lora_target_modules`, `--lora_modules_to_save`, ...;
-- `TarsierSFTConfig` (training/trainer.py): TRL's `SFTConfig` plus `--loss_head` and `--vision_learning_rate`;
+- `TarsierSFTConfig` (tarsier_hf/training/trainer.py): TRL's `SFTConfig` plus `--loss_head` and `--vision_learning_rate`;
 - `TarsierArguments` (below): what the three do not cover, i.e. building a Tarsier from parts, freezing, the
   video data (media roots, mixtures, prompt pools) and frame sampling.
 

@@ -30,7 +30,7 @@ import torch
 try:
     from processing_tarsier import load_image, load_video
 except ImportError as error:  # pragma: no cover - the repo root must be importable
-    raise ImportError("training.collator needs processing_tarsier.py from the repository root on sys.path") from error
+    raise ImportError("tarsier_hf.training.collator needs processing_tarsier.py from the repository root on sys.path") from error
 
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class FramePolicy:
 @dataclass
 class TarsierVideoCollator:
     """
-    Turn normalised conversation rows (see `training.data`) into a Tarsier batch.
+    Turn normalised conversation rows (see `tarsier_hf.training.data`) into a Tarsier batch.
 
     Args:
         processor: a `TarsierProcessor` (tokenizer, image processor, chat template with `{% generation %}`).

@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from configuration_tarsier import TarsierConfig
 from modeling_tarsier import TarsierForConditionalGeneration
 from processing_tarsier import TarsierProcessor
+
+from tarsier_hf.hub.checkpoint import copy_code_files
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +38,10 @@ VISION_KINDS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 def load_tarsier(model_name_or_path: str, dtype: torch.dtype | str | None = None, **kwargs):
     """Load a saved Tarsier checkpoint and its processor. Returns `(model, processor)`."""
     model = TarsierForConditionalGeneration.from_pretrained(model_name_or_path, dtype=dtype or "float32", **kwargs)
-    # trust_remote_code only silences the tokenizer's AutoConfig look-up of the folder: the classes are ours.
-    processor = TarsierProcessor.from_pretrained(model_name_or_path, trust_remote_code=True)
+    # The tokenizer loader reads config.json through AutoConfig; with model_type "tarsier" registered to our class it
+    # resolves without running (or trusting) the checkpoint's own configuration_tarsier.py.
+    AutoConfig.register("tarsier", TarsierConfig, exist_ok=True)
+    processor = TarsierProcessor.from_pretrained(model_name_or_path)
     return model, processor
 
 
@@ -137,8 +142,6 @@ def build_from_parts(
     if vision_state is not None:
         model.model.vision_tower.load_state_dict(vision_state)
     if projector is not None:
-        from safetensors.torch import load_file
-
         state = load_file(projector)
         state = {k.split("multi_modal_projector.")[-1]: v for k, v in state.items()}
         model.model.multi_modal_projector.load_state_dict(state)
@@ -154,26 +157,3 @@ def save_tarsier(model, processor, output_dir: str | os.PathLike) -> str:
     processor.save_pretrained(output_dir)
     copy_code_files(output_dir)
     return output_dir
-
-
-def copy_code_files(output_dir: str | os.PathLike) -> list[str]:
-    """Copy the three remote-code modules next to a checkpoint (save_pretrained copies them too; this makes sure)."""
-    import shutil
-
-    root = Path(__file__).resolve().parents[1]
-    copied = []
-    for name in ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py"):
-        target = Path(output_dir) / name
-        if not target.exists():
-            shutil.copyfile(root / name, target)
-        copied.append(str(target))
-    return copied
-
-
-def merge_lora(base_model: str, adapter_dir: str, output_dir: str) -> str:
-    """Merge a LoRA adapter into its Tarsier base and save a plain checkpoint (with processor and code files)."""
-    from peft import PeftModel
-
-    model, processor = load_tarsier(base_model)
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    return save_tarsier(merged, processor, output_dir)

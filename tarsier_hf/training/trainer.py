@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
-from training.loss import labelled_logits
+from tarsier_hf.training.loss import labelled_logits
 
 SKIP_KEYS = ("skipped_samples", "skipped_too_long")
 LOSS_HEADS = ("fused", "plain")

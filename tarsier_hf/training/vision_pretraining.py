@@ -9,7 +9,7 @@ The tower is then saved as an ordinary `clip_vision_model` folder, which `train_
 into a Tarsier; the head is thrown away. Its patch features are what the LM reads, and by construction their mean
 holds every fact of the frame linearly.
 
-    python -m training.vision_pretraining --config recipes/tiny/stage0.yaml
+    python -m tarsier_hf.training.vision_pretraining --config recipes/tiny/stage0.yaml
 
 Data: a JSONL file of `{"video": path, "frame": index, "labels": [str, ...]}` rows (paths relative to
 `--video_root`), e.g. DREAM-S's `stage0.jsonl`. Every video is decoded once with the repo's PyAV reader and the
