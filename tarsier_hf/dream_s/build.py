@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..video_writer import write_video
+from .video_writer import write_video
 from .grammar import camera_description, detailed_description, frame_caption, frame_labels, short_description
 from .render import compute_boxes, compute_tracks, render_frames
 from .scene import ClipSpec, all_combinations, heldout_combinations, sample_clip
