@@ -20,7 +20,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tarsier_hf.eval.common import ModelArguments, generate_predictions, predictions_of, result_header, unreadable_videos
+from transformers import HfArgumentParser
+
+from tarsier_hf.eval.common import (ModelArguments, find_video_file, generate_predictions, predictions_of, result_header,
+                                    unreadable_videos)
 from tarsier_hf.eval.inference import VideoRequest, get_state
 from tarsier_hf.eval.prompts import caption_prompt, frames_for
 from tarsier_hf.eval.results import write_json
@@ -28,7 +31,6 @@ from tarsier_hf.eval.results import write_json
 logger = logging.getLogger(__name__)
 
 FORMATS = ("msvd", "msrvtt", "vatex", "generic")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif")
 CIDER_MODULE = Path(__file__).resolve().parent / "cider"
 
 
@@ -37,13 +39,6 @@ class CaptionSample:
     id: str
     video: str
     references: list[str]
-
-
-def _find_video(videos: Path, name: str) -> str:
-    for candidate in [videos / name] + [videos / f"{name}{ext}" for ext in VIDEO_EXTENSIONS]:
-        if candidate.is_file():
-            return str(candidate)
-    return str(videos / f"{name}.mp4")
 
 
 def load_references(fmt: str, annotations: str, split: str | None = "test") -> dict[str, list[str]]:
@@ -93,12 +88,12 @@ def load_samples(fmt: str, annotations: str, videos: str, split: str | None = "t
     empty = [k for k, v in references.items() if not v]
     if empty:
         raise ValueError(f"{annotations}: videos without reference captions: {empty[:5]}")
-    return [CaptionSample(name, _find_video(Path(videos), name), caps) for name, caps in references.items()]
+    return [CaptionSample(name, str(find_video_file(videos, name) or Path(videos) / f"{name}.mp4"), caps) for name, caps in references.items()]
 
 
 def score_cider(samples: list[CaptionSample], predictions: dict[str, str], document_frequencies=None) -> dict:
     """Corpus CIDEr-D over every sample; a sample without a prediction scores as an empty caption."""
-    import evaluate
+    import evaluate  # optional: the `eval` extra
 
     metric = evaluate.load(str(CIDER_MODULE))
     result = metric.compute(
@@ -151,8 +146,6 @@ def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, m
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, model_args = HfArgumentParser((CaptioningArguments, ModelArguments)).parse_args_into_dataclasses(args=argv)
     results = evaluate_captioning(data, model_args)

@@ -1,10 +1,17 @@
-"""Shared by the benchmark runners: model/generation and judge options, and the steps around generation."""
+"""Shared by the benchmark runners: model/generation and judge options, finding video files, and the steps around
+generation."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tarsier_hf.eval.inference import GenerationArguments, InferenceSettings
+from processing_tarsier import VIDEO_EXTENSIONS
+
+from tarsier_hf.eval.autodq.pipeline import build_judge
+from tarsier_hf.eval.autodq.scoring import get_config
+from tarsier_hf.eval.inference import GenerationArguments, InferenceSettings, get_state, run_inference
 
 
 @dataclass(kw_only=True)
@@ -51,8 +58,6 @@ class JudgeArguments:
     skip_scoring: bool = field(default=False, metadata={"help": "Only generate; score later."})
 
     def autodq_config(self):
-        from tarsier_hf.eval.autodq.scoring import get_config
-
         overrides = {}
         if self.judge_max_tokens is not None:
             overrides["max_tokens"] = self.judge_max_tokens
@@ -62,8 +67,6 @@ class JudgeArguments:
 
     def build(self, config=None):
         """A `ChatJudge` (tarsier_hf.eval.autodq.judge) with the persistent cache and bounded retries."""
-        from tarsier_hf.eval.autodq.pipeline import build_judge
-
         config = config or self.autodq_config()
         return build_judge(
             self.judge, config, judge_model=self.judge_model, base_url=self.judge_base_url,
@@ -72,16 +75,23 @@ class JudgeArguments:
         )
 
 
+def find_video_file(videos: str | os.PathLike, *names: str) -> Path | None:
+    """The first file `videos/NAME`, else `videos/NAME.EXT` (EXT one of the processor's `VIDEO_EXTENSIONS`, in
+    sorted order), over `names` in order; None when no candidate exists."""
+    videos = Path(videos)
+    for name in names:
+        for candidate in [videos / name, *(videos / f"{name}{ext}" for ext in sorted(VIDEO_EXTENSIONS))]:
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 # -- what every benchmark runner does around generation -------------------------------------------------------------
 
 
 def generate_predictions(requests, output_dir, model_args: ModelArguments, settings: InferenceSettings, model=None,
                          processor=None, progress: bool = True, state=None) -> dict[str, dict] | None:
     """Run (or resume) generation into `output_dir/predictions.jsonl`; the records by id, or `None` off rank 0."""
-    from pathlib import Path
-
-    from tarsier_hf.eval.inference import get_state, run_inference
-
     state = state or get_state()
     outputs = run_inference(requests, Path(output_dir) / "predictions.jsonl", settings, model_args.batch_size,
                             model=model, processor=processor, progress=progress, state=state)

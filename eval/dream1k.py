@@ -29,7 +29,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tarsier_hf.eval.common import JudgeArguments, ModelArguments, predictions_of
+from transformers import HfArgumentParser
+
+from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
+from tarsier_hf.eval.common import JudgeArguments, ModelArguments, find_video_file, predictions_of
 from tarsier_hf.eval.inference import VideoRequest, get_state, run_inference
 from tarsier_hf.eval.prompts import get_preset
 from tarsier_hf.eval.report import plot_complexity, table3_markdown
@@ -38,7 +41,6 @@ from tarsier_hf.eval.results import append_jsonl, write_json
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER = "<placeholder>"
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 REQUIRED_FIELDS = ("idx", "dataset", "text", "extra_info")
 
 
@@ -96,7 +98,7 @@ def load_annotations(source: str | os.PathLike, split: str = "test") -> list[dic
     elif path.suffix in (".jsonl", ".json") or source.startswith((".", "/", "~")) and not path.exists():
         raise FileNotFoundError(f"{source}: no such DREAM-1K annotation file")
     else:
-        import datasets
+        import datasets  # optional: the `eval` extra (Hub or folder datasets only)
 
         try:
             dataset = datasets.load_dataset(source, split=split)
@@ -125,13 +127,10 @@ def find_video(record: dict, videos: str | os.PathLike, template: str | None = N
     video_file = record.get("video_file")
     if video_file and video_file != PLACEHOLDER:
         candidates += [Path(video_file), videos / video_file, videos / Path(video_file).name]
-    for key in ("idx", "vid"):
-        if record.get(key) is not None:
-            candidates += [videos / f"{record[key]}{ext}" for ext in VIDEO_EXTENSIONS]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    return None
+    return find_video_file(videos, *(str(record[key]) for key in ("idx", "vid") if record.get(key) is not None))
 
 
 def build_requests(records: list[dict], videos: str, prompt: str, template: str | None = None):
@@ -148,8 +147,6 @@ def build_requests(records: list[dict], videos: str, prompt: str, template: str 
 
 def score(records: list[dict], predictions: dict[str, str], judge_args: JudgeArguments, judge=None) -> dict:
     """AutoDQ over the records that have a prediction (tarsier_hf.eval.autodq pipeline: cache, retries, macro average)."""
-    from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
-
     scored = [r for r in records if str(r["idx"]) in predictions]
     config = judge_args.autodq_config()
     judge = judge or judge_args.build(config)
@@ -241,8 +238,6 @@ def evaluate_dream1k(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = HfArgumentParser((Dream1kArguments, ModelArguments, JudgeArguments))
     data, model_args, judge_args = parser.parse_args_into_dataclasses(args=argv)

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from tarsier_hf.eval.prompts import mcqa_prompt, option_letters
+from transformers import HfArgumentParser
+
+from tarsier_hf.eval.common import (ModelArguments, find_video_file, generate_predictions, predictions_of, result_header,
+                                    unreadable_videos)
+from tarsier_hf.eval.inference import VideoRequest, get_state
+from tarsier_hf.eval.prompts import frames_for, mcqa_prompt, option_letters
+from tarsier_hf.eval.results import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -204,15 +210,11 @@ def score_choices(questions: Sequence[MCQuestion], predictions: dict[str, str], 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _video_path(videos: Path, name: str, extensions=(".mp4", ".webm", ".mkv", ".avi", ".gif", ".mov")) -> str:
-    """`videos/name`, adding the first extension that exists when `name` has none."""
-    path = videos / name
-    if path.suffix:
-        return str(path)
-    for ext in extensions:
-        if path.with_suffix(ext).exists():
-            return str(path.with_suffix(ext))
-    return str(path.with_suffix(".mp4"))
+def _video_path(videos: Path, name: str) -> str:
+    """The video file of `name` under `videos` (`find_video_file`); `videos/name[.mp4]` when none exists (the
+    runner then reports it unreadable)."""
+    found = find_video_file(videos, name)
+    return str(found or (videos / name if Path(name).suffix else videos / f"{name}.mp4"))
 
 
 def _require(record: dict, keys: Sequence[str], where: str) -> None:
@@ -340,11 +342,6 @@ class MCQAArguments:
 
 
 def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, progress: bool = True) -> dict | None:
-    from tarsier_hf.eval.common import generate_predictions, predictions_of, result_header, unreadable_videos
-    from tarsier_hf.eval.inference import VideoRequest, get_state
-    from tarsier_hf.eval.prompts import frames_for
-    from tarsier_hf.eval.results import write_json
-
     state = get_state()
     questions = load_questions(data.format, data.annotations, data.videos, answers=data.answers,
                                subset_only=data.subset_only, video_map=data.video_map)
@@ -375,10 +372,6 @@ def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, p
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    from tarsier_hf.eval.common import ModelArguments
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, model_args = HfArgumentParser((MCQAArguments, ModelArguments)).parse_args_into_dataclasses(args=argv)
     results = evaluate_mcqa(data, model_args)

@@ -21,8 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tarsier_hf.eval.common import (JudgeArguments, ModelArguments, generate_predictions, predictions_of, result_header,
-                         unreadable_videos)
+from transformers import HfArgumentParser
+
+from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
+from tarsier_hf.eval.autodq.pipeline import judge_defaults
+from tarsier_hf.eval.common import (JudgeArguments, ModelArguments, find_video_file, generate_predictions, predictions_of,
+                                    result_header, unreadable_videos)
 from tarsier_hf.eval.inference import VideoRequest, get_state
 from tarsier_hf.eval.prompts import frames_for, openqa_prompt
 from tarsier_hf.eval.results import write_json
@@ -30,7 +34,6 @@ from tarsier_hf.eval.results import write_json
 logger = logging.getLogger(__name__)
 
 FORMATS = ("msvd_qa", "msrvtt_qa", "activitynet_qa", "tgif_qa", "generic")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".gif", ".mov")
 
 JUDGE_PROMPT_VERSION = "video-chatgpt-qa-v1"
 # Video-ChatGPT's QA evaluation prompt, kept word for word so that scores stay comparable with published ones.
@@ -73,8 +76,6 @@ def parse_verdict(text: str) -> tuple[bool, float]:
 
     Accepts code fences, prose around the dict, `"score": "4"`; the score is clipped to [0, 5].
     """
-    from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
-
     pred = score = None
     try:
         value = load_structure(text)
@@ -169,14 +170,6 @@ def _read_table(path: Path) -> list[dict]:
     return data
 
 
-def _find_video(videos: Path, names: list[str]) -> str:
-    for name in names:
-        for candidate in [videos / name] + [videos / f"{name}{ext}" for ext in VIDEO_EXTENSIONS]:
-            if candidate.is_file():
-                return str(candidate)
-    return str(videos / names[0])
-
-
 def load_questions(fmt: str, annotations: str, videos: str, answers: str | None = None,
                    video_map: str | None = None) -> list[OpenQuestion]:
     """Questions of one benchmark.
@@ -221,7 +214,7 @@ def load_questions(fmt: str, annotations: str, videos: str, answers: str | None 
             names = [video]
         qid = _pick(record, "id", where, required=False)
         questions.append(OpenQuestion(
-            str(qid if qid is not None else i), _find_video(videos_dir, names), str(_pick(record, "question", where)),
+            str(qid if qid is not None else i), str(find_video_file(videos_dir, *names) or videos_dir / names[0]), str(_pick(record, "question", where)),
             str(_pick(record, "answer", where)),
         ))
     return questions
@@ -255,8 +248,6 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     predictions = predictions_of(outputs)
     config = judge_args.autodq_config()
     judge = judge or judge_args.build(config)
-    from tarsier_hf.eval.autodq.pipeline import judge_defaults
-
     concurrency = judge_args.judge_concurrency or judge_defaults(judge)["concurrency"]
     scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency)
     results = {
@@ -274,8 +265,6 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, model_args, judge_args = HfArgumentParser((OpenQAArguments, ModelArguments, JudgeArguments)).parse_args_into_dataclasses(args=argv)
     results = evaluate_openqa(data, model_args, judge_args)

@@ -279,7 +279,7 @@ def test_kappas_on_textbook_cases():
 # End to end: CLI server process + real headless Chromium, keyboard only
 # ---------------------------------------------------------------------------------------------------------------
 class ServerProcess:
-    """`python -m tarsier_hf.eval.side_by_side serve ... --port 0` as a child process; its URL is read from stdout."""
+    """`python -m tarsier_hf.eval.side_by_side serve --results ... --port 0` as a child process; its URL is read from stdout."""
 
     def __init__(self, args: list[str]):
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -326,7 +326,7 @@ def _label_current(page, prefer: str, key_for: dict) -> int:
 @pytest.mark.slow
 def test_browser_labelling_survives_reload_and_server_kill(workdir, tmp_path, browser):
     out = tmp_path / "run"
-    args = [str(workdir["first"]), str(workdir["second"]), "--videos", str(workdir["videos"]), "--out", str(out),
+    args = ["--results", str(workdir["first"]), str(workdir["second"]), "--videos", str(workdir["videos"]), "--out", str(out),
             "--num", "5", "--seed", "3"]
     server = ServerProcess(args)
     session = load_session(out)
@@ -400,7 +400,7 @@ def test_browser_labelling_survives_reload_and_server_kill(workdir, tmp_path, br
         server.kill()
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    report = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", str(out), "--json", str(tmp_path / "r.json")],
+    report = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", "--out", str(out), "--json", str(tmp_path / "r.json")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stderr
     # alice: win, win, same, loss, win; bob: win, loss, same, loss, win
@@ -416,11 +416,11 @@ def test_cli_reports_bad_input_with_exit_code_2(workdir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "1", "prediction": "ok"}\n{oops\n')
-    result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "serve", str(broken), str(workdir["second"]),
+    result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "serve", "--results", str(broken), str(workdir["second"]),
                              "--videos", str(workdir["videos"]), "--out", str(tmp_path / "o"), "--port", "0"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and f"{broken}:2: malformed JSON" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", str(tmp_path / "missing")],
+    result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", "--out", str(tmp_path / "missing")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "session file not found" in result.stderr
 

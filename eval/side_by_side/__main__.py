@@ -1,25 +1,31 @@
-"""Command line: `python -m tarsier_hf.eval.side_by_side serve ...` and `python -m tarsier_hf.eval.side_by_side report ...`."""
+"""Command line (`tarsier-side-by-side`, or `python -m tarsier_hf.eval.side_by_side`):
+
+    tarsier-side-by-side serve --results tarsier.jsonl baseline.jsonl --videos DIR --out runs/sbs
+    tarsier-side-by-side report --out runs/sbs [runs/other ...]
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
 from .labels import LabelError
+from .report import report
 from .results import ResultsError
-from .session import SessionError
+from .server import serve
+from .session import SessionError, open_session
 
 
 @dataclass
 class ServeArgs:
     """Sample pairs (once per --out folder) and serve the labelling page on 127.0.0.1."""
 
-    results_1: str = field(metadata={"positional": True, "help": "first model's result JSONL (scores are from its side)"})
-    results_2: str = field(metadata={"positional": True, "help": "second model's result JSONL"})
+    results: list[str] = field(metadata={"help": "the two models' result JSONL files (scores are from the first's side)"})
     videos: str = field(default=".", metadata={"help": "folder that relative video paths are resolved against"})
     out: str = field(default="side_by_side_run", metadata={"help": "session folder: session.json and labels/<annotator>.jsonl"})
     num: int = field(default=100, metadata={"help": "videos to sample from the ids present in both files (0 = all)"})
@@ -37,7 +43,7 @@ class ServeArgs:
 class ReportArgs:
     """Print win / same / loss, advantage with a bootstrap interval, and agreement, as markdown."""
 
-    out: list[str] = field(metadata={"positional": True, "nargs": "+", "help": "session folder(s), one comparison each"})
+    out: list[str] = field(metadata={"help": "session folder(s), one comparison each"})
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples"})
     confidence: float = field(default=0.95, metadata={"help": "interval level"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
@@ -45,47 +51,27 @@ class ReportArgs:
     json: str | None = field(default=None, metadata={"help": "write all numbers as JSON here"})
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One argparse option per dataclass field (`--name-with-dashes`; `positional` metadata for positionals)."""
-    for f in dataclasses.fields(cls):
-        meta = dict(f.metadata)
-        kwargs = {"help": meta.get("help")}
-        if meta.get("positional"):
-            if "nargs" in meta:
-                kwargs["nargs"] = meta["nargs"]
-            parser.add_argument(f.name, **kwargs)
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in (bool, "bool"):
-            parser.add_argument(flag, dest=f.name, action="store_true", **kwargs)
-            continue
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        parser.add_argument(flag, dest=f.name, type=kind, default=f.default, **kwargs)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tarsier_hf.eval.side_by_side", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="tarsier-side-by-side", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     for name, cls in (("serve", ServeArgs), ("report", ReportArgs)):
-        add_dataclass_arguments(commands.add_parser(name, help=cls.__doc__, description=cls.__doc__), cls)
+        commands.add_parser(name, dataclass_types=cls, help=cls.__doc__, description=cls.__doc__)
     namespace = vars(parser.parse_args(argv))
     command = namespace.pop("command")
     try:
         if command == "serve":
             args = ServeArgs(**namespace)
+            if len(args.results) != 2:
+                parser.error(f"--results takes the two models' result files, got {len(args.results)}")
             if args.frames < 1:
                 parser.error("--frames must be at least 1")
-            from .server import serve
-            from .session import open_session
-
             names = [name.strip() for name in args.annotators.split(",")] if args.annotators else None
-            session = open_session(args.out, args.results_1, args.results_2, args.videos, args.num, args.seed,
+            session = open_session(args.out, *args.results, args.videos, args.num, args.seed,
                                    args.name_1, args.name_2, names, args.overlap)
             serve(session, args.out, port=args.port, frames=args.frames, verbose=args.verbose)
         else:
             args = ReportArgs(**namespace)
-            from .report import report
-
             markdown, analyses = report(args.out, args.bootstrap, args.confidence, args.seed)
             sys.stdout.write(markdown)
             if args.output:
