@@ -31,7 +31,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Llama
 
 from tarsier_hf.hub import convert
 from tarsier_hf.hub import publish as hub_publish
-from tarsier_hf.hub.checkpoint import CheckpointError
+from tarsier_hf.hub.checkpoint import CODE_FILES, CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, PATCH = 28, 14  # 2 x 2 patches per frame -> 2 * (2 + 1) + 1 = 7 LM positions
@@ -253,7 +253,7 @@ def test_converted_folder_contents(release, converted):
     assert {"config.json", "model.safetensors.index.json", "model-00001-of-00003.safetensors",
             "model-00003-of-00003.safetensors", "generation_config.json", "processor_config.json",
             "chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "README.md",
-            *convert.CODE_FILES} <= files
+            *CODE_FILES} <= files
     config = json.loads((converted / "config.json").read_text())
     ids = release["ids"]
     assert config["model_type"] == "tarsier"
@@ -273,7 +273,7 @@ def test_converted_folder_contents(release, converted):
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in generation["eos_token_id"]  # Yi separator stops
     card = (converted / "README.md").read_text()
     assert ModelCard(card).data.license == "llama2" and "7 LM positions" in card  # the released card's license
-    for name in convert.CODE_FILES:
+    for name in CODE_FILES:
         assert (converted / name).read_bytes() == (REPO / name).read_bytes()
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tarsier_hf.hub.checkpoint import CODE_FILES
 from tests.test_eval_runner import build_tiny_checkpoint, write_stand_in_videos
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py")
 GENERATE = ["--num_frames", "2", "--max_new_tokens", "3", "--dtype", "float32"]
 
 
