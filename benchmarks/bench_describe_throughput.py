@@ -23,18 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import torch  # noqa: E402
+import torch
 
-from bench_training import make_videos  # noqa: E402
+from bench_training import make_videos
 
 FRAMES = 8
 PROMPTS = ("Describe the video in detail.",

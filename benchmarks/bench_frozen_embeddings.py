@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss_head import build  # noqa: E402
+from bench_loss_head import build
 
 
 def train_step(trainer, model, optimizer, batch) -> float:

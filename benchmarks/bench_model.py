@@ -21,9 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 VISION = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, image_size=224,
               patch_size=14)
@@ -41,7 +39,6 @@ def build(impl: str, separators: bool):
     rows = VISION["image_size"] // VISION["patch_size"]
     prompt = list(range(1, PROMPT_TOKENS + 1))
     if impl == "tarsier":
-        sys.path.insert(0, str(REPO))
         from configuration_tarsier import TarsierConfig
         from modeling_tarsier import TarsierForConditionalGeneration
 

@@ -34,10 +34,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from configuration_tarsier import TarsierConfig  # noqa: E402
-from modeling_tarsier import TarsierForConditionalGeneration  # noqa: E402
+from configuration_tarsier import TarsierConfig
+from modeling_tarsier import TarsierForConditionalGeneration
 
 # Dense bf16 tensor-core peak (no sparsity) by device-name substring, from the vendors' data sheets; first match wins.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0,

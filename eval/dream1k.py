@@ -37,6 +37,7 @@ from tarsier_hf.eval.inference import VideoRequest, get_state, run_inference
 from tarsier_hf.eval.prompts import get_preset
 from tarsier_hf.eval.report import plot_complexity, table3_markdown
 from tarsier_hf.eval.results import append_jsonl, write_json
+from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -86,15 +87,7 @@ def load_annotations(source: str | os.PathLike, split: str = "test") -> list[dic
     source = str(source)
     path = Path(source)
     if path.is_file():
-        records = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        records = [row for _, row in read_jsonl_objects(path)]
     elif path.suffix in (".jsonl", ".json") or source.startswith((".", "/", "~")) and not path.exists():
         raise FileNotFoundError(f"{source}: no such DREAM-1K annotation file")
     else:

@@ -30,6 +30,7 @@ from tarsier_hf.eval.common import (JudgeArguments, ModelArguments, find_video_f
 from tarsier_hf.eval.inference import VideoRequest, get_state
 from tarsier_hf.eval.prompts import frames_for, openqa_prompt
 from tarsier_hf.eval.results import write_json
+from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def _read_table(path: Path) -> list[dict]:
         dialect = "excel-tab" if "\t" in text.splitlines()[0] else "excel"
         return list(csv.DictReader(text.splitlines(), dialect=dialect))
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [row for _, row in read_jsonl_objects(path)]
     data = json.loads(text)
     if isinstance(data, dict):  # {id: record} style
         data = [{"id": k, **v} if isinstance(v, dict) else {"id": k, "answer": v} for k, v in data.items()]

@@ -75,8 +75,8 @@ def test_load_results_is_lenient_and_names_models(workdir):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"id": "1", "prediction": "a"}', '{"id": "2", "prediction": '], ":2: malformed JSON"),
-        (['[1, 2]'], ":1: expected a JSON object"),
+        (['{"id": "1", "prediction": "a"}', '{"id": "2", "prediction": '], ":2: not valid JSON"),
+        (['[1, 2]'], ":1: a JSON list, not an object"),
         (['{"prediction": "a"}'], ":1: no id field"),
         (['{"id": "1"}'], ":1: no prediction field"),
         (['{"id": "1", "response": 5}'], ":1: field 'response' must be a string"),
@@ -261,7 +261,7 @@ def test_report_numbers_last_label_wins_and_agreement(workdir, tmp_path):
     # A corrupted label file is reported with file and line, never silently skipped.
     with (out / "labels" / "ann2.jsonl").open("a") as handle:
         handle.write('{"pair": 1, "label": \n')
-    with pytest.raises(LabelError, match=r"ann2\.jsonl:6: malformed JSON"):
+    with pytest.raises(LabelError, match=r"ann2\.jsonl:6: not valid JSON"):
         analyse(out)
 
 
@@ -419,7 +419,7 @@ def test_cli_reports_bad_input_with_exit_code_2(workdir, tmp_path):
     result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "serve", "--results", str(broken), str(workdir["second"]),
                              "--videos", str(workdir["videos"]), "--out", str(tmp_path / "o"), "--port", "0"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and f"{broken}:2: malformed JSON" in result.stderr
+    assert result.returncode == 2 and f"{broken}:2: not valid JSON" in result.stderr
     result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", "--out", str(tmp_path / "missing")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "session file not found" in result.stderr

@@ -14,7 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from .results import iter_json_objects
+from tarsier_hf.jsonl import read_jsonl_objects
+
 from .session import Session, SessionError
 from .session import check_annotator as session_check_annotator
 
@@ -48,7 +49,7 @@ def read_labels(path: str | os.PathLike, session: Session) -> dict[int, dict]:
     latest: dict[int, dict] = {}
     if not path.is_file():
         return latest
-    for line_number, record in iter_json_objects(path, LabelError):
+    for line_number, record in read_jsonl_objects(path, LabelError):
         where = f"{path}:{line_number}"
         pair_index, label = record.get("pair"), record.get("label")
         if not isinstance(pair_index, int) or not 0 <= pair_index < len(session.pairs):

@@ -14,10 +14,11 @@ Anything else on a line is ignored.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from tarsier_hf.jsonl import read_jsonl_objects
 
 ID_FIELDS = ("id", "idx", "vid")
 VIDEO_FIELDS = ("video", "video_path", "video_file")
@@ -55,23 +56,6 @@ def _first(record: dict, names: tuple[str, ...]):
     return None, None
 
 
-def iter_json_objects(path: Path, error: type[Exception]):
-    """Yield `(line_number, object)` for every non-blank line of a JSONL file; raise `error` naming `file:line`
-    for malformed JSON or a value that is not an object."""
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise error(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(record, dict):
-                raise error(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield line_number, record
-
-
 def load_results(path: str | os.PathLike, model: str | None = None) -> ResultFile:
     """Parse a result JSONL file.
 
@@ -88,7 +72,7 @@ def load_results(path: str | os.PathLike, model: str | None = None) -> ResultFil
         raise ResultsError(f"{path}: result file not found")
     predictions: dict[str, Prediction] = {}
     found_model = None
-    for line_number, record in iter_json_objects(path, ResultsError):
+    for line_number, record in read_jsonl_objects(path, ResultsError):
         where = f"{path}:{line_number}"
         id_name, raw_id = _first(record, ID_FIELDS)
         if id_name is None:

@@ -60,6 +60,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from tarsier_hf.jsonl import iter_jsonl
+
 logger = logging.getLogger(__name__)
 
 # Prompt pools per task. Pools for other tasks come from a JSON/YAML file (`--prompt_pools`), merged over these.
@@ -552,27 +554,10 @@ def _json_lines_files(spec: DatasetSpec) -> list[Path] | None:
 
 
 def iter_json_lines(files: Sequence[Path]):
-    """Read JSON Lines files lazily, line by line (blank lines skipped).
-
-    Yields:
-        `(place, row, reason)`: `place` is `file:line`; `row` the JSON object and `reason` None, or `row` None and
-        `reason` why the line is not a JSON object.
-    """
+    """`(place, row, reason)` of every non-blank line of `files` in order (`tarsier_hf.jsonl.iter_jsonl`)."""
     for file in files:
-        with open(file, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{file}:{number}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield where, None, f"not valid JSON ({error.msg} at column {error.colno})"
-                    continue
-                if not isinstance(row, dict):
-                    yield where, None, f"a JSON {type(row).__name__}, not an object"
-                    continue
-                yield where, row, None
+        for number, row, reason in iter_jsonl(file):
+            yield f"{file}:{number}", row, reason
 
 
 def _check_not_empty(files: Sequence[Path]) -> None:
