@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
 from tarsier_hf.eval.inference import GenerationArguments, InferenceSettings, VideoRequest, get_state, run_inference
 from tarsier_hf.eval.prompts import DEFAULT_DESCRIPTION_PROMPT
 
@@ -107,7 +109,6 @@ def describe(inputs: list[str], args: DescribeArguments, model=None, processor=N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = HfArgumentParser(DescribeArguments, description="Describe videos with a Tarsier checkpoint.")

@@ -31,6 +31,8 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
+    HfArgumentParser,
     ProcessorMixin,
     StoppingCriteria,
     StoppingCriteriaList,
@@ -103,9 +106,6 @@ class Prepared:
 def _local_media(url: str, allowed_root: Path | None, param: str) -> str:
     """Check a `file://` URL or plain path against `--allowed_local_media_path`; return the local path."""
     if url[:7].lower() == "file://":
-        import urllib.parse
-        import urllib.request
-
         parsed = urllib.parse.urlparse(url)
         if parsed.netloc not in ("", "localhost"):
             raise RequestError(f"{url}: a file URL on another host cannot be read", param=param)
@@ -300,7 +300,7 @@ def _first_stop(text: str, stop: list[str]) -> int | None:
 
 def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
     """The FastAPI application serving `engine`."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request  # optional: the `serve` extra
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -431,8 +431,7 @@ class ServeArguments:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-    from transformers import HfArgumentParser
+    import uvicorn  # optional: the `serve` extra
 
     parser = HfArgumentParser(ServeArguments, description="Serve a Tarsier (or causal LM) on the OpenAI API.")
     parser.add_argument("model", help="checkpoint folder or Hub id (a Tarsier, or any causal LM)")

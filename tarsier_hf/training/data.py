@@ -59,6 +59,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from tarsier_hf.jsonl import iter_jsonl
 
@@ -96,8 +97,6 @@ def load_prompt_pools(path: str | os.PathLike | None) -> dict[str, list[str]]:
         return pools
     text = Path(path).read_text(encoding="utf-8")
     if str(path).endswith((".yaml", ".yml")):
-        import yaml
-
         loaded = yaml.safe_load(text)
     else:
         loaded = json.loads(text)
@@ -376,7 +375,7 @@ def load_rows(spec, split: str = "train", name: str | None = None, streaming: bo
     `streaming=True` returns an `IterableDataset` (nothing is downloaded up front). Video paths stay plain strings
     (decoding is ours, in the DataLoader workers).
     """
-    import datasets
+    import datasets  # optional: the `train` / `eval` extras
 
     if isinstance(spec, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split not in spec:
@@ -416,7 +415,7 @@ def load_rows(spec, split: str = "train", name: str | None = None, streaming: bo
 def has_splits(spec) -> bool:
     """Whether `load_rows(spec, split)` can tell splits apart: Hub ids, `DatasetDict`s and dataset folders can; a
     file, a folder of files or a `Dataset` is one split (any `split` reads all of it)."""
-    import datasets
+    import datasets  # optional: the `train` / `eval` extras
 
     if isinstance(spec, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         return True
@@ -577,7 +576,7 @@ class JsonLinesRows:
     """
 
     def __init__(self, texts: list[str]):
-        import datasets
+        import datasets  # optional: the `train` / `eval` extras
 
         self._table = datasets.Dataset.from_dict({"json": texts})
 
@@ -660,19 +659,9 @@ def report_bad_rows(bad: Sequence[BadRow], fail_fast: bool) -> None:
     logger.warning("skipping %d bad training row(s):\n%s", len(bad), lines)
 
 
-class ConversationDataset(torch.utils.data.Dataset):
-    """
-    Map-style dataset over one or more raw datasets, normalised and mixed by source.
-
-    `__getitem__` is cheap (no decoding): it returns the normalised row with absolute media paths and a prompt drawn
-    from the task's pool. Frames are decoded by the collator, which runs in the DataLoader workers.
-
-    Every row of every layout is checked once when the dataset is built (`check_row`): rows that cannot train
-    (unparsable JSON, no known layout, empty `messages`, a message without `role`, no assistant turn, an empty
-    answer, ...) are logged with their place (`file:line` for JSON Lines files, else `dataset row N`) and the
-    reason, kept in `bad_rows` and left out of the mixture, so no bad row reaches `__getitem__` mid-run; with
-    `fail_fast=True` building raises `BadRowsError` listing them all instead.
-    """
+class _Mixture:
+    """What both mixtures share: their datasets (`parts`), mixing weights per source, prompt pools and bad-row
+    policy. A subclass reads its datasets in `_load(specs)`."""
 
     def __init__(
         self,
@@ -686,10 +675,35 @@ class ConversationDataset(torch.utils.data.Dataset):
         if not specs:
             raise ValueError("no training dataset given")
         self.parts = []
+        self.weights = dict(source_weights or {})
+        self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
+        self.resample_prompts = resample_prompts
+        self.seed = seed
+        self.fail_fast = fail_fast
+        self.bad_rows: list[BadRow] = []
+        self._load(specs)
+
+    def _load(self, specs: Sequence[DatasetSpec]) -> None:
+        raise NotImplementedError
+
+
+class ConversationDataset(_Mixture, torch.utils.data.Dataset):
+    """
+    Map-style dataset over one or more raw datasets, normalised and mixed by source.
+
+    `__getitem__` is cheap (no decoding): it returns the normalised row with absolute media paths and a prompt drawn
+    from the task's pool. Frames are decoded by the collator, which runs in the DataLoader workers.
+
+    Every row of every layout is checked once when the dataset is built (`check_row`): rows that cannot train
+    (unparsable JSON, no known layout, empty `messages`, a message without `role`, no assistant turn, an empty
+    answer, ...) are logged with their place (`file:line` for JSON Lines files, else `dataset row N`) and the
+    reason, kept in `bad_rows` and left out of the mixture, so no bad row reaches `__getitem__` mid-run; with
+    `fail_fast=True` building raises `BadRowsError` listing them all instead.
+    """
+
+    def _load(self, specs: Sequence[DatasetSpec]) -> None:
         sources: list[str | None] = []
         self._offsets = [0]
-        self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
-        self.bad_rows: list[BadRow] = []
         bad_flat: list[int] = []
         for spec in specs:
             rows, places, bad = load_rows_with_places(spec)
@@ -703,13 +717,11 @@ class ConversationDataset(torch.utils.data.Dataset):
             self.parts.append((rows, spec))
             self._offsets.append(self._offsets[-1] + len(rows))
         self.sources = sources
-        report_bad_rows(self.bad_rows, fail_fast)
-        indices = mixture_indices(sources, source_weights or {}, seed)
+        report_bad_rows(self.bad_rows, self.fail_fast)
+        indices = mixture_indices(sources, self.weights, self.seed)
         self.indices = indices[~np.isin(indices, bad_flat)]
         if not len(self.indices):
             raise ValueError(f"no trainable rows: all {len(self.bad_rows)} rows of {[s.place for s in specs]} are bad")
-        self.resample_prompts = resample_prompts
-        self.seed = seed
         self._draws = 0
 
     def __len__(self) -> int:
@@ -743,13 +755,13 @@ class ConversationDataset(torch.utils.data.Dataset):
         This mixture as a `datasets.Dataset` (what `SFTTrainer` accepts): one `mix_index` column, turned into the
         normalised row (key `row`) on access by a lazy transform, so nothing is materialised or decoded up front.
         """
-        import datasets
+        import datasets  # optional: the `train` / `eval` extras
 
         table = datasets.Dataset.from_dict({"mix_index": np.arange(len(self), dtype=np.int64)})
         return table.with_transform(self._transform)
 
 
-class StreamingConversationDataset:
+class StreamingConversationDataset(_Mixture):
     """
     `ConversationDataset` for data too big for disk: each dataset is read with `datasets.load_dataset(...,
     streaming=True)` (or given as an `IterableDataset`; local JSON Lines files are read line by line), the datasets
@@ -766,32 +778,17 @@ class StreamingConversationDataset:
     replacements). Iterating gives the rows; `as_hf_dataset` gives the `datasets.IterableDataset` `SFTTrainer` takes.
     """
 
-    def __init__(
-        self,
-        specs: Sequence[DatasetSpec],
-        source_weights: dict[str, float] | None = None,
-        prompt_pools: dict[str, list[str]] | None = None,
-        resample_prompts: bool = False,
-        seed: int = 0,
-        fail_fast: bool = False,
-        bad_rows_log: str | os.PathLike | None = None,
-    ):
-        if not specs:
-            raise ValueError("no training dataset given")
-        self.parts = []
+    def __init__(self, specs: Sequence[DatasetSpec], *, bad_rows_log: str | os.PathLike | None = None, **options):
+        self.bad_rows_log = bad_rows_log
+        super().__init__(specs, **options)
+
+    def _load(self, specs: Sequence[DatasetSpec]) -> None:
         for spec in specs:
             files = _json_lines_files(spec)
             if files is not None:
                 _check_not_empty(files)
             self.parts.append((files if files is not None else
                                load_rows(spec.path, spec.split, spec.name, streaming=True), spec))
-        self.weights = dict(source_weights or {})
-        self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
-        self.resample_prompts = resample_prompts
-        self.seed = seed
-        self.fail_fast = fail_fast
-        self.bad_rows_log = bad_rows_log
-        self.bad_rows: list[BadRow] = []
 
     @staticmethod
     def _placed(rows, spec: DatasetSpec):
@@ -854,7 +851,7 @@ class StreamingConversationDataset:
         This stream as a `datasets.IterableDataset` of `{"row": normalised row}` (what `SFTTrainer` accepts), in
         `num_shards` shards so that that many DataLoader workers each read a different part.
         """
-        import datasets
+        import datasets  # optional: the `train` / `eval` extras
 
         return datasets.IterableDataset.from_generator(
             self._generate, gen_kwargs={"shards": list(range(max(1, num_shards))), "num_shards": max(1, num_shards)}
