@@ -32,6 +32,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, Llama
 from tarsier_hf.hub import convert
 from tarsier_hf.hub import publish as hub_publish
 from tarsier_hf.hub.checkpoint import CODE_FILES, CheckpointError
+from tests.released_layout import write_released_layout
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, PATCH = 28, 14  # 2 x 2 patches per frame -> 2 * (2 + 1) + 1 = 7 LM positions
@@ -84,33 +85,11 @@ def write_released_checkpoint(folder: Path, smollm2_dir: Path) -> dict:
     tensors = {k: v.contiguous().clone() for k, v in tensors.items()}
 
     # Three shards, split across module boundaries the way big checkpoints are.
-    shards = [
-        {k: v for k, v in tensors.items() if k.startswith("vision_tower.")},
-        {k: v for k, v in tensors.items() if k.startswith(("multi_modal_projector.", "language_model.model.embed",
-                                                             "language_model.model.layers.0."))},
-    ]
-    shards.append({k: v for k, v in tensors.items() if not any(k in s for s in shards)})
-    weight_map = {}
-    for number, shard in enumerate(shards, start=1):
-        name = f"model-{number:05d}-of-00003.safetensors"
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-
-    config = {
-        "architectures": ["TarsierForConditionalGeneration"], "model_type": "llava", "ignore_index": -100,
-        "image_token_index": ids["image"], "image_newline_idx": ids["newline"], "image_new_idx": ids["frame_end"],
-        "projector_hidden_act": "gelu", "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
-        "vocab_size": ids["vocab"], "pad_token_id": ids["pad"], "torch_dtype": "float32",
-        "vision_config": vision, "text_config": text,
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "size": {"shortest_edge": IMAGE_SIZE}, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "resample": 3, "rescale_factor": 1 / 255,
-    }))
+    shards = [[k for k in tensors if k.startswith("vision_tower.")],
+              [k for k in tensors if k.startswith(("multi_modal_projector.", "language_model.model.embed",
+                                                   "language_model.model.layers.0."))]]
+    shards.append([k for k in tensors if not any(k in s for s in shards)])
+    write_released_layout(folder, tensors, shards, ids, vision, text)
     (folder / "README.md").write_text("---\nlicense: llama2\n---\n# Tarsier tiny\n")
     return {"ids": ids, "tensors": tensors, "vision": vision, "text": text}
 
