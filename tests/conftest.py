@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.training_runs import run_checked, sft_args
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TARSIER_SHARED", REPO.parent / "shared"))
 
@@ -102,7 +104,7 @@ def judge_server(smollm2_dir, tmp_path_factory):
 # -- a tiny Tarsier and colour clips (training, scoring and inference tests) ------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """Four single-colour clips, one corrupt and one missing file, and `good.jsonl` / `with_bad.jsonl`."""
     from tests.colour_clips import write_colour_clips
@@ -110,7 +112,7 @@ def data_dir(tmp_path_factory) -> Path:
     return write_colour_clips(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def parts_dir(tmp_path_factory, smollm2_dir) -> Path:
     """A tiny random llama with the SmolLM2 tokenizer and a tiny CLIP vision config."""
     import json
@@ -134,9 +136,10 @@ def parts_dir(tmp_path_factory, smollm2_dir) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_tarsier(parts_dir, tmp_path_factory):
-    """`(folder, model, processor)` of a tiny Tarsier built from parts and saved with its code files."""
+    """`(folder, model, processor)` of a tiny Tarsier built from parts and saved with its code files (shared by
+    the whole session: tests that train or change it take a `copy.deepcopy`)."""
     import torch
 
     from tarsier_hf.training.model_builder import build_from_parts, save_tarsier
@@ -146,3 +149,20 @@ def tiny_tarsier(parts_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny") / "tarsier"
     save_tarsier(model, processor, folder)
     return folder, model, processor
+
+
+@pytest.fixture(scope="session")
+def distributed_run(tiny_tarsier, data_dir, tmp_path_factory):
+    """Two CPU processes through `accelerate launch` (DDP): 10 steps on the memorisation set plus two bad files.
+    One run per session: test_training checks it, test_fsdp compares FSDP with it."""
+    folder, _, _ = tiny_tarsier
+    output_dir = tmp_path_factory.mktemp("runs") / "full"
+    # `accelerate launch --cpu --num_processes 2` starts ONE process (its simple launcher expects mpirun); the
+    # torchrun launcher behind --multi_gpu starts two, which then pick gloo on CPU because of --use_cpu true.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(REPO / "train_sft.py"),
+           "--model_name_or_path", str(folder), "--max_steps", "10", "--save_steps", "5", "--learning_rate", "5e-3",
+           "--warmup_steps", "0", "--gradient_checkpointing", "true", *sft_args(data_dir, output_dir)]
+    result = run_checked(cmd, cwd=tmp_path_factory.mktemp("cwd"))
+    return output_dir, result

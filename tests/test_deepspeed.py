@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_training import _env
+from tests.training_runs import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "accelerate"
@@ -116,7 +116,7 @@ def test_deepspeed_engine_trains_tiny_tarsier_on_two_cpu_processes(name, tiny_ta
     import deepspeed
 
     # the repo (for tests.test_deepspeed) and the deepspeed this test imports
-    env = dict(_env(), PYTHONPATH=os.pathsep.join([str(REPO), str(Path(deepspeed.__file__).parents[1])]))
+    env = dict(child_env(), PYTHONPATH=os.pathsep.join([str(REPO), str(Path(deepspeed.__file__).parents[1])]))
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-5000:]
     reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]

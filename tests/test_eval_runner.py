@@ -7,7 +7,6 @@ with the processor's special tokens; the judge is SmolLM2-135M-Instruct behind `
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import console_script
+from tests.training_runs import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 JUDGE_MAX_TOKENS = 16  # short judge answers keep the suite fast; truncated ones exercise the failure paths
@@ -263,11 +263,6 @@ def _inference_cmd(checkpoint, requests, output, extra=()):
             "--output", str(output), *INFERENCE_ARGS, *extra]
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    return env
-
-
 def _predictions(path) -> dict[str, str]:
     from tarsier_hf.eval.results import read_jsonl
 
@@ -292,7 +287,7 @@ def test_two_processes_give_the_same_results_as_one(tiny_checkpoint, requests_fi
     output = tmp_path / "predictions.jsonl"
     cmd = [console_script("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", *_inference_cmd(tiny_checkpoint, requests_file, output)]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8/8 predictions" in proc.stdout  # printed once, by the main process
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -305,7 +300,7 @@ def test_two_processes_give_the_same_results_as_one(tiny_checkpoint, requests_fi
 def test_resume_after_sigkill_keeps_finished_samples(tiny_checkpoint, requests_file, single_process_reference, tmp_path):
     output = tmp_path / "predictions.jsonl"
     cmd = [sys.executable, *_inference_cmd(tiny_checkpoint, requests_file, output, ["--batch_size", "1"])]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while not (output.exists() and output.read_text().count("\n") >= 2):
@@ -322,7 +317,7 @@ def test_resume_after_sigkill_keeps_finished_samples(tiny_checkpoint, requests_f
     finished = _predictions(output)
     assert 2 <= len(finished) < 8, "the kill should land mid-run"
 
-    rerun = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     after = output.read_bytes()
     assert after.startswith(before)  # finished records are kept as they were, never rewritten
@@ -332,7 +327,7 @@ def test_resume_after_sigkill_keeps_finished_samples(tiny_checkpoint, requests_f
 
     changed = subprocess.run(
         [sys.executable, *_inference_cmd(tiny_checkpoint, requests_file, output, ["--num_frames", "2"])],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300,
     )
     assert changed.returncode != 0 and "different settings" in changed.stderr and "num_frames" in changed.stderr
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_training import _env
+from tests.training_runs import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ def test_gpu_check_runs_every_check_at_tiny_shapes(tmp_path):
     out = tmp_path / "rows.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu", "--frames", "2",
            "--steps", "1", "--new_tokens", "4", "--batches", "1", "2", "--json", str(out)]
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {row["check"]: row for row in json.loads(out.read_text())}
     table = result.stdout[result.stdout.index("| check |"):]

@@ -16,6 +16,7 @@ import pytest
 
 from tarsier_hf.hub.checkpoint import CODE_FILES
 from tests.test_eval_runner import build_tiny_checkpoint, write_stand_in_videos
+from tests.training_runs import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATE = ["--num_frames", "2", "--max_new_tokens", "3", "--dtype", "float32"]
@@ -36,8 +37,7 @@ def planted_checkpoint(smollm2_dir, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _run(args, cwd) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS="1", HF_MODULES_CACHE=str(Path(cwd) / "modules"))
+    env = dict(child_env(), HF_MODULES_CACHE=str(Path(cwd) / "modules"))
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

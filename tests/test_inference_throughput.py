@@ -92,13 +92,13 @@ def test_workers_decode_ahead_and_results_stream_identical_to_batch_one(loaded, 
 
 @pytest.mark.slow
 def test_throughput_benchmark_runs_and_batched_outputs_equal_batch_one(tmp_path):
-    from tests.test_training import _env
+    from tests.training_runs import child_env
     import subprocess
 
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_describe_throughput.py"), "--videos", "4",
            "--batch_size", "2", "--layers", "1", "--hidden", "64", "--new_tokens", "4", "--json", str(out)]
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["identical"] is True and report["videos"] == 4

@@ -7,7 +7,6 @@ patches: 7 positions per frame) trained on real PyAV-encoded videos written by `
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import torch
 
 from tarsier_hf.hub.checkpoint import check_checkpoint
 from tests.colour_clips import COLORS, conversation_row
+from tests.training_runs import child_env, run_checked, sft_args, trainer_state, weights
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -267,7 +267,7 @@ def test_freezing_options_top_k_layers_and_lora_targets(tiny_tarsier, tmp_path):
 def test_help_lists_trl_options_and_marks_refused_ones():
     """`python train_sft.py --help` in a real subprocess (it crashed on the `{% generation %}` in a help text)."""
     result = subprocess.run([sys.executable, str(REPO / "train_sft.py"), "--help"], capture_output=True, text=True,
-                            env=_env(), timeout=300, cwd=REPO)
+                            env=child_env(), timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     text = " ".join(result.stdout.split())
     for option in ("--dataset_name", "--dataset_train_split", "--dataset_streaming", "--use_peft", "--lora_r",
@@ -320,7 +320,7 @@ def test_trl_argument_names_parse_and_inapplicable_options_are_refused(tmp_path)
     # through the real entry point: the run stops before loading anything, with the reason
     result = subprocess.run([sys.executable, str(REPO / "train_sft.py"), "--packing", "true", "--output_dir",
                              str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--dataset_paths", "x.jsonl"],
-                            capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+                            capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert result.returncode != 0 and "--packing True: packing concatenates" in result.stderr
 
 
@@ -395,60 +395,11 @@ def test_recipes_carry_appendix_a_and_accelerate_configs_load():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_NO_ADVISORY_WARNINGS="1", PYTHONWARNINGS="ignore")
-    env.pop("PYTHONPATH", None)
-    return env
-
-
-def _run(cmd, cwd, timeout=400):
-    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stderr[-6000:]}")
-    return result
-
-
-def _common_args(data_dir, output_dir, data="with_bad.jsonl"):
-    return [
-        "--dataset_paths", str(data_dir / data), "--video_roots", str(data_dir),
-        "--frame_sampling", "random_segments", "--num_frames", "2", "3", "--output_dir", str(output_dir),
-        "--per_device_train_batch_size", "2", "--bf16", "false", "--use_cpu", "true", "--logging_steps", "1",
-        "--report_to", "none", "--dataloader_num_workers", "1", "--seed", "0", "--max_length", "256",
-    ]
-
-
-def _state(output_dir) -> dict:
-    return json.loads((Path(output_dir) / "trainer_state.json").read_text())
-
-
-def _tensors(folder) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(folder) / "model.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def distributed_run(tiny_tarsier, data_dir, tmp_path_factory):
-    """Two CPU processes through `accelerate launch`: 10 steps on the memorisation set plus two bad files."""
-    folder, _, _ = tiny_tarsier
-    output_dir = tmp_path_factory.mktemp("runs") / "full"
-    # `accelerate launch --cpu --num_processes 2` starts ONE process (its simple launcher expects mpirun); the
-    # torchrun launcher behind --multi_gpu starts two, which then pick gloo on CPU because of --use_cpu true.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(REPO / "train_sft.py"),
-           "--model_name_or_path", str(folder), "--max_steps", "10", "--save_steps", "5", "--learning_rate", "5e-3",
-           "--warmup_steps", "0", "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir)]
-    result = _run(cmd, cwd=tmp_path_factory.mktemp("cwd"))
-    return output_dir, result
-
-
 @pytest.mark.slow
 def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distributed_run, tiny_tarsier):
     output_dir, result = distributed_run
     folder, _, _ = tiny_tarsier
-    state = _state(output_dir)
+    state = trainer_state(output_dir)
     logs = [entry for entry in state["log_history"] if "loss" in entry]
     assert state["global_step"] == 10 and len(logs) == 10
     # Two ranks share the 6 rows (3 each = 2 batches of <= 2), so 10 steps are 5 epochs; one process would need
@@ -464,7 +415,7 @@ def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distribu
     assert {s["idx"] for s in skipped} == {100, 101} and {s["rank"] for s in skipped} <= {0, 1}
     assert "skipping sample idx=10" in result.stderr
 
-    before, after = _tensors(folder), _tensors(output_dir)
+    before, after = weights(folder), weights(output_dir)
     frozen = [k for k in before if "vision_tower" in k or "multi_modal_projector" in k]
     trained = [k for k in before if "language_model.layers" in k]
     assert frozen and trained
@@ -490,9 +441,9 @@ def test_resume_continues_from_saved_step(distributed_run, data_dir, tmp_path):
     shutil.rmtree(resumed / "checkpoint-10")
     cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(resumed / "checkpoint-5"),
            "--max_steps", "7", "--save_steps", "5", "--learning_rate", "5e-3", "--resume_from_checkpoint", "last",
-           "--gradient_checkpointing", "false", *_common_args(data_dir, resumed)]
-    _run(cmd, cwd=tmp_path)
-    state = _state(resumed)
+           "--gradient_checkpointing", "false", *sft_args(data_dir, resumed)]
+    run_checked(cmd, cwd=tmp_path)
+    state = trainer_state(resumed)
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert state["global_step"] == 7
     assert steps == [1, 2, 3, 4, 5, 6, 7]  # history up to 5 restored from the checkpoint, then 6 and 7 trained
@@ -525,7 +476,7 @@ def test_checkpoint_loads_with_remote_code_in_fresh_process_and_generates(distri
     output_dir, _ = distributed_run
     script = tmp_path / "load.py"
     script.write_text(FRESH_PROCESS)
-    result = _run([sys.executable, str(script), str(output_dir), str(data_dir / "videos/red.mp4")], cwd=tmp_path)
+    result = run_checked([sys.executable, str(script), str(output_dir), str(data_dir / "videos/red.mp4")], cwd=tmp_path)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules")
     assert 1 <= report["new_tokens"] <= 6
@@ -565,8 +516,8 @@ def test_lora_run_saves_adapter_that_merges_and_reloads(tiny_tarsier, data_dir, 
     output_dir = tmp_path / "lora"
     cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(folder), "--use_peft", "true",
            "--lora_r", "4", "--max_steps", "3", "--save_steps", "100", "--learning_rate", "1e-2",
-           "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir, data="good.jsonl")]
-    _run(cmd, cwd=tmp_path)
+           "--gradient_checkpointing", "true", *sft_args(data_dir, output_dir, data="good.jsonl")]
+    run_checked(cmd, cwd=tmp_path)
     adapter = json.loads((output_dir / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(folder)
     from safetensors.torch import load_file
@@ -575,7 +526,7 @@ def test_lora_run_saves_adapter_that_merges_and_reloads(tiny_tarsier, data_dir, 
     assert keys and all("language_model" in k and "lora_" in k for k in keys)  # LLM only: no vision, no projector
     script = tmp_path / "merge.py"
     script.write_text(LORA_MERGE)
-    result = _run([sys.executable, str(script), str(folder), str(output_dir), str(tmp_path / "merged")], cwd=tmp_path)
+    result = run_checked([sys.executable, str(script), str(folder), str(output_dir), str(tmp_path / "merged")], cwd=tmp_path)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["adapter_changes"] > 1e-4
     assert report["merge_error"] < 1e-4
@@ -590,10 +541,10 @@ def test_same_seed_builds_and_trains_the_same_model_from_parts(parts_dir, data_d
         cmd = [sys.executable, str(REPO / "train_sft.py"), "--vision_model", str(parts_dir / "vision.json"),
                "--language_model", str(parts_dir / "llm"), "--chat_template", "chatml", "--train_vision_tower", "true",
                "--train_projector", "true", "--max_steps", "2", "--save_strategy", "no", "--learning_rate", "1e-3",
-               *_common_args(data_dir, output_dir, data="good.jsonl")]
+               *sft_args(data_dir, output_dir, data="good.jsonl")]
         cmd[cmd.index("--seed") + 1] = str(seed)
-        _run(cmd, cwd=tmp_path)
-        outputs[run] = _tensors(output_dir)
+        run_checked(cmd, cwd=tmp_path)
+        outputs[run] = weights(output_dir)
     assert outputs["a"].keys() == outputs["b"].keys()
     assert all(torch.equal(outputs["a"][k], outputs["b"][k]) for k in outputs["a"])
     projector = [k for k in outputs["a"] if "multi_modal_projector" in k]
