@@ -21,14 +21,15 @@ one-clip warm-up; the table reports videos/s and the speed-up over the plain loo
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 import torch
+from transformers import HfArgumentParser
 
 from bench_training import make_videos
 
@@ -93,21 +94,24 @@ def plain_loop(llava, processor, requests, ours_length, new_tokens) -> list[str]
     return texts
 
 
+@dataclass
+class BenchArgs:
+    videos: int = field(default=32, metadata={"help": "generated clips to describe"})
+    batch_size: int = 8
+    workers: int = field(default=2, metadata={"help": "DataLoader workers decoding ahead of generation"})
+    layers: int = field(default=4, metadata={"help": "llama layers"})
+    hidden: int = field(default=256, metadata={"help": "llama hidden size"})
+    new_tokens: int = 32
+    threads: int = field(default=1, metadata={
+        "help": "torch threads of the generating process (on a busy 2-core machine 2 threads ran 25x slower than 1: "
+                "the threads wait on each other)"})
+    json: str | None = field(default=None, metadata={"help": "also write the result here"})
+
+
 def main(argv=None) -> dict:
     from tarsier_hf.eval.inference import GenerationSettings, InferenceSettings, VideoRequest, VideoTextGenerator, run_inference
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--new_tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the generating process (on a busy 2-core machine 2 threads ran 25x "
-                             "slower than 1: the threads wait on each other)")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+    (args,) = HfArgumentParser(BenchArgs, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(argv)
     torch.set_num_threads(args.threads)
 
     root = Path(tempfile.mkdtemp(prefix="bench_describe_"))

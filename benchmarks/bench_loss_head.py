@@ -13,8 +13,10 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
 
 BATCH, FRAMES, PROMPT, ANSWER = 8, 8, 24, 70
@@ -75,10 +77,14 @@ def step_seconds(trainer, model, batch) -> tuple[float, float]:
     return time.perf_counter() - start, loss.item()
 
 
+
+@dataclass
+class BenchArgs:
+    repeats: int = field(default=5, metadata={"help": "timed rounds (median reported)"})
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    (args,) = HfArgumentParser(BenchArgs, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+                               ).parse_args_into_dataclasses()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         model, batch, trainers = build(tmp)

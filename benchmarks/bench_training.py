@@ -18,11 +18,13 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 import numpy as np
 import torch
+from transformers import HfArgumentParser
 
 
 def make_videos(root: Path, count: int, seconds: float, size: tuple[int, int]) -> Path:
@@ -132,18 +134,22 @@ def bench_trainer(model, processor, dataset, collator, steps: int, batch_size: i
     return result.metrics["train_samples_per_second"], trainer._total_train_tokens / runtime
 
 
+
+@dataclass
+class BenchArgs:
+    videos: int = field(default=8, metadata={"help": "generated clips"})
+    seconds: float = field(default=4.0, metadata={"help": "clip length (30 fps)"})
+    video_size: list[int] = field(default_factory=lambda: [240, 320], metadata={"help": "clip height and width"})
+    image_size: int = field(default=112, metadata={"help": "vision input size (patch 14)"})
+    frames: list[int] = field(default_factory=lambda: [8, 16], metadata={"help": "random_segments range"})
+    hidden: int = 128
+    layers: int = 2
+    batch_size: int = 2
+    steps: int = 6
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=8, help="generated clips")
-    parser.add_argument("--seconds", type=float, default=4.0, help="clip length (30 fps)")
-    parser.add_argument("--video-size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
-    parser.add_argument("--image-size", type=int, default=112, help="vision input size (patch 14)")
-    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16], help="random_segments range")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6)
-    args = parser.parse_args()
+    (args,) = HfArgumentParser(BenchArgs, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+                               ).parse_args_into_dataclasses()
     torch.manual_seed(0)
 
     from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -44,12 +44,10 @@ def test_mfu_formula_and_peak_lookup():
     """6 N T for the LLM plus causal attention; the 7B config holds 4,808 LM positions for 8 frames."""
     import torch
 
-    # benchmarks/ holds scripts, not a package: load the script by its path
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    # benchmarks/ holds scripts, not a package: run the script's definitions by its path
+    gpu_check = runpy.run_path(str(REPO / "benchmarks" / "gpu_check.py"), run_name="gpu_check")
     PEAK_BF16_TFLOPS, TarsierConfig, model_flops, peak_tflops = (
-        gpu_check.PEAK_BF16_TFLOPS, gpu_check.TarsierConfig, gpu_check.model_flops, gpu_check.peak_tflops)
+        gpu_check[name] for name in ("PEAK_BF16_TFLOPS", "TarsierConfig", "model_flops", "peak_tflops"))
 
     config = TarsierConfig()
     assert config.num_positions_per_frame * 8 == 4808  # 24 x (24 + 1) + 1 = 601 per 336 px frame
