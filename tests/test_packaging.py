@@ -3,6 +3,7 @@ remote-code modules, nothing with a generic name; every console script of setup.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import re
 import shutil
@@ -85,7 +86,8 @@ def test_wheel_entry_points_name_modules_it_holds(wheel):
 
 
 def _help(name: str) -> tuple[str, subprocess.CompletedProcess]:
-    return name, subprocess.run([console_script(name), "--help"], capture_output=True, text=True, timeout=240)
+    return name, subprocess.run([console_script(name), "--help"], cwd=REPO, capture_output=True, text=True,
+                                timeout=240)
 
 
 @pytest.mark.slow
@@ -98,3 +100,21 @@ def test_every_console_script_runs_help():
     for name, result in results.items():
         assert result.returncode == 0, f"{name} --help failed:\n{result.stderr[-3000:]}"
         assert result.stdout.startswith("usage: "), (name, result.stdout[:500])
+
+
+def _source(module: str) -> Path:
+    """The repo file of an installed module name (`tarsier_hf.eval.*` lives in eval/)."""
+    parts = module.split(".")
+    root, parts = (REPO / "eval", parts[2:]) if parts[:2] == ["tarsier_hf", "eval"] else (REPO, parts)
+    return root.joinpath(*parts).with_suffix(".py")
+
+
+def test_every_console_script_also_runs_as_python_m():
+    """The README gives `python -m MODULE` beside each command: the module the entry point names must call the
+    same `main` under `if __name__ == "__main__":`."""
+    for name, target in CONSOLE_SCRIPTS.items():
+        module, function = target.split(":")
+        tree = ast.parse(_source(module).read_text(encoding="utf-8"))
+        guards = [ast.unparse(node) for node in tree.body
+                  if isinstance(node, ast.If) and ast.unparse(node.test) == "__name__ == '__main__'"]
+        assert guards and f"{function}(" in guards[-1], f"{name}: {module} has no __main__ guard calling {function}()"
