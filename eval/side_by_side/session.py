@@ -218,7 +218,7 @@ def load_session(out_dir: str | os.PathLike) -> Session:
     """Read `OUT/session.json`."""
     path = Path(out_dir) / SESSION_FILE
     if not path.is_file():
-        raise SessionError(f"{path}: session file not found (run `python -m tarsier_hf.eval.side_by_side serve` first)")
+        raise SessionError(f"{path}: session file not found (run `tarsier-side-by-side serve` first)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -228,25 +228,15 @@ def load_session(out_dir: str | os.PathLike) -> Session:
     return Session.from_json(data, str(path))
 
 
-def open_session(
-    out_dir: str | os.PathLike,
-    results_1: str | os.PathLike,
-    results_2: str | os.PathLike,
-    video_dir: str | os.PathLike,
-    num: int,
-    seed: int = 0,
-    model_1: str | None = None,
-    model_2: str | None = None,
-    annotators: list[str] | None = None,
-    overlap: int = 0,
-) -> Session:
-    """Create the session in `out_dir`, or reuse the one already there if it was built from the same inputs.
+def open_session(out_dir: str | os.PathLike, *args, **kwargs) -> Session:
+    """Create the session in `out_dir`, or reuse the one already there if it was built from the same inputs
+    (`args` / `kwargs`: those of `sample_session`).
 
     Raises:
         SessionError: `out_dir` holds a session built from other files, another `num`/`seed` or other names.
     """
     out_dir = Path(out_dir)
-    fresh = sample_session(results_1, results_2, video_dir, num, seed, model_1, model_2, annotators, overlap)
+    fresh = sample_session(*args, **kwargs)
     if (out_dir / SESSION_FILE).is_file():
         stored = load_session(out_dir)
         for name in ("sha256_1", "sha256_2", "video_dir", "num", "seed", "model_1", "model_2", "annotators", "overlap"):
