@@ -21,12 +21,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from processing_tarsier import VIDEO_EXTENSIONS
 from transformers import HfArgumentParser
 
 from tarsier_hf.eval.inference import GenerationArguments, InferenceSettings, VideoRequest, get_state, run_inference
 from tarsier_hf.eval.prompts import DEFAULT_DESCRIPTION_PROMPT
 
-VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
 
