@@ -18,7 +18,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict | None, str 
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line.rstrip("\r\n"))  # so an error's column is on this line, not the next
             except json.JSONDecodeError as error:
                 yield number, None, f"not valid JSON ({error.msg} at column {error.colno})"
                 continue

@@ -71,3 +71,12 @@ def test_renamed_and_new_categories_reach_table3():
     assert cells["Shorts"] == "50.0/40.0/60.0" and cells["Stock"] == "30.0/20.0/40.0"
     assert cells["drone"] == "10.0/10.0/10.0"  # a category the paper does not name gets its own column
     assert cells["Live-action"] == "-"
+
+
+def test_annotations_have_no_workspace_default(capsys):
+    """Where DREAM-1K lies is the user's to say: no default path (it used to point into this workspace)."""
+    from tarsier_hf.eval.dream1k import main
+
+    with pytest.raises(SystemExit):
+        main(["--videos", "videos", "--output_dir", "out", "--checkpoint", "tarsier"])
+    assert "the following arguments are required: --annotations" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
 from tarsier_hf.hub import publish as hub_publish
+from tarsier_hf.hub.checkpoint import CODE_FILES, CheckpointError, check_checkpoint
 from tarsier_hf.hub.model_card import render_model_card
 
 
@@ -70,3 +71,34 @@ def test_hub_publish_keeps_a_real_card(plain_folder, tmp_path):
     (plain_folder / "README.md").write_text(own)
     staging = hub_publish.prepare_upload_folder(plain_folder, tmp_path / "up")
     assert (staging / "README.md").read_text() == own
+
+
+def test_one_file_list_for_trained_converted_and_adapter_folders(plain_folder):
+    """`check_checkpoint` is what training, conversion and publishing all check against: training by-products are
+    left out, a LoRA adapter folder needs its adapter files and the processor, and each gap is named."""
+    (plain_folder / "checkpoint-5").mkdir()
+    (plain_folder / "runs").mkdir()
+    (plain_folder / "bad_rows.jsonl").write_text("{}\n")
+    (plain_folder / "training_args.bin").write_bytes(b"\0")
+    files = check_checkpoint(plain_folder)
+    assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja", *CODE_FILES} <= set(files)
+    assert not {"checkpoint-5", "runs", "bad_rows.jsonl", "training_args.bin"} & set(files)
+
+    (plain_folder / "stray").mkdir()
+    with pytest.raises(CheckpointError, match=r"stray: unexpected sub-folder"):
+        check_checkpoint(plain_folder)
+    (plain_folder / "stray").rmdir()
+
+    # A LoRA run's folder (train_sft.py --use_peft): adapter + processor, no full weights or model config.
+    adapter = plain_folder.parent / "adapter"
+    adapter.mkdir()
+    for name in ("processor_config.json", "chat_template.jinja", "tokenizer_config.json", "tokenizer.json", *CODE_FILES):
+        shutil.copy(plain_folder / name, adapter / name)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(CheckpointError, match=r"missing adapter_model\.safetensors"):
+        check_checkpoint(adapter)
+    shutil.copy(plain_folder / "model.safetensors", adapter / "adapter_model.safetensors")
+    assert "adapter_model.safetensors" in check_checkpoint(adapter)
+    (adapter / "processor_config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"missing processor_config\.json"):
+        check_checkpoint(adapter)
