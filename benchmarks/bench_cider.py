@@ -24,6 +24,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from tarsier_hf.eval.cider.cider_scorer import cider_d
+from tarsier_hf.eval.cider.ptb_tokenizer import PTBTokenizer
 from tarsier_hf.jsonl import read_jsonl_objects
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,9 +73,6 @@ def run_pycocoevalcap(predictions, references):
 
 
 def run_ours_direct(predictions, references):
-    from tarsier_hf.eval.cider.cider_scorer import cider_d
-    from tarsier_hf.eval.cider.ptb_tokenizer import PTBTokenizer
-
     start = time.perf_counter()
     tokenizer = PTBTokenizer()
     flat = tokenizer.tokenize([r for refs in references for r in refs])

@@ -31,7 +31,11 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from bench_training import make_videos
+from tarsier_hf.eval.inference import GenerationSettings, InferenceSettings, VideoRequest, VideoTextGenerator, run_inference
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+from tarsier_hf.training.model_builder import build_from_parts
+
+from bench_training import make_videos  # a sibling script (benchmarks/ is on sys.path when a script runs)
 
 FRAMES = 8
 PROMPTS = ("Describe the video in detail.",
@@ -40,9 +44,6 @@ PROMPTS = ("Describe the video in detail.",
 
 def build_tarsier(root: Path, layers: int, hidden: int):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
-    from tarsier_hf.training.model_builder import build_from_parts
 
     tokenizer = AutoTokenizer.from_pretrained(materialize_smollm2())
     torch.manual_seed(0)
@@ -109,8 +110,6 @@ class BenchArgs:
 
 
 def main(argv=None) -> dict:
-    from tarsier_hf.eval.inference import GenerationSettings, InferenceSettings, VideoRequest, VideoTextGenerator, run_inference
-
     (args,) = HfArgumentParser(BenchArgs, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(argv)
     torch.set_num_threads(args.threads)
 

@@ -18,6 +18,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser
 
+from configuration_tarsier import TarsierConfig
+from modeling_tarsier import TarsierForConditionalGeneration
+from processing_tarsier import TarsierProcessor
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+
 
 BATCH, FRAMES, PROMPT, ANSWER = 8, 8, 24, 70
 
@@ -25,12 +31,6 @@ BATCH, FRAMES, PROMPT, ANSWER = 8, 8, 24, 70
 def build(tmp: str):
     from datasets import Dataset
     from transformers import AutoConfig, AutoTokenizer
-
-    from configuration_tarsier import TarsierConfig
-    from modeling_tarsier import TarsierForConditionalGeneration
-    from processing_tarsier import TarsierProcessor
-    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
-    from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     llm = materialize_smollm2()
     tokenizer = AutoTokenizer.from_pretrained(llm)

@@ -26,11 +26,16 @@ import numpy as np
 import torch
 from transformers import HfArgumentParser
 
+from tarsier_hf.dream_s.video_writer import write_video
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+from tarsier_hf.training.model_builder import build_from_parts
+from tarsier_hf.training.trainer import TarsierSFTTrainer
+
 
 def make_videos(root: Path, count: int, seconds: float, size: tuple[int, int]) -> Path:
     """`count` H.264 clips (moving gradient, 30 fps) and a JSONL of caption rows; returns the JSONL path."""
-    from tarsier_hf.dream_s.video_writer import write_video
-
     (root / "videos").mkdir(parents=True, exist_ok=True)
     height, width = size
     frames_per_video = int(seconds * 30)
@@ -59,9 +64,6 @@ def make_videos(root: Path, count: int, seconds: float, size: tuple[int, int]) -
 def build_model(root: Path, image_size: int, hidden: int, layers: int):
     """A small Tarsier: llama (`layers` x `hidden`) with the SmolLM2 tokenizer + a 2-layer CLIP at `image_size`."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
-    from tarsier_hf.training.model_builder import build_from_parts
 
     tokenizer = AutoTokenizer.from_pretrained(materialize_smollm2())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
@@ -120,8 +122,6 @@ def bench_trainer(model, processor, dataset, collator, steps: int, batch_size: i
     """(samples/s, tokens/s) of the real TarsierSFTTrainer with 2 DataLoader workers."""
     from trl import SFTConfig
 
-    from tarsier_hf.training.trainer import TarsierSFTTrainer
-
     args = SFTConfig(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size,
                      learning_rate=2e-5, bf16=False, use_cpu=True, report_to=[], logging_steps=steps,
                      save_strategy="no", dataloader_num_workers=2, remove_unused_columns=False,
@@ -151,9 +151,6 @@ def main() -> None:
     (args,) = HfArgumentParser(BenchArgs, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
                                ).parse_args_into_dataclasses()
     torch.manual_seed(0)
-
-    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

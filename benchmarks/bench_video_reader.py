@@ -27,6 +27,7 @@ from processing_tarsier import TarsierProcessor, VideoReader, sample_uniform
 from transformers import HfArgumentParser
 
 from tarsier_hf.dream_s.video_writer import draw_frame_code, write_video
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 
 CACHE = Path(os.environ.get("TARSIER_CACHE", Path.home() / ".cache" / "tarsier")) / "bench"
 
@@ -104,8 +105,6 @@ def time_readers(readers: dict, path: str, indices: np.ndarray, processor: Tarsi
 
 def main(args: Args) -> None:
     from transformers import AutoTokenizer
-
-    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 
     processor = TarsierProcessor.from_parts(AutoTokenizer.from_pretrained(materialize_smollm2()), "clip")
     try:
