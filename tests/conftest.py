@@ -14,6 +14,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TARSIER_SHARED", REPO.parent / "shared"))
 
 
+def pytest_configure(config):
+    """eval/ is installed as `tarsier_hf.eval` (setup.cfg `package_dir`), which only an install of this checkout
+    provides: refuse to test another checkout's eval/ (an environment installed from elsewhere) or none."""
+    try:
+        import tarsier_hf.eval
+    except ImportError as error:
+        pytest.exit(f"tarsier_hf.eval is not importable ({error}): run `pip install -e .` in {REPO}", returncode=4)
+    where = Path(tarsier_hf.eval.__file__).resolve().parent
+    if where != REPO / "eval":
+        pytest.exit(f"tarsier_hf.eval comes from {where}, not {REPO / 'eval'}: run `pip install -e .` in {REPO}",
+                    returncode=4)
+
+
 def console_script(name: str) -> str:
     """The path of an installed command (`transformers`, `accelerate`) of the running interpreter's environment,
     so the tests work from `.venv/bin/python -m pytest` without an activated virtual environment."""
