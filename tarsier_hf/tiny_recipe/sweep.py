@@ -260,7 +260,7 @@ def score(model, processor, collator, frames, rows, config: SweepConfig) -> dict
 
 
 def run_config(config: SweepConfig, args: SweepArguments) -> dict:
-    from tarsier_hf.tiny_recipe import make_language_model
+    from tarsier_hf.tiny_recipe.__main__ import make_language_model
 
     started = time.perf_counter()
     frames, rows = render_dataset(config, args.data_workers)
