@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from dataset_builders.video_writer import coded_frames, write_video
-from processing_tarsier import CHAT_TEMPLATES, SPECIAL_TOKENS, TarsierProcessor, load_video, sample_uniform
+from processing_tarsier import CHAT_TEMPLATES, SPECIAL_TOKENS, TarsierProcessor
+from video_processing_tarsier import FpsSampling, RandomSegmentsSampling, UniformSampling, load_video, sample_uniform
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def tokenizer(smollm2_dir):
 
 @pytest.fixture
 def processor(tokenizer):
-    return TarsierProcessor.from_parts(tokenizer, "clip", chat_template="vicuna", num_frames=4)
+    return TarsierProcessor.from_parts(tokenizer, "clip", chat_template="vicuna", frame_sampling=UniformSampling(4))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_batched_conversations_frame_order_and_counts(processor, clip, padding_s
     assert out["num_frames"].tolist() == [5, 0, 8]
     assert out["pixel_values"].shape == (13, 3, 336, 336)
     expected_frames = [
-        *load_video(clip, num_frames=4).frames,
+        *load_video(clip, UniformSampling(4)).frames,
         image,
         *video_array[sample_uniform(12, 4)],
         *video_array[:5][sample_uniform(5, 4)],
@@ -121,7 +122,7 @@ def test_batched_conversations_frame_order_and_counts(processor, clip, padding_s
 
 @pytest.mark.parametrize("template", list(CHAT_TEMPLATES))
 def test_assistant_masks_cover_only_assistant_turns(tokenizer, clip, template):
-    processor = TarsierProcessor.from_parts(tokenizer, "clip", chat_template=template, num_frames=2)
+    processor = TarsierProcessor.from_parts(tokenizer, "clip", chat_template=template, frame_sampling=UniformSampling(2))
     conversation = [
         {"role": "system", "content": "You describe videos."},
         user_turn({"type": "video", "path": str(clip)}),
@@ -161,12 +162,12 @@ def test_resize_modes(tokenizer):
 
 def test_sampling_options_reach_the_reader(processor, clip):
     out = processor(
-        text=["<video>", "<video>"], videos=[str(clip), str(clip)], num_frames=(3, 6), sampling="random_segments", rng=0
+        text=["<video>", "<video>"], videos=[str(clip), str(clip)], frame_sampling=RandomSegmentsSampling((3, 6)), rng=0
     )
     counts = out["num_frames"].tolist()
     assert all(3 <= c <= 6 for c in counts)
     assert out["pixel_values"].shape[0] == sum(counts)
-    fps = processor(text="<video>", videos=[str(clip)], fps=2.0, max_frames=64)
+    fps = processor(text="<video>", videos=[str(clip)], frame_sampling=FpsSampling(fps=2.0, max_frames=64))
     assert fps["num_frames"].tolist() == [2]  # a 1 s clip at 2 fps
 
 
@@ -182,14 +183,17 @@ def test_errors_are_clear(processor, clip):
 @pytest.mark.slow
 def test_save_and_load_with_auto_processor_remote_code(tokenizer, clip, tmp_path):
     processor = TarsierProcessor.from_parts(
-        tokenizer, "clip", chat_template="chatml", use_frame_separators=True, resize_mode="pad", num_frames=3
+        tokenizer, "clip", chat_template="chatml", use_frame_separators=True, resize_mode="pad",
+        frame_sampling=UniformSampling(3),
     )
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
-    assert (folder / "processing_tarsier.py").read_text() == (REPO / "processing_tarsier.py").read_text()
+    for code in ("processing_tarsier.py", "video_processing_tarsier.py", "configuration_tarsier.py"):
+        assert (folder / code).read_text() == (REPO / code).read_text()
+    assert (folder / "chat_template.jinja").read_text() == CHAT_TEMPLATES["chatml"]
     config = json.loads((folder / "processor_config.json").read_text())
     assert config["auto_map"]["AutoProcessor"] == "processing_tarsier.TarsierProcessor"
-    assert config["resize_mode"] == "pad" and config["num_frames"] == 3
+    assert config["resize_mode"] == "pad" and config["frame_sampling"] == {"policy": "uniform", "num_frames": 3}
 
     conversation = [
         user_turn({"type": "video", "path": str(clip)}, {"type": "image", "image": np.full((30, 60, 3), 90, np.uint8)}),
