@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from tests.colour_clips import COLORS, conversation_row
+from video_processing_tarsier import InstructionSampling, RandomSegmentsSampling, UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_prompt_pools_and_mixing_weights(tmp_path):
 
 def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, tmp_path):
     """The released Tarsier layout and the DREAM-1K layout, read unchanged through `datasets`, feed the collator."""
-    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.collator import TarsierVideoCollator
     from training.data import ConversationDataset, DatasetSpec
 
     released = [{"messages": [
@@ -118,7 +119,7 @@ def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, 
     )
     assert sorted(dataset.sources[i] for i in dataset.indices) == ["DREAM/live_action"] * 8 + ["recap"] * 2
     _, _, processor = tiny_tarsier
-    batch = TarsierVideoCollator(processor, FramePolicy("instruction", [8]))([dataset[i] for i in range(len(dataset))])
+    batch = TarsierVideoCollator(processor, InstructionSampling(8))([dataset[i] for i in range(len(dataset))])
     assert batch["num_frames"].tolist() == [8] * 10 and int(batch["skipped_samples"]) == 0
     answers = {processor.tokenizer.decode(row[row != -100]) for row in batch["labels"]}
     assert answers <= {f"It is {n}.<|im_end|>" for n in COLORS} | {f"All {n}.<|im_end|>" for n in COLORS}
@@ -131,16 +132,16 @@ def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, 
 
 
 def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_dir):
-    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.collator import TarsierVideoCollator
     from training.data import normalize_row
 
     _, _, processor = tiny_tarsier
     row = normalize_row(conversation_row("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
+    collator = TarsierVideoCollator(processor, UniformSampling(3))
     sample = collator.encode(row)
 
     text = processor.apply_chat_template(row["messages"], tokenize=False)
-    reference = processor(text=text, videos=[str(data_dir / "videos/red.mp4")], num_frames=3, sampling="uniform",
+    reference = processor(text=text, videos=[str(data_dir / "videos/red.mp4")], frame_sampling=UniformSampling(3),
                           add_special_tokens=False)
     assert sample["input_ids"].tolist() == reference["input_ids"][0].tolist()
     torch.testing.assert_close(sample["pixel_values"], reference["pixel_values"])
@@ -160,7 +161,8 @@ def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_
 def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_dir, tmp_path):
     from PIL import Image
 
-    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.collator import TarsierVideoCollator
+
     from training.data import normalize_row
 
     _, _, processor = tiny_tarsier
@@ -173,7 +175,7 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
     text_only = normalize_row({"idx": 2, "messages": [{"role": "user", "content": "Say hi."},
                                                       {"role": "assistant", "content": "Hi."}]}, None)
     video = normalize_row(conversation_row("videos/blue.mp4", "Blue.", 3), str(data_dir))
-    collator = TarsierVideoCollator(processor, FramePolicy("random_segments", [2, 4]), seed=1)
+    collator = TarsierVideoCollator(processor, RandomSegmentsSampling((2, 4)), seed=1)
     batch = collator([multi, text_only, video])
     assert batch["num_frames"][:2].tolist() == [2, 0] and 2 <= int(batch["num_frames"][2]) <= 4
     assert batch["pixel_values"].shape == (int(batch["num_frames"].sum()), 3, 28, 28)
@@ -189,13 +191,13 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
 
 
 def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, tmp_path):
-    from training.collator import FramePolicy, MediaError, SampleTooLongError, TarsierVideoCollator
+    from training.collator import MediaError, SampleTooLongError, TarsierVideoCollator
     from training.data import ConversationDataset, DatasetSpec
 
     _, _, processor = tiny_tarsier
     dataset = ConversationDataset([DatasetSpec(str(data_dir / "with_bad.jsonl"), str(data_dir))])
     log = tmp_path / "skipped.jsonl"
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), dataset=dataset, skip_log=str(log))
+    collator = TarsierVideoCollator(processor, UniformSampling(2), dataset=dataset, skip_log=str(log))
     batch = collator([dataset[i] for i in range(len(dataset))])
     assert batch["input_ids"].shape[0] == 6  # the two bad samples were replaced by good ones
     assert int(batch["skipped_samples"]) == 2  # the batch's own failures are known before replacements are drawn
@@ -204,16 +206,16 @@ def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, 
     assert any("missing.mp4" in r and "no such file" in r for r in reasons)
 
     with pytest.raises(MediaError, match="missing.mp4"):
-        TarsierVideoCollator(processor, FramePolicy("uniform", [2]), fail_fast=True)([dataset[5]])
+        TarsierVideoCollator(processor, UniformSampling(2), fail_fast=True)([dataset[5]])
 
     good = dataset[0]
     length = len(collator.encode(good)["input_ids"])
-    strict = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), max_length=length - 1, on_too_long="error")
+    strict = TarsierVideoCollator(processor, UniformSampling(2), max_length=length - 1, on_too_long="error")
     with pytest.raises(SampleTooLongError, match=f"{length} tokens.*max_length={length - 1}"):
         strict([good])
     text_only = {"idx": 7, "source": "t", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                                                         {"role": "assistant", "content": [{"type": "text", "text": "Yo"}]}]}
-    lenient = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), max_length=length - 1,
+    lenient = TarsierVideoCollator(processor, UniformSampling(2), max_length=length - 1,
                                    dataset=[good, text_only])  # good is mix_index 0: never drawn again
     batch = lenient([good])
     assert int(batch["skipped_too_long"]) == 1 and int(batch["num_frames"][0]) == 0
@@ -332,14 +334,14 @@ def test_plain_sft_trainer_with_video_sft_config_trains_and_without_it_says_what
     from trl import SFTConfig, SFTTrainer
 
     from training.arguments import video_sft_config
-    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.collator import TarsierVideoCollator
     from training.data import normalize_row
 
     _, model, processor = tiny_tarsier
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
             for i, name in enumerate(COLORS)]
     dataset = Dataset.from_list(rows)
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [2]))
+    collator = TarsierVideoCollator(processor, UniformSampling(2))
     common = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=2,
                   per_device_train_batch_size=2, gradient_checkpointing=False, save_strategy="no")
     args = video_sft_config(**common)
@@ -607,7 +609,8 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
 
     from datasets import Dataset
 
-    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.collator import TarsierVideoCollator
+
     from training.data import normalize_row
     from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
@@ -615,7 +618,7 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
             for i, name in enumerate(("red", "green"))]
     rows[1]["messages"][1]["content"][0]["text"] = "The screen stays green for a long time."  # unequal lengths: padding
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
+    collator = TarsierVideoCollator(processor, UniformSampling(3))
     batch = collator(rows)
 
     results = {}
