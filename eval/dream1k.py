@@ -213,7 +213,7 @@ def evaluate_dream1k(
         "model": data.model_name or str(model_args.checkpoint),
         "model_preset": preset.to_dict(),
         "checkpoint": str(model_args.checkpoint),
-        "frames": settings.num_frames if settings.sampling != "fps" else f"{settings.fps} fps",
+        "frames": settings.frames,
         "prompt": prompt,
         "run": settings.to_dict(),
         "annotations": str(data.annotations),

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from transformers import GenerationConfig
+
 from eval.inference import VideoTextGenerator
 from tests.test_eval_runner import build_tiny_checkpoint, write_stand_in_videos
+from video_processing_tarsier import UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,8 +68,8 @@ def test_workers_decode_ahead_and_results_stream_identical_to_batch_one(loaded, 
     prompts = ["Describe the video.", "Describe the video in detail, with every colour you see and how it moves."]
     requests = [inference.VideoRequest(f"r{i}", str(v), prompts[i % 2]) for i, v in enumerate(videos)]
     requests.append(inference.VideoRequest("bad", str(tmp_path / "v" / "broken.mp4"), prompts[0]))
-    settings = inference.InferenceSettings(checkpoint="tiny", num_frames=3,
-                                           generation=inference.GenerationSettings(max_new_tokens=6))
+    settings = inference.InferenceSettings(checkpoint="tiny", frame_sampling=UniformSampling(3),
+                                           generation=GenerationConfig(max_new_tokens=6, do_sample=False))
 
     reference = inference.run_inference(requests, tmp_path / "one.jsonl", settings, batch_size=1, model=model,
                                         processor=processor, progress=False, num_workers=0)

@@ -21,7 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.inference import GenerationArguments, InferenceSettings, VideoRequest, get_state, run_inference
+from eval.inference import get_state, run_inference
+from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, VideoRequest, inference_sampling
 from eval.prompts import DEFAULT_DESCRIPTION_PROMPT
 
 VIDEO_EXTENSIONS = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".gif", ".m4v", ".mpg", ".mpeg", ".ts", ".flv"}
@@ -34,7 +35,8 @@ class DescribeArguments(GenerationArguments):
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
     output: str = field(default="descriptions.jsonl", metadata={"help": "JSONL file (appended; resumed if present)."})
-    num_frames: int = field(default=8, metadata={"help": "Frames per video, uniform with first and last (§5.1)."})
+    num_frames: int | None = field(default=None, metadata={
+        "help": "Frames per video, uniform with first and last (§5.1; default 8 unless --fps)."})
     fps: float | None = field(default=None, metadata={"help": "Sample by rate instead (capped by max_frames)."})
     max_frames: int = field(default=64, metadata={"help": "Cap for --fps."})
     prompt: str = field(default=DEFAULT_DESCRIPTION_PROMPT, metadata={"help": "Instruction given with every video."})
@@ -82,14 +84,8 @@ def collect_videos(inputs: list[str], recursive: bool = False) -> list[str]:
 
 def settings_from(args: DescribeArguments) -> InferenceSettings:
     return InferenceSettings(
-        checkpoint=args.checkpoint,
-        num_frames=args.num_frames,
-        sampling="fps" if args.fps else "uniform",
-        fps=args.fps,
-        max_frames=args.max_frames,
-        system_prompt=args.system_prompt,
-        dtype=args.dtype,
-        generation=args.generation_settings(),
+        checkpoint=args.checkpoint, frame_sampling=inference_sampling(args.num_frames, args.fps, args.max_frames),
+        system_prompt=args.system_prompt, dtype=args.dtype, generation=args.generation_config(), seed=args.seed,
     )
 
 
