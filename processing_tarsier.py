@@ -253,6 +253,8 @@ class TarsierProcessor(ProcessorMixin):
             sampling = FpsSampling(fps, sampling.max_frames if isinstance(sampling, FpsSampling) else 64)
         elif num_frames is not None:
             sampling = sampling.with_num_frames(num_frames)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)  # one stream for the call: a seed does not repeat itself per video
         frames, metadata = [], []
         for video in videos:
             sample = load_video(video, sampling, complex_clip=complex_clip, rng=rng,

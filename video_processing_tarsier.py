@@ -285,6 +285,9 @@ def as_frame_sampling(value: "FrameSampling | dict | str") -> FrameSampling:
     """A `FrameSampling` from itself, its `to_dict()` form, or a policy name (with that policy's defaults)."""
     if isinstance(value, FrameSampling):
         return value
+    if hasattr(value, "policy") and callable(getattr(value, "to_dict", None)):
+        # the same policy from another copy of this module (a checkpoint's remote code next to this repository's)
+        return FrameSampling.from_dict(value.to_dict())
     if isinstance(value, str):
         return FrameSampling.from_dict({"policy": value})
     if isinstance(value, dict):
