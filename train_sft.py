@@ -35,7 +35,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 from training.arguments import (  # noqa: E402
     DEFAULT_LORA_TARGETS, REFUSED_SFT_OPTIONS, TarsierArguments, check_sft_config, refused_help,
 )
-from training.collator import FramePolicy, TarsierVideoCollator  # noqa: E402
+from training.collator import TarsierVideoCollator  # noqa: E402
 from training.data import (  # noqa: E402
     ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
 )
@@ -162,6 +162,7 @@ def count_lines(path: str) -> int:
 
 def check_data_arguments(script_args: ScriptArguments, training_args, tarsier_args: TarsierArguments) -> None:
     """Refuse, before anything loads, data options that cannot work together."""
+    tarsier_args.sampling()  # an unknown policy or a missing parameter fails here, with its name
     if script_args.dataset_streaming and training_args.max_steps <= 0:
         raise ValueError("--dataset_streaming has no length to count epochs by: set --max_steps")
     if training_args.eval_strategy != "no":
@@ -183,14 +184,9 @@ def as_hf_dataset(dataset, training_args):
 
 def warn_if_max_length_too_short(tarsier_args: TarsierArguments, processor, max_length: int | None) -> None:
     """Say up front when `max_length` cannot hold the largest frame count (those samples would all be skipped)."""
-    if max_length is None:
+    frames = tarsier_args.sampling().max_frames_per_video(complex_clip=bool(tarsier_args.complex_sources))
+    if max_length is None or frames is None:
         return
-    if tarsier_args.frame_sampling == "instruction":
-        frames = 16 if tarsier_args.complex_sources else 8
-    elif tarsier_args.frame_sampling == "fps":
-        frames = tarsier_args.max_frames
-    else:
-        frames = max(tarsier_args.num_frames)
     needed = frames * processor.tokens_per_frame
     if needed >= max_length:
         logger.warning(
@@ -248,8 +244,8 @@ def main(
             handle.writelines(json.dumps(asdict(row)) + "\n" for row in train_dataset.bad_rows)
     collator = TarsierVideoCollator(
         processor,
-        FramePolicy(tarsier_args.frame_sampling, tarsier_args.num_frames, tarsier_args.complex_sources or (),
-                    tarsier_args.video_fps, tarsier_args.max_frames),
+        tarsier_args.sampling(),
+        complex_sources=tarsier_args.complex_sources or (),
         max_length=training_args.max_length,
         on_too_long=tarsier_args.on_too_long,
         fail_fast=tarsier_args.fail_fast,

@@ -158,6 +158,34 @@ def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_
     assert processor.tokenizer.decode(sample["input_ids"][:first]).endswith("<|im_start|>assistant\n")
 
 
+def test_training_inference_and_reference_loss_encode_a_prompt_identically(tiny_tarsier, data_dir):
+    """One path from video to tokens: the training collator, the inference engine and the reference loss all go
+    through the processor, so the same conversation gets the same ids and pixels in all three."""
+    from eval.reference_loss import score_references
+    from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
+    from training.collator import TarsierVideoCollator
+    from training.data import normalize_row
+    from video_processing_tarsier import VideoReader, sample_uniform
+
+    _, model, processor = tiny_tarsier
+    raw = conversation_row("videos/green.mp4", "The screen stays green.", 0)
+    row = normalize_row(raw, str(data_dir))
+    trained = TarsierVideoCollator(processor, UniformSampling(3)).encode(row)
+    prompt = next(item["text"] for item in row["messages"][0]["content"] if item["type"] == "text")
+    generator = VideoTextGenerator(model, processor, InferenceSettings("tiny", frame_sampling=UniformSampling(3)))
+    inferred = generator.encode(VideoRequest("0", str(data_dir / "videos/green.mp4"), prompt))
+    # the generation prompt is the training sequence up to the answer, frames and all
+    first_label = int((trained["labels"] != -100).nonzero()[0])
+    assert inferred["input_ids"].tolist() == trained["input_ids"][:first_label].tolist()
+    torch.testing.assert_close(inferred["pixel_values"], trained["pixel_values"], rtol=0, atol=0)
+    with VideoReader(data_dir / "videos/green.mp4") as reader:
+        assert inferred["frame_indices"] == sample_uniform(reader.timestamps, 3).tolist()
+    # the reference loss scores exactly the training labels
+    scored = score_references(model, processor, [raw], video_root=str(data_dir), num_frames=3)
+    labels = trained["labels"][1:]
+    assert [processor.tokenizer.decode([t]) for t in labels[labels != -100].tolist()] == scored[0].tokens
+
+
 def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_dir, tmp_path):
     from PIL import Image
 
