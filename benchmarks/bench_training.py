@@ -149,7 +149,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    from training.collator import FramePolicy, TarsierVideoCollator
+    from training.collator import TarsierVideoCollator
+    from video_processing_tarsier import RandomSegmentsSampling
     from training.data import ConversationDataset, DatasetSpec
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +158,8 @@ def main() -> None:
         jsonl = make_videos(root, args.videos, args.seconds, tuple(args.video_size))
         model, processor = build_model(root, args.image_size, args.hidden, args.layers)
         dataset = ConversationDataset([DatasetSpec(str(jsonl), str(root))])
-        collator = TarsierVideoCollator(processor, FramePolicy("random_segments", args.frames), dataset=dataset)
+        sampling = RandomSegmentsSampling(tuple(args.frames) if len(args.frames) > 1 else args.frames[0])
+        collator = TarsierVideoCollator(processor, sampling, dataset=dataset)
 
         pipe0 = bench_pipeline(dataset, collator, 0, args.batch_size, args.steps)
         pipe2 = bench_pipeline(dataset, collator, 2, args.batch_size, args.steps)

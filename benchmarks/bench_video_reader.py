@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dataset_builders.video_writer import draw_frame_code, write_video  # noqa: E402
-from processing_tarsier import TarsierProcessor, VideoReader, sample_uniform  # noqa: E402
+from processing_tarsier import TarsierProcessor  # noqa: E402
+from video_processing_tarsier import VideoReader, sample_uniform  # noqa: E402
 
 CACHE = Path(os.environ.get("TARSIER_CACHE", Path.home() / ".cache" / "tarsier")) / "bench"
 DEMO = Path(os.environ.get("TARSIER_SHARED", REPO.parent / "shared")) / "data" / "videos" / "demo_test.mp4"
