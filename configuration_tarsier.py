@@ -38,7 +38,7 @@ def frame_layout(grid_side: int, use_frame_separators: bool, num_additional_imag
     if not use_frame_separators:
         return ["image"] * (grid_side * grid_side + num_additional_image_tokens)
     if num_additional_image_tokens:
-        raise ValueError("additional image tokens (a CLS feature per frame) need use_frame_separators=False")
+        raise ValueError("num_additional_image_tokens (a CLS feature per frame) needs use_frame_separators=False")
     return (["image"] * grid_side + ["newline"]) * grid_side + ["frame_end"]
 
 
