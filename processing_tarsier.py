@@ -17,14 +17,12 @@ Token layout (the contract with the model, `configuration_tarsier.frame_layout`)
 `rows = cols = image_size // patch_size // vision_feature_pooling`.
 """
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack, VideosKwargs
@@ -33,14 +31,14 @@ from transformers.video_utils import VideoMetadata
 try:  # copied next to a checkpoint by transformers (remote code)
     from .configuration_tarsier import frame_layout
     from .video_processing_tarsier import (
-        IMAGE_EXTENSIONS, RESIZE_MODES, FpsSampling, FrameSampling, UniformSampling, _build_image_processor, _image_size_of,
-        _set_image_size, as_frame_sampling, load_image, load_video, preprocess_frames, resize_frames,
+        RESIZE_MODES, FpsSampling, FrameSampling, UniformSampling, _build_image_processor, _image_size_of,
+        _set_image_size, as_frame_sampling, is_frame_list, load_image, load_video, preprocess_frames, resize_frames,
     )
 except ImportError:  # installed as top-level modules of this repo
     from configuration_tarsier import frame_layout
     from video_processing_tarsier import (
-        IMAGE_EXTENSIONS, RESIZE_MODES, FpsSampling, FrameSampling, UniformSampling, _build_image_processor, _image_size_of,
-        _set_image_size, as_frame_sampling, load_image, load_video, preprocess_frames, resize_frames,
+        RESIZE_MODES, FpsSampling, FrameSampling, UniformSampling, _build_image_processor, _image_size_of,
+        _set_image_size, as_frame_sampling, is_frame_list, load_image, load_video, preprocess_frames, resize_frames,
     )
 
 
@@ -288,6 +286,10 @@ class TarsierProcessor(ProcessorMixin):
             raise ValueError("TarsierProcessor needs text (use <video> / <image> placeholders to place visuals)")
         if audio is not None:
             raise ValueError("TarsierProcessor does not take audio")
+        unknown = sorted(set(kwargs) - _valid_options(self.image_processor))
+        if unknown:  # the mixin would only warn and go on without them
+            raise TypeError(f"TarsierProcessor got unknown options {unknown}; frame sampling is one `frame_sampling` "
+                            "object (video_processing_tarsier.FrameSampling), adjusted by `num_frames` / `fps`")
         merged = self._merge_kwargs(TarsierProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs, videos_kwargs = merged["text_kwargs"], merged["videos_kwargs"]
         texts = [text] if isinstance(text, str) else list(text)
@@ -354,6 +356,16 @@ class TarsierProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "num_frames"]
 
 
+def _valid_options(image_processor) -> set[str]:
+    """Every option name `__call__` accepts: the typed kwargs of each modality, the flat ones, and the image
+    processor's own."""
+    annotations = TarsierProcessorKwargs.__annotations__
+    valid = set(annotations)
+    for modality in ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs"):
+        valid |= set(annotations[modality].__annotations__)
+    return valid | set(getattr(getattr(image_processor, "valid_kwargs", None), "__annotations__", {}))
+
+
 def _split_per_sample(items: Any, texts: list[str], token: str, name: str) -> list[list[Any]]:
     """Distribute images/videos over samples by counting each sample's placeholders.
 
@@ -364,7 +376,7 @@ def _split_per_sample(items: Any, texts: list[str], token: str, name: str) -> li
     counts = [t.count(token) for t in texts]
     if items is None:
         items = []
-    elif not isinstance(items, (list, tuple)) or _is_single_visual(items, name):
+    elif not isinstance(items, (list, tuple)) or (name == "videos" and is_frame_list(items)):
         items = [items]
     items = list(items)
     if len(items) == len(texts) and all(isinstance(x, (list, tuple)) for x in items) and [len(x) for x in items] == counts:
@@ -376,20 +388,6 @@ def _split_per_sample(items: Any, texts: list[str], token: str, name: str) -> li
         out.append(items[start : start + count])
         start += count
     return out
-
-
-def _is_single_visual(items: Sequence[Any], name: str) -> bool:
-    """True when a list is one video given as frames (PIL images, arrays or frame files), not a list of videos."""
-    if name != "videos" or not items:
-        return False
-    first = items[0]
-    if isinstance(first, Image.Image) or (isinstance(first, np.ndarray) and first.ndim == 3):
-        return True
-    if isinstance(first, (str, os.PathLike)):
-        return len(items) > 1 and all(
-            Path(str(x)).suffix.lower() in IMAGE_EXTENSIONS or str(x)[:11].lower() == "data:image/" for x in items
-        )
-    return False
 
 
 TarsierProcessor.register_for_auto_class("AutoProcessor")

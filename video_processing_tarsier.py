@@ -1117,6 +1117,21 @@ def _stack_same_size(frames: list[np.ndarray], source: str) -> np.ndarray:
     return np.stack(frames)
 
 
+def is_frame_list(items: Sequence[Any]) -> bool:
+    """True when a list is one video given as its frames (PIL images, `(H, W, 3)` arrays, image files or
+    `data:image/` URIs), not a list of videos."""
+    if not items:
+        return False
+    first = items[0]
+    if isinstance(first, Image.Image) or (isinstance(first, np.ndarray) and first.ndim == 3):
+        return True
+    if isinstance(first, (str, os.PathLike)):
+        return len(items) > 1 and all(
+            Path(str(x)).suffix.lower() in IMAGE_EXTENSIONS or str(x)[:11].lower() == "data:image/" for x in items
+        )
+    return False
+
+
 def load_image(image: Any) -> np.ndarray:
     """Read one still image as `(H, W, 3)` uint8: a file path, a `file://` URL, a `data:image/...` URI, a PIL image,
     or an `(H, W, 3)` / `(3, H, W)` array or tensor."""
@@ -1222,6 +1237,7 @@ __all__ = [
     "VideoReader",
     "VideoSample",
     "as_frame_sampling",
+    "is_frame_list",
     "load_image",
     "load_video",
     "preprocess_frames",

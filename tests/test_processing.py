@@ -306,3 +306,10 @@ def test_call_options_adjust_the_default_sampling(processor, clip):
     assert "video_metadata" not in processor(text="<video>", videos=[str(clip)])
     with pytest.raises(ValueError, match="'fps' has no num_frames"):
         processor(text="<video>", videos=[str(clip)], frame_sampling=FpsSampling(2.0), num_frames=3)
+
+
+def test_unknown_options_are_refused_not_ignored(processor, clip):
+    """transformers' mixin only warns about an option it does not know; the old loose sampling arguments must not
+    be dropped silently."""
+    with pytest.raises(TypeError, match=r"unknown options \['max_frames', 'sampling'\]; frame sampling is one"):
+        processor(text="<video>", videos=[str(clip)], sampling="fps", max_frames=4)
