@@ -215,7 +215,8 @@ class TarsierProcessor(ProcessorMixin):
 
     def frame_token_ids(self) -> list[int]:
         """Token ids of one frame's run (`tokens_per_frame` long)."""
-        ids = {"image": self.image_token_id, "newline": self.image_newline_token_id, "frame_end": self.frame_end_token_id}
+        ids = {"image": self.image_token_id, "newline": self.image_newline_token_id,
+               "frame_end": self.frame_end_token_id}
         return [ids[kind] for kind in self._layout]
 
     def frame_text(self) -> str:
@@ -379,7 +380,8 @@ def _split_per_sample(items: Any, texts: list[str], token: str, name: str) -> li
     elif not isinstance(items, (list, tuple)) or (name == "videos" and is_frame_list(items)):
         items = [items]
     items = list(items)
-    if len(items) == len(texts) and all(isinstance(x, (list, tuple)) for x in items) and [len(x) for x in items] == counts:
+    per_sample = len(items) == len(texts) and all(isinstance(x, (list, tuple)) for x in items)
+    if per_sample and [len(x) for x in items] == counts:
         return [list(x) for x in items]
     if len(items) != sum(counts):
         raise ValueError(f"the text holds {sum(counts)} {token} placeholders but {len(items)} {name} were given")

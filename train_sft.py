@@ -20,28 +20,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-# Running from any folder (`python path/to/train_sft.py`) must still find the repo's modules.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-import torch  # noqa: E402
-from transformers import set_seed  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config  # noqa: E402
-
-from training.arguments import (  # noqa: E402
+from training.arguments import (
     DEFAULT_LORA_TARGETS, REFUSED_SFT_OPTIONS, TarsierArguments, check_sft_config, refused_help,
 )
-from training.collator import TarsierVideoCollator  # noqa: E402
-from training.data import (  # noqa: E402
+from training.collator import TarsierVideoCollator
+from training.data import (
     ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
 )
-from training.model_builder import build_from_parts, copy_code_files, load_tarsier, save_tarsier  # noqa: E402
-from training.model_card import prepare_hub_folder, push_folder, render_model_card  # noqa: E402
-from training.trainer import TarsierSFTConfig, TarsierSFTTrainer  # noqa: E402
+from training.model_builder import build_from_parts, copy_code_files, load_tarsier, save_tarsier
+from training.model_card import prepare_hub_folder, push_folder, render_model_card
+from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
 logger = logging.getLogger("train_sft")
 

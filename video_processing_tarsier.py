@@ -215,8 +215,9 @@ FRAME_SAMPLING_POLICIES: dict[str, type["FrameSampling"]] = {}
 
 
 def register_frame_sampling(cls: type["FrameSampling"]) -> type["FrameSampling"]:
-    """Class decorator: make a `FrameSampling` subclass known by its `policy` name (config files, `--frame_sampling`)."""
-    if not (isinstance(cls, type) and issubclass(cls, FrameSampling)) or not isinstance(cls.__dict__.get("policy"), str):
+    """Class decorator: make a `FrameSampling` subclass known by its `policy` name (configs, `--frame_sampling`)."""
+    named = isinstance(cls, type) and issubclass(cls, FrameSampling) and isinstance(cls.__dict__.get("policy"), str)
+    if not named:
         raise TypeError(f"{cls!r}: a frame-sampling policy is a FrameSampling subclass with a `policy` name")
     FRAME_SAMPLING_POLICIES[cls.policy] = cls
     return cls
@@ -298,7 +299,8 @@ def as_frame_sampling(value: "FrameSampling | dict | str") -> FrameSampling:
 @register_frame_sampling
 @dataclass(frozen=True)
 class UniformSampling(FrameSampling):
-    """Inference sampling (paper §5.1): `num_frames` evenly spread in time, first and last included (`sample_uniform`)."""
+    """Inference sampling (paper §5.1): `num_frames` evenly spread in time, first and last frame included
+    (`sample_uniform`)."""
 
     policy: ClassVar[str] = "uniform"
     num_frames: int = 8
@@ -327,7 +329,8 @@ class RandomSegmentsSampling(FrameSampling):
             object.__setattr__(self, "num_frames", tuple(self.num_frames))
         counts = self.num_frames if isinstance(self.num_frames, tuple) else (self.num_frames,)
         if len(counts) not in (1, 2) or len(counts) == 2 and counts[0] > counts[1]:
-            raise ValueError(f"random_segments num_frames must be n or an inclusive (low, high) range, got {self.num_frames}")
+            raise ValueError(f"random_segments num_frames must be n or an inclusive (low, high) range, "
+                             f"got {self.num_frames}")
         for count in counts:
             _check_count(self, count)
 

@@ -208,7 +208,8 @@ class VideoTextGenerator:
         video = request.video
         if isinstance(video, (str, os.PathLike)):
             if os.path.islink(video) and not os.path.exists(video):
-                raise FileNotFoundError(f"{video}: dangling symbolic link (to {os.readlink(video)}, which does not exist)")
+                raise FileNotFoundError(
+                    f"{video}: dangling symbolic link (to {os.readlink(video)}, which does not exist)")
             if os.path.isdir(video):
                 raise IsADirectoryError(f"{video}: is a folder, not a video file")
             if not os.path.isfile(video):
