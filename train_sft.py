@@ -28,16 +28,16 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-from tarsier_hf.training.arguments import (
-    DEFAULT_LORA_TARGETS, REFUSED_SFT_OPTIONS, TarsierArguments, check_sft_config, refused_help,
-)
-from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
-from tarsier_hf.training.data import (
-    ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
-)
 from tarsier_hf.hub.checkpoint import check_checkpoint, copy_code_files
 from tarsier_hf.hub.model_card import render_model_card
 from tarsier_hf.hub.publish import push_to_hub as publish
+from tarsier_hf.training.arguments import (
+    DEFAULT_LORA_TARGETS, REFUSED_SFT_OPTIONS, TarsierArguments, check_sft_config, refused_help,
+)
+from tarsier_hf.training.collator import TarsierVideoCollator
+from tarsier_hf.training.data import (
+    ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
+)
 from tarsier_hf.training.model_builder import build_from_parts, load_tarsier, save_tarsier
 from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
@@ -160,6 +160,7 @@ def count_lines(path: str) -> int:
 
 def check_data_arguments(script_args: ScriptArguments, training_args, tarsier_args: TarsierArguments) -> None:
     """Refuse, before anything loads, data options that cannot work together."""
+    tarsier_args.sampling()  # an unknown policy or a missing parameter fails here, with its name
     if script_args.dataset_streaming and training_args.max_steps <= 0:
         raise ValueError("--dataset_streaming has no length to count epochs by: set --max_steps")
     if training_args.eval_strategy != "no":
@@ -181,14 +182,9 @@ def as_hf_dataset(dataset, training_args):
 
 def warn_if_max_length_too_short(tarsier_args: TarsierArguments, processor, max_length: int | None) -> None:
     """Say up front when `max_length` cannot hold the largest frame count (those samples would all be skipped)."""
-    if max_length is None:
+    frames = tarsier_args.sampling().max_frames_per_video(complex_clip=bool(tarsier_args.complex_sources))
+    if max_length is None or frames is None:
         return
-    if tarsier_args.frame_sampling == "instruction":
-        frames = 16 if tarsier_args.complex_sources else 8
-    elif tarsier_args.frame_sampling == "fps":
-        frames = tarsier_args.max_frames
-    else:
-        frames = max(tarsier_args.num_frames)
     needed = frames * processor.tokens_per_frame
     if needed >= max_length:
         logger.warning(
@@ -246,8 +242,8 @@ def main(
             handle.writelines(json.dumps(asdict(row)) + "\n" for row in train_dataset.bad_rows)
     collator = TarsierVideoCollator(
         processor,
-        FramePolicy(tarsier_args.frame_sampling, tarsier_args.num_frames, tarsier_args.complex_sources or (),
-                    tarsier_args.video_fps, tarsier_args.max_frames),
+        tarsier_args.sampling(),
+        complex_sources=tarsier_args.complex_sources or (),
         max_length=training_args.max_length,
         on_too_long=tarsier_args.on_too_long,
         fail_fast=tarsier_args.fail_fast,

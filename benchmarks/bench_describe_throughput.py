@@ -29,11 +29,13 @@ from pathlib import Path
 
 
 import torch
-from transformers import HfArgumentParser
+from transformers import GenerationConfig, HfArgumentParser
 
-from tarsier_hf.eval.inference import GenerationSettings, InferenceSettings, VideoRequest, VideoTextGenerator, run_inference
+from tarsier_hf.eval.inference import run_inference
+from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
 from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 from tarsier_hf.training.model_builder import build_from_parts
+from video_processing_tarsier import UniformSampling, load_video
 
 from bench_training import make_videos  # a sibling script (benchmarks/ is on sys.path when a script runs)
 
@@ -81,7 +83,7 @@ def plain_loop(llava, processor, requests, ours_length, new_tokens) -> list[str]
     rows = config.vision_config.image_size // config.vision_config.patch_size
     texts = []
     for request in requests:
-        frames = processor.load_video(request.video, num_frames=FRAMES, policy="uniform").frames
+        frames = load_video(request.video, UniformSampling(FRAMES)).frames
         pixels = processor.image_processor(images=list(frames), return_tensors="pt")["pixel_values"]
         prompt = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
         video = [config.video_token_index] * (FRAMES * rows * rows)
@@ -120,8 +122,8 @@ def main(argv=None) -> dict:
     warmup, requests = requests[:1], requests[1:]
     model, processor = build_tarsier(root, args.layers, args.hidden)
     llava = build_llava(model)
-    settings = InferenceSettings(checkpoint="bench", num_frames=FRAMES, generation=GenerationSettings(
-        max_new_tokens=args.new_tokens))
+    settings = InferenceSettings(checkpoint="bench", frame_sampling=UniformSampling(FRAMES), generation=GenerationConfig(
+        max_new_tokens=args.new_tokens, do_sample=False))
     generator = VideoTextGenerator(model, processor, settings)
     ours_length = {r.id: len(generator.encode(r)["input_ids"]) for r in warmup + requests}
     # generate exactly --new_tokens tokens on our side too

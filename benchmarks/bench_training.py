@@ -28,10 +28,11 @@ from transformers import HfArgumentParser
 
 from tarsier_hf.dream_s.video_writer import write_video
 from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
-from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+from tarsier_hf.training.collator import TarsierVideoCollator
 from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 from tarsier_hf.training.model_builder import build_from_parts
 from tarsier_hf.training.trainer import TarsierSFTTrainer
+from video_processing_tarsier import RandomSegmentsSampling
 
 
 def make_videos(root: Path, count: int, seconds: float, size: tuple[int, int]) -> Path:
@@ -157,7 +158,8 @@ def main() -> None:
         jsonl = make_videos(root, args.videos, args.seconds, tuple(args.video_size))
         model, processor = build_model(root, args.image_size, args.hidden, args.layers)
         dataset = ConversationDataset([DatasetSpec(str(jsonl), str(root))])
-        collator = TarsierVideoCollator(processor, FramePolicy("random_segments", args.frames), dataset=dataset)
+        sampling = RandomSegmentsSampling(tuple(args.frames) if len(args.frames) > 1 else args.frames[0])
+        collator = TarsierVideoCollator(processor, sampling, dataset=dataset)
 
         pipe0 = bench_pipeline(dataset, collator, 0, args.batch_size, args.steps)
         pipe2 = bench_pipeline(dataset, collator, 2, args.batch_size, args.steps)

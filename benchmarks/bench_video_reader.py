@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from processing_tarsier import TarsierProcessor, VideoReader, sample_uniform
+from processing_tarsier import TarsierProcessor
+from video_processing_tarsier import VideoReader, sample_uniform
 from transformers import HfArgumentParser
 
 from tarsier_hf.dream_s.video_writer import draw_frame_code, write_video

@@ -7,11 +7,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from processing_tarsier import VIDEO_EXTENSIONS
-
 from tarsier_hf.eval.autodq.pipeline import build_judge
 from tarsier_hf.eval.autodq.scoring import get_config
-from tarsier_hf.eval.inference import GenerationArguments, InferenceSettings, get_state, run_inference
+from tarsier_hf.eval.inference import get_state, run_inference
+from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, inference_sampling
+from video_processing_tarsier import VIDEO_EXTENSIONS
 
 
 @dataclass(kw_only=True)
@@ -24,14 +24,10 @@ class ModelArguments(GenerationArguments):
     limit: int | None = field(default=None, metadata={"help": "Only the first N samples (smoke runs)."})
 
     def inference_settings(self, num_frames: int | None, fps: float | None = None) -> InferenceSettings:
+        """The run's settings: `num_frames` uniform frames, or the preset's `fps` when no count is given."""
         return InferenceSettings(
-            checkpoint=self.checkpoint,
-            num_frames=num_frames if num_frames is not None else 8,
-            sampling="fps" if num_frames is None and fps is not None else "uniform",
-            fps=fps if num_frames is None else None,
-            system_prompt=self.system_prompt,
-            dtype=self.dtype,
-            generation=self.generation_settings(),
+            checkpoint=self.checkpoint, frame_sampling=inference_sampling(num_frames, fps),
+            system_prompt=self.system_prompt, dtype=self.dtype, generation=self.generation_config(), seed=self.seed,
         )
 
 
@@ -112,4 +108,4 @@ def result_header(benchmark: str, task: str, model_name: str | None, model_args:
                   settings: InferenceSettings) -> dict:
     """The fields that open every benchmark's `results.json`: what ran, on which checkpoint, with which frames."""
     return {"benchmark": benchmark, "task": task, "model": model_name or str(model_args.checkpoint),
-            "checkpoint": str(model_args.checkpoint), "frames": settings.num_frames, "run": settings.to_dict()}
+            "checkpoint": str(model_args.checkpoint), "frames": settings.frames, "run": settings.to_dict()}

@@ -33,10 +33,11 @@ from transformers import HfArgumentParser
 
 from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
 from tarsier_hf.eval.common import JudgeArguments, ModelArguments, find_video_file, predictions_of
-from tarsier_hf.eval.inference import VideoRequest, get_state, run_inference
+from tarsier_hf.eval.inference import get_state, run_inference
 from tarsier_hf.eval.prompts import get_preset
 from tarsier_hf.eval.report import plot_complexity, table3_markdown
 from tarsier_hf.eval.results import append_jsonl, write_json
+from tarsier_hf.inference.engine import VideoRequest
 from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def evaluate_dream1k(
         "model": data.model_name or str(model_args.checkpoint),
         "model_preset": preset.to_dict(),
         "checkpoint": str(model_args.checkpoint),
-        "frames": settings.num_frames if settings.sampling != "fps" else f"{settings.fps} fps",
+        "frames": settings.frames,
         "prompt": prompt,
         "run": settings.to_dict(),
         "annotations": str(data.annotations),

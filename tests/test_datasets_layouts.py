@@ -85,10 +85,11 @@ def _answers(processor, batch) -> set[str]:
 
 
 def _encode_all(processor, dataset):
-    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from video_processing_tarsier import UniformSampling
 
     rows = list(dataset) if not hasattr(dataset, "__len__") else [dataset[i] for i in range(len(dataset))]
-    batch = TarsierVideoCollator(processor, FramePolicy("uniform", [2]))(rows)
+    batch = TarsierVideoCollator(processor, UniformSampling(2))(rows)
     assert int(batch["skipped_samples"]) == 0 and batch["num_frames"].tolist() == [2] * len(rows)
     return rows, batch
 

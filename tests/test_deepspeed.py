@@ -66,9 +66,10 @@ ENGINE = textwrap.dedent(
     import torch, torch.distributed as dist, deepspeed
     from tests.test_deepspeed import deepspeed_config
     from pathlib import Path
-    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
     from tarsier_hf.training.model_builder import load_tarsier
+    from video_processing_tarsier import UniformSampling
 
     recipe, folder, data_dir, out = sys.argv[1:5]
     deepspeed.init_distributed(dist_backend="gloo")
@@ -81,7 +82,7 @@ ENGINE = textwrap.dedent(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     rows = [normalize_row(json.loads(line), data_dir) for line in open(f"{data_dir}/good.jsonl")]
-    batch = TarsierVideoCollator(processor, FramePolicy("uniform", [2]))(rows[2 * rank: 2 * rank + 2])
+    batch = TarsierVideoCollator(processor, UniformSampling(2))(rows[2 * rank: 2 * rank + 2])
     inputs = {k: v for k, v in batch.items() if not k.startswith("skipped")}
     losses = []
     for _ in range(5):

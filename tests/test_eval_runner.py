@@ -174,7 +174,8 @@ def test_jsonl_survives_a_torn_last_line(tmp_path):
 
 
 def test_batches_and_shards_do_not_depend_on_process_count():
-    from tarsier_hf.eval.inference import VideoRequest, plan_batches, shard
+    from tarsier_hf.eval.inference import plan_batches, shard
+    from tarsier_hf.inference.engine import VideoRequest
 
     requests = [VideoRequest(str(i), f"{i}.mp4", "p") for i in range(7)]
     batches = plan_batches(requests, 2)
@@ -434,7 +435,7 @@ def test_dream1k_annotations_from_a_dataset_folder(dream_subset, tmp_path):
 
 @pytest.fixture(scope="module")
 def loaded_tiny(tiny_checkpoint):
-    from tarsier_hf.eval.inference import load_model_and_processor
+    from tarsier_hf.inference.engine import load_model_and_processor
 
     return load_model_and_processor(tiny_checkpoint)
 

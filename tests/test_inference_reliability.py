@@ -121,3 +121,18 @@ def test_collect_videos_keeps_entries_that_will_fail(tmp_path):
     # recursive: a folder named like a video is searched, not reported
     assert collect_videos([str(folder)], recursive=True) == [str(folder / "gone.mp4"), str(folder / "x.mp4" / "inner.mp4")]
     assert collect_videos([str(folder / "gone.mp4")]) == [str(folder / "gone.mp4")]  # named explicitly: kept too
+
+
+def test_resume_refuses_a_file_whose_later_records_have_other_settings(tmp_path):
+    """Every finished record is checked, not only the first: a file whose second record was written with another
+    seed is refused, naming that record and the differing setting."""
+    from tarsier_hf.eval.inference import check_same_run, completed
+    from tarsier_hf.eval.results import append_jsonl, read_jsonl
+
+    run = {"checkpoint": "ckpt", "frame_sampling": {"policy": "uniform", "num_frames": 8}, "seed": 0}
+    output = tmp_path / "predictions.jsonl"
+    append_jsonl(output, [{"id": "a", "prediction": "x", "run": run},
+                          {"id": "b", "prediction": "y", "run": {**run, "seed": 1}}])
+    with pytest.raises(ValueError, match=r"id='b': seed differ.*seed=1 there vs 0 now"):
+        check_same_run(output, completed(read_jsonl(output)), run)
+    check_same_run(output, completed(read_jsonl(output)[:1]), run)  # the matching record alone resumes

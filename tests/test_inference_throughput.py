@@ -10,21 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from tarsier_hf.eval.inference import VideoTextGenerator
+from transformers import GenerationConfig
+
+from tarsier_hf.inference.engine import VideoTextGenerator
 from tests.test_eval_runner import build_tiny_checkpoint, write_stand_in_videos
+from video_processing_tarsier import UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def loaded(smollm2_dir, tmp_path_factory):
-    from tarsier_hf.eval.inference import load_model_and_processor
+    from tarsier_hf.inference.engine import load_model_and_processor
 
     return load_model_and_processor(build_tiny_checkpoint(smollm2_dir, tmp_path_factory.mktemp("tiny_throughput")))
 
 
 def test_plan_batches_sorts_by_length_stably():
-    from tarsier_hf.eval.inference import VideoRequest, plan_batches
+    from tarsier_hf.eval.inference import plan_batches
+    from tarsier_hf.inference.engine import VideoRequest
 
     requests = [VideoRequest(str(i), f"{i}.mp4", "x" * n) for i, n in enumerate([5, 1, 5, 3, 1, 9, 3])]
     batches = plan_batches(requests, 3, length=lambda r: len(r.prompt))
@@ -65,8 +69,8 @@ def test_workers_decode_ahead_and_results_stream_identical_to_batch_one(loaded, 
     prompts = ["Describe the video.", "Describe the video in detail, with every colour you see and how it moves."]
     requests = [inference.VideoRequest(f"r{i}", str(v), prompts[i % 2]) for i, v in enumerate(videos)]
     requests.append(inference.VideoRequest("bad", str(tmp_path / "v" / "broken.mp4"), prompts[0]))
-    settings = inference.InferenceSettings(checkpoint="tiny", num_frames=3,
-                                           generation=inference.GenerationSettings(max_new_tokens=6))
+    settings = inference.InferenceSettings(checkpoint="tiny", frame_sampling=UniformSampling(3),
+                                           generation=GenerationConfig(max_new_tokens=6, do_sample=False))
 
     reference = inference.run_inference(requests, tmp_path / "one.jsonl", settings, batch_size=1, model=model,
                                         processor=processor, progress=False, num_workers=0)

@@ -89,6 +89,13 @@ def test_one_file_list_for_trained_converted_and_adapter_folders(plain_folder):
         check_checkpoint(plain_folder)
     (plain_folder / "stray").rmdir()
 
+    # No auto_map names video_processing_tarsier.py, but processing_tarsier.py imports it (`from .video_processing_
+    # tarsier import ...`), so transformers' module cache needs it beside the checkpoint.
+    moved = (plain_folder / "video_processing_tarsier.py").rename(plain_folder.parent / "video_processing_tarsier.py")
+    with pytest.raises(CheckpointError, match=r"\(or imported by them\) are missing: \['video_processing_tarsier\.py'\]"):
+        check_checkpoint(plain_folder)
+    moved.rename(plain_folder / "video_processing_tarsier.py")
+
     # A LoRA run's folder (train_sft.py --use_peft): adapter + processor, no full weights or model config.
     adapter = plain_folder.parent / "adapter"
     adapter.mkdir()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import configparser
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -61,14 +63,38 @@ def test_wheel_installs_only_project_names(wheel):
 
 def test_wheel_holds_every_module_and_asset(wheel):
     names = set(wheel.namelist())
-    expected = {f"tarsier_hf/{p.relative_to(REPO / 'tarsier_hf').as_posix()}" for p in (REPO / "tarsier_hf").rglob("*.py")}
+    expected = {f"tarsier_hf/{p.relative_to(REPO / 'tarsier_hf').as_posix()}" for p in (REPO / "tarsier_hf").rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
     expected |= {f"tarsier_hf/eval/{p.relative_to(REPO / 'eval').as_posix()}" for p in (REPO / "eval").rglob("*")
                  if p.is_file() and "__pycache__" not in p.parts}
     missing = sorted(expected - names)
     assert not missing, f"files of the repo missing from the wheel: {missing}"
     # the evaluate modules load from the installed package as from the repo (their relative imports included)
     assert {"tarsier_hf/eval/cider/cider.py", "tarsier_hf/eval/autodq/autodq.py",
-            "tarsier_hf/eval/side_by_side/static/app.js"} <= names
+            "tarsier_hf/eval/side_by_side/static/app.js", "tarsier_hf/chat_templates/chatml.jinja",
+            "video_processing_tarsier.py"} <= names
+
+
+def test_installed_processor_reads_its_chat_templates_from_the_wheel(wheel, tmp_path):
+    """`pip install` of the wheel into an empty folder: the remote-code modules import from there and the
+    processor finds the `.jinja` chat templates the package ships (not the checkout's copies)."""
+    target = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), wheel.filename],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    probe = ("import json, processing_tarsier as p, video_processing_tarsier as v; "
+             "print(json.dumps([p.__file__, v.__file__, str(p.CHAT_TEMPLATE_DIR), p.CHAT_TEMPLATES]))")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    processing, video_processing, template_dir, templates = json.loads(result.stdout.splitlines()[-1])
+    assert Path(processing).parent == Path(video_processing).parent == target.resolve()
+    assert Path(template_dir) == target.resolve() / "tarsier_hf" / "chat_templates"
+    shipped = {p.stem: p.read_text(encoding="utf-8") for p in (REPO / "tarsier_hf" / "chat_templates").glob("*.jinja")}
+    assert shipped and templates == shipped
 
 
 def test_wheel_entry_points_name_modules_it_holds(wheel):

@@ -147,9 +147,9 @@ def test_video_by_path_url_and_data_uri(client, reference, media):
 
 
 def test_video_as_base64_jpeg_frames(client, reference, media):
-    from processing_tarsier import load_video
+    from video_processing_tarsier import UniformSampling, load_video
 
-    frames = load_video(str(media / "red.mp4"), num_frames=8).frames
+    frames = load_video(str(media / "red.mp4"), UniformSampling(8)).frames
     encoded = []
     for frame in frames:
         buffer = io.BytesIO()

@@ -20,6 +20,7 @@ import torch
 from tarsier_hf.hub.checkpoint import check_checkpoint
 from tests.colour_clips import COLORS, conversation_row
 from tests.training_runs import child_env, run_checked, sft_args, trainer_state, weights
+from video_processing_tarsier import InstructionSampling, RandomSegmentsSampling, UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def test_prompt_pools_and_mixing_weights(tmp_path):
 
 def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, tmp_path):
     """The released Tarsier layout and the DREAM-1K layout, read unchanged through `datasets`, feed the collator."""
-    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     released = [{"messages": [
@@ -119,7 +120,7 @@ def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, 
     )
     assert sorted(dataset.sources[i] for i in dataset.indices) == ["DREAM/live_action"] * 8 + ["recap"] * 2
     _, _, processor = tiny_tarsier
-    batch = TarsierVideoCollator(processor, FramePolicy("instruction", [8]))([dataset[i] for i in range(len(dataset))])
+    batch = TarsierVideoCollator(processor, InstructionSampling(8))([dataset[i] for i in range(len(dataset))])
     assert batch["num_frames"].tolist() == [8] * 10 and int(batch["skipped_samples"]) == 0
     answers = {processor.tokenizer.decode(row[row != -100]) for row in batch["labels"]}
     assert answers <= {f"It is {n}.<|im_end|>" for n in COLORS} | {f"All {n}.<|im_end|>" for n in COLORS}
@@ -132,16 +133,16 @@ def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, 
 
 
 def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_dir):
-    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
 
     _, _, processor = tiny_tarsier
     row = normalize_row(conversation_row("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
+    collator = TarsierVideoCollator(processor, UniformSampling(3))
     sample = collator.encode(row)
 
     text = processor.apply_chat_template(row["messages"], tokenize=False)
-    reference = processor(text=text, videos=[str(data_dir / "videos/red.mp4")], num_frames=3, sampling="uniform",
+    reference = processor(text=text, videos=[str(data_dir / "videos/red.mp4")], frame_sampling=UniformSampling(3),
                           add_special_tokens=False)
     assert sample["input_ids"].tolist() == reference["input_ids"][0].tolist()
     torch.testing.assert_close(sample["pixel_values"], reference["pixel_values"])
@@ -158,10 +159,39 @@ def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_
     assert processor.tokenizer.decode(sample["input_ids"][:first]).endswith("<|im_start|>assistant\n")
 
 
+def test_training_inference_and_reference_loss_encode_a_prompt_identically(tiny_tarsier, data_dir):
+    """One path from video to tokens: the training collator, the inference engine and the reference loss all go
+    through the processor, so the same conversation gets the same ids and pixels in all three."""
+    from tarsier_hf.eval.reference_loss import score_references
+    from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from video_processing_tarsier import VideoReader, sample_uniform
+
+    _, model, processor = tiny_tarsier
+    raw = conversation_row("videos/green.mp4", "The screen stays green.", 0)
+    row = normalize_row(raw, str(data_dir))
+    trained = TarsierVideoCollator(processor, UniformSampling(3)).encode(row)
+    prompt = next(item["text"] for item in row["messages"][0]["content"] if item["type"] == "text")
+    generator = VideoTextGenerator(model, processor, InferenceSettings("tiny", frame_sampling=UniformSampling(3)))
+    inferred = generator.encode(VideoRequest("0", str(data_dir / "videos/green.mp4"), prompt))
+    # the generation prompt is the training sequence up to the answer, frames and all
+    first_label = int((trained["labels"] != -100).nonzero()[0])
+    assert inferred["input_ids"].tolist() == trained["input_ids"][:first_label].tolist()
+    torch.testing.assert_close(inferred["pixel_values"], trained["pixel_values"], rtol=0, atol=0)
+    with VideoReader(data_dir / "videos/green.mp4") as reader:
+        assert inferred["frame_indices"] == sample_uniform(reader.timestamps, 3).tolist()
+    # the reference loss scores exactly the training labels
+    scored = score_references(model, processor, [raw], video_root=str(data_dir), num_frames=3)
+    labels = trained["labels"][1:]
+    assert [processor.tokenizer.decode([t]) for t in labels[labels != -100].tolist()] == scored[0].tokens
+
+
 def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_dir, tmp_path):
     from PIL import Image
 
-    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
+
     from tarsier_hf.training.data import normalize_row
 
     _, _, processor = tiny_tarsier
@@ -174,7 +204,7 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
     text_only = normalize_row({"idx": 2, "messages": [{"role": "user", "content": "Say hi."},
                                                       {"role": "assistant", "content": "Hi."}]}, None)
     video = normalize_row(conversation_row("videos/blue.mp4", "Blue.", 3), str(data_dir))
-    collator = TarsierVideoCollator(processor, FramePolicy("random_segments", [2, 4]), seed=1)
+    collator = TarsierVideoCollator(processor, RandomSegmentsSampling((2, 4)), seed=1)
     batch = collator([multi, text_only, video])
     assert batch["num_frames"][:2].tolist() == [2, 0] and 2 <= int(batch["num_frames"][2]) <= 4
     assert batch["pixel_values"].shape == (int(batch["num_frames"].sum()), 3, 28, 28)
@@ -190,13 +220,13 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
 
 
 def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, tmp_path):
-    from tarsier_hf.training.collator import FramePolicy, MediaError, SampleTooLongError, TarsierVideoCollator
+    from tarsier_hf.training.collator import MediaError, SampleTooLongError, TarsierVideoCollator
     from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     _, _, processor = tiny_tarsier
     dataset = ConversationDataset([DatasetSpec(str(data_dir / "with_bad.jsonl"), str(data_dir))])
     log = tmp_path / "skipped.jsonl"
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), dataset=dataset, skip_log=str(log))
+    collator = TarsierVideoCollator(processor, UniformSampling(2), dataset=dataset, skip_log=str(log))
     batch = collator([dataset[i] for i in range(len(dataset))])
     assert batch["input_ids"].shape[0] == 6  # the two bad samples were replaced by good ones
     assert int(batch["skipped_samples"]) == 2  # the batch's own failures are known before replacements are drawn
@@ -205,16 +235,16 @@ def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, 
     assert any("missing.mp4" in r and "no such file" in r for r in reasons)
 
     with pytest.raises(MediaError, match="missing.mp4"):
-        TarsierVideoCollator(processor, FramePolicy("uniform", [2]), fail_fast=True)([dataset[5]])
+        TarsierVideoCollator(processor, UniformSampling(2), fail_fast=True)([dataset[5]])
 
     good = dataset[0]
     length = len(collator.encode(good)["input_ids"])
-    strict = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), max_length=length - 1, on_too_long="error")
+    strict = TarsierVideoCollator(processor, UniformSampling(2), max_length=length - 1, on_too_long="error")
     with pytest.raises(SampleTooLongError, match=f"{length} tokens.*max_length={length - 1}"):
         strict([good])
     text_only = {"idx": 7, "source": "t", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                                                         {"role": "assistant", "content": [{"type": "text", "text": "Yo"}]}]}
-    lenient = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), max_length=length - 1,
+    lenient = TarsierVideoCollator(processor, UniformSampling(2), max_length=length - 1,
                                    dataset=[good, text_only])  # good is mix_index 0: never drawn again
     batch = lenient([good])
     assert int(batch["skipped_too_long"]) == 1 and int(batch["num_frames"][0]) == 0
@@ -333,14 +363,14 @@ def test_plain_sft_trainer_with_video_sft_config_trains_and_without_it_says_what
     from trl import SFTConfig, SFTTrainer
 
     from tarsier_hf.training.arguments import video_sft_config
-    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
 
     _, model, processor = tiny_tarsier
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
             for i, name in enumerate(COLORS)]
     dataset = Dataset.from_list(rows)
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [2]))
+    collator = TarsierVideoCollator(processor, UniformSampling(2))
     common = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=2,
                   per_device_train_batch_size=2, gradient_checkpointing=False, save_strategy="no")
     args = video_sft_config(**common)
@@ -557,7 +587,8 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
 
     from datasets import Dataset
 
-    from tarsier_hf.training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
+
     from tarsier_hf.training.data import normalize_row
     from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
@@ -565,7 +596,7 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
             for i, name in enumerate(("red", "green"))]
     rows[1]["messages"][1]["content"][0]["text"] = "The screen stays green for a long time."  # unequal lengths: padding
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
+    collator = TarsierVideoCollator(processor, UniformSampling(3))
     batch = collator(rows)
 
     results = {}

@@ -2,7 +2,8 @@
 publishing.
 
 A full checkpoint loads with `trust_remote_code=True`: `config.json` and `processor_config.json` carry an
-`auto_map` naming the remote-code files (`CODE_FILES`), which travel with the weights. A LoRA run of
+`auto_map` naming the remote-code files, which travel with the weights together with the files those import
+(`CODE_FILES`: `processing_tarsier.py` imports `video_processing_tarsier.py`, which no `auto_map` names). A LoRA run of
 `train_sft.py` writes an adapter folder instead (`adapter_config.json` + `adapter_model.safetensors`, with the
 processor), which loads on its base model with peft.
 """
@@ -15,10 +16,12 @@ import os
 import shutil
 from pathlib import Path
 
+from transformers.dynamic_module_utils import get_relative_imports
+
 import configuration_tarsier
 
 # The remote-code modules, found where the running code imports them from (the repo root, or site-packages).
-CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py")
+CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "video_processing_tarsier.py")
 CODE_DIR = Path(configuration_tarsier.__file__).resolve().parent
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -72,6 +75,19 @@ def _module_files(auto_map: dict, source: Path) -> set[str]:
                 raise CheckpointError(f"{source}: auto_map[{name!r}] = {ref!r} is not 'module.Class'")
             files.add(ref.rsplit(".", 1)[0] + ".py")
     return files
+
+
+def _with_relative_imports(folder: Path, names: set[str]) -> set[str]:
+    """`names` and, recursively, the modules they import relatively (`from .x import y`), as transformers' module
+    cache copies them: `{"processing_tarsier.py"}` -> also `video_processing_tarsier.py`, `configuration_tarsier.py`."""
+    needed, todo = set(), sorted(names)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            if (folder / name).is_file():
+                todo.extend(f"{module}.py" for module in get_relative_imports(folder / name))
+    return needed
 
 
 def _check_weights(folder: Path, files: list[str]) -> None:
@@ -128,7 +144,7 @@ def check_checkpoint(folder: str | os.PathLike) -> list[str]:
                                   "trust_remote_code")
         code |= _module_files(auto_map, folder / "config.json")
         _check_weights(folder, files)
-    absent_code = sorted(code - present)
+    absent_code = sorted(_with_relative_imports(folder, code) - present)
     if absent_code:
-        raise CheckpointError(f"{folder}: auto_map names code files that are missing: {absent_code}")
+        raise CheckpointError(f"{folder}: code files named by auto_map (or imported by them) are missing: {absent_code}")
     return files

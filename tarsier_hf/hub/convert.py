@@ -696,8 +696,7 @@ def convert_released(input_dir, output_dir, chat_template: str = "auto", overwri
         patch_size=config.vision_config.patch_size,
         use_frame_separators=True,
         resize_mode="released",
-        num_frames=8,
-        sampling="uniform",
+        frame_sampling={"policy": "uniform", "num_frames": 8},
         **token_ids["tokens"],
     )
     processor_ids = (processor.image_token_id, processor.video_token_id, processor.image_newline_token_id,

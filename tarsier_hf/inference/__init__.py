@@ -1,1 +1,2 @@
-"""Describing videos with a trained checkpoint: batch description and the OpenAI-compatible server."""
+"""Inference: the video -> text engine (`engine`) shared by batch description (`describe`), the OpenAI-compatible
+server (`serve`), the benchmark runners and the sweep."""

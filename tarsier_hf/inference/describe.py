@@ -21,11 +21,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from processing_tarsier import VIDEO_EXTENSIONS
 from transformers import HfArgumentParser
 
-from tarsier_hf.eval.inference import GenerationArguments, InferenceSettings, VideoRequest, get_state, run_inference
+from tarsier_hf.eval.inference import get_state, run_inference
 from tarsier_hf.eval.prompts import DEFAULT_DESCRIPTION_PROMPT
+from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, VideoRequest, inference_sampling
+from video_processing_tarsier import VIDEO_EXTENSIONS
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 
@@ -36,7 +37,8 @@ class DescribeArguments(GenerationArguments):
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
     output: str = field(default="descriptions.jsonl", metadata={"help": "JSONL file (appended; resumed if present)."})
-    num_frames: int = field(default=8, metadata={"help": "Frames per video, uniform with first and last (§5.1)."})
+    num_frames: int | None = field(default=None, metadata={
+        "help": "Frames per video, uniform with first and last (§5.1; default 8 unless --fps)."})
     fps: float | None = field(default=None, metadata={"help": "Sample by rate instead (capped by max_frames)."})
     max_frames: int = field(default=64, metadata={"help": "Cap for --fps."})
     prompt: str = field(default=DEFAULT_DESCRIPTION_PROMPT, metadata={"help": "Instruction given with every video."})
@@ -84,14 +86,8 @@ def collect_videos(inputs: list[str], recursive: bool = False) -> list[str]:
 
 def settings_from(args: DescribeArguments) -> InferenceSettings:
     return InferenceSettings(
-        checkpoint=args.checkpoint,
-        num_frames=args.num_frames,
-        sampling="fps" if args.fps else "uniform",
-        fps=args.fps,
-        max_frames=args.max_frames,
-        system_prompt=args.system_prompt,
-        dtype=args.dtype,
-        generation=args.generation_settings(),
+        checkpoint=args.checkpoint, frame_sampling=inference_sampling(args.num_frames, args.fps, args.max_frames),
+        system_prompt=args.system_prompt, dtype=args.dtype, generation=args.generation_config(), seed=args.seed,
     )
 
 

@@ -8,8 +8,9 @@ A user message's content parts may be `text`, `image_url` and `video_url` (`{"vi
 extension vLLM and `transformers serve` use); a URL is a `data:` URI (`data:image/png;base64,...`,
 `data:video/mp4;base64,...`, or base64 JPEG frames `data:video/jpeg;base64,<frame>,<frame>,...`), or, only under
 `--allowed_local_media_path`, a `file://` URL or a plain path. Frame sampling follows the checkpoint's processor;
-a request can override it with `"mm_processor_kwargs": {"num_frames": 16}` (also `fps`, `sampling`,
-`max_frames`), sent by the `openai` client through `extra_body`. A request that cannot be read (unknown fields,
+a request can override it with `"mm_processor_kwargs": {"num_frames": 16}` (also `fps`, or a whole
+`frame_sampling` object such as `{"policy": "fps", "fps": 2, "max_frames": 32}`), sent by the `openai` client
+through `extra_body`. A request that cannot be read (unknown fields,
 unreadable video, missing file, a video for a text-only model) gets a 400 with the reason in OpenAI's error format;
 requests are generated one at a time, in order, on one worker thread, while the next request's media decode.
 
@@ -60,7 +61,7 @@ from transformers import (
 logger = logging.getLogger(__name__)
 
 MEDIA_PARTS = {"image_url": "image", "video_url": "video"}
-FRAME_OPTIONS = ("num_frames", "fps", "sampling", "max_frames")
+FRAME_OPTIONS = ("num_frames", "fps", "frame_sampling")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[2]
+from tarsier_hf.jsonl import read_jsonl_objects
+from video_processing_tarsier import RandomSegmentsSampling, UniformSampling
+
 TEST_PROMPT = "Describe the video in detail."
 
 
@@ -103,6 +105,11 @@ def _render_clip(job: tuple) -> tuple[str, np.ndarray, dict]:
     return name, frames, rows
 
 
+def stage1_sampling(config: SweepConfig) -> RandomSegmentsSampling:
+    """Stage 1 of the recipe: one random frame from each of `num_frames` equal segments of the clip."""
+    return RandomSegmentsSampling(config.num_frames)
+
+
 def render_dataset(config: SweepConfig, workers: int) -> tuple[dict[str, np.ndarray], dict[str, list[dict]]]:
     """DREAM-S clips as in-memory frames `(16, S, S, 3)` keyed by clip name, and the stage-1/2/test rows."""
     from tarsier_hf.dream_s.scene import heldout_combinations
@@ -124,27 +131,11 @@ def render_dataset(config: SweepConfig, workers: int) -> tuple[dict[str, np.ndar
     return frames, rows
 
 
-def frame_indices(total: int, n: int, policy: str, rng: np.random.Generator | None) -> np.ndarray:
-    """`uniform`: first and last included (single frame: the middle); `random`: one random frame per segment."""
-    if policy == "uniform":
-        return np.array([total // 2]) if n == 1 else np.array([round(i * (total - 1) / (n - 1)) for i in range(n)])
-    edges = np.linspace(0, total, n + 1).astype(int)
-    return np.array([int(rng.integers(edges[i], max(edges[i] + 1, edges[i + 1]))) for i in range(n)])
-
-
-def in_memory_collator(processor, frames: dict[str, np.ndarray], num_frames: int):
-    """A `TarsierVideoCollator` whose video paths name in-memory clips; `.policy` picks the frame sampling."""
+def in_memory_collator(processor, frames: dict[str, np.ndarray]):
+    """A `TarsierVideoCollator` reading each row's clip from `frames` (by its path) instead of a video file."""
     from tarsier_hf.training.collator import TarsierVideoCollator
 
-    class InMemoryCollator(TarsierVideoCollator):
-        policy = "uniform"
-
-        def _load_media(self, row, rng):
-            clips = [frames[item["path"]] for message in row["messages"] for item in message["content"]
-                     if item["type"] == "video"]
-            return [clip[frame_indices(len(clip), num_frames, self.policy, rng)] for clip in clips]
-
-    return InMemoryCollator(processor, max_length=2048, on_too_long="error", fail_fast=True)
+    return TarsierVideoCollator(processor, videos=frames, max_length=2048, on_too_long="error", fail_fast=True)
 
 
 # -- model and training ---------------------------------------------------------------------------------------------
@@ -197,8 +188,8 @@ def plain_head_loss(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
-def train_stage(model, collator, rows, steps, policy, config: SweepConfig, device, rng, on_step=None) -> list:
-    collator.policy = policy
+def train_stage(model, collator, rows, steps, sampling, config: SweepConfig, device, rng, on_step=None) -> list:
+    collator.frame_sampling = sampling
     groups = parameter_groups(model, config)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     model.train()
@@ -229,33 +220,31 @@ def train_stage(model, collator, rows, steps, policy, config: SweepConfig, devic
 
 def describe(model, processor, frames, rows, config: SweepConfig) -> list[str]:
     """Greedy detailed descriptions of test clips, batched as `tarsier_hf.eval.inference` batches them."""
-    from tarsier_hf.eval.inference import GenerationSettings, InferenceSettings, VideoTextGenerator
+    from transformers import GenerationConfig
+
+    from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
 
     generator = VideoTextGenerator(model, processor, InferenceSettings(
-        checkpoint="(in memory)", num_frames=config.num_frames,
-        generation=GenerationSettings(max_new_tokens=config.max_new_tokens)))
+        checkpoint="(in memory)", frame_sampling=UniformSampling(config.num_frames),
+        generation=GenerationConfig(max_new_tokens=config.max_new_tokens, do_sample=False)))
     model.eval()
     predictions = []
     for start in range(0, len(rows), 20):
-        encoded = []
-        for row in rows[start : start + 20]:
-            clip = frames[row["messages"][0]["content"][0]["path"]]
-            encoded.append(generator.encode_frames(clip[frame_indices(len(clip), config.num_frames, "uniform", None)],
-                                                   TEST_PROMPT))
+        encoded = [generator.encode(VideoRequest(row["idx"], frames[row["messages"][0]["content"][0]["path"]],
+                                                 TEST_PROMPT)) for row in rows[start : start + 20]]
         predictions += generator.generate(generator.collate(encoded), seed=0)
     return predictions
 
 
-def score(model, processor, collator, frames, rows, config: SweepConfig) -> dict:
+def score(model, processor, frames, rows, config: SweepConfig) -> dict:
     """Event F1 of greedy descriptions and reference loss (own / other video, per word class)."""
     from tarsier_hf.dream_s import corpus_event_scores, event_scores, word_classes
     from tarsier_hf.eval.reference_loss import own_vs_other_video
 
     predictions = describe(model, processor, frames, rows, config)
     corpus = corpus_event_scores(event_scores(p, row["events"]) for p, row in zip(predictions, rows))
-    collator.policy = "uniform"
     return {"f1": corpus["f1"], "precision": corpus["precision"], "recall": corpus["recall"],
-            **own_vs_other_video(model, processor, rows, word_classes, collator=collator),
+            **own_vs_other_video(model, processor, rows, word_classes, num_frames=config.num_frames, videos=frames),
             "examples": predictions[:3]}
 
 
@@ -268,41 +257,42 @@ def run_config(config: SweepConfig, args: SweepArguments) -> dict:
     model, processor = build_model(config, str(make_language_model(config.llm_layers, Path(args.parts_dir))))
     device = torch.device(args.device)
     model.to(device)
-    collator = in_memory_collator(processor, frames, config.num_frames)
+    collator = in_memory_collator(processor, frames)
     rng = np.random.default_rng(config.seed)
     tasks1, tasks2 = set(config.stage1_tasks.split(",")), set(config.stage2_tasks.split(","))
     curve = []
 
     def checkpoint_score(step: int) -> None:
         if config.eval_every and step % config.eval_every == 0:
-            result = score(model, processor, collator, frames, rows["test"][:30], config)
+            result = score(model, processor, frames, rows["test"][:30], config)
             curve.append({"stage2_step": step, **{k: result[k] for k in ("f1", "nll_own_video", "nll_other_video")}})
             model.train()
-            collator.policy = "uniform"
 
     train_started = time.perf_counter()
     losses1 = train_stage(model, collator, [r for r in rows["stage1"] if r["task"] in tasks1], config.stage1_steps,
-                          "random", config, device, rng) if config.stage1_steps else []
+                          stage1_sampling(config), config, device, rng) if config.stage1_steps else []
     losses2 = train_stage(model, collator, [r for r in rows["stage2"] if r["task"] in tasks2], config.stage2_steps,
-                          "uniform", config, device, rng, on_step=checkpoint_score) if config.stage2_steps else []
+                          UniformSampling(config.num_frames), config, device, rng,
+                          on_step=checkpoint_score) if config.stage2_steps else []
     train_s = time.perf_counter() - train_started
-    result = score(model, processor, collator, frames, rows["test"], config)
+    result = score(model, processor, frames, rows["test"], config)
     return {"config": asdict(config), **result, "curve": curve, "train_s": train_s,
             "total_s": time.perf_counter() - started, "final_losses": [losses1[-1:], losses2[-1:]],
             "device": str(device)}
 
 
 def read_configs(spec: str) -> list[SweepConfig]:
-    text = Path(spec).read_text(encoding="utf-8") if os.path.isfile(spec) else spec
+    """`SweepConfig`s from a JSONL file, or from JSON lines given inline (`spec` is not a file)."""
+    if os.path.isfile(spec):
+        source, lines = spec, read_jsonl_objects(spec)
+    else:
+        source, lines = "--configs", enumerate((json.loads(line) for line in spec.splitlines() if line.strip()), 1)
     known = {f.name for f in fields(SweepConfig)}
     configs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        data = json.loads(line)
+    for number, data in lines:
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"{spec}: line {number}: unknown SweepConfig fields {sorted(unknown)}")
+            raise ValueError(f"{source}: line {number}: unknown SweepConfig fields {sorted(unknown)}")
         configs.append(SweepConfig(**data))
     return configs
 
@@ -316,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = read_configs(args.configs)
     done = set()
     if os.path.isfile(args.output):
-        done = {json.loads(line)["config"]["tag"] for line in Path(args.output).read_text().splitlines() if line}
+        done = {row["config"]["tag"] for _, row in read_jsonl_objects(args.output)}
     for config in configs:
         if config.tag in done:
             print(f"{config.tag}: already in {args.output}, skipped")

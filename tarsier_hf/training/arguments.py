@@ -17,8 +17,11 @@ dataset preparation is skipped) are refused with the reason (`REFUSED_SFT_OPTION
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any
+
+from video_processing_tarsier import FRAME_SAMPLING_POLICIES, FrameSampling, as_frame_sampling
 
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -113,7 +116,8 @@ class TarsierArguments:
     frame_sampling: str = field(
         default="uniform",
         metadata={"help": "random_segments (stage 1), instruction (stage 2: first+last, 16 for complex sources "
-                  "else 8), uniform, or fps."},
+                  "else 8), uniform, fps, any registered policy, or a JSON object {\"policy\": name, parameter: value}; "
+                  "--num_frames / --video_fps / --max_frames fill the parameters of those names."},
     )
     num_frames: list[int] = field(
         default_factory=lambda: [8], metadata={"help": "Frames per video: N, or LOW HIGH for random_segments."}
@@ -131,6 +135,23 @@ class TarsierArguments:
         metadata={"help": "Stop before training when any row is bad (listing them all; a streamed dataset stops at "
                   "its first bad row), and on the first unreadable video, instead of skipping and counting them."},
     )
+
+
+    def sampling(self) -> FrameSampling:
+        """The stage's `FrameSampling`: `--frame_sampling` (a policy name, or its JSON object), with `--num_frames`,
+        `--video_fps` and `--max_frames` as the parameters `num_frames`, `fps` and `max_frames` where it has them."""
+        if self.frame_sampling.lstrip().startswith("{"):
+            return as_frame_sampling(json.loads(self.frame_sampling))
+        policy = FRAME_SAMPLING_POLICIES.get(self.frame_sampling)
+        if policy is None:
+            raise ValueError(f"--frame_sampling {self.frame_sampling!r}: unknown policy; known: "
+                             f"{sorted(FRAME_SAMPLING_POLICIES)} (or a JSON object)")
+        counts = list(self.num_frames)
+        given = {"num_frames": counts[0] if len(counts) == 1 else tuple(counts), "fps": self.video_fps,
+                 "max_frames": self.max_frames}
+        names = {f.name for f in fields(policy)}
+        return FrameSampling.from_dict(
+            {"policy": self.frame_sampling, **{k: v for k, v in given.items() if k in names and v is not None}})
 
 
 def refused_help(option: str) -> str:

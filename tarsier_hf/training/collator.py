@@ -1,15 +1,11 @@
-"""The video-aware collator: conversations -> padded Tarsier training batches (TRL's collator handles only images).
+"""The video-aware collator: conversation rows -> padded Tarsier training batches (TRL's collator handles only images).
 
 It runs inside the DataLoader workers, so frame decoding (PyAV) and preprocessing overlap with the training step.
-Per sample it:
-
-1. decodes every video and image of the conversation and samples frames by the stage's policy
-   (`processing_tarsier.load_video` / `load_image`);
-2. renders the conversation with the processor's chat template and tokenizes it, getting the assistant-token mask
-   from the template's `{% generation %}` markers;
-3. expands each `<video>` into the runs of its sampled frames and each `<image>` into one run
-   (`TarsierProcessor.frame_token_ids`, the layout of docs/design.md);
-4. sets `labels` to the input ids on assistant tokens and `-100` everywhere else (system, user, visual runs).
+Every sample goes through the processor, the one path from (conversation, frames) to model inputs that inference
+and the reference loss use too: `TarsierProcessor.apply_chat_template(..., return_assistant_tokens_mask=True)`
+samples the frames by the stage's `FrameSampling`, renders the chat template, expands each `<video>` / `<image>`
+into its frames' runs and marks the assistant tokens (`{% generation %}` markers). `labels` are the input ids on
+assistant tokens and `-100` everywhere else (system, user, visual runs).
 
 Samples whose media cannot be read are replaced by other rows drawn from the dataset, counted in the batch key
 `skipped_samples` and logged (with `fail_fast=True` the first bad file raises instead). Samples longer than
@@ -22,16 +18,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-try:
-    from processing_tarsier import load_image, load_video
-except ImportError as error:  # pragma: no cover - the repo root must be importable
-    raise ImportError("tarsier_hf.training.collator needs processing_tarsier.py from the repository root on sys.path") from error
-
+from video_processing_tarsier import FrameSampling, VideoReadError
 
 logger = logging.getLogger(__name__)
 
@@ -47,48 +39,17 @@ class MediaError(RuntimeError):
 
 
 @dataclass
-class FramePolicy:
-    """
-    How frames are sampled from each video (paper section 3.2 and Appendix A).
-
-    Args:
-        sampling: `"random_segments"` (stage 1: split into n segments, one random frame each), `"instruction"`
-            (stage 2: first and last frame plus evenly spaced ones; 16 frames for `complex_sources`, 8 otherwise),
-            `"uniform"` or `"fps"`.
-        num_frames: `[n]` or an inclusive range `[low, high]` (random segments draws n per sample, e.g. `[8, 32]`).
-        complex_sources: sources whose clips count as complex (16 frames under `"instruction"`).
-        fps / max_frames: parameters of the `"fps"` policy.
-    """
-
-    sampling: str = "uniform"
-    num_frames: Sequence[int] = (8,)
-    complex_sources: Sequence[str] = ()
-    fps: float | None = None
-    max_frames: int = 64
-
-    def load_kwargs(self, source: str | None) -> dict:
-        frames = list(self.num_frames)
-        if not frames or len(frames) > 2:
-            raise ValueError(f"num_frames must be one count or a [low, high] range, got {frames}")
-        if len(frames) == 2 and self.sampling != "random_segments":
-            raise ValueError(f"a num_frames range {frames} only makes sense with sampling='random_segments'")
-        return {
-            "policy": self.sampling,
-            "num_frames": tuple(frames) if len(frames) == 2 else int(frames[0]),
-            "fps": self.fps,
-            "max_frames": self.max_frames,
-            "complex_clip": source in set(self.complex_sources),
-        }
-
-
-@dataclass
 class TarsierVideoCollator:
     """
     Turn normalised conversation rows (see `tarsier_hf.training.data`) into a Tarsier batch.
 
     Args:
         processor: a `TarsierProcessor` (tokenizer, image processor, chat template with `{% generation %}`).
-        frame_policy: the stage's `FramePolicy`.
+        frame_sampling: the stage's `FrameSampling` (paper §3.2: `RandomSegmentsSampling((8, 32))` in stage 1,
+            `InstructionSampling(8)` in stage 2); `None` uses the processor's own.
+        complex_sources: sources whose clips count as complex (twice the frames under `InstructionSampling`).
+        videos: video inputs by path (e.g. frames already in memory, `(T, H, W, 3)` arrays): a row's video whose
+            path is a key is read from here instead of the file system, and sampled the same way.
         max_length: maximum sequence length after expansion (`None` = no limit).
         on_too_long: `"skip"` (replace the sample, count it) or `"error"`.
         fail_fast: raise on the first unreadable video/image instead of skipping the sample.
@@ -108,7 +69,9 @@ class TarsierVideoCollator:
     """
 
     processor: Any
-    frame_policy: FramePolicy = field(default_factory=FramePolicy)
+    frame_sampling: FrameSampling | None = None
+    complex_sources: Sequence[str] = ()
+    videos: Mapping[str, Any] | None = None
     max_length: int | None = None
     on_too_long: str = "skip"
     fail_fast: bool = False
@@ -117,6 +80,7 @@ class TarsierVideoCollator:
     seed: int = 0
     max_replacements: int = 64
     rank: int = 0
+    _known_bad: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self):
         if self.on_too_long not in ("skip", "error"):
@@ -127,9 +91,10 @@ class TarsierVideoCollator:
                 "the processor's chat template has no {% generation %} markers, so assistant tokens cannot be told "
                 "apart; use one of processing_tarsier.CHAT_TEMPLATES (--chat_template vicuna|mistral|yi|chatml)"
             )
+        if self.frame_sampling is None:
+            self.frame_sampling = self.processor.frame_sampling
         self._rng: np.random.Generator | None = None
         self._worker: int | None = None
-        self._known_bad: set[int] = set()  # mixture indices that failed in this worker: never drawn as replacements
 
     # -- randomness per DataLoader worker ----------------------------------------------------------------------
 
@@ -145,27 +110,19 @@ class TarsierVideoCollator:
 
     # -- one sample ----------------------------------------------------------------------------------------------
 
-    def _load_media(self, row: dict, rng: np.random.Generator) -> list[np.ndarray]:
-        """Frames of every visual item, in conversation order: a list of `(n_i, H, W, 3)` uint8 arrays."""
-        kwargs = self.frame_policy.load_kwargs(row.get("source"))
-        media = []
-        for message in row["messages"]:
-            for item in message["content"]:
-                if item["type"] == "text":
-                    continue
-                name = item.get("path") or f"{len(item['paths'])} frame files from {item['paths'][0]}"
-                try:
-                    if item["type"] == "image":
-                        media.append(load_image(item["path"])[None])
-                    else:
-                        media.append(load_video(item.get("path") or item["paths"], rng=rng, **kwargs).frames)
-                except Exception as error:  # noqa: BLE001 - any decoder failure skips the sample
-                    raise MediaError(f"{name}: {type(error).__name__}: {error}") from error
-        return media
+    def _block(self, item: dict) -> dict:
+        """A normalised content item as the processor takes it (a frame-file list or an in-memory clip as `video`)."""
+        if item["type"] == "text":
+            return item
+        if "paths" in item:
+            return {"type": item["type"], "video": list(item["paths"])}
+        if self.videos is not None and item["path"] in self.videos:
+            return {"type": item["type"], item["type"]: self.videos[item["path"]]}
+        return item
 
     def encode(self, row: dict, rng: np.random.Generator | None = None) -> dict:
         """
-        Encode one normalised row.
+        Encode one normalised row with the processor.
 
         Returns:
             `{"input_ids": (L,), "labels": (L,), "pixel_values": (n, 3, S, S), "num_frames": int}`.
@@ -175,56 +132,29 @@ class TarsierVideoCollator:
             SampleTooLongError: the expanded sample is longer than `max_length`.
         """
         rng = rng if rng is not None else self._generator()
-        media = self._load_media(row, rng)
-        tokenizer = self.processor.tokenizer
-        rendered = tokenizer.apply_chat_template(
-            row["messages"],
-            chat_template=self.processor.chat_template,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-        )
-        ids, assistant = rendered["input_ids"], rendered["assistant_masks"]
-        if not any(assistant):
-            raise ValueError(f"row idx={row.get('idx')}: the chat template marks no assistant tokens")
-        frame_run = self.processor.frame_token_ids()
-        video_id, image_id = self.processor.video_token_id, self.processor.image_token_id
-        input_ids: list[int] = []
-        labels: list[int] = []
-        visual = iter(media)
-        used = 0
-        for token, is_assistant in zip(ids, assistant):
-            if token in (video_id, image_id):
-                frames = next(visual, None)
-                if frames is None:
-                    raise ValueError(f"row idx={row.get('idx')}: more visual placeholders than videos/images")
-                used += 1
-                run = frame_run * len(frames)
-                input_ids.extend(run)
-                labels.extend([IGNORE_INDEX] * len(run))
-            else:
-                input_ids.append(token)
-                labels.append(token if is_assistant else IGNORE_INDEX)
-        if used != len(media):
-            raise ValueError(
-                f"row idx={row.get('idx')}: {len(media)} videos/images but {used} placeholders after templating"
+        messages = [{**m, "content": [self._block(item) for item in m["content"]]} for m in row["messages"]]
+        try:
+            out = self.processor.apply_chat_template(
+                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                processor_kwargs={"frame_sampling": self.frame_sampling, "rng": rng, "padding": False,
+                                  "complex_clip": row.get("source") in set(self.complex_sources)},
             )
+        except (VideoReadError, OSError) as error:  # unreadable, missing or corrupt media: the message names the file
+            raise MediaError(f"row idx={row.get('idx')}: {type(error).__name__}: {error}") from error
+        input_ids, assistant = out["input_ids"][0], out["assistant_masks"][0]
+        if not assistant.any():
+            raise ValueError(f"row idx={row.get('idx')}: the chat template marks no assistant tokens")
+        frames = int(out["num_frames"][0])
         if self.max_length is not None and len(input_ids) > self.max_length:
             raise SampleTooLongError(
                 f"row idx={row.get('idx')} (source {row.get('source')}): {len(input_ids)} tokens after expanding "
-                f"{sum(len(m) for m in media)} frames x {len(frame_run)} tokens, above max_length={self.max_length}"
+                f"{frames} frames x {self.processor.tokens_per_frame} tokens, above max_length={self.max_length}"
             )
-        frames = [frame for item in media for frame in item]
-        if frames:
-            pixel_values = self.processor.preprocess_frames(frames)
-        else:
-            size = self.processor.image_size
-            pixel_values = torch.zeros((0, 3, size, size), dtype=torch.float32)
         return {
-            "input_ids": torch.tensor(input_ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "pixel_values": pixel_values,
-            "num_frames": len(frames),
+            "input_ids": input_ids,
+            "labels": torch.where(assistant.bool(), input_ids, IGNORE_INDEX),
+            "pixel_values": out["pixel_values"],
+            "num_frames": frames,
         }
 
     # -- skipping ------------------------------------------------------------------------------------------------
@@ -287,7 +217,7 @@ class TarsierVideoCollator:
                 f"the collator got rows without 'messages' (keys: {sorted(rows[0])}): the Trainer dropped the columns "
                 "it does not know, or TRL tokenised the rows as text. With a plain SFTTrainer use "
                 "SFTConfig(remove_unused_columns=False, dataset_kwargs={'skip_prepare_dataset': True}) "
-                "(training.arguments.video_sft_config(...) returns one)"
+                "(tarsier_hf.training.arguments.video_sft_config(...) returns one)"
             )
         # Encode the given rows first, so that their failures are known before replacements are drawn.
         encoded = [self._try_encode(row, rng, counts) for row in rows]

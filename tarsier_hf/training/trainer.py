@@ -165,7 +165,3 @@ class TarsierSFTTrainer(SFTTrainer):
         inputs = {k: v for k, v in inputs.items() if k not in SKIP_KEYS}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
-
-def total_frames_in_batch(batch: dict[str, torch.Tensor]) -> int:
-    """Frames in a collated batch (for throughput accounting)."""
-    return int(batch["num_frames"].sum())

@@ -14,7 +14,7 @@ holds every fact of the frame linearly.
 Data: a JSONL file of `{"video": path, "frame": index, "labels": [str, ...]}` rows (paths relative to
 `--video_root`), e.g. DREAM-S's `stage0.jsonl`. Every video is decoded once with the repo's PyAV reader and the
 frames stay in memory (the tiny recipe's 16,000 frames of 64 px take 200 MB); pixels go through
-`processing_tarsier.preprocess_frames` with a CLIP image processor, so stage 1 sees exactly the inputs stage 0 was trained on.
+`video_processing_tarsier.preprocess_frames` with a CLIP image processor, so stage 1 sees exactly the inputs stage 0 was trained on.
 
 Measured alternative (docs/tiny_recipe.md): CLIP's contrastive loss against a small text tower on the frames'
 captions learnt colour and size in the same budget, but neither shape nor position (linear probes at chance).
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPForImageClassification, CLIPVisionConfig, Trainer, TrainingArguments
 
-from processing_tarsier import _build_image_processor, load_video, preprocess_frames
+from video_processing_tarsier import _build_image_processor, load_video, preprocess_frames
 
 logger = logging.getLogger(__name__)
 
