@@ -458,7 +458,8 @@ def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distribu
     assert "pipeline_tag: image-text-to-text" in card and "random_segments" in card
     files = check_checkpoint(output_dir)
     for name in ("config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
-                 "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "README.md"):
+                 "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "video_processing_tarsier.py",
+                 "README.md"):
         assert name in files
     assert not any(f.startswith("checkpoint-") or f.startswith("skipped") for f in files)
 

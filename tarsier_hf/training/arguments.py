@@ -136,7 +136,6 @@ class TarsierArguments:
                   "its first bad row), and on the first unreadable video, instead of skipping and counting them."},
     )
 
-
     def sampling(self) -> FrameSampling:
         """The stage's `FrameSampling`: `--frame_sampling` (a policy name, or its JSON object), with `--num_frames`,
         `--video_fps` and `--max_frames` as the parameters `num_frames`, `fps` and `max_frames` where it has them."""
