@@ -26,7 +26,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: $(STAMP)
-	$(PY) -m tools.tiny_recipe --output-dir $(DEMO_DIR) $(DEMO_ARGS)
+	$(PY) -m tarsier_hf.tiny_recipe --output-dir $(DEMO_DIR) $(DEMO_ARGS)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q

@@ -22,6 +22,26 @@ AUTO_MAP = {
 }
 
 
+def frame_layout(grid_side: int, use_frame_separators: bool, num_additional_image_tokens: int = 0) -> list[str]:
+    """The LM positions of one frame, in order: the one home of the per-frame token layout (docs/design.md).
+
+    Args:
+        grid_side: rows = cols of the (pooled) patch grid, `image_size // patch_size // vision_feature_pooling`.
+        use_frame_separators: the released layout, `"newline"` after every row and `"frame_end"` after the frame.
+        num_additional_image_tokens: features per frame besides the patches (1 for a kept CLIP CLS feature); they
+            need `use_frame_separators=False`.
+
+    Returns:
+        `rows * (cols + 1) + 1` (with separators) or `rows * cols + num_additional_image_tokens` kinds, each
+        `"image"` (a projected feature), `"newline"` or `"frame_end"`.
+    """
+    if not use_frame_separators:
+        return ["image"] * (grid_side * grid_side + num_additional_image_tokens)
+    if num_additional_image_tokens:
+        raise ValueError("num_additional_image_tokens (a CLS feature per frame) needs use_frame_separators=False")
+    return (["image"] * grid_side + ["newline"]) * grid_side + ["frame_end"]
+
+
 class TarsierConfig(PreTrainedConfig):
     r"""
     Configuration of a Tarsier model: a vision tower, an MLP projector and a causal language model.
@@ -170,20 +190,22 @@ class TarsierConfig(PreTrainedConfig):
         side = self.vision_config.image_size // self.vision_config.patch_size // self.vision_feature_pooling
         return side, side
 
+    def frame_layout(self) -> list[str]:
+        """One frame's LM positions (`frame_layout` of this config's grid, separators and CLS feature)."""
+        with_cls = self.vision_feature_select_strategy == "full" and self.vision_config.model_type in VISION_TOWERS_WITH_CLS
+        return frame_layout(self.patch_grid[0], self.use_frame_separators, int(with_cls))
+
     @property
     def num_patches_per_frame(self) -> int:
         """Projected visual features per frame, i.e. `image_token_id` positions per frame."""
-        rows, cols = self.patch_grid
-        with_cls = self.vision_feature_select_strategy == "full" and self.vision_config.model_type in VISION_TOWERS_WITH_CLS
-        return rows * cols + int(with_cls)
+        return self.frame_layout().count("image")
 
     @property
     def num_positions_per_frame(self) -> int:
         """LM positions per frame: `rows * (cols + 1) + 1` with frame separators, else `num_patches_per_frame`."""
-        rows, cols = self.patch_grid
-        return rows * (cols + 1) + 1 if self.use_frame_separators else self.num_patches_per_frame
+        return len(self.frame_layout())
 
 
 TarsierConfig.register_for_auto_class()
 
-__all__ = ["TarsierConfig"]
+__all__ = ["TarsierConfig", "frame_layout"]

@@ -10,7 +10,7 @@ Supervised fine-tuning of Tarsier with TRL's `SFTTrainer`: both stages of the pa
         --dataset_config 0_30_s_academic_v0_1 --dataset_train_split caption --video_roots data/llava-video \\
         --frame_sampling instruction --output_dir runs/stage2 --max_steps 10000 --use_peft --lora_r 16
 
-Arguments (training/arguments.py): TRL's `ScriptArguments` (dataset), `ModelConfig` (model, dtype, attention, PEFT),
+Arguments (tarsier_hf/training/arguments.py): TRL's `ScriptArguments` (dataset), `ModelConfig` (model, dtype, attention, PEFT),
 `TarsierSFTConfig` (TRL's `SFTConfig` plus `--loss_head` and `--vision_learning_rate`) and `TarsierArguments`
 (building from parts, freezing, video data and frame sampling). `python train_sft.py --help` lists them all.
 """
@@ -20,28 +20,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-# Running from any folder (`python path/to/train_sft.py`) must still find the repo's modules.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-import torch  # noqa: E402
-from transformers import set_seed  # noqa: E402
-from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config  # noqa: E402
-
-from training.arguments import (  # noqa: E402
+from tarsier_hf.hub.checkpoint import check_checkpoint, copy_code_files
+from tarsier_hf.hub.model_card import render_model_card
+from tarsier_hf.hub.publish import push_to_hub as publish
+from tarsier_hf.training.arguments import (
     DEFAULT_LORA_TARGETS, REFUSED_SFT_OPTIONS, TarsierArguments, check_sft_config, refused_help,
 )
-from training.collator import FramePolicy, TarsierVideoCollator  # noqa: E402
-from training.data import (  # noqa: E402
+from tarsier_hf.training.collator import TarsierVideoCollator
+from tarsier_hf.training.data import (
     ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
 )
-from training.model_builder import build_from_parts, copy_code_files, load_tarsier, save_tarsier  # noqa: E402
-from training.model_card import prepare_hub_folder, push_folder, render_model_card  # noqa: E402
-from training.trainer import TarsierSFTConfig, TarsierSFTTrainer  # noqa: E402
+from tarsier_hf.training.model_builder import build_from_parts, load_tarsier, save_tarsier
+from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
 logger = logging.getLogger("train_sft")
 
@@ -162,6 +160,7 @@ def count_lines(path: str) -> int:
 
 def check_data_arguments(script_args: ScriptArguments, training_args, tarsier_args: TarsierArguments) -> None:
     """Refuse, before anything loads, data options that cannot work together."""
+    tarsier_args.sampling()  # an unknown policy or a missing parameter fails here, with its name
     if script_args.dataset_streaming and training_args.max_steps <= 0:
         raise ValueError("--dataset_streaming has no length to count epochs by: set --max_steps")
     if training_args.eval_strategy != "no":
@@ -183,14 +182,9 @@ def as_hf_dataset(dataset, training_args):
 
 def warn_if_max_length_too_short(tarsier_args: TarsierArguments, processor, max_length: int | None) -> None:
     """Say up front when `max_length` cannot hold the largest frame count (those samples would all be skipped)."""
-    if max_length is None:
+    frames = tarsier_args.sampling().max_frames_per_video(complex_clip=bool(tarsier_args.complex_sources))
+    if max_length is None or frames is None:
         return
-    if tarsier_args.frame_sampling == "instruction":
-        frames = 16 if tarsier_args.complex_sources else 8
-    elif tarsier_args.frame_sampling == "fps":
-        frames = tarsier_args.max_frames
-    else:
-        frames = max(tarsier_args.num_frames)
     needed = frames * processor.tokens_per_frame
     if needed >= max_length:
         logger.warning(
@@ -248,8 +242,8 @@ def main(
             handle.writelines(json.dumps(asdict(row)) + "\n" for row in train_dataset.bad_rows)
     collator = TarsierVideoCollator(
         processor,
-        FramePolicy(tarsier_args.frame_sampling, tarsier_args.num_frames, tarsier_args.complex_sources or (),
-                    tarsier_args.video_fps, tarsier_args.max_frames),
+        tarsier_args.sampling(),
+        complex_sources=tarsier_args.complex_sources or (),
         max_length=training_args.max_length,
         on_too_long=tarsier_args.on_too_long,
         fail_fast=tarsier_args.fail_fast,
@@ -292,11 +286,12 @@ def main(
                       "skipped_too_long": trainer.skip_totals["skipped_too_long"]},
             is_adapter=model_args.use_peft,
         )
-        files = prepare_hub_folder(output_dir, card)
+        (Path(output_dir) / "README.md").write_text(card, encoding="utf-8")
+        check_checkpoint(output_dir)
         if push_to_hub:
             repo_id = training_args.hub_model_id or Path(output_dir).name
-            url = push_folder(output_dir, repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)
-            logger.info("pushed %d files to %s", len(files), url)
+            plan = publish(output_dir, repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)
+            logger.info("pushed %d files to %s", len(plan.files), plan.commit_url)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 

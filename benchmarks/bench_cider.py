@@ -16,25 +16,24 @@ The script checks that both give the same scores (|difference| <= 1e-9) before p
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from tarsier_hf.eval.cider.cider_scorer import cider_d
+from tarsier_hf.eval.cider.ptb_tokenizer import PTBTokenizer
+from tarsier_hf.jsonl import read_jsonl_objects
+
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 @dataclass
 class BenchArgs:
-    dream1k: str = field(default=str(REPO.parent / "shared" / "data" / "DREAM-1K.jsonl"),
-                         metadata={"help": "DREAM-1K jsonl (human descriptions and event sentences)."})
+    dream1k: str = field(metadata={"help": "DREAM-1K jsonl (human descriptions and event sentences)."})
     num_videos: int = field(default=600, metadata={"help": "Number of samples (videos)."})
     refs_per_video: int = field(default=40, metadata={"help": "Reference captions per video."})
     repeats: int = field(default=3, metadata={"help": "Timed runs per implementation (median reported)."})
@@ -43,7 +42,7 @@ class BenchArgs:
 
 def build_corpus(args: BenchArgs) -> tuple[list[str], list[list[str]]]:
     """(predictions (V,), references (V, refs_per_video)) from real DREAM-1K captions."""
-    rows = [json.loads(line) for line in Path(args.dream1k).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [row for _, row in read_jsonl_objects(args.dream1k)]
     if len(rows) < args.num_videos:
         raise ValueError(f"{args.dream1k}: {len(rows)} videos, fewer than --num_videos {args.num_videos}")
     rng = random.Random(args.seed)
@@ -74,9 +73,6 @@ def run_pycocoevalcap(predictions, references):
 
 
 def run_ours_direct(predictions, references):
-    from eval.cider.cider_scorer import cider_d
-    from eval.cider.ptb_tokenizer import PTBTokenizer
-
     start = time.perf_counter()
     tokenizer = PTBTokenizer()
     flat = tokenizer.tokenize([r for refs in references for r in refs])

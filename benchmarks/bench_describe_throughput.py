@@ -1,4 +1,4 @@
-"""Batch description throughput on CPU: `eval.inference.run_inference` vs a plain loop over LLaVA-NeXT-Video.
+"""Batch description throughput on CPU: `tarsier_hf.eval.inference.run_inference` vs a plain loop over LLaVA-NeXT-Video.
 
     python benchmarks/bench_describe_throughput.py                    # 32 clips, prints a Markdown table
     python benchmarks/bench_describe_throughput.py --videos 8 --json out.json
@@ -21,20 +21,23 @@ one-clip warm-up; the table reports videos/s and the speed-up over the plain loo
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-import torch  # noqa: E402
+import torch
+from transformers import GenerationConfig, HfArgumentParser
 
-from bench_training import make_videos  # noqa: E402
+from tarsier_hf.eval.inference import run_inference
+from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+from tarsier_hf.training.model_builder import build_from_parts
+from video_processing_tarsier import UniformSampling, load_video
+
+from bench_training import make_videos  # a sibling script (benchmarks/ is on sys.path when a script runs)
 
 FRAMES = 8
 PROMPTS = ("Describe the video in detail.",
@@ -43,9 +46,6 @@ PROMPTS = ("Describe the video in detail.",
 
 def build_tarsier(root: Path, layers: int, hidden: int):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tools.local_llm import materialize_smollm2
-    from training.model_builder import build_from_parts
 
     tokenizer = AutoTokenizer.from_pretrained(materialize_smollm2())
     torch.manual_seed(0)
@@ -83,7 +83,7 @@ def plain_loop(llava, processor, requests, ours_length, new_tokens) -> list[str]
     rows = config.vision_config.image_size // config.vision_config.patch_size
     texts = []
     for request in requests:
-        frames = processor.load_video(request.video, num_frames=FRAMES, policy="uniform").frames
+        frames = load_video(request.video, UniformSampling(FRAMES)).frames
         pixels = processor.image_processor(images=list(frames), return_tensors="pt")["pixel_values"]
         prompt = tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
         video = [config.video_token_index] * (FRAMES * rows * rows)
@@ -97,21 +97,22 @@ def plain_loop(llava, processor, requests, ours_length, new_tokens) -> list[str]
     return texts
 
 
-def main(argv=None) -> dict:
-    from eval.inference import GenerationSettings, InferenceSettings, VideoRequest, VideoTextGenerator, run_inference
+@dataclass
+class BenchArgs:
+    videos: int = field(default=32, metadata={"help": "generated clips to describe"})
+    batch_size: int = 8
+    workers: int = field(default=2, metadata={"help": "DataLoader workers decoding ahead of generation"})
+    layers: int = field(default=4, metadata={"help": "llama layers"})
+    hidden: int = field(default=256, metadata={"help": "llama hidden size"})
+    new_tokens: int = 32
+    threads: int = field(default=1, metadata={
+        "help": "torch threads of the generating process (on a busy 2-core machine 2 threads ran 25x slower than 1: "
+                "the threads wait on each other)"})
+    json: str | None = field(default=None, metadata={"help": "also write the result here"})
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--new_tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the generating process (on a busy 2-core machine 2 threads ran 25x "
-                             "slower than 1: the threads wait on each other)")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+
+def main(argv=None) -> dict:
+    (args,) = HfArgumentParser(BenchArgs, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(argv)
     torch.set_num_threads(args.threads)
 
     root = Path(tempfile.mkdtemp(prefix="bench_describe_"))
@@ -121,8 +122,8 @@ def main(argv=None) -> dict:
     warmup, requests = requests[:1], requests[1:]
     model, processor = build_tarsier(root, args.layers, args.hidden)
     llava = build_llava(model)
-    settings = InferenceSettings(checkpoint="bench", num_frames=FRAMES, generation=GenerationSettings(
-        max_new_tokens=args.new_tokens))
+    settings = InferenceSettings(checkpoint="bench", frame_sampling=UniformSampling(FRAMES), generation=GenerationConfig(
+        max_new_tokens=args.new_tokens, do_sample=False))
     generator = VideoTextGenerator(model, processor, settings)
     ours_length = {r.id: len(generator.encode(r)["input_ids"]) for r in warmup + requests}
     # generate exactly --new_tokens tokens on our side too

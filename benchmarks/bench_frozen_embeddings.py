@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss_head import build  # noqa: E402
+from bench_loss_head import build
 
 
 def train_step(trainer, model, optimizer, batch) -> float:
@@ -33,10 +32,14 @@ def train_step(trainer, model, optimizer, batch) -> float:
     return time.perf_counter() - start
 
 
+
+@dataclass
+class BenchArgs:
+    repeats: int = field(default=7, metadata={"help": "timed rounds (median reported)"})
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+    (args,) = HfArgumentParser(BenchArgs, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+                               ).parse_args_into_dataclasses()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         model, batch, trainers = build(tmp)

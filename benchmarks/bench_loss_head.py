@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
+from transformers import HfArgumentParser
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from configuration_tarsier import TarsierConfig
+from modeling_tarsier import TarsierForConditionalGeneration
+from processing_tarsier import TarsierProcessor
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+
 
 BATCH, FRAMES, PROMPT, ANSWER = 8, 8, 24, 70
 
@@ -27,12 +31,6 @@ BATCH, FRAMES, PROMPT, ANSWER = 8, 8, 24, 70
 def build(tmp: str):
     from datasets import Dataset
     from transformers import AutoConfig, AutoTokenizer
-
-    from configuration_tarsier import TarsierConfig
-    from modeling_tarsier import TarsierForConditionalGeneration
-    from processing_tarsier import TarsierProcessor
-    from tools.local_llm import materialize_smollm2
-    from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     llm = materialize_smollm2()
     tokenizer = AutoTokenizer.from_pretrained(llm)
@@ -79,10 +77,14 @@ def step_seconds(trainer, model, batch) -> tuple[float, float]:
     return time.perf_counter() - start, loss.item()
 
 
+
+@dataclass
+class BenchArgs:
+    repeats: int = field(default=5, metadata={"help": "timed rounds (median reported)"})
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    (args,) = HfArgumentParser(BenchArgs, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+                               ).parse_args_into_dataclasses()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         model, batch, trainers = build(tmp)

@@ -21,9 +21,10 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
-REPO = Path(__file__).resolve().parents[1]
+from transformers import HfArgumentParser
+
 
 VISION = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, image_size=224,
               patch_size=14)
@@ -41,7 +42,6 @@ def build(impl: str, separators: bool):
     rows = VISION["image_size"] // VISION["patch_size"]
     prompt = list(range(1, PROMPT_TOKENS + 1))
     if impl == "tarsier":
-        sys.path.insert(0, str(REPO))
         from configuration_tarsier import TarsierConfig
         from modeling_tarsier import TarsierForConditionalGeneration
 
@@ -83,11 +83,15 @@ def run_once(impl: str, separators: bool) -> dict:
             "generated": out.shape[1] - inputs["input_ids"].shape[1]}
 
 
+@dataclass
+class BenchArgs:
+    repeats: int = field(default=5, metadata={"help": "fresh processes per implementation (median reported)"})
+    child: list[str] | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # IMPL SEPARATORS, internal
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--child", nargs=2, metavar=("IMPL", "SEPARATORS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    (args,) = HfArgumentParser(BenchArgs, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+                               ).parse_args_into_dataclasses()
     if args.child:
         print(json.dumps(run_once(args.child[0], args.child[1] == "on")))
         return

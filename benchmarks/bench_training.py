@@ -16,22 +16,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from transformers import HfArgumentParser
+
+from tarsier_hf.dream_s.video_writer import write_video
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+from tarsier_hf.training.collator import TarsierVideoCollator
+from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+from tarsier_hf.training.model_builder import build_from_parts
+from tarsier_hf.training.trainer import TarsierSFTTrainer
+from video_processing_tarsier import RandomSegmentsSampling
 
 
 def make_videos(root: Path, count: int, seconds: float, size: tuple[int, int]) -> Path:
     """`count` H.264 clips (moving gradient, 30 fps) and a JSONL of caption rows; returns the JSONL path."""
-    from dataset_builders.video_writer import write_video
-
     (root / "videos").mkdir(parents=True, exist_ok=True)
     height, width = size
     frames_per_video = int(seconds * 30)
@@ -60,9 +65,6 @@ def make_videos(root: Path, count: int, seconds: float, size: tuple[int, int]) -
 def build_model(root: Path, image_size: int, hidden: int, layers: int):
     """A small Tarsier: llama (`layers` x `hidden`) with the SmolLM2 tokenizer + a 2-layer CLIP at `image_size`."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tools.local_llm import materialize_smollm2
-    from training.model_builder import build_from_parts
 
     tokenizer = AutoTokenizer.from_pretrained(materialize_smollm2())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
@@ -121,8 +123,6 @@ def bench_trainer(model, processor, dataset, collator, steps: int, batch_size: i
     """(samples/s, tokens/s) of the real TarsierSFTTrainer with 2 DataLoader workers."""
     from trl import SFTConfig
 
-    from training.trainer import TarsierSFTTrainer
-
     args = SFTConfig(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size,
                      learning_rate=2e-5, bf16=False, use_cpu=True, report_to=[], logging_steps=steps,
                      save_strategy="no", dataloader_num_workers=2, remove_unused_columns=False,
@@ -135,29 +135,31 @@ def bench_trainer(model, processor, dataset, collator, steps: int, batch_size: i
     return result.metrics["train_samples_per_second"], trainer._total_train_tokens / runtime
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=8, help="generated clips")
-    parser.add_argument("--seconds", type=float, default=4.0, help="clip length (30 fps)")
-    parser.add_argument("--video-size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
-    parser.add_argument("--image-size", type=int, default=112, help="vision input size (patch 14)")
-    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16], help="random_segments range")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6)
-    args = parser.parse_args()
-    torch.manual_seed(0)
 
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import ConversationDataset, DatasetSpec
+@dataclass
+class BenchArgs:
+    videos: int = field(default=8, metadata={"help": "generated clips"})
+    seconds: float = field(default=4.0, metadata={"help": "clip length (30 fps)"})
+    video_size: list[int] = field(default_factory=lambda: [240, 320], metadata={"help": "clip height and width"})
+    image_size: int = field(default=112, metadata={"help": "vision input size (patch 14)"})
+    frames: list[int] = field(default_factory=lambda: [8, 16], metadata={"help": "random_segments range"})
+    hidden: int = 128
+    layers: int = 2
+    batch_size: int = 2
+    steps: int = 6
+
+def main() -> None:
+    (args,) = HfArgumentParser(BenchArgs, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+                               ).parse_args_into_dataclasses()
+    torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         jsonl = make_videos(root, args.videos, args.seconds, tuple(args.video_size))
         model, processor = build_model(root, args.image_size, args.hidden, args.layers)
         dataset = ConversationDataset([DatasetSpec(str(jsonl), str(root))])
-        collator = TarsierVideoCollator(processor, FramePolicy("random_segments", args.frames), dataset=dataset)
+        sampling = RandomSegmentsSampling(tuple(args.frames) if len(args.frames) > 1 else args.frames[0])
+        collator = TarsierVideoCollator(processor, sampling, dataset=dataset)
 
         pipe0 = bench_pipeline(dataset, collator, 0, args.batch_size, args.steps)
         pipe2 = bench_pipeline(dataset, collator, 2, args.batch_size, args.steps)

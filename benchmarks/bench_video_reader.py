@@ -7,9 +7,9 @@ Videos: (a) the shared demo_test.mp4 (1920x800 H.264, 84 frames), (b) a generate
 clip with a 2 s GOP, (c) the same at 10 minutes. Generated files are cached under ~/.cache/tarsier/bench
 (never in the repo). decord is optional (`pip install decord`, benchmark only); without it its column says so.
 
-    python benchmarks/bench_video_reader.py            # all three videos, median of 5 runs, markdown table
-    python benchmarks/bench_video_reader.py --videos demo --repeats 5
-    python benchmarks/bench_video_reader.py --no-baselines --videos 60s 10min --frames 4 8 16 32
+    python benchmarks/bench_video_reader.py --demo demo_test.mp4   # all three videos, median of 5 runs, markdown table
+    python benchmarks/bench_video_reader.py --demo demo_test.mp4 --videos demo --repeats 5
+    python benchmarks/bench_video_reader.py --no_baselines --videos 60s 10min --frames 4 8 16 32
 """
 
 from __future__ import annotations
@@ -23,23 +23,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from processing_tarsier import TarsierProcessor
+from video_processing_tarsier import VideoReader, sample_uniform
+from transformers import HfArgumentParser
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from dataset_builders.video_writer import draw_frame_code, write_video  # noqa: E402
-from processing_tarsier import TarsierProcessor, VideoReader, sample_uniform  # noqa: E402
+from tarsier_hf.dream_s.video_writer import draw_frame_code, write_video
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 
 CACHE = Path(os.environ.get("TARSIER_CACHE", Path.home() / ".cache" / "tarsier")) / "bench"
-DEMO = Path(os.environ.get("TARSIER_SHARED", REPO.parent / "shared")) / "data" / "videos" / "demo_test.mp4"
 
 
 @dataclass
 class Args:
-    videos: list[str] = field(default_factory=lambda: ["demo", "60s", "10min"])
-    frames: list[int] = field(default_factory=lambda: [8, 16])
-    repeats: int = 5
-    baselines: bool = True  # False: time only the Tarsier reader (scaling with frames and video length)
+    videos: list[str] = field(default_factory=lambda: ["demo", "60s", "10min"],
+                              metadata={"choices": ["demo", "60s", "10min"], "help": "videos to time"})
+    frames: list[int] = field(default_factory=lambda: [8, 16], metadata={"help": "frames sampled per video"})
+    repeats: int = field(default=5, metadata={"help": "timed runs per reader (median reported)"})
+    baselines: bool = field(default=True, metadata={
+        "help": "also time transformers' and decord's readers (--no_baselines: only the Tarsier reader, e.g. its "
+                "scaling with --frames 4 8 16 32)"})
+    demo: str | None = field(default=None, metadata={"help": "the 'demo' video (the shared demo_test.mp4)"})
 
 
 def generated_video(seconds: int, width: int = 1280, height: int = 720, fps: int = 30, gop_seconds: int = 2) -> Path:
@@ -104,9 +107,6 @@ def time_readers(readers: dict, path: str, indices: np.ndarray, processor: Tarsi
 def main(args: Args) -> None:
     from transformers import AutoTokenizer
 
-    sys.path.insert(0, str(REPO))
-    from tools.local_llm import materialize_smollm2
-
     processor = TarsierProcessor.from_parts(AutoTokenizer.from_pretrained(materialize_smollm2()), "clip")
     try:
         import decord  # noqa: F401
@@ -115,7 +115,9 @@ def main(args: Args) -> None:
     except ImportError:
         have_decord = False
 
-    sources = {"demo": DEMO, "60s": None, "10min": None}
+    if "demo" in args.videos and not args.demo:
+        raise SystemExit("--videos demo needs --demo PATH (the shared demo_test.mp4)")
+    sources = {"demo": Path(args.demo or ""), "60s": None, "10min": None}
     rows = []
     for name in args.videos:
         path = sources[name] if name == "demo" else generated_video(60 if name == "60s" else 600)
@@ -156,15 +158,7 @@ def main(args: Args) -> None:
               f" | {dec} | {dec_ratio} | {same_hf} | {dec_diff} |")
 
 
-def parse_args() -> Args:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", nargs="+", default=Args().videos, choices=["demo", "60s", "10min"])
-    parser.add_argument("--frames", nargs="+", type=int, default=Args().frames)
-    parser.add_argument("--repeats", type=int, default=Args().repeats)
-    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
-                        help="time only the Tarsier reader (e.g. its scaling with --frames 4 8 16 32)")
-    return Args(**vars(parser.parse_args()))
-
-
 if __name__ == "__main__":
-    main(parse_args())
+    (arguments,) = HfArgumentParser(Args, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+                                    ).parse_args_into_dataclasses()
+    main(arguments)

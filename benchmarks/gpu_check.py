@@ -23,21 +23,21 @@ Rows (every check catches its own failure, e.g. out of memory, and reports it in
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import HfArgumentParser
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from configuration_tarsier import TarsierConfig  # noqa: E402
-from modeling_tarsier import TarsierForConditionalGeneration  # noqa: E402
+from configuration_tarsier import TarsierConfig
+from modeling_tarsier import TarsierForConditionalGeneration
 
 # Dense bf16 tensor-core peak (no sparsity) by device-name substring, from the vendors' data sheets; first match wins.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0,
@@ -275,16 +275,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class CheckArgs:
+    tiny: bool = field(default=False, metadata={"help": "CPU-sized shapes (the test suite runs this)"})
+    device: str | None = field(default=None, metadata={"help": "default: cuda if available, else cpu"})
+    frames: int = 8
+    steps: int = field(default=3, metadata={"help": "timed training steps (after one warm-up)"})
+    new_tokens: int = 64
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32], metadata={"help": "generation batch sizes"})
+    json: str | None = field(default=None, metadata={"help": "also write the rows to this file"})
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="CPU-sized shapes (the test suite runs this)")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
-    parser.add_argument("--new_tokens", type=int, default=64)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--json", default=None, help="also write the rows to this file")
-    args = parser.parse_args(argv)
+    (args,) = HfArgumentParser(CheckArgs, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.tiny:
         small_vision, small_text = TINY_VISION, TINY_TEXT

@@ -1,1 +1,1 @@
-"""Evaluation: AutoDQ and CIDEr `evaluate` modules and the benchmark runners (`python -m eval.<runner>`)."""
+"""Evaluation (installed as `tarsier_hf.eval`): benchmark runners, the AutoDQ and CIDEr `evaluate` modules, the A/B page."""

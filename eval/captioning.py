@@ -1,6 +1,6 @@
 """Zero-shot video captioning (MSVD, MSR-VTT, VATEX) scored with the CIDEr module (`eval/cider`).
 
-    python -m eval.captioning --checkpoint path/to/tarsier --format msrvtt --annotations MSRVTT/test_videodatainfo.json \
+    python -m tarsier_hf.eval.captioning --checkpoint path/to/tarsier --format msrvtt --annotations MSRVTT/test_videodatainfo.json \
         --videos MSRVTT/videos --output_dir runs/msrvtt_caption
 
 Readers:
@@ -20,15 +20,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.common import ModelArguments, generate_predictions, predictions_of, result_header, unreadable_videos
-from eval.inference import VideoRequest, get_state
-from eval.prompts import caption_prompt, frames_for
-from eval.results import write_json
+from transformers import HfArgumentParser
+
+from tarsier_hf.eval.common import (ModelArguments, find_video_file, generate_predictions, predictions_of, result_header,
+                                    unreadable_videos)
+from tarsier_hf.eval.inference import get_state
+from tarsier_hf.eval.prompts import caption_prompt, frames_for
+from tarsier_hf.eval.results import write_json
+from tarsier_hf.inference.engine import VideoRequest
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("msvd", "msrvtt", "vatex", "generic")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".gif")
 CIDER_MODULE = Path(__file__).resolve().parent / "cider"
 
 
@@ -37,13 +40,6 @@ class CaptionSample:
     id: str
     video: str
     references: list[str]
-
-
-def _find_video(videos: Path, name: str) -> str:
-    for candidate in [videos / name] + [videos / f"{name}{ext}" for ext in VIDEO_EXTENSIONS]:
-        if candidate.is_file():
-            return str(candidate)
-    return str(videos / f"{name}.mp4")
 
 
 def load_references(fmt: str, annotations: str, split: str | None = "test") -> dict[str, list[str]]:
@@ -93,12 +89,12 @@ def load_samples(fmt: str, annotations: str, videos: str, split: str | None = "t
     empty = [k for k, v in references.items() if not v]
     if empty:
         raise ValueError(f"{annotations}: videos without reference captions: {empty[:5]}")
-    return [CaptionSample(name, _find_video(Path(videos), name), caps) for name, caps in references.items()]
+    return [CaptionSample(name, str(find_video_file(videos, name) or Path(videos) / f"{name}.mp4"), caps) for name, caps in references.items()]
 
 
 def score_cider(samples: list[CaptionSample], predictions: dict[str, str], document_frequencies=None) -> dict:
     """Corpus CIDEr-D over every sample; a sample without a prediction scores as an empty caption."""
-    import evaluate
+    import evaluate  # optional: the `eval` extra
 
     metric = evaluate.load(str(CIDER_MODULE))
     result = metric.compute(
@@ -116,7 +112,7 @@ class CaptioningArguments:
     videos: str = field(metadata={"help": "Video folder."})
     output_dir: str = field(metadata={"help": "Folder for predictions.jsonl and results.json."})
     split: str | None = field(default="test", metadata={"help": "MSR-VTT split to keep."})
-    prompt: str = field(default="caption-v1", metadata={"help": "eval.prompts template name or the prompt text."})
+    prompt: str = field(default="caption-v1", metadata={"help": "tarsier_hf.eval.prompts template name or the prompt text."})
     document_frequencies: str | None = field(default=None, metadata={"help": "Saved CIDEr document frequencies."})
     model_name: str | None = field(default=None, metadata={"help": "Row name in Table 5 (default: checkpoint)."})
 
@@ -151,8 +147,6 @@ def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, m
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, model_args = HfArgumentParser((CaptioningArguments, ModelArguments)).parse_args_into_dataclasses(args=argv)
     results = evaluate_captioning(data, model_args)

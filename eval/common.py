@@ -1,10 +1,17 @@
-"""Shared by the benchmark runners: model/generation and judge options, and the steps around generation."""
+"""Shared by the benchmark runners: model/generation and judge options, finding video files, and the steps around
+generation."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from eval.inference import GenerationArguments, InferenceSettings
+from tarsier_hf.eval.autodq.pipeline import build_judge
+from tarsier_hf.eval.autodq.scoring import get_config
+from tarsier_hf.eval.inference import get_state, run_inference
+from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, inference_sampling
+from video_processing_tarsier import VIDEO_EXTENSIONS
 
 
 @dataclass(kw_only=True)
@@ -12,19 +19,15 @@ class ModelArguments(GenerationArguments):
     """Which checkpoint runs and how it generates."""
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
-    model_preset: str = field(default="tarsier-7b", metadata={"help": "Frames/prompt preset of eval.prompts (§5.1)."})
+    model_preset: str = field(default="tarsier-7b", metadata={"help": "Frames/prompt preset of tarsier_hf.eval.prompts (§5.1)."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames per video (default: the preset's)."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N samples (smoke runs)."})
 
     def inference_settings(self, num_frames: int | None, fps: float | None = None) -> InferenceSettings:
+        """The run's settings: `num_frames` uniform frames, or the preset's `fps` when no count is given."""
         return InferenceSettings(
-            checkpoint=self.checkpoint,
-            num_frames=num_frames if num_frames is not None else 8,
-            sampling="fps" if num_frames is None and fps is not None else "uniform",
-            fps=fps if num_frames is None else None,
-            system_prompt=self.system_prompt,
-            dtype=self.dtype,
-            generation=self.generation_settings(),
+            checkpoint=self.checkpoint, frame_sampling=inference_sampling(num_frames, fps),
+            system_prompt=self.system_prompt, dtype=self.dtype, generation=self.generation_config(), seed=self.seed,
         )
 
 
@@ -51,8 +54,6 @@ class JudgeArguments:
     skip_scoring: bool = field(default=False, metadata={"help": "Only generate; score later."})
 
     def autodq_config(self):
-        from eval.autodq.scoring import get_config
-
         overrides = {}
         if self.judge_max_tokens is not None:
             overrides["max_tokens"] = self.judge_max_tokens
@@ -61,9 +62,7 @@ class JudgeArguments:
         return get_config(self.judge_preset, **overrides)
 
     def build(self, config=None):
-        """A `ChatJudge` (eval.autodq.judge) with the persistent cache and bounded retries."""
-        from eval.autodq.pipeline import build_judge
-
+        """A `ChatJudge` (tarsier_hf.eval.autodq.judge) with the persistent cache and bounded retries."""
         config = config or self.autodq_config()
         return build_judge(
             self.judge, config, judge_model=self.judge_model, base_url=self.judge_base_url,
@@ -72,16 +71,23 @@ class JudgeArguments:
         )
 
 
+def find_video_file(videos: str | os.PathLike, *names: str) -> Path | None:
+    """The first file `videos/NAME`, else `videos/NAME.EXT` (EXT one of the processor's `VIDEO_EXTENSIONS`, in
+    sorted order), over `names` in order; None when no candidate exists."""
+    videos = Path(videos)
+    for name in names:
+        for candidate in [videos / name, *(videos / f"{name}{ext}" for ext in sorted(VIDEO_EXTENSIONS))]:
+            if candidate.is_file():
+                return candidate
+    return None
+
+
 # -- what every benchmark runner does around generation -------------------------------------------------------------
 
 
 def generate_predictions(requests, output_dir, model_args: ModelArguments, settings: InferenceSettings, model=None,
                          processor=None, progress: bool = True, state=None) -> dict[str, dict] | None:
     """Run (or resume) generation into `output_dir/predictions.jsonl`; the records by id, or `None` off rank 0."""
-    from pathlib import Path
-
-    from eval.inference import get_state, run_inference
-
     state = state or get_state()
     outputs = run_inference(requests, Path(output_dir) / "predictions.jsonl", settings, model_args.batch_size,
                             model=model, processor=processor, progress=progress, state=state)
@@ -102,4 +108,4 @@ def result_header(benchmark: str, task: str, model_name: str | None, model_args:
                   settings: InferenceSettings) -> dict:
     """The fields that open every benchmark's `results.json`: what ran, on which checkpoint, with which frames."""
     return {"benchmark": benchmark, "task": task, "model": model_name or str(model_args.checkpoint),
-            "checkpoint": str(model_args.checkpoint), "frames": settings.num_frames, "run": settings.to_dict()}
+            "checkpoint": str(model_args.checkpoint), "frames": settings.frames, "run": settings.to_dict()}

@@ -1,16 +1,16 @@
 """DREAM-1K (Tarsier paper §4.1, §5.1): describe every video, score with AutoDQ, report Table 3 and Figure 5.
 
-    python -m eval.dream1k --checkpoint path/to/tarsier --annotations ../shared/data/DREAM-1K.jsonl \
+    python -m tarsier_hf.eval.dream1k --checkpoint path/to/tarsier --annotations ../shared/data/DREAM-1K.jsonl \
         --videos DREAM-1K/video --output_dir runs/tarsier-7b-dream1k \
         --judge openai --judge_base_url http://127.0.0.1:8000/v1 --judge_model my-judge
-    accelerate launch --multi_gpu --num_processes 8 -m eval.dream1k ...   # sharded generation
+    accelerate launch --multi_gpu --num_processes 8 -m tarsier_hf.eval.dream1k ...   # sharded generation
 
 `--annotations` is a DREAM-1K JSONL file or a Hub dataset id / local dataset folder (read with `datasets`), in
 either published layout: the first release (`text.prompt` / `text.response`, `video_file`) or the later one of
 Tarsier2's annotation files (bytedance/tarsier, branch tarsier2, `data/annotations/DREAM-1k.jsonl`: `messages`
 whose user turn holds `{"type": "video", "video": {"video_file": ...}}` and the prompt, and whose assistant text
 item holds the reference in `reference`; events under `extra_info` in both). Category names follow the record's
-`dataset` (the later release renames `shorts` / `stock` to `vertical_video` / `videvo`; eval.report maps both).
+`dataset` (the later release renames `shorts` / `stock` to `vertical_video` / `videvo`; tarsier_hf.eval.report maps both).
 Videos are found in `--videos` by the record's `video_file` (when it is a real path) or by `idx` / `vid` with
 any video extension (`--video_template` overrides, e.g. `"{idx}.mp4"`). Videos that are missing or unreadable
 are listed in the results and left out of the scores; the run goes on.
@@ -29,16 +29,20 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eval.common import JudgeArguments, ModelArguments, predictions_of
-from eval.inference import VideoRequest, get_state, run_inference
-from eval.prompts import get_preset
-from eval.report import plot_complexity, table3_markdown
-from eval.results import append_jsonl, write_json
+from transformers import HfArgumentParser
+
+from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
+from tarsier_hf.eval.common import JudgeArguments, ModelArguments, find_video_file, predictions_of
+from tarsier_hf.eval.inference import get_state, run_inference
+from tarsier_hf.eval.prompts import get_preset
+from tarsier_hf.eval.report import plot_complexity, table3_markdown
+from tarsier_hf.eval.results import append_jsonl, write_json
+from tarsier_hf.inference.engine import VideoRequest
+from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
 PLACEHOLDER = "<placeholder>"
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".m4v")
 REQUIRED_FIELDS = ("idx", "dataset", "text", "extra_info")
 
 
@@ -48,11 +52,7 @@ class Dream1kArguments:
 
     videos: str = field(metadata={"help": "Folder holding the DREAM-1K videos."})
     output_dir: str = field(metadata={"help": "Folder for predictions, scores, table and figure."})
-    annotations: str = field(
-        default=str(Path(os.environ.get("TARSIER_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-                    / "data" / "DREAM-1K.jsonl"),
-        metadata={"help": "DREAM-1K JSONL file, or a Hub dataset id / dataset folder."},
-    )
+    annotations: str = field(metadata={"help": "DREAM-1K annotations: a JSONL file, or a Hub dataset id / dataset folder."})
     split: str = field(default="test", metadata={"help": "Split when --annotations is a dataset id."})
     video_template: str | None = field(default=None, metadata={"help": "Video path pattern, e.g. '{idx}.mp4'."})
     prompt: str | None = field(default=None, metadata={"help": "Override the preset's description prompt."})
@@ -88,19 +88,11 @@ def load_annotations(source: str | os.PathLike, split: str = "test") -> list[dic
     source = str(source)
     path = Path(source)
     if path.is_file():
-        records = []
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        records = [row for _, row in read_jsonl_objects(path)]
     elif path.suffix in (".jsonl", ".json") or source.startswith((".", "/", "~")) and not path.exists():
         raise FileNotFoundError(f"{source}: no such DREAM-1K annotation file")
     else:
-        import datasets
+        import datasets  # optional: the `eval` extra (Hub or folder datasets only)
 
         try:
             dataset = datasets.load_dataset(source, split=split)
@@ -129,13 +121,10 @@ def find_video(record: dict, videos: str | os.PathLike, template: str | None = N
     video_file = record.get("video_file")
     if video_file and video_file != PLACEHOLDER:
         candidates += [Path(video_file), videos / video_file, videos / Path(video_file).name]
-    for key in ("idx", "vid"):
-        if record.get(key) is not None:
-            candidates += [videos / f"{record[key]}{ext}" for ext in VIDEO_EXTENSIONS]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    return None
+    return find_video_file(videos, *(str(record[key]) for key in ("idx", "vid") if record.get(key) is not None))
 
 
 def build_requests(records: list[dict], videos: str, prompt: str, template: str | None = None):
@@ -151,9 +140,7 @@ def build_requests(records: list[dict], videos: str, prompt: str, template: str 
 
 
 def score(records: list[dict], predictions: dict[str, str], judge_args: JudgeArguments, judge=None) -> dict:
-    """AutoDQ over the records that have a prediction (eval.autodq pipeline: cache, retries, macro average)."""
-    from eval.autodq.pipeline import run_autodq, samples_from_dream1k
-
+    """AutoDQ over the records that have a prediction (tarsier_hf.eval.autodq pipeline: cache, retries, macro average)."""
     scored = [r for r in records if str(r["idx"]) in predictions]
     config = judge_args.autodq_config()
     judge = judge or judge_args.build(config)
@@ -213,7 +200,7 @@ def evaluate_dream1k(
         "model": data.model_name or str(model_args.checkpoint),
         "model_preset": preset.to_dict(),
         "checkpoint": str(model_args.checkpoint),
-        "frames": settings.num_frames if settings.sampling != "fps" else f"{settings.fps} fps",
+        "frames": settings.frames,
         "prompt": prompt,
         "run": settings.to_dict(),
         "annotations": str(data.annotations),
@@ -245,8 +232,6 @@ def evaluate_dream1k(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = HfArgumentParser((Dream1kArguments, ModelArguments, JudgeArguments))
     data, model_args, judge_args = parser.parse_args_into_dataclasses(args=argv)

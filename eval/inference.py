@@ -1,9 +1,9 @@
 """Batched, sharded, resumable video -> text generation with a Tarsier checkpoint.
 
     # one process
-    python -m eval.inference --checkpoint path/to/tarsier --requests requests.jsonl --output predictions.jsonl
+    python -m tarsier_hf.eval.inference --checkpoint path/to/tarsier --requests requests.jsonl --output predictions.jsonl
     # several processes (GPUs, or CPU processes with the gloo backend)
-    accelerate launch --multi_gpu --num_processes 2 -m eval.inference --checkpoint ... --output ...
+    accelerate launch --multi_gpu --num_processes 2 -m tarsier_hf.eval.inference --checkpoint ... --output ...
 
 `requests.jsonl` holds one `{"id": ..., "video": path, "prompt": text}` per line. Results are appended to
 `--output` as they are produced (one JSON object per sample, see `RESULT_FIELDS`), so a killed run started again
@@ -29,82 +29,21 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from eval.results import append_jsonl, first_by_id, read_jsonl
+from tarsier_hf.eval.results import append_jsonl, first_by_id, read_jsonl
+from tarsier_hf.inference.engine import (
+    GenerationArguments, InferenceSettings, VideoRequest, VideoTextGenerator, inference_sampling,
+    load_model_and_processor, prefetched_batches,
+)
 
 logger = logging.getLogger(__name__)
 
 RESULT_FIELDS = ("id", "video", "prompt", "prediction", "num_frames", "frame_indices", "meta", "run")
-VIDEO_PLACEHOLDER = "<video>"
-
-
-@dataclass
-class GenerationSettings:
-    """Decoding options passed to `model.generate` (recorded with every result)."""
-
-    max_new_tokens: int = 512
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 50
-    num_beams: int = 1
-    repetition_penalty: float = 1.0
-    seed: int = 0
-
-    def generate_kwargs(self) -> dict:
-        kwargs = {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
-            "num_beams": self.num_beams,
-            "repetition_penalty": self.repetition_penalty,
-        }
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        return kwargs
-
-
-@dataclass
-class InferenceSettings:
-    """Everything that decides what a checkpoint writes for a video (recorded in every result as `run`).
-
-    Attributes:
-        checkpoint: model folder or Hub id.
-        num_frames: frames sampled per video (policy `uniform`: first and last included, as §5.1).
-        sampling: frame sampling policy of the processor (`uniform` or `fps`).
-        fps / max_frames: parameters of the `fps` policy.
-        system_prompt: optional system message put before every user turn.
-        dtype: `auto` (bfloat16 on GPU, float32 on CPU), `float32`, `bfloat16` or `float16`.
-        generation: decoding options.
-    """
-
-    checkpoint: str
-    num_frames: int = 8
-    sampling: str = "uniform"
-    fps: float | None = None
-    max_frames: int = 64
-    system_prompt: str | None = None
-    dtype: str = "auto"
-    generation: GenerationSettings = field(default_factory=GenerationSettings)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["checkpoint"] = str(self.checkpoint)
-        return data
-
-
-@dataclass
-class VideoRequest:
-    """One sample to run: a video, the user prompt (a leading `<video>` is optional) and fields to carry along."""
-
-    id: str
-    video: str
-    prompt: str
-    meta: dict = field(default_factory=dict)
 
 
 def plan_batches(
@@ -131,219 +70,6 @@ def shard(batches: Sequence[Any], rank: int, world_size: int) -> list[tuple[int,
     return [(i, batches[i]) for i in range(rank, len(batches), world_size)]
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
-
-
-def load_model_and_processor(
-    checkpoint: str | os.PathLike, dtype: str = "auto", device: str | torch.device = "cpu",
-    trust_remote_code: bool = False,
-):
-    """Load a Tarsier checkpoint and its processor, ready for generation on `device`.
-
-    By default the classes of this repository (`modeling_tarsier`, `processing_tarsier`, `configuration_tarsier`)
-    load the checkpoint and none of the code files saved in it runs. `trust_remote_code=True` imports the
-    checkpoint's own code instead (transformers' remote code), which runs whatever those files contain.
-    """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
-    device = torch.device(device)
-    checkpoint = str(checkpoint)
-    if not Path(checkpoint).exists() and (checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1):
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint folder (and not a Hub id of the form org/name)")
-    if trust_remote_code:
-        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-        model = AutoModelForImageTextToText.from_pretrained(
-            checkpoint, trust_remote_code=True, dtype=resolve_dtype(dtype, device)
-        )
-    else:
-        root = str(Path(__file__).resolve().parents[1])  # the repo root holds the model files
-        if root not in sys.path:
-            sys.path.insert(0, root)
-        from configuration_tarsier import TarsierConfig
-        from modeling_tarsier import TarsierForConditionalGeneration
-        from processing_tarsier import TarsierProcessor
-
-        # The tokenizer reads config.json through AutoConfig: with model_type "tarsier" registered to our class it
-        # never looks at the checkpoint's configuration_tarsier.py.
-        AutoConfig.register("tarsier", TarsierConfig, exist_ok=True)
-        processor = TarsierProcessor.from_pretrained(checkpoint)
-        model = TarsierForConditionalGeneration.from_pretrained(checkpoint, dtype=resolve_dtype(dtype, device))
-    model.to(device).eval()
-    return model, processor
-
-
-class VideoTextGenerator:
-    """Turns batches of `VideoRequest`s into text with a Tarsier model and processor.
-
-    Each request is encoded on its own (so one unreadable video fails alone, with its reason), then the batch
-    is left-padded and run through `model.generate` with the KV cache.
-    """
-
-    def __init__(self, model, processor, settings: InferenceSettings):
-        self.model = model
-        self.processor = processor
-        self.settings = settings
-        tokenizer = processor.tokenizer
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.pad_token_id = tokenizer.pad_token_id
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def prompt_length(self, request: VideoRequest) -> int:
-        """Text tokens of the request's rendered prompt (its visual positions depend on the frames only)."""
-        text = self.processor.apply_chat_template(
-            self.conversation(request.prompt), add_generation_prompt=True, tokenize=False
-        )
-        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def conversation(self, prompt: str) -> list[dict]:
-        text = prompt.replace(VIDEO_PLACEHOLDER, "").strip()
-        messages = []
-        if self.settings.system_prompt:
-            messages.append({"role": "system", "content": [{"type": "text", "text": self.settings.system_prompt}]})
-        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": text}]})
-        return messages
-
-    def encode(self, request: VideoRequest) -> dict:
-        """One request -> `input_ids (L,)`, `pixel_values (n, 3, S, S)`, `frame_indices (n,)`. Raises on bad video."""
-        video = request.video
-        if os.path.islink(video) and not os.path.exists(video):
-            raise FileNotFoundError(f"{video}: dangling symbolic link (to {os.readlink(video)}, which does not exist)")
-        if os.path.isdir(video):
-            raise IsADirectoryError(f"{video}: is a folder, not a video file")
-        if not os.path.isfile(video):
-            raise FileNotFoundError(f"{video}: no such video file")
-        settings = self.settings
-        sample = self.processor.load_video(
-            request.video,
-            num_frames=settings.num_frames,
-            policy=settings.sampling,
-            fps=settings.fps,
-            max_frames=settings.max_frames,
-        )
-        return {**self.encode_frames(sample.frames, request.prompt), "frame_indices": [int(i) for i in sample.indices]}
-
-    def encode_frames(self, frames, prompt: str) -> dict:
-        """Already sampled frames `(n, H, W, 3)` + prompt -> `input_ids (L,)`, `pixel_values (n, 3, S, S)`."""
-        text = self.processor.apply_chat_template(self.conversation(prompt), add_generation_prompt=True, tokenize=False)
-        # hand the frames over as an array and keep all of them
-        encoded = self.processor(
-            text=text, videos=[frames], num_frames=len(frames), sampling="uniform", padding=False, return_tensors="pt"
-        )
-        return {"input_ids": encoded["input_ids"][0], "pixel_values": encoded["pixel_values"]}
-
-    def collate(self, encoded: list[dict]) -> dict:
-        """Left-pad encoded samples into `input_ids (B, L)`, `attention_mask (B, L)`, `pixel_values (F, 3, S, S)`,
-        `num_frames (B,)`."""
-        length = max(len(e["input_ids"]) for e in encoded)
-        input_ids = torch.full((len(encoded), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        for row, item in enumerate(encoded):
-            n = len(item["input_ids"])
-            input_ids[row, length - n :] = item["input_ids"]
-            attention_mask[row, length - n :] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "pixel_values": torch.cat([e["pixel_values"] for e in encoded]),
-            "num_frames": torch.tensor([len(e["pixel_values"]) for e in encoded], dtype=torch.long),
-        }
-
-    @torch.inference_mode()
-    def generate(self, batch: dict, seed: int) -> list[str]:
-        """Generate for a collated batch; returns the decoded new text of every row."""
-        device = self.device
-        dtype = next(self.model.parameters()).dtype
-        inputs = {k: v.to(device) for k, v in batch.items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        torch.manual_seed(seed)
-        output = self.model.generate(
-            **inputs, pad_token_id=self.pad_token_id, **self.settings.generation.generate_kwargs()
-        )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
-        return [t.strip() for t in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-    def encode_batch(self, requests: list[VideoRequest]) -> tuple[list[tuple[VideoRequest, dict]], dict[str, dict]]:
-        """Decode and preprocess a batch: `([(request, encoded)], {id: error record})` (DataLoader workers run this)."""
-        run = self.settings.to_dict()
-        encoded, errors = [], {}
-        for request in requests:
-            try:
-                encoded.append((request, self.encode(request)))
-            except Exception as error:  # noqa: BLE001 - any reader failure is reported per video, with its reason
-                errors[request.id] = error_record(request, error, run)
-        return encoded, errors
-
-    def run_batch(self, requests: list[VideoRequest], seed: int, prepared=None) -> list[dict]:
-        """Records (predictions and per-video errors) for one batch, in request order; `prepared` is the result of
-        `encode_batch(requests)` when a worker already made it."""
-        run = self.settings.to_dict()
-        encoded, records = prepared if prepared is not None else self.encode_batch(requests)
-        if encoded:
-            texts = self.generate(self.collate([e for _, e in encoded]), seed)
-            for (request, item), text in zip(encoded, texts):
-                records[request.id] = {
-                    "id": request.id,
-                    "video": request.video,
-                    "prompt": request.prompt,
-                    "prediction": text,
-                    "num_frames": len(item["frame_indices"]),
-                    "frame_indices": item["frame_indices"],
-                    "meta": request.meta,
-                    "run": run,
-                }
-        return [records[r.id] for r in requests]
-
-
-class EncodedBatches(torch.utils.data.Dataset):
-    """`(batch index, requests, encode_batch(requests))` per planned batch, for a DataLoader whose workers decode
-    and preprocess videos ahead of generation."""
-
-    def __init__(self, generator: VideoTextGenerator, batches: Sequence[tuple[int, list[VideoRequest]]]):
-        self.generator = generator
-        self.batches = list(batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, position: int):
-        index, requests = self.batches[position]
-        return index, requests, self.generator.encode_batch(requests)
-
-
-def _unchanged(item):
-    return item
-
-
-def prefetched_batches(generator: VideoTextGenerator, batches, num_workers: int):
-    """Iterate `(index, requests, prepared)` in order; with `num_workers > 0` workers stay 2 batches ahead each."""
-    dataset = EncodedBatches(generator, batches)
-    if num_workers == 0:
-        yield from (dataset[i] for i in range(len(dataset)))
-        return
-    yield from torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=min(num_workers, len(dataset)), prefetch_factor=2,
-        collate_fn=_unchanged,
-    )
-
-
-def error_record(request: VideoRequest, error: BaseException, run: dict) -> dict:
-    reason = str(error) or type(error).__name__
-    if request.video not in reason:
-        reason = f"{request.video}: {reason}"
-    return {"id": request.id, "video": request.video, "prompt": request.prompt, "error": reason,
-            "error_type": type(error).__name__, "meta": request.meta, "run": run}
-
-
 def completed(records: Iterable[dict]) -> dict[str, dict]:
     """`{id: record}` of finished samples (records with a prediction), first one per id."""
     return first_by_id(r for r in records if "prediction" in r)
@@ -352,15 +78,14 @@ def completed(records: Iterable[dict]) -> dict[str, dict]:
 def check_same_run(path: str | os.PathLike, done: dict[str, dict], run: dict) -> None:
     """Refuse to resume into a file written with other settings: results from two setups would mix silently."""
     for record in done.values():
-        previous = record.get("run")
+        previous = record.get("run") or {}
         if previous != run:
-            keys = sorted(k for k in set(run) | set(previous or {}) if (previous or {}).get(k) != run.get(k))
+            keys = sorted(k for k in set(run) | set(previous) if previous.get(k) != run.get(k))
             raise ValueError(
-                f"{path}: holds results made with different settings ({', '.join(keys)} differ, e.g. "
-                f"{keys[0]}={(previous or {}).get(keys[0])!r} there vs {run.get(keys[0])!r} now); "
-                "write to a new --output file or delete this one"
+                f"{path}: holds results made with different settings (record id={record.get('id')!r}: "
+                f"{', '.join(keys)} differ, e.g. {keys[0]}={previous.get(keys[0])!r} there vs {run.get(keys[0])!r} "
+                "now); write to a new --output file or delete this one"
             )
-        return
 
 
 def get_state():
@@ -427,7 +152,7 @@ def run_inference(
             disable=not progress or not state.is_main_process, file=sys.stderr,
         )
         for index, batch, prepared in prefetched_batches(generator, todo, num_workers):
-            records = generator.run_batch(batch, seed=settings.generation.seed + index, prepared=prepared)
+            records = generator.run_batch(batch, seed=settings.seed + index, prepared=prepared)
             append_jsonl(output, records)
             for record in records:
                 if "error" in record:
@@ -466,40 +191,16 @@ def read_requests(path: str | os.PathLike) -> list[VideoRequest]:
 
 
 @dataclass(kw_only=True)
-class GenerationArguments:
-    """Batching and decoding options shared by every command that generates (inference, runners, describe)."""
-
-    batch_size: int = field(default=4, metadata={"help": "Videos per generate call per process."})
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
-    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
-    max_new_tokens: int = field(default=512, metadata={"help": "Generation length limit."})
-    do_sample: bool = field(default=False, metadata={"help": "Sample instead of greedy decoding."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    num_beams: int = field(default=1, metadata={"help": "Beam search width."})
-    seed: int = field(default=0, metadata={"help": "Base seed; batch i uses seed + i."})
-    num_workers: int = field(
-        default=2, metadata={"help": "DataLoader processes that decode and preprocess videos ahead of generation."}
-    )
-
-    def generation_settings(self) -> GenerationSettings:
-        return GenerationSettings(
-            max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
-            top_p=self.top_p, num_beams=self.num_beams, seed=self.seed,
-        )
-
-
-@dataclass(kw_only=True)
 class InferenceArguments(GenerationArguments):
-    """Command-line arguments of `python -m eval.inference`."""
+    """Command-line arguments of `python -m tarsier_hf.eval.inference`."""
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
     requests: str = field(metadata={"help": "JSONL of {id, video, prompt}."})
     output: str = field(metadata={"help": "JSONL to append results to (resumed when it exists)."})
-    num_frames: int = field(default=8, metadata={"help": "Frames per video (uniform, first and last included)."})
-    sampling: str = field(default="uniform", metadata={"help": "Frame sampling policy: uniform or fps."})
-    fps: float | None = field(default=None, metadata={"help": "Rate of the fps policy."})
-    max_frames: int = field(default=64, metadata={"help": "Cap of the fps policy."})
+    num_frames: int | None = field(default=None, metadata={
+        "help": "Frames per video, uniform with the first and last (paper §5.1; default 8 unless --fps)."})
+    fps: float | None = field(default=None, metadata={"help": "Sample at this rate instead (capped by --max_frames)."})
+    max_frames: int = field(default=64, metadata={"help": "Cap of --fps."})
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Run the checkpoint's own code files instead of this repository's classes."},
@@ -507,9 +208,8 @@ class InferenceArguments(GenerationArguments):
 
     def settings(self) -> InferenceSettings:
         return InferenceSettings(
-            checkpoint=self.checkpoint, num_frames=self.num_frames, sampling=self.sampling, fps=self.fps,
-            max_frames=self.max_frames, system_prompt=self.system_prompt, dtype=self.dtype,
-            generation=self.generation_settings(),
+            checkpoint=self.checkpoint, frame_sampling=inference_sampling(self.num_frames, self.fps, self.max_frames),
+            system_prompt=self.system_prompt, dtype=self.dtype, generation=self.generation_config(), seed=self.seed,
         )
 
 

@@ -1,9 +1,9 @@
 """Multiple-choice video QA (MVBench, NExT-QA, EgoSchema): data readers, the answer parser and accuracy.
 
-    python -m eval.mcqa --checkpoint path/to/tarsier --format mvbench --annotations mvbench/json \
+    python -m tarsier_hf.eval.mcqa --checkpoint path/to/tarsier --format mvbench --annotations mvbench/json \
         --videos mvbench/video --output runs/mvbench
 
-The model sees the question and lettered options (`eval.prompts.mcqa_prompt`) and answers freely. `parse_choice`
+The model sees the question and lettered options (`tarsier_hf.eval.prompts.mcqa_prompt`) and answers freely. `parse_choice`
 maps the answer to an option: a letter (`B`, `(B)`, `Answer: B.`), an option's text, or a number. An answer that
 maps to no option, or to several, is **unparsable and counted wrong**: the released evaluation code drops such
 samples from the denominator, which inflates accuracy; the count of unparsable answers is reported beside it.
@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from eval.prompts import mcqa_prompt, option_letters
+from transformers import HfArgumentParser
+
+from tarsier_hf.eval.common import (ModelArguments, find_video_file, generate_predictions, predictions_of, result_header,
+                                    unreadable_videos)
+from tarsier_hf.eval.inference import get_state
+from tarsier_hf.eval.prompts import frames_for, mcqa_prompt, option_letters
+from tarsier_hf.eval.results import write_json
+from tarsier_hf.inference.engine import VideoRequest
 
 logger = logging.getLogger(__name__)
 
@@ -204,15 +211,11 @@ def score_choices(questions: Sequence[MCQuestion], predictions: dict[str, str], 
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _video_path(videos: Path, name: str, extensions=(".mp4", ".webm", ".mkv", ".avi", ".gif", ".mov")) -> str:
-    """`videos/name`, adding the first extension that exists when `name` has none."""
-    path = videos / name
-    if path.suffix:
-        return str(path)
-    for ext in extensions:
-        if path.with_suffix(ext).exists():
-            return str(path.with_suffix(ext))
-    return str(path.with_suffix(".mp4"))
+def _video_path(videos: Path, name: str) -> str:
+    """The video file of `name` under `videos` (`find_video_file`); `videos/name[.mp4]` when none exists (the
+    runner then reports it unreadable)."""
+    found = find_video_file(videos, name)
+    return str(found or (videos / name if Path(name).suffix else videos / f"{name}.mp4"))
 
 
 def _require(record: dict, keys: Sequence[str], where: str) -> None:
@@ -335,16 +338,11 @@ class MCQAArguments:
     answers: str | None = field(default=None, metadata={"help": "EgoSchema subset_answers.json."})
     subset_only: bool = field(default=False, metadata={"help": "EgoSchema: only the questions with public answers."})
     video_map: str | None = field(default=None, metadata={"help": "NExT-QA map_vid_vidorID.json."})
-    prompt_template: str = field(default="mcqa-v1", metadata={"help": "eval.prompts template name or text."})
+    prompt_template: str = field(default="mcqa-v1", metadata={"help": "tarsier_hf.eval.prompts template name or text."})
     model_name: str | None = field(default=None, metadata={"help": "Row name in Table 5 (default: checkpoint)."})
 
 
 def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, progress: bool = True) -> dict | None:
-    from eval.common import generate_predictions, predictions_of, result_header, unreadable_videos
-    from eval.inference import VideoRequest, get_state
-    from eval.prompts import frames_for
-    from eval.results import write_json
-
     state = get_state()
     questions = load_questions(data.format, data.annotations, data.videos, answers=data.answers,
                                subset_only=data.subset_only, video_map=data.video_map)
@@ -375,10 +373,6 @@ def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, p
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
-    from eval.common import ModelArguments
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, model_args = HfArgumentParser((MCQAArguments, ModelArguments)).parse_args_into_dataclasses(args=argv)
     results = evaluate_mcqa(data, model_args)

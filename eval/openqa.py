@@ -1,12 +1,12 @@
 """Open-ended video QA (MSVD-QA, MSR-VTT-QA, ActivityNet-QA, TGIF-QA) with the Video-ChatGPT judge protocol.
 
-    python -m eval.openqa --checkpoint path/to/tarsier --format msvd_qa --annotations MSVD-QA/test_qa.json \
+    python -m tarsier_hf.eval.openqa --checkpoint path/to/tarsier --format msvd_qa --annotations MSVD-QA/test_qa.json \
         --video_map MSVD-QA/youtube_mapping.txt --videos MSVD/videos --output_dir runs/msvd_qa \
         --judge openai --judge_model gpt-3.5-turbo-0125
 
 The model answers each question freely; an LLM judge then compares the answer with the ground truth and returns
 `{'pred': 'yes'|'no', 'score': 0-5}` (Video-ChatGPT's prompt, the one the paper's Table 5c uses). Reported:
-accuracy = share of "yes", score = mean score. Judge calls go through `eval.autodq.judge` (persistent cache,
+accuracy = share of "yes", score = mean score. Judge calls go through `tarsier_hf.eval.autodq.judge` (persistent cache,
 bounded retries with backoff). A judge answer that stays unreadable counts as "no" with score 0 and is listed.
 """
 
@@ -21,16 +21,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.common import (JudgeArguments, ModelArguments, generate_predictions, predictions_of, result_header,
-                         unreadable_videos)
-from eval.inference import VideoRequest, get_state
-from eval.prompts import frames_for, openqa_prompt
-from eval.results import write_json
+from transformers import HfArgumentParser
+
+from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
+from tarsier_hf.eval.autodq.pipeline import judge_defaults
+from tarsier_hf.eval.common import (JudgeArguments, ModelArguments, find_video_file, generate_predictions, predictions_of,
+                                    result_header, unreadable_videos)
+from tarsier_hf.eval.inference import get_state
+from tarsier_hf.eval.prompts import frames_for, openqa_prompt
+from tarsier_hf.eval.results import write_json
+from tarsier_hf.inference.engine import VideoRequest
+from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("msvd_qa", "msrvtt_qa", "activitynet_qa", "tgif_qa", "generic")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".gif", ".mov")
 
 JUDGE_PROMPT_VERSION = "video-chatgpt-qa-v1"
 # Video-ChatGPT's QA evaluation prompt, kept word for word so that scores stay comparable with published ones.
@@ -73,8 +78,6 @@ def parse_verdict(text: str) -> tuple[bool, float]:
 
     Accepts code fences, prose around the dict, `"score": "4"`; the score is clipped to [0, 5].
     """
-    from eval.autodq.parsing import ParseError, load_structure
-
     pred = score = None
     try:
         value = load_structure(text)
@@ -162,19 +165,11 @@ def _read_table(path: Path) -> list[dict]:
         dialect = "excel-tab" if "\t" in text.splitlines()[0] else "excel"
         return list(csv.DictReader(text.splitlines(), dialect=dialect))
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [row for _, row in read_jsonl_objects(path)]
     data = json.loads(text)
     if isinstance(data, dict):  # {id: record} style
         data = [{"id": k, **v} if isinstance(v, dict) else {"id": k, "answer": v} for k, v in data.items()]
     return data
-
-
-def _find_video(videos: Path, names: list[str]) -> str:
-    for name in names:
-        for candidate in [videos / name] + [videos / f"{name}{ext}" for ext in VIDEO_EXTENSIONS]:
-            if candidate.is_file():
-                return str(candidate)
-    return str(videos / names[0])
 
 
 def load_questions(fmt: str, annotations: str, videos: str, answers: str | None = None,
@@ -221,7 +216,7 @@ def load_questions(fmt: str, annotations: str, videos: str, answers: str | None 
             names = [video]
         qid = _pick(record, "id", where, required=False)
         questions.append(OpenQuestion(
-            str(qid if qid is not None else i), _find_video(videos_dir, names), str(_pick(record, "question", where)),
+            str(qid if qid is not None else i), str(find_video_file(videos_dir, *names) or videos_dir / names[0]), str(_pick(record, "question", where)),
             str(_pick(record, "answer", where)),
         ))
     return questions
@@ -235,7 +230,7 @@ class OpenQAArguments:
     output_dir: str = field(metadata={"help": "Folder for predictions.jsonl and results.json."})
     answers: str | None = field(default=None, metadata={"help": "Separate answer file (ActivityNet-QA test_a.json)."})
     video_map: str | None = field(default=None, metadata={"help": "MSVD youtube_mapping.txt."})
-    prompt_template: str = field(default="openqa-v1", metadata={"help": "eval.prompts template name or text."})
+    prompt_template: str = field(default="openqa-v1", metadata={"help": "tarsier_hf.eval.prompts template name or text."})
     model_name: str | None = field(default=None, metadata={"help": "Row name in Table 5 (default: checkpoint)."})
 
 
@@ -255,8 +250,6 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     predictions = predictions_of(outputs)
     config = judge_args.autodq_config()
     judge = judge or judge_args.build(config)
-    from eval.autodq.pipeline import judge_defaults
-
     concurrency = judge_args.judge_concurrency or judge_defaults(judge)["concurrency"]
     scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency)
     results = {
@@ -274,8 +267,6 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
 
 
 def main(argv: list[str] | None = None) -> None:
-    from transformers import HfArgumentParser
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     data, model_args, judge_args = HfArgumentParser((OpenQAArguments, ModelArguments, JudgeArguments)).parse_args_into_dataclasses(args=argv)
     results = evaluate_openqa(data, model_args, judge_args)

@@ -6,21 +6,23 @@ another row (row `i` gets the video of row `(i + shift) % n`). A model that igno
 same loss; the gap is how many nats per token the frames are worth. It complements generation metrics when a
 model is still weak: a zero event F1 can hide a model that has learnt some of what the video shows.
 
-Tokens are scored exactly as in training: the rows go through `training.collator.TarsierVideoCollator`
-(chat template, `<video>` expansion, labels on assistant tokens only) with uniform frame sampling.
+Tokens are scored exactly as in training: the rows go through the processor's `apply_chat_template` with
+`return_assistant_tokens_mask=True` (the path of the training collator and of inference: chat template,
+`<video>` expansion, labels on assistant tokens only), with the paper's uniform inference sampling.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from training.collator import FramePolicy, TarsierVideoCollator
-from training.data import normalize_row
-from training.loss import labelled_logits
+from video_processing_tarsier import UniformSampling
+
+IGNORE_INDEX = -100
 
 
 @dataclass
@@ -38,18 +40,19 @@ class ScoredReference:
 
 
 def _video_of(row: dict) -> str:
-    videos = [item for message in row["messages"] for item in message["content"] if item["type"] == "video"]
-    if len(videos) != 1:
-        raise ValueError(f"row idx={row.get('idx')}: reference loss needs exactly one video per row, got {len(videos)}")
+    videos = [item for message in row["messages"] if isinstance(message["content"], list)
+              for item in message["content"] if item["type"] == "video"]
+    if len(videos) != 1 or "path" not in videos[0]:
+        raise ValueError(f"row idx={row.get('idx')}: reference loss needs exactly one video (with a 'path') per row, "
+                         f"got {len(videos)}")
     return videos[0]["path"]
 
 
-def _with_video(row: dict, video: str) -> dict:
-    messages = [
-        {**message, "content": [{**item, "path": video} if item["type"] == "video" else item for item in message["content"]]}
-        for message in row["messages"]
-    ]
-    return {**row, "messages": messages}
+def _with_video(row: dict, video: Any) -> dict:
+    """The row's messages with its video block reading `video` (a path, or frames as the processor takes them)."""
+    block = {"type": "video", "path": video} if isinstance(video, str) else {"type": "video", "video": video}
+    return [{**message, "content": [block if item["type"] == "video" else item for item in message["content"]]}
+            if isinstance(message["content"], list) else message for message in row["messages"]]
 
 
 @torch.inference_mode()
@@ -61,7 +64,7 @@ def score_references(
     num_frames: int = 8,
     shift: int = 0,
     batch_size: int = 8,
-    collator: TarsierVideoCollator | None = None,
+    videos: Mapping[str, Any] | None = None,
 ) -> list[ScoredReference]:
     """
     Teacher-forced per-token loss of each row's assistant turn.
@@ -69,46 +72,52 @@ def score_references(
     Args:
         model: a `TarsierForConditionalGeneration` (any device; evaluated in its current dtype).
         processor: its `TarsierProcessor` (chat template with `{% generation %}` markers).
-        rows: conversation rows as in `training.data` (one video each; relative paths under `video_root`).
-        num_frames: frames per video, sampled uniformly with the first and last frame included.
+        rows: conversation rows `{"messages": [...], "idx": ...}` with one `{"type": "video", "path": ...}` block
+            each (relative paths under `video_root`).
+        num_frames: frames per video, sampled uniformly with the first and last frame included (`UniformSampling`).
         shift: `0` scores each row with its own video; `k > 0` gives row `i` the video of row `(i + k) % n`.
         batch_size: rows per forward pass.
-        collator: a configured `TarsierVideoCollator` to encode with (e.g. one serving frames from memory);
-            default: uniform sampling of `num_frames` from the video files.
+        videos: video inputs by path (e.g. in-memory `(T, H, W, 3)` clips), used instead of reading those paths.
 
     Returns:
         One `ScoredReference` per row, in order, naming the video that was actually used.
     """
-    rows = [normalize_row(row, video_root, origin="reference rows") for row in rows]
+    rows = list(rows)
     if not rows:
         raise ValueError("score_references needs at least one row")
     if shift and shift % len(rows) == 0:
         raise ValueError(f"shift={shift} would give each of the {len(rows)} rows its own video: an other-video score "
                          "needs at least two rows and a shift that is not a multiple of their number")
-    videos = [_video_of(row) for row in rows]
-    rows = [_with_video(row, videos[(i + shift) % len(rows)]) for i, row in enumerate(rows)]
-    if collator is None:
-        collator = TarsierVideoCollator(processor, FramePolicy("uniform", (num_frames,)), fail_fast=True)
+    paths = [_video_of(row) for row in rows]
+    paths = [paths[(i + shift) % len(rows)] for i in range(len(rows))]
+    if video_root is not None:
+        paths = [p if os.path.isabs(p) or (videos and p in videos) else os.path.join(video_root, p) for p in paths]
+    conversations = [_with_video(row, videos[p] if videos and p in videos else p) for row, p in zip(rows, paths)]
     tokenizer = processor.tokenizer
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     model.eval()
     scored: list[ScoredReference] = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        batch = collator(chunk)
-        if batch["input_ids"].shape[0] != len(chunk):  # a collator that skips samples would misalign the scores
-            raise RuntimeError(f"the collator returned {batch['input_ids'].shape[0]} samples for {len(chunk)} rows "
-                               "(rows from idx=" + str(chunk[0].get("idx")) + "); use fail_fast=True, on_too_long='error'")
-        labels = batch.pop("labels")
+        batch = processor.apply_chat_template(
+            conversations[start : start + batch_size], tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True,
+            processor_kwargs={"frame_sampling": UniformSampling(num_frames), "padding_side": "right"},
+        )
+        labels = torch.where(batch["assistant_masks"].bool(), batch["input_ids"], IGNORE_INDEX)
         inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "num_frames")}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        logits, targets, mask = labelled_logits(model, inputs, labels)  # (N, vocab), (N,): rows in order
-        nll = F.cross_entropy(logits.float(), targets, reduction="none")
-        for row, ids, losses in zip(chunk, targets.split(mask.sum(1).tolist()), nll.split(mask.sum(1).tolist())):
+        targets = labels[:, 1:]  # the token each position predicts
+        mask = targets != IGNORE_INDEX
+        keep = mask.any(0).nonzero()[:, 0]  # positions that predict a labelled token in some row
+        logits = model(**inputs, logits_to_keep=keep.to(device), use_cache=False).logits.float()  # (B, K, vocab)
+        nll = F.cross_entropy(logits.transpose(1, 2), targets[:, keep].to(device), reduction="none",
+                              ignore_index=IGNORE_INDEX).cpu()  # (B, K)
+        for offset, (ids, losses, labelled) in enumerate(zip(targets[:, keep], nll, mask[:, keep])):
             scored.append(ScoredReference(
-                idx=str(row.get("idx")), video=_video_of(row),
-                tokens=[tokenizer.decode([i]) for i in ids.tolist()], nll=[round(float(v), 5) for v in losses],
+                idx=str(rows[start + offset].get("idx")), video=paths[start + offset],
+                tokens=[tokenizer.decode([i]) for i in ids[labelled].tolist()],
+                nll=[round(float(v), 5) for v in losses[labelled]],
             ))
     return scored
 
@@ -128,7 +137,7 @@ def nll_by_class(
 
     Args:
         own, other: `score_references` results for the same rows (shift 0 and shift k).
-        classify: maps a reference's tokens to one class name per token (e.g. `dataset_builders.dream_s.word_classes`).
+        classify: maps a reference's tokens to one class name per token (e.g. `tarsier_hf.dream_s.word_classes`).
 
     Returns:
         `{class: {"own_video": mean nats, "other_video": mean nats, "tokens": count}}`, classes sorted by name.
@@ -152,8 +161,8 @@ def own_vs_other_video(model, processor, rows: Sequence[dict], classify: Callabl
     overall and per word class.
 
     Args:
-        classify: maps a reference's tokens to one class per token (e.g. `dataset_builders.dream_s.word_classes`).
-        score_kwargs: passed to `score_references` (`video_root`, `num_frames`, `batch_size`, `collator`).
+        classify: maps a reference's tokens to one class per token (e.g. `tarsier_hf.dream_s.word_classes`).
+        score_kwargs: passed to `score_references` (`video_root`, `num_frames`, `batch_size`, `videos`).
 
     Returns:
         `{"nll_own_video", "nll_other_video", "nll_by_word_class"}` (the last as `nll_by_class` returns it).

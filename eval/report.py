@@ -1,15 +1,17 @@
 """Report tables and plots in the paper's layouts: Table 3 (DREAM-1K), Figure 5 (F1 vs complexity), Table 5.
 
-    # compare several runs the way the paper does
-    python -m eval.report runs/tarsier-7b/results.json runs/other/results.json --table table3.md --figure fig5.png
+    # compare several runs the way the paper does (or `python -m tarsier_hf.eval.report ...`)
+    tarsier-report --results runs/tarsier-7b/results.json runs/other/results.json --table table3.md --figure fig5.png
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from transformers import HfArgumentParser
 
 # DREAM-1K `dataset` values -> Table 3 column titles, in the paper's order.
 DREAM_CATEGORIES = (
@@ -64,10 +66,10 @@ def plot_complexity(rows: Sequence[tuple[str, dict]], path: str | Path) -> Path:
     """Figure 5: F1 (%) against the number of events, subjects and shots, one line per model.
 
     Args:
-        rows: `(model name, breakdowns)` with `breakdowns[axis][bucket] = {"f1", "n", ...}` (eval.autodq buckets).
+        rows: `(model name, breakdowns)` with `breakdowns[axis][bucket] = {"f1", "n", ...}` (tarsier_hf.eval.autodq buckets).
         path: PNG file to write.
     """
-    import matplotlib
+    import matplotlib  # optional: the `eval` extra
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,7 +97,7 @@ def plot_complexity(rows: Sequence[tuple[str, dict]], path: str | Path) -> Path:
 
 
 def table5_markdown(results: Sequence[dict]) -> str:
-    """Table 5's three blocks from result files of `eval.mcqa`, `eval.captioning` and `eval.openqa`.
+    """Table 5's three blocks from result files of `tarsier_hf.eval.mcqa`, `tarsier_hf.eval.captioning` and `tarsier_hf.eval.openqa`.
 
     Every result needs `model`, `benchmark` and `task` (`mcqa`: accuracy %, `captioning`: CIDEr x100 as the
     paper prints it, `openqa`: accuracy %/score).
@@ -130,13 +132,18 @@ def _table5_cell(result: dict) -> str:
     return f"{100 * result['accuracy']:.1f}/{result['score']:.1f}"
 
 
+@dataclass
+class ReportArguments:
+    """Paper-layout tables and Figure 5 from eval result files (Table 3 printed when no output is named)."""
+
+    results: list[str] = field(metadata={"help": "results.json files written by the eval runners"})
+    table: str | None = field(default=None, metadata={"help": "write DREAM-1K Table 3 (markdown) here"})
+    figure: str | None = field(default=None, metadata={"help": "write Figure 5 (PNG) here"})
+    table5: str | None = field(default=None, metadata={"help": "write Table 5 (markdown) here from QA / captioning results"})
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Paper-layout tables and Figure 5 from eval result files.")
-    parser.add_argument("results", nargs="+", help="results.json files written by the eval runners")
-    parser.add_argument("--table", help="write DREAM-1K Table 3 (markdown) here")
-    parser.add_argument("--figure", help="write Figure 5 (PNG) here")
-    parser.add_argument("--table5", help="write Table 5 (markdown) here from QA / captioning results")
-    args = parser.parse_args(argv)
+    (args,) = HfArgumentParser(ReportArguments).parse_args_into_dataclasses(args=argv)
     loaded = [json.loads(Path(p).read_text()) for p in args.results]
     dream = [(r.get("model") or r["run"]["checkpoint"], r) for r in loaded if r.get("benchmark") == "dream1k"]
     if args.table:

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from tarsier_hf.jsonl import iter_jsonl
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,19 +30,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    with path.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s:%d: skipping an incomplete or invalid line", path, number)
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                logger.warning("%s:%d: skipping a line that is not a JSON object", path, number)
+    for number, record, reason in iter_jsonl(path):
+        if reason is None:
+            records.append(record)
+        else:
+            logger.warning("%s:%d: skipping the line (%s)", path, number, reason)
     return records
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset_builders.video_writer import write_video
+from tarsier_hf.dream_s.video_writer import write_video
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "white": (240, 240, 240)}
 BAD_FILES = ("videos/corrupt.mp4", "videos/missing.mp4")

@@ -8,10 +8,23 @@ from pathlib import Path
 
 import pytest
 
+from tests.training_runs import run_checked, sft_args
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TARSIER_SHARED", REPO.parent / "shared"))
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+
+
+def pytest_configure(config):
+    """eval/ is installed as `tarsier_hf.eval` (setup.cfg `package_dir`), which only an install of this checkout
+    provides: refuse to test another checkout's eval/ (an environment installed from elsewhere) or none."""
+    try:
+        import tarsier_hf.eval
+    except ImportError as error:
+        pytest.exit(f"tarsier_hf.eval is not importable ({error}): run `pip install -e .` in {REPO}", returncode=4)
+    where = Path(tarsier_hf.eval.__file__).resolve().parent
+    if where != REPO / "eval":
+        pytest.exit(f"tarsier_hf.eval comes from {where}, not {REPO / 'eval'}: run `pip install -e .` in {REPO}",
+                    returncode=4)
 
 
 def console_script(name: str) -> str:
@@ -41,7 +54,7 @@ def demo_video(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """A plain transformers folder of SmolLM2-135M-Instruct (real weights, tokenizer and chat template)."""
-    from tools.local_llm import materialize_smollm2
+    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 
     return materialize_smollm2()
 
@@ -104,7 +117,7 @@ def judge_server(smollm2_dir, tmp_path_factory):
 # -- a tiny Tarsier and colour clips (training, scoring and inference tests) ------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """Four single-colour clips, one corrupt and one missing file, and `good.jsonl` / `with_bad.jsonl`."""
     from tests.colour_clips import write_colour_clips
@@ -112,7 +125,7 @@ def data_dir(tmp_path_factory) -> Path:
     return write_colour_clips(tmp_path_factory.mktemp("data"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def parts_dir(tmp_path_factory, smollm2_dir) -> Path:
     """A tiny random llama with the SmolLM2 tokenizer and a tiny CLIP vision config."""
     import json
@@ -136,15 +149,33 @@ def parts_dir(tmp_path_factory, smollm2_dir) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_tarsier(parts_dir, tmp_path_factory):
-    """`(folder, model, processor)` of a tiny Tarsier built from parts and saved with its code files."""
+    """`(folder, model, processor)` of a tiny Tarsier built from parts and saved with its code files (shared by
+    the whole session: tests that train or change it take a `copy.deepcopy`)."""
     import torch
 
-    from training.model_builder import build_from_parts, save_tarsier
+    from tarsier_hf.training.model_builder import build_from_parts, save_tarsier
 
     torch.manual_seed(0)
     model, processor = build_from_parts(str(parts_dir / "vision.json"), str(parts_dir / "llm"), chat_template="chatml")
     folder = tmp_path_factory.mktemp("tiny") / "tarsier"
     save_tarsier(model, processor, folder)
     return folder, model, processor
+
+
+@pytest.fixture(scope="session")
+def distributed_run(tiny_tarsier, data_dir, tmp_path_factory):
+    """Two CPU processes through `accelerate launch` (DDP): 10 steps on the memorisation set plus two bad files.
+    One run per session: test_training checks it, test_fsdp compares FSDP with it."""
+    folder, _, _ = tiny_tarsier
+    output_dir = tmp_path_factory.mktemp("runs") / "full"
+    # `accelerate launch --cpu --num_processes 2` starts ONE process (its simple launcher expects mpirun); the
+    # torchrun launcher behind --multi_gpu starts two, which then pick gloo on CPU because of --use_cpu true.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(REPO / "train_sft.py"),
+           "--model_name_or_path", str(folder), "--max_steps", "10", "--save_steps", "5", "--learning_rate", "5e-3",
+           "--warmup_steps", "0", "--gradient_checkpointing", "true", *sft_args(data_dir, output_dir)]
+    result = run_checked(cmd, cwd=tmp_path_factory.mktemp("cwd"))
+    return output_dir, result

@@ -16,7 +16,7 @@ def input_sensitive_copy(folder: Path, output: Path, std: float = 0.3, seed: int
     """Load the Tarsier at `folder`, re-draw its weight matrices from N(0, std), save it with its code at `output`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from training.model_builder import save_tarsier
+    from tarsier_hf.training.model_builder import save_tarsier
 
     model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from eval.autodq.judge import JudgeCache, JudgeCallError, OpenAIChatJudge
-from eval.autodq.pipeline import run_autodq, samples_from_dream1k
-from eval.autodq.prompts import get_prompts
-from eval.autodq.scoring import get_config
+from tarsier_hf.eval.autodq.judge import JudgeCache, JudgeCallError, OpenAIChatJudge
+from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
+from tarsier_hf.eval.autodq.prompts import get_prompts
+from tarsier_hf.eval.autodq.scoring import get_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_server import FaultServer, rule_based_answer  # noqa: E402
+from tests.fault_server import FaultServer, rule_based_answer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +131,7 @@ def test_persistent_failure_is_recorded_not_dropped(dream1k_path, tmp_path):
 
 
 def test_unparsable_answer_is_asked_again_with_another_seed(tmp_path):
-    from eval.autodq.scoring import Sample
+    from tarsier_hf.eval.autodq.scoring import Sample
 
     sample = Sample(0, "A man runs. A dog sits.", "A man runs. A cat jumps.", ["A man runs.", "A cat jumps."])
     with FaultServer(script=["garbage_answer"]) as server:
@@ -149,10 +148,9 @@ def test_unparsable_answer_is_asked_again_with_another_seed(tmp_path):
 
 _CLIENT = """
 import json, sys
-sys.path.insert(0, {repo!r})
-from eval.autodq.judge import OpenAIChatJudge
-from eval.autodq.pipeline import run_autodq, samples_from_dream1k
-from eval.autodq.scoring import get_config
+from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
+from tarsier_hf.eval.autodq.scoring import get_config
 base_url, cache, out, n, concurrency = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 with open({dream!r}) as f:
     records = [json.loads(next(f)) for _ in range(n)]
@@ -168,7 +166,7 @@ with open(out, "w") as f:
 
 
 def _client(server, dream1k_path, cache, out, n, concurrency):
-    script = _CLIENT.format(repo=str(REPO), dream=str(dream1k_path))
+    script = _CLIENT.format(dream=str(dream1k_path))
     proc = subprocess.Popen(
         [sys.executable, "-c", script, server.base_url, str(cache), str(out), str(n), str(concurrency)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from eval.autodq.judge import ChatJudge, JudgeCache, JudgeSettings
-from eval.autodq.pipeline import make_samples, run_autodq
-from eval.autodq.scoring import get_config
+from tarsier_hf.eval.autodq.judge import ChatJudge, JudgeCache, JudgeSettings
+from tarsier_hf.eval.autodq.pipeline import make_samples, run_autodq
+from tarsier_hf.eval.autodq.scoring import get_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,9 +242,8 @@ def test_bad_inputs_are_named():
 
 _LOAD_SCRIPT = """
 import json, os, sys
-sys.path.insert(0, {tests!r})
 import evaluate
-from fault_server import FaultServer
+from tests.fault_server import FaultServer
 out = {{}}
 with FaultServer() as server:
     # by folder and by file (as the Space's app.py does) from an unrelated folder, then by bare name inside eval/
@@ -258,7 +257,7 @@ with FaultServer() as server:
         out[where] = {{"name": metric.name, "f1": r["f1"], "recall": r["recall"], "judge": r["judge"],
                       "preset": r["preset"], "module": type(metric).__module__}}
     # a judge object built from the package (not from evaluate's copy) whose calls keep failing
-    from eval.autodq.judge import OpenAIChatJudge
+    from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
 with FaultServer(always="500") as server:
     judge = OpenAIChatJudge("rule-judge", base_url=server.base_url, max_attempts=2)
     r = metric.compute(predictions=["A man runs."], references=["A man runs."], judge=judge, bootstrap=0)
@@ -271,7 +270,7 @@ def test_evaluate_load_offline(tmp_path):
     """`evaluate.load` by path from anywhere and by name from inside eval/, offline; relative imports are copied."""
     env = {**os.environ, "HF_EVALUATE_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env["PYTHONPATH"] = str(REPO)
-    script = _LOAD_SCRIPT.format(tests=str(REPO / "tests"), path=str(REPO / "eval" / "autodq"), eval_dir=str(REPO / "eval"))
+    script = _LOAD_SCRIPT.format(path=str(REPO / "eval" / "autodq"), eval_dir=str(REPO / "eval"))
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])

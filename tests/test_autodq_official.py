@@ -29,16 +29,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from eval.autodq.judge import OpenAIChatJudge
-from eval.autodq.parsing import (
+from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+from tarsier_hf.eval.autodq.parsing import (
     ParseError,
     parse_entailment,
     parse_entailment_release,
     parse_events,
     parse_events_release,
 )
-from eval.autodq.pipeline import make_samples, run_autodq
-from eval.autodq.scoring import f1_score, get_config
+from tarsier_hf.eval.autodq.pipeline import make_samples, run_autodq
+from tarsier_hf.eval.autodq.scoring import f1_score, get_config
 
 # ------------------------------------------------------------------------------ the release's prompts, by hand
 

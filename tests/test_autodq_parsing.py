@@ -2,7 +2,7 @@
 
 import pytest
 
-from eval.autodq.parsing import (
+from tarsier_hf.eval.autodq.parsing import (
     INVALID,
     MISSING,
     ParseError,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.autodq.parsing import INVALID, LABELS, MISSING
+from tarsier_hf.eval.autodq.parsing import INVALID, LABELS, MISSING
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 48  # short answers keep the suite fast; truncated answers exercise the parser
@@ -79,9 +79,9 @@ def test_http_judge_through_evaluate(judge_server, smollm2_dir, dream_samples, t
 
 @pytest.mark.slow
 def test_in_process_transformers_judge(smollm2_dir, dream_samples, tmp_path, request):
-    from eval.autodq.judge import JudgeCache, TransformersChatJudge
-    from eval.autodq.pipeline import run_autodq, samples_from_dream1k
-    from eval.autodq.scoring import get_config
+    from tarsier_hf.eval.autodq.judge import JudgeCache, TransformersChatJudge
+    from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
+    from tarsier_hf.eval.autodq.scoring import get_config
 
     import torch
 

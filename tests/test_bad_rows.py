@@ -46,7 +46,7 @@ def rows_file(data_dir, tmp_path) -> tuple[Path, dict[int, str]]:
 
 
 def test_every_bad_row_is_named_with_file_line_and_reason_and_left_out(rows_file, data_dir):
-    from training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     path, expected = rows_file
     dataset = ConversationDataset([DatasetSpec(str(path), str(data_dir))])
@@ -60,7 +60,7 @@ def test_every_bad_row_is_named_with_file_line_and_reason_and_left_out(rows_file
 
 
 def test_fail_fast_lists_every_bad_row(rows_file, data_dir):
-    from training.data import BadRowsError, ConversationDataset, DatasetSpec
+    from tarsier_hf.training.data import BadRowsError, ConversationDataset, DatasetSpec
 
     path, expected = rows_file
     with pytest.raises(BadRowsError) as info:
@@ -70,7 +70,7 @@ def test_fail_fast_lists_every_bad_row(rows_file, data_dir):
 
 
 def test_empty_file_is_named(tmp_path):
-    from training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match=r"empty\.jsonl: no rows \(the file is empty\)"):
@@ -116,7 +116,7 @@ def test_bad_rows_of_every_layout_and_source_are_named_with_dataset_and_row(data
     import datasets
 
     from tests.test_datasets_layouts import LLAVA_VIDEO_178K, SHAREGPT4VIDEO, WEBVID
-    from training.data import BadRowsError, ConversationDataset, DatasetSpec
+    from tarsier_hf.training.data import BadRowsError, ConversationDataset, DatasetSpec
 
     llava = [*LLAVA_VIDEO_178K[:2], {**LLAVA_VIDEO_178K[2], "conversations": LLAVA_VIDEO_178K[2]["conversations"][:1]}]
     (tmp_path / "llava.json").write_text(json.dumps(llava))  # a JSON list, as LLaVA-Video-178K ships it
@@ -144,7 +144,7 @@ def test_streamed_rows_are_checked_as_they_stream(rows_file, data_dir, tmp_path)
     dataset and position."""
     import datasets
 
-    from training.data import BadRowsError, DatasetSpec, StreamingConversationDataset
+    from tarsier_hf.training.data import BadRowsError, DatasetSpec, StreamingConversationDataset
 
     path, expected = rows_file
     log = tmp_path / "bad_rows.jsonl"

@@ -83,7 +83,7 @@ def java_reference(dream_corpus):
 
 @pytest.mark.slow
 def test_tokenization_equals_java_on_real_captions(dream_corpus, java_reference):
-    from eval.cider.ptb_tokenizer import PTBTokenizer
+    from tarsier_hf.eval.cider.ptb_tokenizer import PTBTokenizer
 
     predictions, references = dream_corpus
     tokenizer = PTBTokenizer()
@@ -137,7 +137,7 @@ TRICKY = [
 
 
 def test_tokenization_equals_java_on_tricky_text():
-    from eval.cider.ptb_tokenizer import PTBTokenizer
+    from tarsier_hf.eval.cider.ptb_tokenizer import PTBTokenizer
 
     # Line breaks inside a caption: the Java tool would print extra lines and pycocoevalcap would pair all
     # later captions with the wrong tokens; we treat them as spaces, so compare against the spaced text.
@@ -153,7 +153,7 @@ def test_tokenization_equals_java_on_tricky_text():
 
 
 def test_context_across_captions_follows_java():
-    from eval.cider.ptb_tokenizer import PTBTokenizer
+    from tarsier_hf.eval.cider.ptb_tokenizer import PTBTokenizer
 
     # A one-letter "acronym" keeps its period unless the next line starts with one of the lexer's words.
     stream = ["The film ends with plan B.", "The dog barks.", "He chose plan B.", "a dog barks."]
@@ -185,7 +185,7 @@ def test_single_sample_scores_zero_without_saved_frequencies(cider_metric):
 
 
 def test_saved_document_frequencies(cider_metric, dream_corpus, tmp_path):
-    from eval.cider.cider_scorer import DocumentFrequencies
+    from tarsier_hf.eval.cider.cider_scorer import DocumentFrequencies
 
     predictions, references = dream_corpus
     path = tmp_path / "dream_df.json"

@@ -1,4 +1,4 @@
-"""Released Tarsier checkpoints -> our format and back (tools/convert_tarsier_checkpoint.py, tools/hub_publish.py).
+"""Released Tarsier checkpoints -> our format and back (tarsier_hf/hub/convert.py, tarsier_hf/hub/publish.py).
 
 A tiny checkpoint is written here in the released layout (bytedance/tarsier `models/modeling_tarsier.py`:
 `model_type` "llava", `TarsierForConditionalGeneration`, `vision_tower.vision_model.*`,
@@ -26,10 +26,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from tools import convert_tarsier_checkpoint as convert
-from tools import hub_publish
+from tarsier_hf.hub import convert
+from tarsier_hf.hub import publish as hub_publish
+from tarsier_hf.hub.checkpoint import CODE_FILES, CheckpointError
+from tests.released_layout import write_released_layout
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_SIZE, PATCH = 28, 14  # 2 x 2 patches per frame -> 2 * (2 + 1) + 1 = 7 LM positions
@@ -82,33 +85,11 @@ def write_released_checkpoint(folder: Path, smollm2_dir: Path) -> dict:
     tensors = {k: v.contiguous().clone() for k, v in tensors.items()}
 
     # Three shards, split across module boundaries the way big checkpoints are.
-    shards = [
-        {k: v for k, v in tensors.items() if k.startswith("vision_tower.")},
-        {k: v for k, v in tensors.items() if k.startswith(("multi_modal_projector.", "language_model.model.embed",
-                                                             "language_model.model.layers.0."))},
-    ]
-    shards.append({k: v for k, v in tensors.items() if not any(k in s for s in shards)})
-    weight_map = {}
-    for number, shard in enumerate(shards, start=1):
-        name = f"model-{number:05d}-of-00003.safetensors"
-        save_file(shard, str(folder / name), metadata={"format": "pt"})
-        weight_map.update({k: name for k in shard})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-
-    config = {
-        "architectures": ["TarsierForConditionalGeneration"], "model_type": "llava", "ignore_index": -100,
-        "image_token_index": ids["image"], "image_newline_idx": ids["newline"], "image_new_idx": ids["frame_end"],
-        "projector_hidden_act": "gelu", "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
-        "vocab_size": ids["vocab"], "pad_token_id": ids["pad"], "torch_dtype": "float32",
-        "vision_config": vision, "text_config": text,
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "size": {"shortest_edge": IMAGE_SIZE}, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-        "resample": 3, "rescale_factor": 1 / 255,
-    }))
+    shards = [[k for k in tensors if k.startswith("vision_tower.")],
+              [k for k in tensors if k.startswith(("multi_modal_projector.", "language_model.model.embed",
+                                                   "language_model.model.layers.0."))]]
+    shards.append([k for k in tensors if not any(k in s for s in shards)])
+    write_released_layout(folder, tensors, shards, ids, vision, text)
     (folder / "README.md").write_text("---\nlicense: llama2\n---\n# Tarsier tiny\n")
     return {"ids": ids, "tensors": tensors, "vision": vision, "text": text}
 
@@ -126,7 +107,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.convert_tarsier_checkpoint", *args], cwd=cwd or REPO,
+    return subprocess.run([sys.executable, "-m", "tarsier_hf.hub.convert", *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -251,7 +232,7 @@ def test_converted_folder_contents(release, converted):
     assert {"config.json", "model.safetensors.index.json", "model-00001-of-00003.safetensors",
             "model-00003-of-00003.safetensors", "generation_config.json", "processor_config.json",
             "chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "README.md",
-            *convert.CODE_FILES} <= files
+            *CODE_FILES} <= files
     config = json.loads((converted / "config.json").read_text())
     ids = release["ids"]
     assert config["model_type"] == "tarsier"
@@ -270,8 +251,8 @@ def test_converted_folder_contents(release, converted):
     tokenizer = TarsierProcessor.from_pretrained(converted).tokenizer
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in generation["eos_token_id"]  # Yi separator stops
     card = (converted / "README.md").read_text()
-    assert card.startswith("---\nlicense: llama2\n") and "7 LM positions" in card
-    for name in convert.CODE_FILES:
+    assert ModelCard(card).data.license == "llama2" and "7 LM positions" in card  # the released card's license
+    for name in CODE_FILES:
         assert (converted / name).read_bytes() == (REPO / name).read_bytes()
 
 
@@ -320,7 +301,7 @@ def test_converted_folder_loads_in_fresh_process_and_generates(converted, demo_v
         import importlib.abc, json, sys
         class Block(importlib.abc.MetaPathFinder):  # the repo's own modules must not be importable here
             def find_spec(self, name, path=None, target=None):
-                if name in ("configuration_tarsier", "modeling_tarsier", "processing_tarsier", "tools"):
+                if name in ("configuration_tarsier", "modeling_tarsier", "processing_tarsier", "tarsier_hf"):
                     raise ImportError("blocked: " + name)
         sys.meta_path.insert(0, Block())
         from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
@@ -366,7 +347,7 @@ def test_hub_publish_prepares_exactly_the_upload_folder(converted, workdir):
                              "--staging_dir", str(workdir / "upload2")])
     assert plan.repo_id == "someone/tarsier-tiny" and sorted(plan.files) == sorted(expected)
     assert plan.commit_url is None and plan.folder == workdir / "upload2"
-    with pytest.raises(hub_publish.PublishError, match="namespace/name"):
+    with pytest.raises(ValueError, match="namespace/name"):
         hub_publish.push_to_hub(converted, "no-namespace", dry_run=True)
 
     # A folder with a shard missing is refused before anything is uploaded.
@@ -374,7 +355,7 @@ def test_hub_publish_prepares_exactly_the_upload_folder(converted, workdir):
     broken.mkdir()
     for name in expected - {"model-00002-of-00003.safetensors"}:
         (broken / name).write_bytes((converted / name).read_bytes())
-    with pytest.raises(hub_publish.PublishError, match="model-00002-of-00003.safetensors"):
+    with pytest.raises(CheckpointError, match="model-00002-of-00003.safetensors"):
         hub_publish.prepare_upload_folder(broken, workdir / "upload3")
 
 

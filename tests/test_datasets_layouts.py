@@ -85,10 +85,11 @@ def _answers(processor, batch) -> set[str]:
 
 
 def _encode_all(processor, dataset):
-    from training.collator import FramePolicy, TarsierVideoCollator
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from video_processing_tarsier import UniformSampling
 
     rows = list(dataset) if not hasattr(dataset, "__len__") else [dataset[i] for i in range(len(dataset))]
-    batch = TarsierVideoCollator(processor, FramePolicy("uniform", [2]))(rows)
+    batch = TarsierVideoCollator(processor, UniformSampling(2))(rows)
     assert int(batch["skipped_samples"]) == 0 and batch["num_frames"].tolist() == [2] * len(rows)
     return rows, batch
 
@@ -97,7 +98,7 @@ def test_each_published_layout_reads_unchanged_and_trains_on_its_answer(tiny_tar
     import datasets
     import pandas
 
-    from training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     _, _, processor = tiny_tarsier
     files = {
@@ -148,7 +149,7 @@ def test_each_published_layout_reads_unchanged_and_trains_on_its_answer(tiny_tar
 def test_in_memory_and_streamed_datasets(tiny_tarsier, layout_root, tmp_path):
     import datasets
 
-    from training.data import ConversationDataset, DatasetSpec, StreamingConversationDataset
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec, StreamingConversationDataset
 
     _, _, processor = tiny_tarsier
     in_memory = datasets.Dataset.from_list(SHAREGPT4VIDEO)
@@ -175,7 +176,7 @@ def test_in_memory_and_streamed_datasets(tiny_tarsier, layout_root, tmp_path):
 
 
 def test_layout_errors_name_the_row_and_the_cause():
-    from training.data import normalize_row
+    from tarsier_hf.training.data import normalize_row
 
     bad_turn = {"id": "v1", "video": "a.mp4", "conversations": [{"from": "robot", "value": "<image>\nHi"}]}
     with pytest.raises(ValueError, match=r"idx=\?.*conversations\[0\] needs 'from'"):
@@ -198,7 +199,7 @@ def test_layout_errors_name_the_row_and_the_cause():
 
 def test_sharegpt_images_text_only_and_markers_in_place():
     """Images by a list in `image`, markers inside the text, a system turn, and a text-only ShareGPT row."""
-    from training.data import normalize_row
+    from tarsier_hf.training.data import normalize_row
 
     row = normalize_row({"id": 7, "image": ["a.jpg", "b.jpg"], "conversations": [
         {"from": "system", "value": "Be brief."},

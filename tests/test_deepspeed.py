@@ -12,6 +12,7 @@ engine itself trains the tiny Tarsier on two CPU processes; the accelerate + Tra
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_training import _env
+from tests.training_runs import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes" / "accelerate"
@@ -63,14 +64,14 @@ ENGINE = textwrap.dedent(
     """
     import json, sys
     import torch, torch.distributed as dist, deepspeed
-    sys.path.insert(0, sys.argv[1])
     from tests.test_deepspeed import deepspeed_config
     from pathlib import Path
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
-    from training.model_builder import load_tarsier
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.model_builder import load_tarsier
+    from video_processing_tarsier import UniformSampling
 
-    repo, recipe, folder, data_dir, out = sys.argv[1:6]
+    recipe, folder, data_dir, out = sys.argv[1:5]
     deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
     config = deepspeed_config(Path(recipe), micro_batch=2, accumulation=1, world_size=2, clipping=1.0)
@@ -81,7 +82,7 @@ ENGINE = textwrap.dedent(
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     rows = [normalize_row(json.loads(line), data_dir) for line in open(f"{data_dir}/good.jsonl")]
-    batch = TarsierVideoCollator(processor, FramePolicy("uniform", [2]))(rows[2 * rank: 2 * rank + 2])
+    batch = TarsierVideoCollator(processor, UniformSampling(2))(rows[2 * rank: 2 * rank + 2])
     inputs = {k: v for k, v in batch.items() if not k.startswith("skipped")}
     losses = []
     for _ in range(5):
@@ -112,10 +113,11 @@ def test_deepspeed_engine_trains_tiny_tarsier_on_two_cpu_processes(name, tiny_ta
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(script), str(REPO), str(RECIPES / f"{name}.yaml"), str(folder), str(data_dir), str(tmp_path / "out")]
+           str(script), str(RECIPES / f"{name}.yaml"), str(folder), str(data_dir), str(tmp_path / "out")]
     import deepspeed
 
-    env = dict(_env(), PYTHONPATH=str(Path(deepspeed.__file__).parents[1]))  # the deepspeed this test imports
+    # the repo (for tests.test_deepspeed) and the deepspeed this test imports
+    env = dict(child_env(), PYTHONPATH=os.pathsep.join([str(REPO), str(Path(deepspeed.__file__).parents[1])]))
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-5000:]
     reports = [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]

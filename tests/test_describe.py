@@ -1,4 +1,4 @@
-"""`tools/describe.py`: videos, folders and lists -> JSONL descriptions with a tiny random Tarsier checkpoint;
+"""`tarsier_hf/inference/describe.py`: videos, folders and lists -> JSONL descriptions with a tiny random Tarsier checkpoint;
 unreadable videos are reported with their reason and skipped; a second run resumes."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def tiny_checkpoint(smollm2_dir, tmp_path_factory) -> Path:
 
 
 def test_collect_videos_from_files_folders_and_lists(tmp_path):
-    from tools.describe import collect_videos
+    from tarsier_hf.inference.describe import collect_videos
 
     folder = tmp_path / "clips"
     (folder / "sub").mkdir(parents=True)
@@ -36,7 +36,7 @@ def test_collect_videos_from_files_folders_and_lists(tmp_path):
 
 @pytest.mark.slow
 def test_describe_command(tiny_checkpoint, tmp_path, capsys):
-    from tools.describe import main
+    from tarsier_hf.inference.describe import main
 
     folder = tmp_path / "videos"
     write_stand_in_videos(folder, ["clip_a", "clip_b"], seed=3)

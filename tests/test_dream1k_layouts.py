@@ -1,5 +1,5 @@
 """DREAM-1K in both published layouts: the first release (`text.prompt` / `text.response`) and the later
-`messages` layout of Tarsier2's annotation files, with its renamed categories, read by `eval.dream1k` unchanged."""
+`messages` layout of Tarsier2's annotation files, with its renamed categories, read by `tarsier_hf.eval.dream1k` unchanged."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ RENAMED = {"DREAM/vertical_video": "DREAM/shorts", "DREAM/videvo": "DREAM/stock"
 
 
 def test_messages_layout_reads_like_the_first_release(dream1k_path, tmp_path):
-    from eval.dream1k import build_requests, load_annotations
+    from tarsier_hf.eval.dream1k import build_requests, load_annotations
 
     first = json.loads(dream1k_path.read_text().splitlines()[0])  # the first release's record 1
     path = tmp_path / "DREAM-1k.jsonl"
@@ -56,7 +56,7 @@ def test_messages_layout_reads_like_the_first_release(dream1k_path, tmp_path):
 
 
 def test_renamed_and_new_categories_reach_table3():
-    from eval.report import category_key, table3_markdown
+    from tarsier_hf.eval.report import category_key, table3_markdown
 
     assert {new: category_key(new) for new in RENAMED} == {new: category_key(old) for new, old in RENAMED.items()}
 
@@ -71,3 +71,12 @@ def test_renamed_and_new_categories_reach_table3():
     assert cells["Shorts"] == "50.0/40.0/60.0" and cells["Stock"] == "30.0/20.0/40.0"
     assert cells["drone"] == "10.0/10.0/10.0"  # a category the paper does not name gets its own column
     assert cells["Live-action"] == "-"
+
+
+def test_annotations_have_no_workspace_default(capsys):
+    """Where DREAM-1K lies is the user's to say: no default path (it used to point into this workspace)."""
+    from tarsier_hf.eval.dream1k import main
+
+    with pytest.raises(SystemExit):
+        main(["--videos", "videos", "--output_dir", "out", "--checkpoint", "tarsier"])
+    assert "the following arguments are required: --annotations" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from dataset_builders.dream_s import (
+from tarsier_hf.dream_s import (
     BuildConfig,
     ClipSpec,
     EventSpec,
@@ -23,10 +23,10 @@ from dataset_builders.dream_s import (
     parse_description,
     parse_events,
 )
-from dataset_builders.dream_s.render import PAN_SPAN, compute_boxes, render_frames
-from dataset_builders.dream_s.scene import COLLIDE_PUSH, GRID, MOVE_DISTANCE, event_triples, sample_clip
-from dataset_builders.dream_s.vocab import BACKGROUNDS, CAMERA_MOTIONS, COLOURS
-from dataset_builders.video_writer import write_video
+from tarsier_hf.dream_s.render import PAN_SPAN, compute_boxes, render_frames
+from tarsier_hf.dream_s.scene import COLLIDE_PUSH, GRID, MOVE_DISTANCE, event_triples, sample_clip
+from tarsier_hf.dream_s.vocab import BACKGROUNDS, CAMERA_MOTIONS, COLOURS
+from tarsier_hf.dream_s.video_writer import write_video
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE1 = {"caption", "action", "mcqa", "qa", "boxes"}
@@ -168,7 +168,7 @@ def test_word_classes_cover_every_content_word_of_real_descriptions(built, smoll
     motion land in their class; the class counts follow from the ground truth."""
     from transformers import AutoTokenizer
 
-    from dataset_builders.dream_s import word_classes
+    from tarsier_hf.dream_s import word_classes
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     for record in _read_jsonl(built / "clips_train.jsonl")[:40]:
@@ -317,7 +317,7 @@ def test_generated_moves_and_boxes_match_the_pixels(built):
 
 def test_cli_shows_progress_and_rejects_bad_options(tmp_path):
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "dataset_builders.dream_s", "--out", str(out), "--seed", "1", "--num-train", "3", "--num-test", "2"]
+    cmd = [sys.executable, "-m", "tarsier_hf.dream_s", "--out", str(out), "--seed", "1", "--num-train", "3", "--num-test", "2"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "DREAM-S clips" in done.stderr and "5/5" in done.stderr  # the tqdm bar

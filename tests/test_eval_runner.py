@@ -7,7 +7,6 @@ with the processor's special tokens; the judge is SmolLM2-135M-Instruct behind `
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import console_script
+from tests.training_runs import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 JUDGE_MAX_TOKENS = 16  # short judge answers keep the suite fast; truncated ones exercise the failure paths
@@ -56,7 +56,7 @@ def build_tiny_checkpoint(smollm2_dir: Path, dest: Path) -> Path:
 
 def write_stand_in_videos(folder: Path, names: list[str], seed: int = 0) -> list[Path]:
     """Small random-texture H.264 clips (different lengths) named `<name>.mp4`."""
-    from dataset_builders.video_writer import write_video
+    from tarsier_hf.dream_s.video_writer import write_video
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,13 +112,13 @@ ANSWERS = [
 
 @pytest.mark.parametrize("answer,expected", ANSWERS)
 def test_parse_choice_real_looking_answers(answer, expected):
-    from eval.mcqa import parse_choice
+    from tarsier_hf.eval.mcqa import parse_choice
 
     assert parse_choice(answer, OPTIONS) == expected
 
 
 def test_unparsable_answers_count_as_wrong_not_dropped():
-    from eval.mcqa import MCQuestion, score_choices
+    from tarsier_hf.eval.mcqa import MCQuestion, score_choices
 
     questions = [MCQuestion(str(i), f"{i}.mp4", "q?", OPTIONS, answer=1, task="t") for i in range(4)]
     predictions = {"0": "B", "1": "(B)", "2": "no idea", "3": "A or B"}  # 2 right, 2 unparsable
@@ -130,7 +130,7 @@ def test_unparsable_answers_count_as_wrong_not_dropped():
 
 
 def test_mcqa_readers(tmp_path):
-    from eval.mcqa import load_egoschema, load_mvbench, load_nextqa
+    from tarsier_hf.eval.mcqa import load_egoschema, load_mvbench, load_nextqa
 
     (tmp_path / "action_sequence.json").write_text(json.dumps([
         {"video": "a.mp4", "question": "What next?", "candidates": ["sit", "run"], "answer": "run", "start": 1.0, "end": 3.0},
@@ -162,7 +162,7 @@ def test_mcqa_readers(tmp_path):
 
 
 def test_jsonl_survives_a_torn_last_line(tmp_path):
-    from eval.results import append_jsonl, read_jsonl
+    from tarsier_hf.eval.results import append_jsonl, read_jsonl
 
     path = tmp_path / "out.jsonl"
     append_jsonl(path, [{"id": "a", "prediction": "x"}])
@@ -174,7 +174,8 @@ def test_jsonl_survives_a_torn_last_line(tmp_path):
 
 
 def test_batches_and_shards_do_not_depend_on_process_count():
-    from eval.inference import VideoRequest, plan_batches, shard
+    from tarsier_hf.eval.inference import plan_batches, shard
+    from tarsier_hf.inference.engine import VideoRequest
 
     requests = [VideoRequest(str(i), f"{i}.mp4", "p") for i in range(7)]
     batches = plan_batches(requests, 2)
@@ -186,7 +187,7 @@ def test_batches_and_shards_do_not_depend_on_process_count():
 
 
 def test_prompts_presets():
-    from eval.prompts import frames_for, get_preset, mcqa_prompt
+    from tarsier_hf.eval.prompts import frames_for, get_preset, mcqa_prompt
 
     assert get_preset("Tarsier-7B").num_frames == 8 and get_preset("tarsier-7b").description_prompt == "Describe the video in detail."
     assert get_preset("gemini-1.5-pro").fps == 1.0 and get_preset("minigpt-4v").num_frames == 90
@@ -205,20 +206,20 @@ def test_prompts_presets():
     ("pred: no, score: 9", (False, 5.0)),
 ])
 def test_video_chatgpt_verdict_parser(text, expected):
-    from eval.openqa import parse_verdict
+    from tarsier_hf.eval.openqa import parse_verdict
 
     assert parse_verdict(text) == expected
 
 
 def test_video_chatgpt_verdict_parser_rejects_garbage():
-    from eval.openqa import parse_verdict
+    from tarsier_hf.eval.openqa import parse_verdict
 
     with pytest.raises(ValueError, match="yes/no"):
         parse_verdict("The prediction is partially right.")
 
 
 def test_table3_layout():
-    from eval.report import table3_markdown
+    from tarsier_hf.eval.report import table3_markdown
 
     scores = {
         "overall": {"f1": 0.346, "precision": 0.403, "recall": 0.302},
@@ -230,7 +231,7 @@ def test_table3_layout():
 
 
 def test_table5_layout():
-    from eval.report import table5_markdown
+    from tarsier_hf.eval.report import table5_markdown
 
     table = table5_markdown([
         {"task": "mcqa", "benchmark": "mvbench", "model": "T", "accuracy": 0.626},
@@ -259,17 +260,12 @@ INFERENCE_ARGS = ["--num_frames", "4", "--max_new_tokens", "6", "--batch_size", 
 
 
 def _inference_cmd(checkpoint, requests, output, extra=()):
-    return ["-m", "eval.inference", "--checkpoint", str(checkpoint), "--requests", str(requests),
+    return ["-m", "tarsier_hf.eval.inference", "--checkpoint", str(checkpoint), "--requests", str(requests),
             "--output", str(output), *INFERENCE_ARGS, *extra]
 
 
-def _env():
-    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    return env
-
-
 def _predictions(path) -> dict[str, str]:
-    from eval.results import read_jsonl
+    from tarsier_hf.eval.results import read_jsonl
 
     records = [r for r in read_jsonl(path) if "prediction" in r]
     ids = [r["id"] for r in records]
@@ -280,7 +276,7 @@ def _predictions(path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def single_process_reference(tiny_checkpoint, requests_file, tmp_path_factory):
     """Predictions of one in-process run (no accelerate launcher)."""
-    from eval.inference import main
+    from tarsier_hf.eval.inference import main
 
     output = tmp_path_factory.mktemp("reference") / "predictions.jsonl"
     main(["--checkpoint", str(tiny_checkpoint), "--requests", str(requests_file), "--output", str(output), *INFERENCE_ARGS])
@@ -292,7 +288,7 @@ def test_two_processes_give_the_same_results_as_one(tiny_checkpoint, requests_fi
     output = tmp_path / "predictions.jsonl"
     cmd = [console_script("accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", *_inference_cmd(tiny_checkpoint, requests_file, output)]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8/8 predictions" in proc.stdout  # printed once, by the main process
     records = [json.loads(line) for line in output.read_text().splitlines()]
@@ -305,7 +301,7 @@ def test_two_processes_give_the_same_results_as_one(tiny_checkpoint, requests_fi
 def test_resume_after_sigkill_keeps_finished_samples(tiny_checkpoint, requests_file, single_process_reference, tmp_path):
     output = tmp_path / "predictions.jsonl"
     cmd = [sys.executable, *_inference_cmd(tiny_checkpoint, requests_file, output, ["--batch_size", "1"])]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while not (output.exists() and output.read_text().count("\n") >= 2):
@@ -322,7 +318,7 @@ def test_resume_after_sigkill_keeps_finished_samples(tiny_checkpoint, requests_f
     finished = _predictions(output)
     assert 2 <= len(finished) < 8, "the kill should land mid-run"
 
-    rerun = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     after = output.read_bytes()
     assert after.startswith(before)  # finished records are kept as they were, never rewritten
@@ -332,7 +328,7 @@ def test_resume_after_sigkill_keeps_finished_samples(tiny_checkpoint, requests_f
 
     changed = subprocess.run(
         [sys.executable, *_inference_cmd(tiny_checkpoint, requests_file, output, ["--num_frames", "2"])],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300,
     )
     assert changed.returncode != 0 and "different settings" in changed.stderr and "num_frames" in changed.stderr
 
@@ -357,8 +353,8 @@ def dream_subset(dream1k_path, tmp_path_factory):
 
 @pytest.mark.slow
 def test_dream1k_end_to_end_with_served_judge(tiny_checkpoint, dream_subset, judge_server, smollm2_dir, tmp_path):
-    from eval.common import JudgeArguments, ModelArguments
-    from eval.dream1k import Dream1kArguments, evaluate_dream1k
+    from tarsier_hf.eval.common import JudgeArguments, ModelArguments
+    from tarsier_hf.eval.dream1k import Dream1kArguments, evaluate_dream1k
 
     annotations, videos, picked = dream_subset
     data = Dream1kArguments(videos=str(videos), output_dir=str(tmp_path / "run"), annotations=str(annotations),
@@ -413,7 +409,7 @@ def test_dream1k_end_to_end_with_served_judge(tiny_checkpoint, dream_subset, jud
 
 def test_dream1k_annotations_from_a_dataset_folder(dream_subset, tmp_path):
     """`--annotations` may be a dataset id or folder: the same records come back through `datasets`."""
-    from eval.dream1k import build_requests, load_annotations
+    from tarsier_hf.eval.dream1k import build_requests, load_annotations
 
     annotations, videos, picked = dream_subset
     folder = tmp_path / "dream1k_dataset"
@@ -439,7 +435,7 @@ def test_dream1k_annotations_from_a_dataset_folder(dream_subset, tmp_path):
 
 @pytest.fixture(scope="module")
 def loaded_tiny(tiny_checkpoint):
-    from eval.inference import load_model_and_processor
+    from tarsier_hf.inference.engine import load_model_and_processor
 
     return load_model_and_processor(tiny_checkpoint)
 
@@ -452,13 +448,13 @@ def benchmark_videos(tmp_path_factory):
 
 
 def _model_args(tiny_checkpoint, **overrides):
-    from eval.common import ModelArguments
+    from tarsier_hf.eval.common import ModelArguments
 
     return ModelArguments(checkpoint=str(tiny_checkpoint), max_new_tokens=6, batch_size=2, **overrides)
 
 
 def test_mcqa_runner_counts_unparsable_answers_wrong(tiny_checkpoint, loaded_tiny, benchmark_videos, tmp_path):
-    from eval.mcqa import MCQAArguments, evaluate_mcqa
+    from tarsier_hf.eval.mcqa import MCQAArguments, evaluate_mcqa
 
     (tmp_path / "object_interaction.json").write_text(json.dumps([
         {"video": "v1.mp4", "question": "What did the person take?", "candidates": ["the cup", "the book"], "answer": "the cup"},
@@ -476,7 +472,7 @@ def test_mcqa_runner_counts_unparsable_answers_wrong(tiny_checkpoint, loaded_tin
 
 
 def test_captioning_runner_scores_with_the_cider_module(tiny_checkpoint, loaded_tiny, benchmark_videos, tmp_path):
-    from eval.captioning import CaptioningArguments, evaluate_captioning, load_references
+    from tarsier_hf.eval.captioning import CaptioningArguments, evaluate_captioning, load_references
 
     (tmp_path / "vatex.json").write_text(json.dumps([
         {"videoID": "v1", "enCap": ["a man is walking", "someone walks on a road"]},
@@ -504,8 +500,8 @@ def test_captioning_runner_scores_with_the_cider_module(tiny_checkpoint, loaded_
 
 @pytest.mark.slow
 def test_openqa_with_the_video_chatgpt_judge(tiny_checkpoint, loaded_tiny, benchmark_videos, judge_server, smollm2_dir, tmp_path):
-    from eval.common import JudgeArguments
-    from eval.openqa import JUDGE_PROMPT_VERSION, OpenQAArguments, evaluate_openqa
+    from tarsier_hf.eval.common import JudgeArguments
+    from tarsier_hf.eval.openqa import JUDGE_PROMPT_VERSION, OpenQAArguments, evaluate_openqa
 
     (tmp_path / "test_qa.json").write_text(json.dumps([
         {"video_id": "v1", "question": "what is the man doing?", "answer": "walking", "id": 0},

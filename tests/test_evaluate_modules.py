@@ -7,15 +7,13 @@ answer too slowly) reached through the real `openai` client.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fault_server import FaultServer  # noqa: E402
+from tests.fault_server import FaultServer
 
 PREDICTIONS = ["A man runs to the door. The man opens the door.", "A dog sits on the grass."]
 REFERENCES = ["A man walks to the door. The man opens the door.", "A cat sleeps on the sofa."]
@@ -67,8 +65,8 @@ def test_combine_cider_and_autodq_with_judge_settings_given_at_load_time(elsewhe
 def test_progress_bar_and_defaults_scaled_for_a_local_judge(capsys):
     import openai
 
-    from eval.autodq.pipeline import build_judge, run_autodq
-    from eval.autodq.scoring import Sample, get_config
+    from tarsier_hf.eval.autodq.pipeline import build_judge, run_autodq
+    from tarsier_hf.eval.autodq.scoring import Sample, get_config
 
     config = get_config("robust")
     hosted = build_judge("openai", config, base_url="https://api.example.invalid/v1", api_key="x", cache_path=False)
@@ -86,9 +84,9 @@ def test_progress_bar_and_defaults_scaled_for_a_local_judge(capsys):
 
 def test_fails_fast_with_advice_when_the_first_calls_time_out():
     """A judge slower than its timeout: stop after the first wave instead of failing all 40 samples."""
-    from eval.autodq.judge import OpenAIChatJudge
-    from eval.autodq.pipeline import JudgeTimeoutError, run_autodq
-    from eval.autodq.scoring import Sample, get_config
+    from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+    from tarsier_hf.eval.autodq.pipeline import JudgeTimeoutError, run_autodq
+    from tarsier_hf.eval.autodq.scoring import Sample, get_config
 
     samples = [Sample(i, f"A man opens door {i}.", f"A man closes door {i}.") for i in range(40)]
     with FaultServer(always="slow", slow_seconds=3.0) as server:

@@ -3,8 +3,8 @@
 The recipe file is used as shipped; the launch only overrides what a CPU needs (`--num_processes 2
 --mixed_precision no`, `--use_cpu true --bf16 false`). accelerate 1.15 silently turns an FSDP config into plain
 DDP on CPU processes, so the script runs behind `tests/accelerate_fsdp_cpu.py`, which lifts only that gate and
-prints each rank's FSDP layout. The unsharded reference is `distributed_run` of tests/test_training.py: the same
-arguments under DDP.
+prints each rank's FSDP layout. The unsharded reference is the session's `distributed_run` (tests/conftest.py, also checked by
+tests/test_training.py): the same arguments under DDP, trained once.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_training import _common_args, _env, _run, _state, _tensors, distributed_run  # noqa: F401
+from tests.training_runs import child_env, run_checked, sft_args, trainer_state, weights
 
 REPO = Path(__file__).resolve().parents[1]
 FSDP_RECIPE = REPO / "recipes" / "accelerate" / "fsdp.yaml"
@@ -33,7 +33,7 @@ def _launch_fsdp(script_args, cwd, launch_args=()):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_RECIPE),
            "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0", *launch_args,
            str(SHIM), str(REPO / "train_sft.py"), *script_args]
-    return _run(cmd, cwd=cwd)
+    return run_checked(cmd, cwd=cwd)
 
 
 def _layouts(cwd) -> list[dict]:
@@ -64,7 +64,7 @@ def test_accelerate_leaves_fsdp_off_on_cpu_without_the_shim(tmp_path):
                           "fsdp2": accelerator.is_fsdp2}))
         """
     )
-    env = dict(_env(), ACCELERATE_USE_FSDP="true", FSDP_VERSION="2", ACCELERATE_USE_CPU="true", LOCAL_RANK="0",
+    env = dict(child_env(), ACCELERATE_USE_FSDP="true", FSDP_VERSION="2", ACCELERATE_USE_CPU="true", LOCAL_RANK="0",
                RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                PYTHONPATH=str(REPO))
     seen = {}
@@ -83,7 +83,7 @@ def fsdp_run(tiny_tarsier, data_dir, tmp_path_factory):
     folder, _, _ = tiny_tarsier
     output_dir = tmp_path_factory.mktemp("fsdp") / "full"
     args = ["--model_name_or_path", str(folder), "--max_steps", "10", "--save_steps", "5", "--learning_rate", "5e-3",
-            "--warmup_steps", "0", "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir)]
+            "--warmup_steps", "0", "--gradient_checkpointing", "true", *sft_args(data_dir, output_dir)]
     cwd = tmp_path_factory.mktemp("cwd")
     _launch_fsdp(args, cwd=cwd)
     return output_dir, _layouts(cwd)
@@ -132,12 +132,12 @@ def test_fsdp_run_shards_learns_and_saves_the_same_model_as_ddp(fsdp_run, distri
         assert abs(row["local_elements"] / row["global_elements"] - 0.5) < 0.01
     assert sum(r["local_elements"] for r in layouts) == layouts[0]["global_elements"]
 
-    state = _state(output_dir)
+    state = trainer_state(output_dir)
     logs = [entry for entry in state["log_history"] if "loss" in entry]
     assert state["global_step"] == 10 and len(logs) == 10
     losses = [entry["loss"] for entry in logs]
     assert np.mean(losses[-3:]) < losses[0] - 1.0, losses
-    ddp_losses = [entry["loss"] for entry in _state(ddp_dir)["log_history"] if "loss" in entry]
+    ddp_losses = [entry["loss"] for entry in trainer_state(ddp_dir)["log_history"] if "loss" in entry]
     np.testing.assert_allclose(losses, ddp_losses, rtol=1e-3)  # same data order, same updates
 
     # FSDP checkpoints (accelerate's save_fsdp_model / save_fsdp_optimizer), frozen tower kept out of the optimizer.
@@ -145,7 +145,7 @@ def test_fsdp_run_shards_learns_and_saves_the_same_model_as_ddp(fsdp_run, distri
     assert (checkpoint / "pytorch_model_fsdp.bin").is_file() and (checkpoint / "optimizer.bin").is_file()
     assert not (checkpoint / "optimizer.pt").exists()
     optimizer_state = torch.load(checkpoint / "optimizer.bin", weights_only=False)["state"]
-    before, after = _tensors(folder), _tensors(output_dir)
+    before, after = weights(folder), weights(output_dir)
     assert optimizer_state and all("language_model" in name for name in optimizer_state)
     assert not any("vision_tower" in n or "multi_modal_projector" in n for n in optimizer_state)
     frozen = [k for k in before if "vision_tower" in k or "multi_modal_projector" in k]
@@ -161,7 +161,7 @@ def test_fsdp_run_shards_learns_and_saves_the_same_model_as_ddp(fsdp_run, distri
     assert config["architectures"] == ["TarsierForConditionalGeneration"]
 
     # The same weights as DDP up to float32 reduction order.
-    ddp = _tensors(ddp_dir)
+    ddp = weights(ddp_dir)
     assert after.keys() == ddp.keys()
     worst = max(float((after[k] - ddp[k]).abs().max()) for k in after)
     assert worst < 1e-4, worst
@@ -169,7 +169,7 @@ def test_fsdp_run_shards_learns_and_saves_the_same_model_as_ddp(fsdp_run, distri
     videos = ",".join(str(data_dir / "videos" / f"{c}.mp4") for c in ("red", "blue"))
     script = tmp_path / "generate.py"
     script.write_text(GENERATE)
-    report = json.loads(_run([sys.executable, str(script), videos, str(output_dir), str(ddp_dir)],
+    report = json.loads(run_checked([sys.executable, str(script), videos, str(output_dir), str(ddp_dir)],
                              cwd=tmp_path).stdout.strip().splitlines()[-1])
     sharded, plain = report[str(output_dir)], report[str(ddp_dir)]
     assert sharded["module"].startswith("transformers_modules")
@@ -189,7 +189,7 @@ def test_fsdp_resumes_from_sharded_checkpoint_with_fsdp_activation_checkpointing
     def args(output_dir, *extra):
         return ["--model_name_or_path", str(folder), "--max_steps", "4", "--save_steps", "2", "--learning_rate",
                 "5e-3", "--warmup_steps", "0", "--gradient_checkpointing", "false", *extra,
-                *_common_args(data_dir, output_dir, data="good.jsonl")]
+                *sft_args(data_dir, output_dir, data="good.jsonl")]
 
     straight = tmp_path / "straight"
     _launch_fsdp(args(straight), cwd=tmp_path, launch_args=launch)
@@ -204,11 +204,11 @@ def test_fsdp_resumes_from_sharded_checkpoint_with_fsdp_activation_checkpointing
     _launch_fsdp(args(resumed, "--resume_from_checkpoint", "last"), cwd=tmp_path, launch_args=launch)
 
     def losses(path):
-        return {e["step"]: e["loss"] for e in _state(path)["log_history"] if "loss" in e}
+        return {e["step"]: e["loss"] for e in trainer_state(path)["log_history"] if "loss" in e}
 
-    assert _state(resumed)["global_step"] == 4
+    assert trainer_state(resumed)["global_step"] == 4
     assert [losses(resumed)[s] for s in (3, 4)] == pytest.approx([losses(straight)[s] for s in (3, 4)], rel=1e-5)
-    final_straight, final_resumed = _tensors(straight), _tensors(resumed)  # FULL at the end despite SHARDED
+    final_straight, final_resumed = weights(straight), weights(resumed)  # FULL at the end despite SHARDED
     assert max(float((final_straight[k] - final_resumed[k]).abs().max()) for k in final_straight) < 1e-6
 
 
@@ -220,11 +220,11 @@ def test_lora_under_fsdp_with_gradient_checkpointing(tiny_tarsier, data_dir, tmp
     output_dir = tmp_path / "lora"
     args = ["--model_name_or_path", str(folder), "--use_peft", "true", "--lora_r", "4", "--max_steps", "3",
             "--save_strategy", "no", "--learning_rate", "1e-2", "--gradient_checkpointing", "true",
-            *_common_args(data_dir, output_dir, data="good.jsonl")]
+            *sft_args(data_dir, output_dir, data="good.jsonl")]
     _launch_fsdp(args, cwd=tmp_path)
     for row in _layouts(tmp_path):
         assert 0 < row["trainable_parameters"] < row["parameters"] == row["sharded_parameters"]
-    losses = [e["loss"] for e in _state(output_dir)["log_history"] if "loss" in e]
+    losses = [e["loss"] for e in trainer_state(output_dir)["log_history"] if "loss" in e]
     assert len(losses) == 3 and losses[-1] < losses[0], losses
     from safetensors.torch import load_file
 
@@ -239,6 +239,6 @@ def test_lora_with_fsdp_activation_checkpointing_is_refused(tiny_tarsier, data_d
     """peft 0.21 + accelerate's checkpoint wrappers save an adapter without tensors (measured): refused up front."""
     folder, _, _ = tiny_tarsier
     args = ["--model_name_or_path", str(folder), "--use_peft", "true", "--max_steps", "1",
-            "--gradient_checkpointing", "false", *_common_args(data_dir, tmp_path / "lora", data="good.jsonl")]
+            "--gradient_checkpointing", "false", *sft_args(data_dir, tmp_path / "lora", data="good.jsonl")]
     with pytest.raises(AssertionError, match="LoRA under FSDP with fsdp_activation_checkpointing saves an empty"):
         _launch_fsdp(args, cwd=tmp_path, launch_args=("--fsdp_activation_checkpointing", "true"))

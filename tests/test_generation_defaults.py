@@ -69,3 +69,33 @@ def test_batched_generate_equals_one_by_one(loaded, clips):
     batched = _readme_generate(model, processor, conversations)
     assert all(alone) and alone[0] != alone[1]  # the two samples get different answers, so equality means something
     assert batched == alone
+
+
+def test_generation_options_are_generation_config_attributes():
+    """The decoding flags of every generating command are transformers' GenerationConfig options (top_k and
+    repetition_penalty included), documented with GenerationConfig's own help, and end up in one GenerationConfig
+    that `model.generate` receives and every result records."""
+    from transformers import GenerationConfig, HfArgumentParser
+
+    from tarsier_hf.eval.inference import InferenceArguments
+
+    parser = HfArgumentParser(InferenceArguments)
+    helps = {action.dest: action.help for action in parser._actions}
+    assert helps["top_k"].startswith("GenerationConfig: The number of highest probability vocabulary tokens")
+    (args,) = parser.parse_args_into_dataclasses(args=[
+        "--checkpoint", "c", "--requests", "r.jsonl", "--output", "o.jsonl", "--do_sample", "--top_k", "5",
+        "--repetition_penalty", "1.3", "--temperature", "0.7", "--fps", "2"])
+    settings = args.settings()
+    assert isinstance(settings.generation, GenerationConfig)
+    assert (settings.generation.top_k, settings.generation.repetition_penalty) == (5, 1.3)
+    assert settings.to_dict()["generation"] == {"max_new_tokens": 512, "do_sample": True, "temperature": 0.7,
+                                                "top_k": 5, "repetition_penalty": 1.3}
+    assert settings.to_dict()["frame_sampling"] == {"policy": "fps", "fps": 2.0, "max_frames": 64}
+    # greedy by default (the paper's evaluation), and unset options are left to the checkpoint
+    (default,) = parser.parse_args_into_dataclasses(args=["--checkpoint", "c", "--requests", "r", "--output", "o"])
+    assert default.settings().to_dict()["generation"] == {"max_new_tokens": 512, "do_sample": False}
+    assert default.settings().frame_sampling.to_dict() == {"policy": "uniform", "num_frames": 8}
+    (contradictory,) = parser.parse_args_into_dataclasses(args=[
+        "--checkpoint", "c", "--requests", "r", "--output", "o", "--temperature", "0.7"])
+    with pytest.raises(ValueError, match="temperature"):  # sampling options without --do_sample
+        contradictory.settings()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_training import _env
+from tests.training_runs import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,7 @@ def test_gpu_check_runs_every_check_at_tiny_shapes(tmp_path):
     out = tmp_path / "rows.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu", "--frames", "2",
            "--steps", "1", "--new_tokens", "4", "--batches", "1", "2", "--json", str(out)]
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {row["check"]: row for row in json.loads(out.read_text())}
     table = result.stdout[result.stdout.index("| check |"):]
@@ -43,8 +44,10 @@ def test_mfu_formula_and_peak_lookup():
     """6 N T for the LLM plus causal attention; the 7B config holds 4,808 LM positions for 8 frames."""
     import torch
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from gpu_check import PEAK_BF16_TFLOPS, TarsierConfig, model_flops, peak_tflops
+    # benchmarks/ holds scripts, not a package: run the script's definitions by its path
+    gpu_check = runpy.run_path(str(REPO / "benchmarks" / "gpu_check.py"), run_name="gpu_check")
+    PEAK_BF16_TFLOPS, TarsierConfig, model_flops, peak_tflops = (
+        gpu_check[name] for name in ("PEAK_BF16_TFLOPS", "TarsierConfig", "model_flops", "peak_tflops"))
 
     config = TarsierConfig()
     assert config.num_positions_per_frame * 8 == 4808  # 24 x (24 + 1) + 1 = 601 per 336 px frame

@@ -1,4 +1,4 @@
-"""eval.inference throughput parts: length-sorted batches, DataLoader workers decoding ahead, streamed JSONL;
+"""tarsier_hf.eval.inference throughput parts: length-sorted batches, DataLoader workers decoding ahead, streamed JSONL;
 and the throughput benchmark against transformers' LLaVA-NeXT-Video at tiny size."""
 
 from __future__ import annotations
@@ -10,21 +10,25 @@ from pathlib import Path
 
 import pytest
 
-from eval.inference import VideoTextGenerator
+from transformers import GenerationConfig
+
+from tarsier_hf.inference.engine import VideoTextGenerator
 from tests.test_eval_runner import build_tiny_checkpoint, write_stand_in_videos
+from video_processing_tarsier import UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def loaded(smollm2_dir, tmp_path_factory):
-    from eval.inference import load_model_and_processor
+    from tarsier_hf.inference.engine import load_model_and_processor
 
     return load_model_and_processor(build_tiny_checkpoint(smollm2_dir, tmp_path_factory.mktemp("tiny_throughput")))
 
 
 def test_plan_batches_sorts_by_length_stably():
-    from eval.inference import VideoRequest, plan_batches
+    from tarsier_hf.eval.inference import plan_batches
+    from tarsier_hf.inference.engine import VideoRequest
 
     requests = [VideoRequest(str(i), f"{i}.mp4", "x" * n) for i, n in enumerate([5, 1, 5, 3, 1, 9, 3])]
     batches = plan_batches(requests, 3, length=lambda r: len(r.prompt))
@@ -57,7 +61,7 @@ class RecordingGenerator(VideoTextGenerator):
 
 
 def test_workers_decode_ahead_and_results_stream_identical_to_batch_one(loaded, tmp_path, monkeypatch):
-    import eval.inference as inference
+    import tarsier_hf.eval.inference as inference
 
     model, processor = loaded
     videos = write_stand_in_videos(tmp_path / "v", [f"c{i}" for i in range(5)], seed=1)
@@ -65,8 +69,8 @@ def test_workers_decode_ahead_and_results_stream_identical_to_batch_one(loaded, 
     prompts = ["Describe the video.", "Describe the video in detail, with every colour you see and how it moves."]
     requests = [inference.VideoRequest(f"r{i}", str(v), prompts[i % 2]) for i, v in enumerate(videos)]
     requests.append(inference.VideoRequest("bad", str(tmp_path / "v" / "broken.mp4"), prompts[0]))
-    settings = inference.InferenceSettings(checkpoint="tiny", num_frames=3,
-                                           generation=inference.GenerationSettings(max_new_tokens=6))
+    settings = inference.InferenceSettings(checkpoint="tiny", frame_sampling=UniformSampling(3),
+                                           generation=GenerationConfig(max_new_tokens=6, do_sample=False))
 
     reference = inference.run_inference(requests, tmp_path / "one.jsonl", settings, batch_size=1, model=model,
                                         processor=processor, progress=False, num_workers=0)
@@ -92,13 +96,13 @@ def test_workers_decode_ahead_and_results_stream_identical_to_batch_one(loaded, 
 
 @pytest.mark.slow
 def test_throughput_benchmark_runs_and_batched_outputs_equal_batch_one(tmp_path):
-    from tests.test_training import _env
+    from tests.training_runs import child_env
     import subprocess
 
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_describe_throughput.py"), "--videos", "4",
            "--batch_size", "2", "--layers", "1", "--hidden", "64", "--new_tokens", "4", "--json", str(out)]
-    result = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["identical"] is True and report["videos"] == 4

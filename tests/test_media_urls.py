@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processing_tarsier import VideoReadError, load_image, load_video
+from video_processing_tarsier import UniformSampling, VideoReadError, load_image, load_video
 from tests.colour_clips import write_colour_clips
 
 
@@ -28,23 +28,23 @@ def _jpeg_b64(frame: np.ndarray) -> str:
 
 
 def test_file_url_and_data_uri_give_the_file_frames(clip):
-    by_path = load_video(str(clip), num_frames=4)
-    by_url = load_video(clip.as_uri(), num_frames=4)
+    by_path = load_video(str(clip), UniformSampling(4))
+    by_url = load_video(clip.as_uri(), UniformSampling(4))
     data = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
-    by_data = load_video(data, num_frames=4)
+    by_data = load_video(data, UniformSampling(4))
     assert np.array_equal(by_url.frames, by_path.frames) and np.array_equal(by_data.frames, by_path.frames)
     assert by_data.indices.tolist() == by_path.indices.tolist() and by_data.total_frames == by_path.total_frames
     assert by_data.source.startswith("data:video/mp4;base64,...") and len(by_data.source) < 80
 
 
 def test_base64_jpeg_frames(clip):
-    frames = load_video(str(clip), num_frames=6).frames
+    frames = load_video(str(clip), UniformSampling(6)).frames
     encoded = [_jpeg_b64(f) for f in frames]
     decoded = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(e))).convert("RGB")) for e in encoded])
-    joined = load_video("data:video/jpeg;base64," + ",".join(encoded), num_frames=3)
+    joined = load_video("data:video/jpeg;base64," + ",".join(encoded), UniformSampling(3))
     assert joined.total_frames == 6 and joined.indices.tolist() == [0, 2, 5]  # the uniform rule over 6 frames
     assert np.array_equal(joined.frames, decoded[[0, 2, 5]])
-    as_list = load_video(["data:image/jpeg;base64," + e for e in encoded], num_frames=3)
+    as_list = load_video(["data:image/jpeg;base64," + e for e in encoded], UniformSampling(3))
     assert np.array_equal(as_list.frames, joined.frames)
 
 

@@ -1,4 +1,4 @@
-"""Model cards: Hub metadata that transformers and the Hub understand, and `tools/hub_publish` writing a card for
+"""Model cards: Hub metadata that transformers and the Hub understand, and `tarsier_hf.hub.publish` writing a card for
 a folder that has none (a plain `save_pretrained`) or only `push_to_hub`'s placeholder."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import shutil
 import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
-from tools import hub_publish
-from training.model_card import render_model_card
+from tarsier_hf.hub import publish as hub_publish
+from tarsier_hf.hub.checkpoint import CODE_FILES, CheckpointError, check_checkpoint
+from tarsier_hf.hub.model_card import render_model_card
 
 
 def _check_metadata(card_text: str) -> ModelCard:
@@ -70,3 +71,41 @@ def test_hub_publish_keeps_a_real_card(plain_folder, tmp_path):
     (plain_folder / "README.md").write_text(own)
     staging = hub_publish.prepare_upload_folder(plain_folder, tmp_path / "up")
     assert (staging / "README.md").read_text() == own
+
+
+def test_one_file_list_for_trained_converted_and_adapter_folders(plain_folder):
+    """`check_checkpoint` is what training, conversion and publishing all check against: training by-products are
+    left out, a LoRA adapter folder needs its adapter files and the processor, and each gap is named."""
+    (plain_folder / "checkpoint-5").mkdir()
+    (plain_folder / "runs").mkdir()
+    (plain_folder / "bad_rows.jsonl").write_text("{}\n")
+    (plain_folder / "training_args.bin").write_bytes(b"\0")
+    files = check_checkpoint(plain_folder)
+    assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja", *CODE_FILES} <= set(files)
+    assert not {"checkpoint-5", "runs", "bad_rows.jsonl", "training_args.bin"} & set(files)
+
+    (plain_folder / "stray").mkdir()
+    with pytest.raises(CheckpointError, match=r"stray: unexpected sub-folder"):
+        check_checkpoint(plain_folder)
+    (plain_folder / "stray").rmdir()
+
+    # No auto_map names video_processing_tarsier.py, but processing_tarsier.py imports it (`from .video_processing_
+    # tarsier import ...`), so transformers' module cache needs it beside the checkpoint.
+    moved = (plain_folder / "video_processing_tarsier.py").rename(plain_folder.parent / "video_processing_tarsier.py")
+    with pytest.raises(CheckpointError, match=r"\(or imported by them\) are missing: \['video_processing_tarsier\.py'\]"):
+        check_checkpoint(plain_folder)
+    moved.rename(plain_folder / "video_processing_tarsier.py")
+
+    # A LoRA run's folder (train_sft.py --use_peft): adapter + processor, no full weights or model config.
+    adapter = plain_folder.parent / "adapter"
+    adapter.mkdir()
+    for name in ("processor_config.json", "chat_template.jinja", "tokenizer_config.json", "tokenizer.json", *CODE_FILES):
+        shutil.copy(plain_folder / name, adapter / name)
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(CheckpointError, match=r"missing adapter_model\.safetensors"):
+        check_checkpoint(adapter)
+    shutil.copy(plain_folder / "model.safetensors", adapter / "adapter_model.safetensors")
+    assert "adapter_model.safetensors" in check_checkpoint(adapter)
+    (adapter / "processor_config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"missing processor_config\.json"):
+        check_checkpoint(adapter)

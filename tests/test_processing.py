@@ -8,15 +8,18 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dataset_builders.video_writer import coded_frames, write_video
-from processing_tarsier import CHAT_TEMPLATES, SPECIAL_TOKENS, TarsierProcessor, load_video, sample_uniform
+from tarsier_hf.dream_s.video_writer import coded_frames, write_video
+from processing_tarsier import CHAT_TEMPLATES, SPECIAL_TOKENS, TarsierProcessor
+from video_processing_tarsier import FpsSampling, RandomSegmentsSampling, UniformSampling, load_video, sample_uniform
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +33,7 @@ def tokenizer(smollm2_dir):
 
 @pytest.fixture
 def processor(tokenizer):
-    return TarsierProcessor.from_parts(tokenizer, "clip", chat_template="vicuna", num_frames=4)
+    return TarsierProcessor.from_parts(tokenizer, "clip", chat_template="vicuna", frame_sampling=UniformSampling(4))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,7 @@ def test_batched_conversations_frame_order_and_counts(processor, clip, padding_s
     assert out["num_frames"].tolist() == [5, 0, 8]
     assert out["pixel_values"].shape == (13, 3, 336, 336)
     expected_frames = [
-        *load_video(clip, num_frames=4).frames,
+        *load_video(clip, UniformSampling(4)).frames,
         image,
         *video_array[sample_uniform(12, 4)],
         *video_array[:5][sample_uniform(5, 4)],
@@ -121,7 +124,7 @@ def test_batched_conversations_frame_order_and_counts(processor, clip, padding_s
 
 @pytest.mark.parametrize("template", list(CHAT_TEMPLATES))
 def test_assistant_masks_cover_only_assistant_turns(tokenizer, clip, template):
-    processor = TarsierProcessor.from_parts(tokenizer, "clip", chat_template=template, num_frames=2)
+    processor = TarsierProcessor.from_parts(tokenizer, "clip", chat_template=template, frame_sampling=UniformSampling(2))
     conversation = [
         {"role": "system", "content": "You describe videos."},
         user_turn({"type": "video", "path": str(clip)}),
@@ -161,12 +164,12 @@ def test_resize_modes(tokenizer):
 
 def test_sampling_options_reach_the_reader(processor, clip):
     out = processor(
-        text=["<video>", "<video>"], videos=[str(clip), str(clip)], num_frames=(3, 6), sampling="random_segments", rng=0
+        text=["<video>", "<video>"], videos=[str(clip), str(clip)], frame_sampling=RandomSegmentsSampling((3, 6)), rng=0
     )
     counts = out["num_frames"].tolist()
     assert all(3 <= c <= 6 for c in counts)
     assert out["pixel_values"].shape[0] == sum(counts)
-    fps = processor(text="<video>", videos=[str(clip)], fps=2.0, max_frames=64)
+    fps = processor(text="<video>", videos=[str(clip)], frame_sampling=FpsSampling(fps=2.0, max_frames=64))
     assert fps["num_frames"].tolist() == [2]  # a 1 s clip at 2 fps
 
 
@@ -182,14 +185,17 @@ def test_errors_are_clear(processor, clip):
 @pytest.mark.slow
 def test_save_and_load_with_auto_processor_remote_code(tokenizer, clip, tmp_path):
     processor = TarsierProcessor.from_parts(
-        tokenizer, "clip", chat_template="chatml", use_frame_separators=True, resize_mode="pad", num_frames=3
+        tokenizer, "clip", chat_template="chatml", use_frame_separators=True, resize_mode="pad",
+        frame_sampling=UniformSampling(3),
     )
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
-    assert (folder / "processing_tarsier.py").read_text() == (REPO / "processing_tarsier.py").read_text()
+    for code in ("processing_tarsier.py", "video_processing_tarsier.py", "configuration_tarsier.py"):
+        assert (folder / code).read_text() == (REPO / code).read_text()
+    assert (folder / "chat_template.jinja").read_text() == CHAT_TEMPLATES["chatml"]
     config = json.loads((folder / "processor_config.json").read_text())
     assert config["auto_map"]["AutoProcessor"] == "processing_tarsier.TarsierProcessor"
-    assert config["resize_mode"] == "pad" and config["num_frames"] == 3
+    assert config["resize_mode"] == "pad" and config["frame_sampling"] == {"policy": "uniform", "num_frames": 3}
 
     conversation = [
         user_turn({"type": "video", "path": str(clip)}, {"type": "image", "image": np.full((30, 60, 3), 90, np.uint8)}),
@@ -236,3 +242,74 @@ def test_save_and_load_with_auto_processor_remote_code(tokenizer, clip, tmp_path
     for key in expected:
         torch.testing.assert_close(reloaded[key], expected[key], rtol=0, atol=0)
     assert expected["num_frames"].tolist() == [4]
+
+
+def test_frame_sampling_round_trips_through_save_pretrained(tokenizer, clip, tmp_path):
+    """The default sampling object is saved whole in processor_config.json and comes back equal; a config written
+    before `frame_sampling` existed (loose sampling/video_fps/max_frames keys) keeps its policy."""
+    sampling = RandomSegmentsSampling((2, 5))
+    processor = TarsierProcessor.from_parts(tokenizer, "clip", chat_template="chatml", frame_sampling=sampling)
+    processor.save_pretrained(tmp_path / "saved")
+    config = json.loads((tmp_path / "saved" / "processor_config.json").read_text())
+    assert config["frame_sampling"] == {"policy": "random_segments", "num_frames": [2, 5]}
+    reloaded = TarsierProcessor.from_pretrained(tmp_path / "saved")
+    assert reloaded.frame_sampling == sampling and isinstance(reloaded.frame_sampling.num_frames, tuple)
+    counts = reloaded(text=["<video>"] * 4, videos=[str(clip)] * 4, rng=0)["num_frames"].tolist()
+    assert all(2 <= c <= 5 for c in counts) and len(set(counts)) > 1
+
+    legacy = {k: v for k, v in config.items() if k != "frame_sampling"}
+    legacy.update(sampling="fps", video_fps=2.0, max_frames=16, num_frames=8)
+    (tmp_path / "saved" / "processor_config.json").write_text(json.dumps(legacy))
+    assert TarsierProcessor.from_pretrained(tmp_path / "saved").frame_sampling == FpsSampling(fps=2.0, max_frames=16)
+
+
+def test_a_policy_added_to_the_registry_works_end_to_end(tokenizer, clip, tmp_path):
+    """Adding a policy is one registered FrameSampling subclass (video_processing_tarsier's registry): the processor
+    samples with it, saves it and loads it back, with no other file touched."""
+    from video_processing_tarsier import FRAME_SAMPLING_POLICIES, FrameSampling, register_frame_sampling
+
+    @register_frame_sampling
+    @dataclass(frozen=True)
+    class EveryKth(FrameSampling):
+        policy: ClassVar[str] = "every_kth_test"
+        k: int = 2
+
+        def indices(self, timestamps, complex_clip=False, rng=None):
+            return np.arange(0, len(np.atleast_1d(timestamps)) if np.ndim(timestamps) else int(timestamps), self.k)
+
+        def max_frames_per_video(self, complex_clip=False):
+            return None
+
+    try:
+        processor = TarsierProcessor.from_parts(tokenizer, "clip", chat_template="chatml", frame_sampling={
+            "policy": "every_kth_test", "k": 10})
+        out = processor(text="<video>", videos=[str(clip)], return_metadata=True)
+        assert out["video_metadata"][0].frames_indices == [0, 10, 20]  # a 30-frame clip
+        assert out["num_frames"].tolist() == [3]
+        processor.save_pretrained(tmp_path)
+        assert TarsierProcessor.from_pretrained(tmp_path).frame_sampling == EveryKth(k=10)
+        with pytest.raises(ValueError, match=r"'every_kth_test' takes \['k'\], not \['n'\]"):
+            processor(text="<video>", videos=[str(clip)], frame_sampling={"policy": "every_kth_test", "n": 1})
+    finally:
+        FRAME_SAMPLING_POLICIES.pop("every_kth_test")
+    with pytest.raises(ValueError, match="unknown frame sampling policy 'every_kth_test'"):
+        TarsierProcessor.from_pretrained(tmp_path)
+
+
+def test_call_options_adjust_the_default_sampling(processor, clip):
+    """transformers' `num_frames` / `fps` video options adjust the processor's sampling object for one call."""
+    meta = lambda out: out["video_metadata"][0].frames_indices  # noqa: E731
+    assert meta(processor(text="<video>", videos=[str(clip)], return_metadata=True)) == sample_uniform(30, 4).tolist()
+    assert meta(processor(text="<video>", videos=[str(clip)], num_frames=3, return_metadata=True)) == [0, 14, 29]
+    # a 30-frame clip at 30 fps: the frames on screen at 0, 0.25, 0.5 and 0.75 s
+    assert meta(processor(text="<video>", videos=[str(clip)], fps=4.0, return_metadata=True)) == [0, 7, 15, 22]
+    assert "video_metadata" not in processor(text="<video>", videos=[str(clip)])
+    with pytest.raises(ValueError, match="'fps' has no num_frames"):
+        processor(text="<video>", videos=[str(clip)], frame_sampling=FpsSampling(2.0), num_frames=3)
+
+
+def test_unknown_options_are_refused_not_ignored(processor, clip):
+    """transformers' mixin only warns about an option it does not know; the old loose sampling arguments must not
+    be dropped silently."""
+    with pytest.raises(TypeError, match=r"unknown options \['max_frames', 'sampling'\]; frame sampling is one"):
+        processor(text="<video>", videos=[str(clip)], sampling="fps", max_frames=4)

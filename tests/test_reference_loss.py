@@ -1,4 +1,4 @@
-"""eval.reference_loss: teacher-forced reference loss with the own video vs another video, on real PyAV clips."""
+"""tarsier_hf.eval.reference_loss: teacher-forced reference loss with the own video vs another video, on real PyAV clips."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from eval.reference_loss import mean_token_nll, nll_by_class, score_references
+from tarsier_hf.eval.reference_loss import mean_token_nll, nll_by_class, score_references
 from tests.colour_clips import conversation_row
 
 
@@ -19,13 +19,14 @@ def _rows(data_dir):
 @pytest.fixture(scope="module")
 def colour_reader(tiny_tarsier, data_dir):
     """The tiny Tarsier after memorising which colour each clip shows (so it can only be right by looking)."""
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from video_processing_tarsier import UniformSampling
 
     _, model, processor = tiny_tarsier
     model = copy.deepcopy(model).train()
     rows = [normalize_row(r, str(data_dir)) for r in _rows(data_dir)]
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [4]), fail_fast=True)
+    collator = TarsierVideoCollator(processor, UniformSampling(4), fail_fast=True)
     batch = collator(rows)
     batch.pop("skipped_samples"), batch.pop("skipped_too_long")
     torch.manual_seed(0)
@@ -39,8 +40,9 @@ def colour_reader(tiny_tarsier, data_dir):
 
 
 def test_own_video_scores_like_the_training_loss(colour_reader, data_dir):
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from video_processing_tarsier import UniformSampling
 
     model, processor = colour_reader
     rows = _rows(data_dir)
@@ -49,7 +51,7 @@ def test_own_video_scores_like_the_training_loss(colour_reader, data_dir):
     assert [s.video for s in scored] == [str(data_dir / r["messages"][0]["content"][0]["path"]) for r in rows]
     # the scored tokens are the answer and the end-of-turn token, and their mean is the model's own loss
     assert "".join(scored[0].tokens) == "The screen stays red.<|im_end|>"
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [4]), fail_fast=True)
+    collator = TarsierVideoCollator(processor, UniformSampling(4), fail_fast=True)
     batch = collator([normalize_row(r, str(data_dir)) for r in rows])
     batch.pop("skipped_samples"), batch.pop("skipped_too_long")
     with torch.no_grad():
@@ -92,17 +94,25 @@ def test_bad_rows_are_named(colour_reader, data_dir):
         score_references(model, processor, [two_videos], video_root=str(data_dir))
     with pytest.raises(ValueError, match="needs at least two rows"):
         score_references(model, processor, _rows(data_dir)[:1], video_root=str(data_dir), shift=1)
-    from training.collator import FramePolicy, TarsierVideoCollator
-
-    from training.data import normalize_row
-
-    short = _rows(data_dir)[0]
-    length = len(TarsierVideoCollator(processor, FramePolicy("uniform", [4])).encode(
-        normalize_row(short, str(data_dir)))["input_ids"])
-    skipping = TarsierVideoCollator(processor, FramePolicy("uniform", [4]), max_length=length, on_too_long="skip")
-    too_long = conversation_row("videos/blue.mp4", "blue " * 40, "long")
-    with pytest.raises(RuntimeError, match="returned 1 samples for 2 rows"):
-        score_references(model, processor, [short, too_long], video_root=str(data_dir), collator=skipping)
     missing = conversation_row("videos/missing.mp4", "Gone.", "gone")
     with pytest.raises(Exception, match="missing.mp4"):
         score_references(model, processor, [missing], video_root=str(data_dir))
+
+
+def test_in_memory_clips_score_as_their_files(colour_reader, data_dir):
+    """`videos=` (frames held in memory, as the tiny sweep passes them) goes through the same sampling and encoding
+    as the files: every frame of each clip decoded once, then scored from the array."""
+    from video_processing_tarsier import VideoReader
+
+    model, processor = colour_reader
+    rows = _rows(data_dir)
+    clips = {}
+    for row in rows:
+        path = row["messages"][0]["content"][0]["path"]
+        with VideoReader(data_dir / path) as reader:
+            clips[path] = reader.get_frames(range(reader.num_frames))
+    from_files = score_references(model, processor, rows, video_root=str(data_dir), num_frames=4)
+    from_memory = score_references(model, processor, rows, num_frames=4, videos=clips)
+    assert [s.tokens for s in from_memory] == [s.tokens for s in from_files]
+    for a, b in zip(from_memory, from_files):
+        assert a.nll == pytest.approx(b.nll, abs=1e-4)

@@ -49,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tools import convert_tarsier_checkpoint as convert
+from tarsier_hf.hub import convert
+from tests.released_layout import CLIP_MEAN, CLIP_STD, write_released_layout
 
 INSTRUCTION = "Describe the video in detail."  # DREAM-1K's prompt (data/annotations/DREAM-1k.jsonl)
 IMAGE_SIZE, PATCH = 28, 14  # 2 x 2 patches per frame
@@ -62,8 +62,6 @@ VISION = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=
 TEXT = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=64, intermediate_size=128,
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
             rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False, hidden_act="silu")
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # CLIP ViT-L/14-336 preprocessor_config.json
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 # ------------------------------------------------------------------------------------------ the released names
@@ -175,28 +173,9 @@ def write_released_checkpoint(folder: Path, newline_row: int | None = None) -> d
     # Rows past the text vocabulary score 0 (random text rows score higher), so greedy decoding stays in text,
     # as a trained model does: the converter's `<video>` row is never generated.
     tensors["language_model.lm_head.weight"][ids["image"]:] = 0.0
-    # Two shards, the way the released safetensors are split, with the index the release's save_pretrained writes.
+    # Two shards, the way the released safetensors are split.
     names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
-              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
-    weight_map = {}
-    for file_name, keys in shards.items():
-        save_file({k: tensors[k].contiguous() for k in keys}, str(folder / file_name), metadata={"format": "pt"})
-        weight_map.update({k: file_name for k in keys})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    text = {**TEXT, "vocab_size": ids["vocab"], "pad_token_id": ids["pad"]}
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["TarsierForConditionalGeneration"], "model_type": "llava", "ignore_index": -100,
-        "image_token_index": ids["image"], "image_newline_idx": ids["newline"], "image_new_idx": ids["frame_end"],
-        "projector_hidden_act": "gelu", "vision_feature_layer": -2, "vision_feature_select_strategy": "default",
-        "vocab_size": ids["vocab"], "pad_token_id": ids["pad"], "torch_dtype": "float32",
-        "vision_config": VISION, "text_config": text,
-    }))
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "crop_size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        "size": {"shortest_edge": IMAGE_SIZE}, "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "do_rescale": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3, "rescale_factor": 1 / 255,
-    }))
+    write_released_layout(folder, tensors, [names[: len(names) // 2], names[len(names) // 2:]], ids, VISION, TEXT)
     return {"ids": ids, "tensors": tensors, "tokenizer": Tokenizer.from_file(str(folder / "tokenizer.json")),
             "path": folder}
 
@@ -450,12 +429,12 @@ def test_released_resize_is_two_resamplings(tmp_path):
 
 
 def test_sampling_follows_the_release_for_one_frame_and_instruction_counts():
-    from processing_tarsier import sample_frame_indices, sample_uniform
+    from video_processing_tarsier import InstructionSampling, sample_frame_indices, sample_uniform
 
     # dataset/utils.py sample_frame_indices: n == 1 -> [0]; else round(i * (T - 1) / (n - 1)).
     assert sample_uniform(100, 1).tolist() == [0]
     assert sample_uniform(100, 8).tolist() == [round(i * 99 / 7) for i in range(8)]
     # "instruction" honours num_frames; complex clips get twice as many (the paper's 16 vs 8).
-    assert len(sample_frame_indices(100, "instruction", num_frames=16)) == 16
-    assert len(sample_frame_indices(100, "instruction", num_frames=8, complex_clip=True)) == 16
-    assert sample_frame_indices(100, "instruction", num_frames=4).tolist() == [0, 33, 66, 99]
+    assert len(sample_frame_indices(100, InstructionSampling(16))) == 16
+    assert len(sample_frame_indices(100, InstructionSampling(8), complex_clip=True)) == 16
+    assert sample_frame_indices(100, InstructionSampling(4)).tolist() == [0, 33, 66, 99]

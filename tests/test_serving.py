@@ -1,4 +1,4 @@
-"""`tools.serve` on 127.0.0.1, driven by the real `openai` client: a Tarsier checkpoint answers text, images and
+"""`tarsier_hf.inference.serve` on 127.0.0.1, driven by the real `openai` client: a Tarsier checkpoint answers text, images and
 videos (by path, `file://` URL, `data:` URI, base64 JPEG frames) exactly as the checkpoint does in process through
 the README snippet; concurrent requests, streaming, refusals with reasons; AutoDQ's judge through the same path.
 
@@ -34,13 +34,13 @@ NAME = "tiny-tarsier"
 
 
 def start_server(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    """Start `python -m tools.serve ...` and wait (at most 120 s) until `/health` answers."""
+    """Start `python -m tarsier_hf.inference.serve ...` and wait (at most 120 s) until `/health` answers."""
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     with open(log, "w") as handle:
-        server = subprocess.Popen([sys.executable, "-m", "tools.serve", *args, "--port", str(port)],
+        server = subprocess.Popen([sys.executable, "-m", "tarsier_hf.inference.serve", *args, "--port", str(port)],
                                   cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    return server, wait_until_healthy(server, port, log, "tools.serve", 120)
+    return server, wait_until_healthy(server, port, log, "tarsier_hf.inference.serve", 120)
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -147,9 +147,9 @@ def test_video_by_path_url_and_data_uri(client, reference, media):
 
 
 def test_video_as_base64_jpeg_frames(client, reference, media):
-    from processing_tarsier import load_video
+    from video_processing_tarsier import UniformSampling, load_video
 
-    frames = load_video(str(media / "red.mp4"), num_frames=8).frames
+    frames = load_video(str(media / "red.mp4"), UniformSampling(8)).frames
     encoded = []
     for frame in frames:
         buffer = io.BytesIO()
@@ -250,7 +250,7 @@ def test_request_errors(client):
 
 
 def test_autodq_judge_client_on_the_served_tarsier(base_url, reference):
-    from eval.autodq.judge import OpenAIChatJudge
+    from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
 
     judge = OpenAIChatJudge(NAME, base_url=base_url, endpoint_kind="tarsier-serve", max_tokens=MAX_TOKENS,
                             timeout=60)
@@ -288,6 +288,6 @@ def test_autodq_through_a_served_smollm2(smollm2_dir, dream1k_path, tmp_path):
 
 
 def test_help():
-    result = subprocess.run([sys.executable, "-m", "tools.serve", "--help"], cwd=REPO, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "tarsier_hf.inference.serve", "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 0 and "--allowed_local_media_path" in result.stdout, result.stderr[-1000:]

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builders.video_writer import write_video
-from tools.side_by_side.labels import LabelError, LabelStore
-from tools.side_by_side.report import analyse, cohen_kappa, fleiss_kappa, session_winners, to_markdown
-from tools.side_by_side.results import ResultsError, load_results
-from tools.side_by_side.server import AnnotationServer, parse_range
-from tools.side_by_side.session import SessionError, assign_pairs, load_session, open_session, sample_session
+from tarsier_hf.dream_s.video_writer import write_video
+from tarsier_hf.eval.side_by_side.labels import LabelError, LabelStore
+from tarsier_hf.eval.side_by_side.report import analyse, cohen_kappa, fleiss_kappa, session_winners, to_markdown
+from tarsier_hf.eval.side_by_side.results import ResultsError, load_results
+from tarsier_hf.eval.side_by_side.server import AnnotationServer, parse_range
+from tarsier_hf.eval.side_by_side.session import SessionError, assign_pairs, load_session, open_session, sample_session
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -75,8 +75,8 @@ def test_load_results_is_lenient_and_names_models(workdir):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        (['{"id": "1", "prediction": "a"}', '{"id": "2", "prediction": '], ":2: malformed JSON"),
-        (['[1, 2]'], ":1: expected a JSON object"),
+        (['{"id": "1", "prediction": "a"}', '{"id": "2", "prediction": '], ":2: not valid JSON"),
+        (['[1, 2]'], ":1: a JSON list, not an object"),
         (['{"prediction": "a"}'], ":1: no id field"),
         (['{"id": "1"}'], ":1: no prediction field"),
         (['{"id": "1", "response": 5}'], ":1: field 'response' must be a string"),
@@ -261,7 +261,7 @@ def test_report_numbers_last_label_wins_and_agreement(workdir, tmp_path):
     # A corrupted label file is reported with file and line, never silently skipped.
     with (out / "labels" / "ann2.jsonl").open("a") as handle:
         handle.write('{"pair": 1, "label": \n')
-    with pytest.raises(LabelError, match=r"ann2\.jsonl:6: malformed JSON"):
+    with pytest.raises(LabelError, match=r"ann2\.jsonl:6: not valid JSON"):
         analyse(out)
 
 
@@ -279,11 +279,11 @@ def test_kappas_on_textbook_cases():
 # End to end: CLI server process + real headless Chromium, keyboard only
 # ---------------------------------------------------------------------------------------------------------------
 class ServerProcess:
-    """`python -m tools.side_by_side serve ... --port 0` as a child process; its URL is read from stdout."""
+    """`python -m tarsier_hf.eval.side_by_side serve --results ... --port 0` as a child process; its URL is read from stdout."""
 
     def __init__(self, args: list[str]):
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools.side_by_side", "serve", *args, "--port", "0"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "serve", *args, "--port", "0"],
                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(l) for l in self.proc.stdout], daemon=True).start()
@@ -326,7 +326,7 @@ def _label_current(page, prefer: str, key_for: dict) -> int:
 @pytest.mark.slow
 def test_browser_labelling_survives_reload_and_server_kill(workdir, tmp_path, browser):
     out = tmp_path / "run"
-    args = [str(workdir["first"]), str(workdir["second"]), "--videos", str(workdir["videos"]), "--out", str(out),
+    args = ["--results", str(workdir["first"]), str(workdir["second"]), "--videos", str(workdir["videos"]), "--out", str(out),
             "--num", "5", "--seed", "3"]
     server = ServerProcess(args)
     session = load_session(out)
@@ -400,7 +400,7 @@ def test_browser_labelling_survives_reload_and_server_kill(workdir, tmp_path, br
         server.kill()
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    report = subprocess.run([sys.executable, "-m", "tools.side_by_side", "report", str(out), "--json", str(tmp_path / "r.json")],
+    report = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", "--out", str(out), "--json", str(tmp_path / "r.json")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert report.returncode == 0, report.stderr
     # alice: win, win, same, loss, win; bob: win, loss, same, loss, win
@@ -416,11 +416,11 @@ def test_cli_reports_bad_input_with_exit_code_2(workdir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"id": "1", "prediction": "ok"}\n{oops\n')
-    result = subprocess.run([sys.executable, "-m", "tools.side_by_side", "serve", str(broken), str(workdir["second"]),
+    result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "serve", "--results", str(broken), str(workdir["second"]),
                              "--videos", str(workdir["videos"]), "--out", str(tmp_path / "o"), "--port", "0"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and f"{broken}:2: malformed JSON" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "tools.side_by_side", "report", str(tmp_path / "missing")],
+    assert result.returncode == 2 and f"{broken}:2: not valid JSON" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "tarsier_hf.eval.side_by_side", "report", "--out", str(tmp_path / "missing")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "session file not found" in result.stderr
 

@@ -1,5 +1,5 @@
-"""End-to-end: the reduced tiny recipe (`python -m tools.tiny_recipe --quick`) through data, both training stages
-with the real `accelerate launch train_sft.py`, evaluation with `eval.inference` + CIDEr + the closed-grammar event
+"""End-to-end: the reduced tiny recipe (`python -m tarsier_hf.tiny_recipe --quick`) through data, both training stages
+with the real `accelerate launch train_sft.py`, evaluation with `tarsier_hf.eval.inference` + CIDEr + the closed-grammar event
 metric, and one description; then the trained checkpoint is loaded with `trust_remote_code` in a fresh process."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, smollm2_dir):
     out = tmp_path_factory.mktemp("tiny") / "run"
-    proc = run([sys.executable, "-m", "tools.tiny_recipe", "--output-dir", str(out), "--quick"], timeout=600)
+    proc = run([sys.executable, "-m", "tarsier_hf.tiny_recipe", "--output-dir", str(out), "--quick"], timeout=600)
     assert proc.returncode == 0, f"tiny recipe failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return out, proc.stdout
 
@@ -71,7 +71,7 @@ def test_metrics_come_from_the_generations(quick_run):
     """Re-score the saved generations with the DREAM-S parser and CIDEr: the reported numbers must match."""
     import evaluate
 
-    from dataset_builders.dream_s import corpus_event_scores, event_scores
+    from tarsier_hf.dream_s import corpus_event_scores, event_scores
 
     out, _ = quick_run
     summary = json.loads((out / "results.json").read_text())
@@ -80,7 +80,7 @@ def test_metrics_come_from_the_generations(quick_run):
     records = [json.loads(line) for line in (out / "eval" / "full" / "predictions.jsonl").read_text().splitlines()]
     by_id = {r["id"]: r for r in records}
     assert set(by_id) == {row["idx"] for row in tests}
-    for record in records:  # real generate() output of eval.inference, with the frames it used
+    for record in records:  # real generate() output of tarsier_hf.eval.inference, with the frames it used
         assert isinstance(record["prediction"], str) and record["num_frames"] == result["num_frames"]
     predictions = [by_id[row["idx"]]["prediction"] for row in tests]
     corpus = corpus_event_scores(event_scores(p, row["events"]) for p, row in zip(predictions, tests))
@@ -121,7 +121,7 @@ print("GENERATED", out.shape[1] - inputs["input_ids"].shape[1])
 
 
 def test_results_table_times_each_run_and_marks_reused_stages():
-    from tools.tiny_recipe import ABLATIONS, PhaseTimer, RunSpec, results_table, timed_phases
+    from tarsier_hf.tiny_recipe.__main__ import ABLATIONS, PhaseTimer, RunSpec, results_table, timed_phases
 
     scores = {"num_frames": 8, "cider": 0.5, "precision": 0.1, "recall": 0.2, "f1": 0.13, "nll_own_video": 0.6,
               "nll_other_video": 0.7, "nll_by_word_class": {"colour": {"own_video": 1.6, "other_video": 1.9,
@@ -145,7 +145,7 @@ def test_results_table_times_each_run_and_marks_reused_stages():
 
 def test_ablations_are_the_rows_of_table_6():
     """--ablations trains the paper's Table 6 rows in miniature, plus the tower-from-scratch row of stage 0."""
-    from tools.tiny_recipe import ABLATIONS, RunSpec
+    from tarsier_hf.tiny_recipe.__main__ import ABLATIONS, RunSpec
 
     labels = [spec.label for spec in (RunSpec("full"), *ABLATIONS)]
     assert labels == ["full recipe (stage 0 + 1 + 2)", "w/o stage 1", "w/o stage 2", "single-frame input",

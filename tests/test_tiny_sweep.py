@@ -1,4 +1,4 @@
-"""tools.tiny_sweep: a reduced sweep of two configurations trains, scores from real generations, and resumes."""
+"""tarsier_hf.tiny_recipe.sweep: a reduced sweep of two configurations trains, scores from real generations, and resumes."""
 
 from __future__ import annotations
 
@@ -7,20 +7,29 @@ import math
 
 import pytest
 
-from tools.tiny_sweep import SweepConfig, frame_indices, main, read_configs
+from tarsier_hf.tiny_recipe.sweep import SweepConfig, main, read_configs
 
 TINY = {"num_train": 8, "num_test": 4, "llm_layers": 1, "stage1_steps": 2, "stage2_steps": 2, "batch_size": 2,
         "num_frames": 4, "max_new_tokens": 8, "learning_rate": 3e-4}
 
 
-def test_frame_indices_follow_the_recipe_policies():
+def test_sweep_samples_in_memory_clips_with_the_recipe_policies():
+    """The sweep samples its in-memory 16-frame clips with the shared FrameSampling objects (no sampler of its own):
+    stage 2 and scoring take uniform frames, first and last included; stage 1 one random frame per segment."""
     import numpy as np
 
-    assert frame_indices(16, 8, "uniform", None).tolist() == [0, 2, 4, 6, 9, 11, 13, 15]
-    assert frame_indices(16, 1, "uniform", None).tolist() == [8]
+    from tarsier_hf.tiny_recipe.sweep import stage1_sampling
+    from video_processing_tarsier import UniformSampling, load_video
+
+    clip = np.arange(16, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2).repeat(3, 3)
+    frame_numbers = lambda sample: sample.frames[:, 0, 0, 0].tolist()  # noqa: E731 - each frame holds its index
+    assert frame_numbers(load_video(clip, UniformSampling(8))) == [0, 2, 4, 6, 9, 11, 13, 15]
+    # one frame: the first, as the released rule and the recipe's single_frame run (it was the middle frame here)
+    assert frame_numbers(load_video(clip, UniformSampling(1))) == [0]
+    sampling = stage1_sampling(SweepConfig(num_frames=8))
     rng = np.random.default_rng(0)
     for _ in range(20):
-        picks = frame_indices(16, 8, "random", rng)
+        picks = frame_numbers(load_video(clip, sampling, rng=rng))
         assert all(2 * i <= p < 2 * i + 2 for i, p in enumerate(picks))
 
 

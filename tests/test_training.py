@@ -7,7 +7,6 @@ patches: 7 positions per frame) trained on real PyAV-encoded videos written by `
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from tarsier_hf.hub.checkpoint import check_checkpoint
 from tests.colour_clips import COLORS, conversation_row
+from tests.training_runs import child_env, run_checked, sft_args, trainer_state, weights
+from video_processing_tarsier import InstructionSampling, RandomSegmentsSampling, UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_normalize_reads_all_three_layouts(dream1k_path):
-    from training.data import normalize_row
+    from tarsier_hf.training.data import normalize_row
 
     ours = normalize_row(conversation_row("videos/a.mp4", "Yes.", 3), "/data")
     assert ours["messages"][0]["content"][0] == {"type": "video", "path": "/data/videos/a.mp4"}
@@ -70,7 +72,7 @@ def test_normalize_reads_all_three_layouts(dream1k_path):
 def test_prompt_pools_and_mixing_weights(tmp_path):
     import random
 
-    from training.data import apply_prompt_pool, load_prompt_pools, mixture_indices, normalize_row, parse_weights
+    from tarsier_hf.training.data import apply_prompt_pool, load_prompt_pools, mixture_indices, normalize_row, parse_weights
 
     pools_file = tmp_path / "pools.json"
     pools_file.write_text(json.dumps({"count": ["How many?", "Count them."]}))
@@ -99,8 +101,8 @@ def test_prompt_pools_and_mixing_weights(tmp_path):
 
 def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, tmp_path):
     """The released Tarsier layout and the DREAM-1K layout, read unchanged through `datasets`, feed the collator."""
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     released = [{"messages": [
         {"role": "user", "content": [{"type": "video", "video": {"video_file": f"videos/{name}.mp4"}},
@@ -118,7 +120,7 @@ def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, 
     )
     assert sorted(dataset.sources[i] for i in dataset.indices) == ["DREAM/live_action"] * 8 + ["recap"] * 2
     _, _, processor = tiny_tarsier
-    batch = TarsierVideoCollator(processor, FramePolicy("instruction", [8]))([dataset[i] for i in range(len(dataset))])
+    batch = TarsierVideoCollator(processor, InstructionSampling(8))([dataset[i] for i in range(len(dataset))])
     assert batch["num_frames"].tolist() == [8] * 10 and int(batch["skipped_samples"]) == 0
     answers = {processor.tokenizer.decode(row[row != -100]) for row in batch["labels"]}
     assert answers <= {f"It is {n}.<|im_end|>" for n in COLORS} | {f"All {n}.<|im_end|>" for n in COLORS}
@@ -131,16 +133,16 @@ def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, 
 
 
 def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_dir):
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
 
     _, _, processor = tiny_tarsier
     row = normalize_row(conversation_row("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
+    collator = TarsierVideoCollator(processor, UniformSampling(3))
     sample = collator.encode(row)
 
     text = processor.apply_chat_template(row["messages"], tokenize=False)
-    reference = processor(text=text, videos=[str(data_dir / "videos/red.mp4")], num_frames=3, sampling="uniform",
+    reference = processor(text=text, videos=[str(data_dir / "videos/red.mp4")], frame_sampling=UniformSampling(3),
                           add_special_tokens=False)
     assert sample["input_ids"].tolist() == reference["input_ids"][0].tolist()
     torch.testing.assert_close(sample["pixel_values"], reference["pixel_values"])
@@ -157,11 +159,40 @@ def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_
     assert processor.tokenizer.decode(sample["input_ids"][:first]).endswith("<|im_start|>assistant\n")
 
 
+def test_training_inference_and_reference_loss_encode_a_prompt_identically(tiny_tarsier, data_dir):
+    """One path from video to tokens: the training collator, the inference engine and the reference loss all go
+    through the processor, so the same conversation gets the same ids and pixels in all three."""
+    from tarsier_hf.eval.reference_loss import score_references
+    from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from video_processing_tarsier import VideoReader, sample_uniform
+
+    _, model, processor = tiny_tarsier
+    raw = conversation_row("videos/green.mp4", "The screen stays green.", 0)
+    row = normalize_row(raw, str(data_dir))
+    trained = TarsierVideoCollator(processor, UniformSampling(3)).encode(row)
+    prompt = next(item["text"] for item in row["messages"][0]["content"] if item["type"] == "text")
+    generator = VideoTextGenerator(model, processor, InferenceSettings("tiny", frame_sampling=UniformSampling(3)))
+    inferred = generator.encode(VideoRequest("0", str(data_dir / "videos/green.mp4"), prompt))
+    # the generation prompt is the training sequence up to the answer, frames and all
+    first_label = int((trained["labels"] != -100).nonzero()[0])
+    assert inferred["input_ids"].tolist() == trained["input_ids"][:first_label].tolist()
+    torch.testing.assert_close(inferred["pixel_values"], trained["pixel_values"], rtol=0, atol=0)
+    with VideoReader(data_dir / "videos/green.mp4") as reader:
+        assert inferred["frame_indices"] == sample_uniform(reader.timestamps, 3).tolist()
+    # the reference loss scores exactly the training labels
+    scored = score_references(model, processor, [raw], video_root=str(data_dir), num_frames=3)
+    labels = trained["labels"][1:]
+    assert [processor.tokenizer.decode([t]) for t in labels[labels != -100].tolist()] == scored[0].tokens
+
+
 def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_dir, tmp_path):
     from PIL import Image
 
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.collator import TarsierVideoCollator
+
+    from tarsier_hf.training.data import normalize_row
 
     _, _, processor = tiny_tarsier
     for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
@@ -173,7 +204,7 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
     text_only = normalize_row({"idx": 2, "messages": [{"role": "user", "content": "Say hi."},
                                                       {"role": "assistant", "content": "Hi."}]}, None)
     video = normalize_row(conversation_row("videos/blue.mp4", "Blue.", 3), str(data_dir))
-    collator = TarsierVideoCollator(processor, FramePolicy("random_segments", [2, 4]), seed=1)
+    collator = TarsierVideoCollator(processor, RandomSegmentsSampling((2, 4)), seed=1)
     batch = collator([multi, text_only, video])
     assert batch["num_frames"][:2].tolist() == [2, 0] and 2 <= int(batch["num_frames"][2]) <= 4
     assert batch["pixel_values"].shape == (int(batch["num_frames"].sum()), 3, 28, 28)
@@ -189,13 +220,13 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
 
 
 def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, tmp_path):
-    from training.collator import FramePolicy, MediaError, SampleTooLongError, TarsierVideoCollator
-    from training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.collator import MediaError, SampleTooLongError, TarsierVideoCollator
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 
     _, _, processor = tiny_tarsier
     dataset = ConversationDataset([DatasetSpec(str(data_dir / "with_bad.jsonl"), str(data_dir))])
     log = tmp_path / "skipped.jsonl"
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), dataset=dataset, skip_log=str(log))
+    collator = TarsierVideoCollator(processor, UniformSampling(2), dataset=dataset, skip_log=str(log))
     batch = collator([dataset[i] for i in range(len(dataset))])
     assert batch["input_ids"].shape[0] == 6  # the two bad samples were replaced by good ones
     assert int(batch["skipped_samples"]) == 2  # the batch's own failures are known before replacements are drawn
@@ -204,16 +235,16 @@ def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, 
     assert any("missing.mp4" in r and "no such file" in r for r in reasons)
 
     with pytest.raises(MediaError, match="missing.mp4"):
-        TarsierVideoCollator(processor, FramePolicy("uniform", [2]), fail_fast=True)([dataset[5]])
+        TarsierVideoCollator(processor, UniformSampling(2), fail_fast=True)([dataset[5]])
 
     good = dataset[0]
     length = len(collator.encode(good)["input_ids"])
-    strict = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), max_length=length - 1, on_too_long="error")
+    strict = TarsierVideoCollator(processor, UniformSampling(2), max_length=length - 1, on_too_long="error")
     with pytest.raises(SampleTooLongError, match=f"{length} tokens.*max_length={length - 1}"):
         strict([good])
     text_only = {"idx": 7, "source": "t", "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                                                         {"role": "assistant", "content": [{"type": "text", "text": "Yo"}]}]}
-    lenient = TarsierVideoCollator(processor, FramePolicy("uniform", [2]), max_length=length - 1,
+    lenient = TarsierVideoCollator(processor, UniformSampling(2), max_length=length - 1,
                                    dataset=[good, text_only])  # good is mix_index 0: never drawn again
     batch = lenient([good])
     assert int(batch["skipped_too_long"]) == 1 and int(batch["num_frames"][0]) == 0
@@ -266,7 +297,7 @@ def test_freezing_options_top_k_layers_and_lora_targets(tiny_tarsier, tmp_path):
 def test_help_lists_trl_options_and_marks_refused_ones():
     """`python train_sft.py --help` in a real subprocess (it crashed on the `{% generation %}` in a help text)."""
     result = subprocess.run([sys.executable, str(REPO / "train_sft.py"), "--help"], capture_output=True, text=True,
-                            env=_env(), timeout=300, cwd=REPO)
+                            env=child_env(), timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     text = " ".join(result.stdout.split())
     for option in ("--dataset_name", "--dataset_train_split", "--dataset_streaming", "--use_peft", "--lora_r",
@@ -281,7 +312,7 @@ def test_trl_argument_names_parse_and_inapplicable_options_are_refused(tmp_path)
     from trl import ModelConfig, ScriptArguments
 
     from train_sft import TarsierArguments, dataset_specs, make_parser
-    from training.arguments import check_sft_config
+    from tarsier_hf.training.arguments import check_sft_config
 
     script_args, training_args, model_args, tarsier_args = make_parser().parse_args_and_config([
         "--dataset_name", "lmms-lab/LLaVA-Video-178K", "--dataset_config", "0_30_s_academic_v0_1",
@@ -319,7 +350,7 @@ def test_trl_argument_names_parse_and_inapplicable_options_are_refused(tmp_path)
     # through the real entry point: the run stops before loading anything, with the reason
     result = subprocess.run([sys.executable, str(REPO / "train_sft.py"), "--packing", "true", "--output_dir",
                              str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--dataset_paths", "x.jsonl"],
-                            capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+                            capture_output=True, text=True, env=child_env(), timeout=300, cwd=tmp_path)
     assert result.returncode != 0 and "--packing True: packing concatenates" in result.stderr
 
 
@@ -331,15 +362,15 @@ def test_plain_sft_trainer_with_video_sft_config_trains_and_without_it_says_what
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from training.arguments import video_sft_config
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
+    from tarsier_hf.training.arguments import video_sft_config
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
 
     _, model, processor = tiny_tarsier
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
             for i, name in enumerate(COLORS)]
     dataset = Dataset.from_list(rows)
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [2]))
+    collator = TarsierVideoCollator(processor, UniformSampling(2))
     common = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=2,
                   per_device_train_batch_size=2, gradient_checkpointing=False, save_strategy="no")
     args = video_sft_config(**common)
@@ -394,60 +425,11 @@ def test_recipes_carry_appendix_a_and_accelerate_configs_load():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_NO_ADVISORY_WARNINGS="1", PYTHONWARNINGS="ignore")
-    env.pop("PYTHONPATH", None)
-    return env
-
-
-def _run(cmd, cwd, timeout=400):
-    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stderr[-6000:]}")
-    return result
-
-
-def _common_args(data_dir, output_dir, data="with_bad.jsonl"):
-    return [
-        "--dataset_paths", str(data_dir / data), "--video_roots", str(data_dir),
-        "--frame_sampling", "random_segments", "--num_frames", "2", "3", "--output_dir", str(output_dir),
-        "--per_device_train_batch_size", "2", "--bf16", "false", "--use_cpu", "true", "--logging_steps", "1",
-        "--report_to", "none", "--dataloader_num_workers", "1", "--seed", "0", "--max_length", "256",
-    ]
-
-
-def _state(output_dir) -> dict:
-    return json.loads((Path(output_dir) / "trainer_state.json").read_text())
-
-
-def _tensors(folder) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(folder) / "model.safetensors"))
-
-
-@pytest.fixture(scope="module")
-def distributed_run(tiny_tarsier, data_dir, tmp_path_factory):
-    """Two CPU processes through `accelerate launch`: 10 steps on the memorisation set plus two bad files."""
-    folder, _, _ = tiny_tarsier
-    output_dir = tmp_path_factory.mktemp("runs") / "full"
-    # `accelerate launch --cpu --num_processes 2` starts ONE process (its simple launcher expects mpirun); the
-    # torchrun launcher behind --multi_gpu starts two, which then pick gloo on CPU because of --use_cpu true.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-           str(REPO / "train_sft.py"),
-           "--model_name_or_path", str(folder), "--max_steps", "10", "--save_steps", "5", "--learning_rate", "5e-3",
-           "--warmup_steps", "0", "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir)]
-    result = _run(cmd, cwd=tmp_path_factory.mktemp("cwd"))
-    return output_dir, result
-
-
 @pytest.mark.slow
 def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distributed_run, tiny_tarsier):
     output_dir, result = distributed_run
     folder, _, _ = tiny_tarsier
-    state = _state(output_dir)
+    state = trainer_state(output_dir)
     logs = [entry for entry in state["log_history"] if "loss" in entry]
     assert state["global_step"] == 10 and len(logs) == 10
     # Two ranks share the 6 rows (3 each = 2 batches of <= 2), so 10 steps are 5 epochs; one process would need
@@ -463,7 +445,7 @@ def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distribu
     assert {s["idx"] for s in skipped} == {100, 101} and {s["rank"] for s in skipped} <= {0, 1}
     assert "skipping sample idx=10" in result.stderr
 
-    before, after = _tensors(folder), _tensors(output_dir)
+    before, after = weights(folder), weights(output_dir)
     frozen = [k for k in before if "vision_tower" in k or "multi_modal_projector" in k]
     trained = [k for k in before if "language_model.layers" in k]
     assert frozen and trained
@@ -472,13 +454,12 @@ def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distribu
     assert sum(not torch.equal(before[k], after[k]) for k in trained) == len(trained)
 
     assert (output_dir / "checkpoint-5").is_dir() and (output_dir / "checkpoint-10").is_dir()
-    from training.model_card import prepare_hub_folder
-
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-text-to-text" in card and "random_segments" in card
-    files = prepare_hub_folder(output_dir, card)
+    files = check_checkpoint(output_dir)
     for name in ("config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
-                 "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "README.md"):
+                 "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "video_processing_tarsier.py",
+                 "README.md"):
         assert name in files
     assert not any(f.startswith("checkpoint-") or f.startswith("skipped") for f in files)
 
@@ -491,9 +472,9 @@ def test_resume_continues_from_saved_step(distributed_run, data_dir, tmp_path):
     shutil.rmtree(resumed / "checkpoint-10")
     cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(resumed / "checkpoint-5"),
            "--max_steps", "7", "--save_steps", "5", "--learning_rate", "5e-3", "--resume_from_checkpoint", "last",
-           "--gradient_checkpointing", "false", *_common_args(data_dir, resumed)]
-    _run(cmd, cwd=tmp_path)
-    state = _state(resumed)
+           "--gradient_checkpointing", "false", *sft_args(data_dir, resumed)]
+    run_checked(cmd, cwd=tmp_path)
+    state = trainer_state(resumed)
     steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert state["global_step"] == 7
     assert steps == [1, 2, 3, 4, 5, 6, 7]  # history up to 5 restored from the checkpoint, then 6 and 7 trained
@@ -526,7 +507,7 @@ def test_checkpoint_loads_with_remote_code_in_fresh_process_and_generates(distri
     output_dir, _ = distributed_run
     script = tmp_path / "load.py"
     script.write_text(FRESH_PROCESS)
-    result = _run([sys.executable, str(script), str(output_dir), str(data_dir / "videos/red.mp4")], cwd=tmp_path)
+    result = run_checked([sys.executable, str(script), str(output_dir), str(data_dir / "videos/red.mp4")], cwd=tmp_path)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules")
     assert 1 <= report["new_tokens"] <= 6
@@ -566,8 +547,8 @@ def test_lora_run_saves_adapter_that_merges_and_reloads(tiny_tarsier, data_dir, 
     output_dir = tmp_path / "lora"
     cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(folder), "--use_peft", "true",
            "--lora_r", "4", "--max_steps", "3", "--save_steps", "100", "--learning_rate", "1e-2",
-           "--gradient_checkpointing", "true", *_common_args(data_dir, output_dir, data="good.jsonl")]
-    _run(cmd, cwd=tmp_path)
+           "--gradient_checkpointing", "true", *sft_args(data_dir, output_dir, data="good.jsonl")]
+    run_checked(cmd, cwd=tmp_path)
     adapter = json.loads((output_dir / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(folder)
     from safetensors.torch import load_file
@@ -576,7 +557,7 @@ def test_lora_run_saves_adapter_that_merges_and_reloads(tiny_tarsier, data_dir, 
     assert keys and all("language_model" in k and "lora_" in k for k in keys)  # LLM only: no vision, no projector
     script = tmp_path / "merge.py"
     script.write_text(LORA_MERGE)
-    result = _run([sys.executable, str(script), str(folder), str(output_dir), str(tmp_path / "merged")], cwd=tmp_path)
+    result = run_checked([sys.executable, str(script), str(folder), str(output_dir), str(tmp_path / "merged")], cwd=tmp_path)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["adapter_changes"] > 1e-4
     assert report["merge_error"] < 1e-4
@@ -591,10 +572,10 @@ def test_same_seed_builds_and_trains_the_same_model_from_parts(parts_dir, data_d
         cmd = [sys.executable, str(REPO / "train_sft.py"), "--vision_model", str(parts_dir / "vision.json"),
                "--language_model", str(parts_dir / "llm"), "--chat_template", "chatml", "--train_vision_tower", "true",
                "--train_projector", "true", "--max_steps", "2", "--save_strategy", "no", "--learning_rate", "1e-3",
-               *_common_args(data_dir, output_dir, data="good.jsonl")]
+               *sft_args(data_dir, output_dir, data="good.jsonl")]
         cmd[cmd.index("--seed") + 1] = str(seed)
-        _run(cmd, cwd=tmp_path)
-        outputs[run] = _tensors(output_dir)
+        run_checked(cmd, cwd=tmp_path)
+        outputs[run] = weights(output_dir)
     assert outputs["a"].keys() == outputs["b"].keys()
     assert all(torch.equal(outputs["a"][k], outputs["b"][k]) for k in outputs["a"])
     projector = [k for k in outputs["a"] if "multi_modal_projector" in k]
@@ -607,15 +588,16 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
 
     from datasets import Dataset
 
-    from training.collator import FramePolicy, TarsierVideoCollator
-    from training.data import normalize_row
-    from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+    from tarsier_hf.training.collator import TarsierVideoCollator
+
+    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     _, model, processor = tiny_tarsier
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
             for i, name in enumerate(("red", "green"))]
     rows[1]["messages"][1]["content"][0]["text"] = "The screen stays green for a long time."  # unequal lengths: padding
-    collator = TarsierVideoCollator(processor, FramePolicy("uniform", [3]))
+    collator = TarsierVideoCollator(processor, UniformSampling(3))
     batch = collator(rows)
 
     results = {}
@@ -658,7 +640,7 @@ def test_vision_learning_rate_gives_vision_tower_and_projector_their_own_rate(ti
 
     from datasets import Dataset
 
-    from training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+    from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     _, model, processor = tiny_tarsier
     model = copy.deepcopy(model)

@@ -1,7 +1,7 @@
 """Exactness and error handling of the PyAV video reader and the frame-sampling policies in processing_tarsier.
 
 Every generated video carries its frame number as a binary code of big blocks in its pixels
-(`dataset_builders.video_writer.draw_frame_code`), so each test checks the identity of every returned frame.
+(`tarsier_hf.dream_s.video_writer.draw_frame_code`), so each test checks the identity of every returned frame.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_builders.video_writer import coded_frames, read_frame_code, write_video
-from processing_tarsier import (
+from tarsier_hf.dream_s.video_writer import coded_frames, read_frame_code, write_video
+from video_processing_tarsier import (
+    FpsSampling,
+    UniformSampling,
     VideoReader,
     VideoReadError,
     load_video,
@@ -218,7 +220,7 @@ def test_variable_frame_rate_timestamps_and_uniform_instants(tmp_path):
         # Uniform in time: the slow tail (20 frames, most of the duration) gets most of the samples.
         assert (indices >= 40).sum() >= 6
         assert codes(reader.get_frames(indices)) == indices.tolist()
-    sample = load_video(path, num_frames=8)
+    sample = load_video(path, UniformSampling(8))
     np.testing.assert_allclose(sample.timestamps, timestamps[sample.indices], atol=1e-4)
 
 
@@ -237,10 +239,10 @@ def test_rotation_metadata_is_applied(tmp_path, rotation):
 
 def test_one_frame_video(tmp_path):
     path = write_video(tmp_path / "one.mp4", coded_frames(1, HEIGHT, WIDTH, start=1234))
-    sample = load_video(path, num_frames=4)
+    sample = load_video(path, UniformSampling(4))
     assert sample.total_frames == 1 and sample.indices.tolist() == [0, 0, 0, 0]
     assert codes(sample.frames) == [1234] * 4
-    assert codes(load_video(path, policy="fps", fps=2.0).frames) == [1234]
+    assert codes(load_video(path, FpsSampling(2.0)).frames) == [1234]
 
 
 def test_demo_video_matches_full_sequential_decode(demo_video):
@@ -283,10 +285,10 @@ def test_frame_sequences_and_arrays(tmp_path):
         torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2),
         list(np.stack(frames)),
     ):
-        sample = load_video(source, num_frames=8)
+        sample = load_video(source, UniformSampling(8))
         assert sample.total_frames == 20 and sample.indices.tolist() == expected
         assert codes(sample.frames) == expected, type(source)
-    image = load_video(files[5], num_frames=8)
+    image = load_video(files[5], UniformSampling(8))
     assert image.total_frames == 1 and codes(image.frames) == [5] * 8
 
 
@@ -340,7 +342,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     for case, (path, cause) in bad_inputs(tmp_path).items():
         start = time.perf_counter()
         with pytest.raises((VideoReadError, FileNotFoundError)) as info:
-            sample = load_video(path, num_frames=8)
+            sample = load_video(path, UniformSampling(8))
             # Reaching here would be a silent wrong answer: show what came back.
             pytest.fail(f"{case}: returned {sample.frames.shape} frames, codes {codes(sample.frames)}")
         message = str(info.value)
@@ -356,7 +358,7 @@ def test_index_out_of_range_names_the_file(videos):
 
 
 def test_writer_honours_gop_bframes_and_rotation(tmp_path):
-    """dataset_builders.video_writer: the GOP length, B-frames and rotation asked for are what the file holds."""
+    """tarsier_hf.dream_s.video_writer: the GOP length, B-frames and rotation asked for are what the file holds."""
     frames = coded_frames(40, HEIGHT, WIDTH)
     for gop, bframes in ((8, 0), (15, 2)):
         path = write_video(tmp_path / f"g{gop}.mp4", frames, gop_size=gop, max_b_frames=bframes)
@@ -465,7 +467,7 @@ def test_truncated_moov_first_mp4_reads_what_is_there_with_a_warning(tmp_path):
         assert 20 <= reader.num_frames < 60
         assert codes(reader.get_frames(np.arange(reader.num_frames))) == list(range(reader.num_frames))
     with pytest.warns(UserWarning, match="truncated"):
-        sample = load_video(cut, num_frames=8)
+        sample = load_video(cut, UniformSampling(8))
     assert codes(sample.frames) == sample.indices.tolist() and sample.indices[-1] == reader.num_frames - 1
 
 
@@ -488,7 +490,7 @@ def test_raw_h264_stream_named_mp4_reads_in_order_with_a_warning(tmp_path):
         for packet in stream.encode():
             container.mux(packet)
     with pytest.warns(UserWarning, match=r"raw\.mp4: is a raw H\.264 .*not a \.mp4 file"):
-        sample = load_video(path, num_frames=8)
+        sample = load_video(path, UniformSampling(8))
     assert sample.total_frames == 30 and codes(sample.frames) == sample.indices.tolist()
 
 
@@ -501,7 +503,7 @@ def test_repeated_frames_are_resized_once_not_copied_at_full_size(tmp_path, smol
 
     from processing_tarsier import TarsierProcessor
 
-    processor = TarsierProcessor.from_parts(AutoTokenizer.from_pretrained(smollm2_dir), "clip", num_frames=32)
+    processor = TarsierProcessor.from_parts(AutoTokenizer.from_pretrained(smollm2_dir), "clip", frame_sampling=UniformSampling(32))
 
     def peak_bytes(side: int) -> int:
         path = write_video(tmp_path / f"clip{side}.mp4", coded_frames(2, side, side), gop_size=1)

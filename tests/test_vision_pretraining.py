@@ -1,4 +1,4 @@
-"""Stage 0 (`training.vision_pretraining`): frame facts -> a CLIP tower folder that a Tarsier loads unchanged."""
+"""Stage 0 (`tarsier_hf.training.vision_pretraining`): frame facts -> a CLIP tower folder that a Tarsier loads unchanged."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.vision_pretraining import FrameLabelDataset, read_frame_labels
+from tarsier_hf.training.vision_pretraining import FrameLabelDataset, read_frame_labels
 
 REPO = Path(__file__).resolve().parents[1]
 TOWER = {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 16, "hidden_size": 32,
@@ -40,13 +40,13 @@ def test_targets_are_multi_hot_over_the_sorted_label_names():
 
 @pytest.mark.slow
 def test_stage0_cli_saves_a_tower_that_tarsier_loads_bit_identically(tmp_path, smollm2_dir):
-    """DREAM-S frames and facts -> `python -m training.vision_pretraining` (Trainer, a few steps) -> a
+    """DREAM-S frames and facts -> `python -m tarsier_hf.training.vision_pretraining` (Trainer, a few steps) -> a
     `clip_vision_model` folder -> `build_from_parts` puts exactly those weights into the Tarsier's tower."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
-    from dataset_builders.dream_s import BuildConfig, build_dataset
-    from training.model_builder import build_from_parts
+    from tarsier_hf.dream_s import BuildConfig, build_dataset
+    from tarsier_hf.training.model_builder import build_from_parts
 
     data = tmp_path / "data"
     build_dataset(BuildConfig(out=str(data), num_train=4, num_test=1), progress=False)
@@ -56,7 +56,7 @@ def test_stage0_cli_saves_a_tower_that_tarsier_loads_bit_identically(tmp_path, s
     out = tmp_path / "stage0"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "training.vision_pretraining", "--frames_file", str(data / "stage0.jsonl"),
+        [sys.executable, "-m", "tarsier_hf.training.vision_pretraining", "--frames_file", str(data / "stage0.jsonl"),
          "--video_root", str(data), "--vision_config", str(tmp_path / "tower.json"), "--output_dir", str(out),
          "--max_steps", "3", "--per_device_train_batch_size", "8", "--use_cpu", "true", "--report_to", "none",
          "--save_strategy", "no"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

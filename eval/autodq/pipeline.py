@@ -3,7 +3,7 @@
 The `evaluate` module (`autodq.py`) is a thin wrapper around `run_autodq`; the benchmark runners can call it
 directly::
 
-    from eval.autodq.pipeline import build_judge, run_autodq, samples_from_dream1k
+    from tarsier_hf.eval.autodq.pipeline import build_judge, run_autodq, samples_from_dream1k
     judge = build_judge("openai", get_config("robust"), base_url="http://127.0.0.1:8000/v1", judge_model="m")
     result = run_autodq(samples_from_dream1k(records, predictions), judge, get_config("robust"))
 

@@ -153,7 +153,7 @@ def f1_score(recall: float, precision: float, when_zero: float = 0.0) -> float:
 
 def _is_judge_failure(exc: BaseException) -> bool:
     """A judge that kept failing or answering unreadably. Matched by class name too: a judge built from
-    `eval.autodq.judge` and used by the copy of this module that `evaluate.load` imports raises the other
+    `tarsier_hf.eval.autodq.judge` and used by the copy of this module that `evaluate.load` imports raises the other
     copy's `JudgeCallError`."""
     if isinstance(exc, (JudgeCallError, ParseError)):
         return True

@@ -1,1 +1,0 @@
-"""Dataset builders: synthetic videos and training/evaluation data in Tarsier's conversation format."""

@@ -1,0 +1,1 @@
+"""Checkpoint conversion (released Tarsier -> this format), model cards and publishing to the Hub."""

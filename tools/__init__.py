@@ -1,1 +1,0 @@
-"""Command-line tools and helpers around Tarsier checkpoints (conversion, local models, description)."""
