@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser
 
 from .build import BuildConfig, build_dataset
 
 
+@dataclass
+class DisplayArguments:
+    no_progress: bool = field(default=False, metadata={"help": "hide the progress bar"})
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, bool]:
-    """Returns the build options and whether to show the progress bar."""
-    parser = argparse.ArgumentParser(prog="python -m tarsier_hf.dream_s", description=__doc__)
-    for f in dataclasses.fields(BuildConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.default is dataclasses.MISSING:
-            parser.add_argument(flag, dest=f.name, required=True, type=str, help=f.metadata.get("help"))
-        else:
-            help_text = f"{f.metadata.get('help', '')} (default: {f.default})".strip()
-            parser.add_argument(flag, dest=f.name, type=type(f.default), default=f.default, help=help_text)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = vars(parser.parse_args(argv))
-    no_progress = args.pop("no_progress")
-    return BuildConfig(**args), not no_progress
+    """Returns the build options and whether to show the progress bar (options as `--num_train` or `--num-train`)."""
+    parser = HfArgumentParser((BuildConfig, DisplayArguments), prog="python -m tarsier_hf.dream_s", description=__doc__)
+    config, display = parser.parse_args_into_dataclasses(args=argv)
+    return config, not display.no_progress
 
 
 def main(argv: list[str] | None = None) -> int:

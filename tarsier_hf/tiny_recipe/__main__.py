@@ -42,6 +42,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+
+import tarsier_hf.eval as tarsier_eval
+from tarsier_hf.dream_s import (BuildConfig, build_dataset, corpus_event_scores, corpus_event_scores_by, event_scores,
+                                word_classes)
+from tarsier_hf.eval.reference_loss import own_vs_other_video
+from tarsier_hf.jsonl import read_jsonl_objects
+from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+from tarsier_hf.training.model_builder import load_tarsier
+
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "tiny"
 TEST_PROMPT = "Describe the video in detail."
@@ -150,7 +161,6 @@ class PhaseTimer:
 
 def make_data(args: TinyRecipeArguments, data_dir: Path) -> dict:
     """Generate DREAM-S (progress bar on stderr); returns its info.json content."""
-    from tarsier_hf.dream_s import BuildConfig, build_dataset
 
     if args.keep_going and (data_dir / "info.json").is_file():
         return json.loads((data_dir / "info.json").read_text())
@@ -161,10 +171,7 @@ def make_data(args: TinyRecipeArguments, data_dir: Path) -> dict:
 
 def make_language_model(num_layers: int, parts_dir: Path) -> Path:
     """SmolLM2-135M-Instruct with only its first `num_layers` decoder layers (+ its tokenizer), as a folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 
     source = materialize_smollm2()
     target = parts_dir / f"smollm2-135m-first{num_layers}"
@@ -271,14 +278,13 @@ def train_run(spec: RunSpec, args: TinyRecipeArguments, out: Path, parts: dict, 
 
 def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out: Path, timer: PhaseTimer) -> dict:
     """Generate descriptions of the test split with `tarsier_hf.eval.inference`, then CIDEr and closed-grammar event F1."""
-    import evaluate
+    import evaluate  # the eval extra
 
-    from tarsier_hf.dream_s import corpus_event_scores, corpus_event_scores_by, event_scores
 
     data_dir = out / "data"
     eval_dir = out / "eval" / spec.name
     eval_dir.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in (data_dir / "test.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    rows = [row for _, row in read_jsonl_objects(data_dir / "test.jsonl", RuntimeError)]
     requests = eval_dir / "requests.jsonl"
     with open(requests, "w", encoding="utf-8") as handle:
         for row in rows:
@@ -294,14 +300,13 @@ def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out
                     str(args.eval_batch_size), "--max_new_tokens", str(args.max_new_tokens)],
                    eval_dir / "inference.log")
     records = {}
-    for line in predictions_file.read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
+    for _, record in read_jsonl_objects(predictions_file, RuntimeError):
         records.setdefault(record["id"], record)
     failed = [r for r in records.values() if "prediction" not in r]
     if failed or len(records) != len(rows):
         raise RuntimeError(f"{predictions_file}: {len(failed)} failed and {len(rows) - len(records)} missing samples")
     predictions = [records[row["idx"]]["prediction"] for row in rows]
-    cider = evaluate.load(str(REPO / "eval" / "cider")).compute(
+    cider = evaluate.load(str(Path(tarsier_eval.__file__).parent / "cider")).compute(
         predictions=predictions, references=[[row["reference"]] for row in rows])
     log(f"{spec.name}: scoring the test references with their own and with other videos (tarsier_hf.eval.reference_loss)")
     with timer.phase(f"{spec.name}/eval"):
@@ -324,9 +329,6 @@ def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out
 def video_reliance(checkpoint: Path, rows: list[dict], data_dir: Path, num_frames: int) -> dict:
     """Reference loss (nats per token) with each clip's own video and with the next clip's video, overall and per
     word class of the grammar: how much the model reads the frames, and for which content."""
-    from tarsier_hf.dream_s import word_classes
-    from tarsier_hf.eval.reference_loss import own_vs_other_video
-    from tarsier_hf.training.model_builder import load_tarsier
 
     model, processor = load_tarsier(str(checkpoint))
     return own_vs_other_video(model, processor, rows, word_classes, video_root=str(data_dir), num_frames=num_frames)
@@ -335,14 +337,14 @@ def video_reliance(checkpoint: Path, rows: list[dict], data_dir: Path, num_frame
 def describe_one(checkpoint: Path, args: TinyRecipeArguments, out: Path) -> dict:
     """`python -m tarsier_hf.inference.describe` on the first held-out test video; returns its record."""
     data_dir = out / "data"
-    row = json.loads((data_dir / "test.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    _, row = next(read_jsonl_objects(data_dir / "test.jsonl", RuntimeError))
     video = data_dir / row["messages"][0]["content"][0]["path"]
     target = out / "description.jsonl"
     target.unlink(missing_ok=True)
     run_logged([sys.executable, "-m", "tarsier_hf.inference.describe", str(video), "--checkpoint", str(checkpoint), "--output",
                 str(target), "--num_frames", str(args.num_frames), "--max_new_tokens", str(args.max_new_tokens),
                 "--no_progress"], out / "logs" / "describe.log")
-    record = json.loads(target.read_text(encoding="utf-8").splitlines()[0])
+    _, record = next(read_jsonl_objects(target, RuntimeError))
     if "prediction" not in record:
         raise RuntimeError(f"{target}: describing {video} failed: {record.get('error')}")
     record["reference"] = row["reference"]
@@ -472,7 +474,6 @@ def run_recipe(args: TinyRecipeArguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
 
     (args,) = HfArgumentParser(TinyRecipeArguments).parse_args_into_dataclasses(args=argv)
     try:

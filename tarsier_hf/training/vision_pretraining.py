@@ -33,6 +33,7 @@ import torch
 from transformers import CLIPConfig, CLIPForImageClassification, CLIPVisionConfig, Trainer, TrainingArguments
 
 from video_processing_tarsier import _build_image_processor, load_video, preprocess_frames
+from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +52,14 @@ def read_frame_labels(frames_file: str, video_root: str = ".") -> tuple[np.ndarr
     """Decode the frames a `{video, frame, labels}` JSONL names (each video once). Returns `(N, H, W, 3)` uint8
     frames and their `N` label lists, in file order per video."""
     by_video: dict[str, list[tuple[int, list[str]]]] = defaultdict(list)
-    with open(frames_file, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                labels = row["labels"]
-                if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-                    raise TypeError("labels must be a list of strings")
-                by_video[row["video"]].append((int(row["frame"]), labels))
-            except (ValueError, KeyError, TypeError) as error:
-                raise ValueError(f"{frames_file}:{number}: expected a {{video, frame, labels}} object ({error})") from None
+    for number, row in read_jsonl_objects(frames_file):
+        try:
+            labels = row["labels"]
+            if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+                raise TypeError("labels must be a list of strings")
+            by_video[row["video"]].append((int(row["frame"]), labels))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{frames_file}:{number}: expected a {{video, frame, labels}} object ({error})") from None
     if not by_video:
         raise ValueError(f"{frames_file}: no rows")
     frames, labels = [], []
