@@ -31,6 +31,33 @@ def quick_run(tmp_path_factory, smollm2_dir):
 
 
 @pytest.mark.slow
+def test_the_same_seed_gives_the_same_result(quick_run, tmp_path):
+    """Two runs with the same seed, from data to description, in separate folders: the same generations, the same
+    scores and bit-identical trained weights (stage-0 tower and stage-2 model)."""
+    first, _ = quick_run
+    second = tmp_path / "again"
+    proc = run([sys.executable, "-m", "tarsier_hf.tiny_recipe", "--output-dir", str(second), "--quick"], timeout=600)
+    assert proc.returncode == 0, f"second run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+    def outcome(out: Path) -> list[dict]:
+        results = json.loads((out / "results.json").read_text())["results"]
+        return [{k: v for k, v in r.items() if k not in ("checkpoint", "phases")} for r in results]  # paths, times
+
+    def generations(out: Path) -> dict:
+        lines = (out / "eval" / "full" / "predictions.jsonl").read_text().splitlines()
+        return {r["id"]: r["prediction"] for r in map(json.loads, lines) if "prediction" in r}
+
+    assert outcome(first) == outcome(second)
+    assert generations(first) == generations(second) and len(generations(first)) > 0
+    assert (first / "eval" / "full" / "scores.jsonl").read_text() == (second / "eval" / "full" / "scores.jsonl").read_text()
+    from safetensors.torch import load_file
+
+    for folder in ("stage0", "stage2"):
+        a, b = load_file(first / folder / "model.safetensors"), load_file(second / folder / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
+
+
+@pytest.mark.slow
 def test_every_artefact_exists(quick_run):
     out, stdout = quick_run
     for name in ("stage0.jsonl", "stage1.jsonl", "stage2.jsonl", "test.jsonl", "info.json"):

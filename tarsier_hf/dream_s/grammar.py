@@ -42,26 +42,26 @@ def _np(name: str) -> str:
     return f"the {name}"
 
 
+# The clause of each action: {s} the subject's noun phrase, {o} the object as given, {on} the object's noun phrase.
+_CLAUSES = {
+    "appear": "{s} appears",
+    "disappear": "{s} disappears",
+    "grow": "{s} grows bigger",
+    "shrink": "{s} shrinks",
+    "rotate": "{s} rotates",
+    "change colour": "{s} turns {o}",
+    "collide": "{s} collides with {on} and they bounce apart",
+}
+
+
 def event_clause(event: dict) -> str:
     """The clause of one ground-truth event (lower case, no final period)."""
     subject, action, obj = _np(event["subject"]), event["action"], event.get("object")
     if action.startswith("move "):
         return f"{subject} moves {action[5:]}"
-    if action == "appear":
-        return f"{subject} appears"
-    if action == "disappear":
-        return f"{subject} disappears"
-    if action == "grow":
-        return f"{subject} grows bigger"
-    if action == "shrink":
-        return f"{subject} shrinks"
-    if action == "rotate":
-        return f"{subject} rotates"
-    if action == "change colour":
-        return f"{subject} turns {obj}"
-    if action == "collide":
-        return f"{subject} collides with {_np(obj)} and they bounce apart"
-    raise ValueError(f"unknown action {action!r}")
+    if action not in _CLAUSES:
+        raise ValueError(f"unknown action {action!r}")
+    return _CLAUSES[action].format(s=subject, o=obj, on=_np(obj) if obj is not None else None)
 
 
 def _capitalise(text: str) -> str:

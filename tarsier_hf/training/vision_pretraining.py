@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import CLIPConfig, CLIPForImageClassification, CLIPVisionConfig, Trainer, TrainingArguments
+from transformers import (CLIPConfig, CLIPForImageClassification, CLIPVisionConfig, Trainer, TrainingArguments,
+                          set_seed)
 
 from video_processing_tarsier import _build_image_processor, load_video, preprocess_frames
 from tarsier_hf.jsonl import read_jsonl_objects
@@ -125,6 +126,7 @@ def pretrain_vision_tower(
     """Train a fresh tower on `(frames, labels)` with `Trainer` and save it to `training_args.output_dir`."""
     dataset = FrameLabelDataset(frames, labels)
     logger.info("stage 0: %d frames, %d distinct labels", len(dataset), len(dataset.label_names))
+    set_seed(training_args.seed)  # the tower's random init too: Trainer seeds only after the model exists
     model = build_classifier(args.vision_config, dataset.label_names)
     training_args.remove_unused_columns = False  # the collator builds the batch; Trainer must not drop keys
     trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
