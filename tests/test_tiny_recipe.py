@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,8 +51,6 @@ def test_the_same_seed_gives_the_same_result(quick_run, tmp_path):
     assert outcome(first) == outcome(second)
     assert generations(first) == generations(second) and len(generations(first)) > 0
     assert (first / "eval" / "full" / "scores.jsonl").read_text() == (second / "eval" / "full" / "scores.jsonl").read_text()
-    from safetensors.torch import load_file
-
     for folder in ("stage0", "stage2"):
         a, b = load_file(first / folder / "model.safetensors"), load_file(second / folder / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
@@ -69,8 +68,6 @@ def test_every_artefact_exists(quick_run):
         state = json.loads((out / stage / "trainer_state.json").read_text())
         assert state["global_step"] >= 1
     # the recipe keeps the embeddings frozen (train_embeddings: false) and trains the decoder layers
-    from safetensors.torch import load_file
-
     stage1, stage2 = (load_file(str(out / stage / "model.safetensors")) for stage in ("stage1", "stage2"))
     embeddings = [k for k in stage1 if "embed_tokens" in k]
     layers = [k for k in stage1 if "language_model.layers" in k and k.endswith("weight") and "norm" not in k]

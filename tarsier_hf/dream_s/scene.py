@@ -270,9 +270,11 @@ def _try_sample(
     colours = [str(c) for c in rng.choice(list(COLOURS), n_subjects, replace=False)]
     kinds = [str(s) for s in rng.choice(SHAPES, n_subjects)]
     shapes: list[ShapeSpec] = []
+    used: set[int] = set()  # grid cells taken by earlier shapes
     for colour, kind in zip(colours, kinds):
-        free = [cell for cell in range(GRID * GRID) if all(math.hypot(_centre(cell % GRID) - s.x, _centre(cell // GRID) - s.y) > 1e-6 for s in shapes)]
+        free = [cell for cell in range(GRID * GRID) if cell not in used]
         cell = free[int(rng.integers(len(free)))]
+        used.add(cell)
         x, y = _centre(cell % GRID), _centre(cell // GRID)
         angle = float(rng.uniform(-START_TILT, START_TILT)) if kind != "circle" else 0.0
         shapes.append(ShapeSpec(colour, kind, float(x), float(y), float(rng.uniform(*START_SIZES)), angle))
