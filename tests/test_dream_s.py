@@ -359,3 +359,23 @@ def test_shapes_start_inside_one_patch_of_the_tiny_tower():
             ys, xs = np.nonzero(mask)
             assert len(ys) > 20, shape
             assert set(zip((ys // side).tolist(), (xs // side).tolist())) == {cell}, (shape, clip.camera)
+
+
+def test_stage0_lists_a_seeded_subset_of_each_clips_frames(tmp_path):
+    """Stage 0 learns more from fewer frames of more clips: `stage0_frames_per_clip` lists that many distinct frames
+    of every train clip, the same ones on every build, and nonsense counts are refused by name."""
+    rows = {}
+    for run in ("a", "b"):
+        build_dataset(BuildConfig(out=str(tmp_path / run), seed=4, num_train=3, num_test=1, stage0_frames_per_clip=4), progress=False)
+        rows[run] = _read_jsonl(tmp_path / run / "stage0.jsonl")
+    assert rows["a"] == rows["b"] and len(rows["a"]) == 3 * 4
+    by_video: dict[str, list[int]] = {}
+    for row in rows["a"]:
+        by_video.setdefault(row["video"], []).append(row["frame"])
+    assert len(by_video) == 3
+    for frames in by_video.values():
+        assert len(set(frames)) == 4 and all(0 <= f < 16 for f in frames)
+    assert len({tuple(f) for f in by_video.values()}) > 1  # each clip draws its own frames
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="stage0-frames-per-clip"):
+            BuildConfig(out=str(tmp_path / "c"), stage0_frames_per_clip=bad).validate()

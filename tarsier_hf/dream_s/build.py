@@ -31,6 +31,8 @@ class BuildConfig:
     num_train: int = field(default=300, metadata={"help": "train clips (5 stage-1 rows and 3 stage-2 rows each)"})
     num_test: int = field(default=60, metadata={"help": "held-out test clips (one test row each)"})
     num_frames: int = field(default=16, metadata={"help": "frames per clip"})
+    stage0_frames_per_clip: int = field(default=16, metadata={
+        "help": "frames of each train clip listed in stage0.jsonl (a seeded random subset when below --num-frames)"})
     size: int = field(default=96, metadata={"help": "frame side in pixels (even)"})
     fps: float = field(default=8.0, metadata={"help": "frame rate written in the videos"})
     heldout_fraction: float = field(default=0.1, metadata={"help": "share of (colour, shape, action) triples only the test split shows"})
@@ -55,6 +57,8 @@ class BuildConfig:
             raise ValueError("a test split needs --heldout-fraction > 0 (test clips show held-out combinations)")
         if not (0.0 <= self.cut_prob <= 1.0 and 0.0 <= self.static_camera_prob <= 1.0):
             raise ValueError("--cut-prob and --static-camera-prob must be probabilities in [0, 1]")
+        if not 1 <= self.stage0_frames_per_clip <= self.num_frames:
+            raise ValueError(f"--stage0-frames-per-clip must be in [1, --num-frames], got {self.stage0_frames_per_clip}")
         if self.fps <= 0 or self.supersample < 1 or self.num_workers < 1:
             raise ValueError("--fps must be > 0, --supersample and --num-workers >= 1")
 
@@ -110,8 +114,13 @@ def build_clip(config: BuildConfig, heldout: set, split: str, index: int) -> dic
     }
     task_rng = clip_rng(config.seed, split, index, stream=1)
     if split == "train":
+        # fewer frames from more clips: the same number of frames teaches the tower more (docs/tiny_recipe.md)
+        chosen = range(clip.num_frames)
+        if config.stage0_frames_per_clip < clip.num_frames:
+            chosen = sorted(int(f) for f in clip_rng(config.seed, split, index, stream=2).choice(
+                clip.num_frames, config.stage0_frames_per_clip, replace=False))
         frames_rows = [{"video": video, "frame": f, "labels": frame_labels(clip, tracks, f, config.size),
-                        "caption": frame_caption(clip, tracks, f)} for f in range(clip.num_frames)]
+                        "caption": frame_caption(clip, tracks, f)} for f in chosen]
         return {"record": record, "stage0": frames_rows, "stage1": stage1_rows(clip, task_rng, video, idx, boxes),
                 "stage2": stage2_rows(clip, task_rng, video, idx)}
     return {"record": record, "test": [test_row(clip, video, idx)]}

@@ -163,9 +163,16 @@ def render_frames(clip: ClipSpec, supersample: int = 2, tracks: Tracks | None = 
             a = tracks.alpha[f, i]
             if a <= 0.0:
                 continue
-            m = _mask(shape.shape, wx, wy, tracks.x[f, i], tracks.y[f, i], tracks.size[f, i], tracks.angle[f, i])
+            geometry = (tracks.x[f, i], tracks.y[f, i], tracks.size[f, i], tracks.angle[f, i])
+            # only the pixels of the shape's bounding box can change (the same image, a fraction of the work)
+            corners = (_outline(shape.shape, *geometry) - [tracks.cam_x[f], tracks.cam_y[f]]) * tracks.zoom[f] + 0.5
+            (c0, r0), (c1, r1) = np.clip(np.floor(corners.min(axis=0) * n) - 1, 0, n).astype(int), \
+                np.clip(np.ceil(corners.max(axis=0) * n) + 1, 0, n).astype(int)
+            if c1 <= c0 or r1 <= r0:
+                continue
+            m = _mask(shape.shape, wx[c0:c1], wy[r0:r1], *geometry)
             weight = (a * m)[..., None]
-            image = image * (1.0 - weight) + tracks.colour[f, i] * weight
+            image[r0:r1, c0:c1] = image[r0:r1, c0:c1] * (1.0 - weight) + tracks.colour[f, i] * weight
         image = image.reshape(clip.size, supersample, clip.size, supersample, 3).mean(axis=(1, 3))
         frames[f] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return frames

@@ -64,8 +64,10 @@ class TinyRecipeArguments:
 
     output_dir: str = field(default="runs/tiny", metadata={"help": "Folder for data, checkpoints and results."})
     seed: int = field(default=0, metadata={"help": "Seed of the data and of training."})
-    num_train: int = field(default=1000, metadata={"help": "Training clips (5 stage-1 and 3 stage-2 rows each)."})
-    num_test: int = field(default=60, metadata={"help": "Held-out test clips (unseen colour/shape/action triples)."})
+    num_train: int = field(default=4000, metadata={"help": "Training clips (5 stage-1 and 3 stage-2 rows each)."})
+    max_subjects: int = field(default=1, metadata={"help": "Most shapes per clip (DREAM-S allows 1-3)."})
+    stage0_frames_per_clip: int = field(default=4, metadata={"help": "Frames of each train clip that stage 0 sees."})
+    num_test: int = field(default=100, metadata={"help": "Held-out test clips (unseen colour/shape/action triples)."})
     video_size: int = field(default=96, metadata={"help": "Side of the generated videos in pixels."})
     num_frames: int = field(default=8, metadata={"help": "Frames per video in stage 2 and evaluation."})
     llm_layers: int = field(default=2, metadata={"help": "SmolLM2 decoder layers kept (1-30; 30 = the whole LLM)."})
@@ -165,6 +167,7 @@ def make_data(args: TinyRecipeArguments, data_dir: Path) -> dict:
     if args.keep_going and (data_dir / "info.json").is_file():
         return json.loads((data_dir / "info.json").read_text())
     config = BuildConfig(out=str(data_dir), seed=args.seed, num_train=args.num_train, num_test=args.num_test,
+                         max_subjects=args.max_subjects, stage0_frames_per_clip=args.stage0_frames_per_clip,
                          size=args.video_size, num_workers=min(2, os.cpu_count() or 1))
     return build_dataset(config, progress=True)
 
