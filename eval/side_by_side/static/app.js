@@ -142,7 +142,13 @@ async function start() {
   }
   $("video").addEventListener("error", () => {
     // The browser cannot play this file (codec/container): fall back to decoded frames.
-    if (!state.showFrames) { state.showFrames = true; setStatus("This video cannot play here; showing its frames."); render(); }
+    // A failed save's message stays: when the server is gone the video fails too, and must not hide "NOT saved".
+    if (!state.showFrames) {
+      state.showFrames = true;
+      if (document.body.dataset.state === "error") return;  // the next render shows the frames
+      setStatus("This video cannot play here; showing its frames.");
+      render();
+    }
   });
   for (const button of document.querySelectorAll("#choices button")) {
     button.addEventListener("click", () => submitLabel(button.dataset.label));
