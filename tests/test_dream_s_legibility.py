@@ -21,7 +21,7 @@ import torch
 
 from tarsier_hf.dream_s import BuildConfig, build_dataset
 from tarsier_hf.dream_s.build import load_clip_spec
-from tarsier_hf.dream_s.render import compute_tracks
+from tarsier_hf.dream_s.render import compute_tracks, to_image
 from tarsier_hf.dream_s.scene import GRID
 from tarsier_hf.dream_s.vocab import COLOURS, SHAPES
 from video_processing_tarsier import _build_image_processor, load_video, preprocess_frames
@@ -44,8 +44,7 @@ def _cell_targets(clip, size: int) -> np.ndarray:
             alpha = tracks.alpha[f, i]
             if alpha <= 0.0:
                 continue
-            x = ((tracks.x[f, i] - tracks.cam_x[f]) * tracks.zoom[f] + 0.5) * size
-            y = ((tracks.y[f, i] - tracks.cam_y[f]) * tracks.zoom[f] + 0.5) * size
+            x, y = to_image(tracks, f, (tracks.x[f, i], tracks.y[f, i])) * size
             colour = np.flatnonzero(np.abs(palette - tracks.colour[f, i]).max(axis=1) < 0.5)
             near_border = min(abs(x / cell - round(x / cell)), abs(y / cell - round(y / cell))) * cell < BORDER_MARGIN
             inside = 0 <= x < size and 0 <= y < size

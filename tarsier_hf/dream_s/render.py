@@ -107,6 +107,11 @@ def compute_tracks(clip: ClipSpec) -> Tracks:
     return Tracks(x, y, size, angle, colour, alpha, cam_x, cam_y, zoom, shot)
 
 
+def to_image(tracks: Tracks, f: int, points: np.ndarray) -> np.ndarray:
+    """World points `(..., 2)` -> normalised image coordinates of frame `f` (0-1 across the view)."""
+    return (np.asarray(points) - [tracks.cam_x[f], tracks.cam_y[f]]) * tracks.zoom[f] + 0.5
+
+
 def triangle_vertices(x: float, y: float, size: float, angle: float) -> np.ndarray:
     """`(3, 2)` vertices of the equilateral triangle (pointing up at angle 0; angles turn clockwise on screen)."""
     radius = TRIANGLE_RADIUS * size
@@ -165,7 +170,7 @@ def render_frames(clip: ClipSpec, supersample: int = 2, tracks: Tracks | None = 
                 continue
             geometry = (tracks.x[f, i], tracks.y[f, i], tracks.size[f, i], tracks.angle[f, i])
             # only the pixels of the shape's bounding box can change (the same image, a fraction of the work)
-            corners = (_outline(shape.shape, *geometry) - [tracks.cam_x[f], tracks.cam_y[f]]) * tracks.zoom[f] + 0.5
+            corners = to_image(tracks, f, _outline(shape.shape, *geometry))
             (c0, r0), (c1, r1) = np.clip(np.floor(corners.min(axis=0) * n) - 1, 0, n).astype(int), \
                 np.clip(np.ceil(corners.max(axis=0) * n) + 1, 0, n).astype(int)
             if c1 <= c0 or r1 <= r0:
@@ -192,7 +197,7 @@ def compute_boxes(clip: ClipSpec, tracks: Tracks | None = None) -> np.ndarray:
             if tracks.alpha[f, i] < 0.5:
                 continue
             pts = _outline(shape.shape, tracks.x[f, i], tracks.y[f, i], tracks.size[f, i], tracks.angle[f, i])
-            img = (pts - [tracks.cam_x[f], tracks.cam_y[f]]) * tracks.zoom[f] + 0.5
+            img = to_image(tracks, f, pts)
             x1, y1 = np.clip(img.min(axis=0), 0.0, 1.0)
             x2, y2 = np.clip(img.max(axis=0), 0.0, 1.0)
             if x2 > x1 and y2 > y1:
