@@ -107,7 +107,7 @@ def test_rows_follow_the_documented_format(built):
         assert user["content"][0]["type"] == "video" and (built / user["content"][0]["path"]).is_file()
         assert user["content"][1]["type"] == "text" and user["content"][1]["text"].strip()
         assert assistant["content"][0]["text"].strip()
-        assert row["source"] == "dream_s" and row["idx"]
+        assert row["source"] == f"dream_s/{row['task']}" and row["idx"]
     assert len({r["idx"] for r in stage1 + stage2 + test}) == len(stage1) + len(stage2) + len(test)
     prompts = {task: {r["messages"][0]["content"][1]["text"] for r in stage2 if r["task"] == task} for task in STAGE2}
     assert all(len(p) >= 2 for p in prompts.values())  # drawn from a pool
@@ -116,6 +116,23 @@ def test_rows_follow_the_documented_format(built):
         assert row["reference"] == row["messages"][1]["content"][0]["text"]
         assert row["n_events"] == len(row["events"]) and [e["order"] for e in row["events"]] == list(range(1, row["n_events"] + 1))
         assert 1 <= row["n_subjects"] <= 3 and row["n_shots"] in (1, 2)
+
+
+def test_task_sources_set_the_stage2_mix_through_source_weights(built):
+    """The recipe's stage-2 mix (recipes/tiny/stage2.yaml: `source_weights`) is train_sft.py's real re-sampling."""
+    from collections import Counter
+
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+
+    spec = DatasetSpec(str(built / "stage2.jsonl"), str(built), "train")
+    plain = ConversationDataset([spec], seed=0)
+    mixed = ConversationDataset([spec], seed=0, source_weights={"dream_s/describe_camera": 0.25,
+                                                                "dream_s/describe_short": 2.0})
+    tasks = Counter(mixed[i]["task"] for i in range(len(mixed)))
+    assert len(plain) == 3 * 40
+    assert tasks == {"describe_detailed": 40, "describe_short": 80, "describe_camera": 10}
+    with pytest.raises(ValueError, match="unknown sources"):
+        ConversationDataset([spec], seed=0, source_weights={"dream_s": 0.5})
 
 
 def test_parser_inverts_every_generated_description(built):

@@ -81,6 +81,10 @@ def test_every_artefact_exists(quick_run):
         key = "model.vision_tower." + name
         assert torch.equal(stage1[key], value) and torch.equal(stage2[key], value), key
     assert any(not torch.equal(stage1[k], stage2[k]) for k in stage1 if "multi_modal_projector" in k)
+    # the LLM part: SmolLM2 cut to 1 layer and to the vocabulary of the run's DREAM-S text (+ the video tokens)
+    llm = json.loads((out / "parts" / "smollm2-135m-first1-dreams-vocab" / "config.json").read_text())
+    assert llm["num_hidden_layers"] == 1 and 100 < llm["vocab_size"] < 2000, llm["vocab_size"]
+    assert stage2[embeddings[0]].shape[0] in range(llm["vocab_size"], llm["vocab_size"] + 8)
     assert (out / "f1_vs_events.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
     assert "| full recipe (stage 0 + 1 + 2) |" in table and "no LLM judge" in table

@@ -32,7 +32,9 @@ Row format (all JSONL rows):
                                      {"type": "text", "text": "Describe the video in detail."}]},
         {"role": "assistant", "content": [{"type": "text", "text": "At the start, there is a red circle. ..."}]}],
      "task": "caption|action|mcqa|qa|boxes|describe_detailed|describe_short|describe_camera",
-     "source": "dream_s", "idx": "dream_s/train/000001/detailed"}
+     "source": "dream_s/describe_detailed", "idx": "dream_s/train/000001/detailed"}
+
+`source` is `dream_s/<task>`: `train_sft.py --source_weights dream_s/describe_camera=0.25` re-samples one task.
 
 Test rows add `"events": [{"subject": "red circle", "action": "move left", "object": null, "order": 1}, ...]`
 (`object` is the new colour for `change colour`, the other shape for `collide`, else null), `"n_events"`,

