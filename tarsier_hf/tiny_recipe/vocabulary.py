@@ -29,11 +29,12 @@ def _merge_pairs(merges: list) -> list[tuple[str, str]]:
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
 
 
-def kept_token_ids(tokenizer, texts: Iterable[str]) -> list[int]:
-    """Sorted ids of the tokens to keep for `texts` (see the module docstring)."""
+def kept_token_ids(tokenizer, texts: Iterable[str], spec: dict | None = None) -> list[int]:
+    """Sorted ids of the tokens to keep for `texts` (see the module docstring); `spec` is the tokenizer's
+    tokenizer.json as a dict, when the caller has it already."""
     from tokenizers.pre_tokenizers import ByteLevel
 
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec = json.loads(tokenizer.backend_tokenizer.to_str()) if spec is None else spec
     model = spec["model"]
     if model.get("type") != "BPE" or (spec.get("pre_tokenizer") or {}).get("type") != "ByteLevel":
         raise ValueError(f"cut_vocabulary needs a byte-level BPE tokenizer, got model {model.get('type')!r} with "
@@ -81,8 +82,9 @@ def cut_vocabulary(model, tokenizer, texts: Iterable[str]):
 
     if not getattr(model.config, "tie_word_embeddings", False):
         raise ValueError("cut_vocabulary slices the embedding table and relies on a head tied to it")
-    kept = kept_token_ids(tokenizer, texts)
-    spec = cut_tokenizer_json(json.loads(tokenizer.backend_tokenizer.to_str()), kept)
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    kept = kept_token_ids(tokenizer, texts, spec)
+    spec = cut_tokenizer_json(spec, kept)
     special = {name: getattr(tokenizer, name) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
                if getattr(tokenizer, name, None) is not None}
     new_tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **special)
