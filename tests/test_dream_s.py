@@ -23,7 +23,8 @@ from tarsier_hf.dream_s import (
     parse_description,
     parse_events,
 )
-from tarsier_hf.dream_s.render import PAN_SPAN, compute_boxes, render_frames
+from tarsier_hf.dream_s.grammar import frame_labels
+from tarsier_hf.dream_s.render import PAN_SPAN, compute_boxes, compute_tracks, render_frames
 from tarsier_hf.dream_s.scene import COLLIDE_PUSH, GRID, MOVE_DISTANCE, event_triples, sample_clip
 from tarsier_hf.dream_s.vocab import BACKGROUNDS, CAMERA_MOTIONS, COLOURS
 from tarsier_hf.dream_s.video_writer import write_video
@@ -82,6 +83,17 @@ def test_build_is_deterministic_and_worker_independent(built, tmp_path):
     build_dataset(BuildConfig(out=str(other), seed=4, num_train=4, num_test=0), progress=False)
     first = [r["descriptions"]["detailed"] for r in _read_jsonl(built / "clips_train.jsonl")[:4]]
     assert first != [r["descriptions"]["detailed"] for r in _read_jsonl(other / "clips_train.jsonl")]
+
+
+def test_videos_are_lossless_so_pixels_follow_from_the_seed_alone(built):
+    # x264's output bytes for the same frames were seen to differ between encodes on a loaded machine; lossless
+    # (crf 0) they still may, but every decoder returns exactly the rendered frames after the one colour conversion
+    # the writer makes (RGB -> yuv420p -> RGB, swscale), so the pixels depend on the seed alone.
+    for record in _read_jsonl(built / "clips_train.jsonl")[:6] + _read_jsonl(built / "clips_test.jsonl")[:3]:
+        clip = ClipSpec.from_dict(record["spec"])
+        expected = np.stack([av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
+                             .to_ndarray(format="rgb24") for frame in render_frames(clip, supersample=BuildConfig.supersample)])
+        assert np.array_equal(_decode(built / record["video"]), expected), record["video"]
 
 
 def test_videos_decode_with_right_frames_and_size(built):
@@ -396,3 +408,19 @@ def test_stage0_lists_a_seeded_subset_of_each_clips_frames(tmp_path):
     for bad in (0, 17):
         with pytest.raises(ValueError, match="stage0-frames-per-clip"):
             BuildConfig(out=str(tmp_path / "c"), stage0_frames_per_clip=bad).validate()
+
+
+def test_stage0_labels_name_each_shape_fact_with_and_without_its_colour():
+    """Stage 0's frame facts: per shape with its colour ("red row top") and once more colour-free ("object row top"),
+    so a fact a held-out colour never showed in training still has a trained label."""
+    clip = ClipSpec(shapes=[ShapeSpec("red", "triangle", 1 / 6, 1 / 6, 0.08), ShapeSpec("blue", "circle", 5 / 6, 5 / 6, 0.08)],
+                    events=[EventSpec(0, "move right", delta=(MOVE_DISTANCE, 0.0))], num_frames=8)
+    tracks = compute_tracks(clip)
+    first, last = frame_labels(clip, tracks, 0), frame_labels(clip, tracks, 7)
+    for labels in (first, last):
+        coloured = {label.split(" ", 1)[1] for label in labels if label.split(" ", 1)[0] in COLOURS}
+        assert {label for label in labels if label.startswith("object ")} == {f"object {fact}" for fact in coloured}
+    assert {"red triangle", "red row top", "red column left", "object triangle", "object circle", "object row top",
+            "object row bottom", "object column left", "object column right"} <= set(first)
+    # the move shows in both: the red triangle's column and the colour-free column facts
+    assert "red column centre" in last and "object column centre" in last and "object column left" not in last

@@ -41,7 +41,9 @@ class BuildConfig:
     cut_prob: float = field(default=0.25, metadata={"help": "probability of one shot cut (clips with 2+ events)"})
     static_camera_prob: float = field(default=0.4, metadata={"help": "probability of a still camera (else pan or zoom)"})
     supersample: int = field(default=2, metadata={"help": "render at this multiple of --size and average down (anti-aliasing)"})
-    crf: int = field(default=18, metadata={"help": "x264 constant rate factor"})
+    crf: int = field(default=0, metadata={
+        "help": "x264 constant rate factor; 0 (the default) is lossless: the decoded pixels are the rendered frames in "
+                "yuv420p, whatever the encoder decides, so they do not depend on the machine (docs/tiny_recipe.md)"})
     num_workers: int = field(default=1, metadata={"help": "processes rendering and encoding clips (output is identical)"})
 
     def validate(self) -> None:
@@ -91,7 +93,8 @@ def build_clip(config: BuildConfig, heldout: set, split: str, index: int) -> dic
     frames = render_frames(clip, supersample=config.supersample, tracks=tracks)
     boxes = compute_boxes(clip, tracks=tracks)
     video = video_path(split, index)
-    # no B-frames: with them, x264 here gave different pixels for the same input from one encode to the next
+    # Lossless by default (crf 0): x264's bytes for the same frames were seen to differ from one encode to the next
+    # under load (with B-frames often, with one thread and none rarely); lossless, its decisions no longer reach the pixels.
     write_video(Path(config.out) / video, frames, fps=config.fps, codec="libx264", crf=config.crf, max_b_frames=0)
     idx = f"dream_s/{split}/{index:06d}"
     record = {

@@ -175,22 +175,25 @@ def frame_caption(clip: ClipSpec, tracks, frame: int) -> str:
 
 def frame_labels(clip: ClipSpec, tracks, frame: int, size: int = 64) -> list[str]:
     """The facts of one frame as labels for multi-label classification: per shape (named by its colour, unique in
-    a clip) its shape, size, pose, row and column, and the background's palette, checker phase and cell size,
-    e.g. `["red triangle", "red medium", "red pointing up", "red row upper", "red column left", "background 0",
-    "checker x 2", "checker y 1", "cells medium"]`."""
-    labels = []
+    a clip) its shape, size, row, column and pose, the background's palette, checker phase and cell size, and each
+    shape's facts once more without its colour ("object ..."), so that where and what a shape is has one label
+    whatever its colour: held-out test clips pair colours with shapes and actions that training never shows, and the
+    colour-free labels made the tower's shape reading reach the LM (docs/tiny_recipe.md). E.g. `["red triangle",
+    "red medium", "red row top", "red column left", "red pointing up", "background 0", "checker x 2", "checker y 1",
+    "cells medium", "object triangle", "object medium", "object row top", "object column left", "object pointing up"]`."""
+    labels, colour_free = [], []
     for o in frame_objects(clip, tracks, frame):
         c = o["colour"]
-        labels += [f"{c} {o['shape']}", f"{c} {o['size']}", f"{c} row {o['row']}", f"{c} column {o['column']}"]
-        if o["pose"]:
-            labels.append(f"{c} {o['pose']}")
+        facts = [o["shape"], o["size"], f"row {o['row']}", f"column {o['column']}"] + ([o["pose"]] if o["pose"] else [])
+        labels += [f"{c} {fact}" for fact in facts]
+        colour_free += [f"object {fact}" for fact in facts]
     zoom, period = tracks.zoom[frame], 2 * CHECKER_PERIOD  # the checkerboard repeats every two cells
     left, top = tracks.cam_x[frame] - 0.5 / zoom, tracks.cam_y[frame] - 0.5 / zoom  # world point at the image corner
     cell = CHECKER_PERIOD * zoom
     labels += [f"background {clip.backgrounds[tracks.shot[frame]]}",
                f"checker x {_bin((left / period) % 1.0, _PHASES)}", f"checker y {_bin((top / period) % 1.0, _PHASES)}",
                f"cells {next(word for bound, word in _CELL_WORDS if cell < bound)}"]
-    return labels
+    return labels + colour_free
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
