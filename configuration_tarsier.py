@@ -73,6 +73,10 @@ class TarsierConfig(PreTrainedConfig):
             Average-pool the patch grid with this kernel and stride before the projector (the spatial pooling of
             video frames in LLaVA-NeXT-Video); 1 keeps every patch, `image_size // patch_size` leaves one feature
             per frame. A CLS feature kept by `"full"` is not pooled.
+        num_frame_embeddings (`int`, defaults to 0):
+            Learned embeddings of a frame's index in its video (0, 1, ...), added to every projected feature of the
+            frame, for up to this many frames per video. 0 (the released Tarsier) leaves frame order to the LLM's
+            positions alone.
         projector_hidden_act (`str`, defaults to `"gelu"`):
             Activation between the two projector layers.
         multimodal_projector_bias (`bool`, defaults to `True`):
@@ -120,6 +124,7 @@ class TarsierConfig(PreTrainedConfig):
     vision_feature_layer: int = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     vision_feature_pooling: int = 1
+    num_frame_embeddings: int = 0
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
     ignore_index: int = -100
@@ -171,6 +176,8 @@ class TarsierConfig(PreTrainedConfig):
                 f"vision_feature_pooling={self.vision_feature_pooling!r} must be a positive divisor of the patch grid "
                 f"side ({side})"
             )
+        if not isinstance(self.num_frame_embeddings, int) or self.num_frame_embeddings < 0:
+            raise ValueError(f"num_frame_embeddings={self.num_frame_embeddings!r} must be an integer >= 0")
         vocab_size = self.text_config.vocab_size
         ids = {"image_token_id": self.image_token_id, "video_token_id": self.video_token_id}
         if self.use_frame_separators:

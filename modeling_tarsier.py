@@ -56,7 +56,11 @@ class TarsierCausalLMOutputWithPast(ModelOutput):
 
 
 class TarsierMultiModalProjector(nn.Module):
-    """Two-layer MLP mapping vision features `(..., vision_hidden)` to LLM embeddings `(..., text_hidden)`."""
+    """
+    Two-layer MLP mapping vision features `(frames, patches, vision_hidden)` to LLM embeddings
+    `(frames, patches, text_hidden)`; with `config.num_frame_embeddings`, plus a learned embedding of each frame's
+    index in its video.
+    """
 
     def __init__(self, config: TarsierConfig):
         super().__init__()
@@ -67,9 +71,25 @@ class TarsierMultiModalProjector(nn.Module):
         self.linear_2 = nn.Linear(
             config.text_config.hidden_size, config.text_config.hidden_size, bias=config.multimodal_projector_bias
         )
+        self.frame_embedding = (
+            nn.Embedding(config.num_frame_embeddings, config.text_config.hidden_size)
+            if config.num_frame_embeddings
+            else None
+        )
 
-    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(image_features)))
+    def forward(self, image_features: torch.Tensor, frame_index: torch.LongTensor | None = None) -> torch.Tensor:
+        """
+        Args:
+            image_features (`torch.FloatTensor` of shape `(frames, patches, vision_hidden)`).
+            frame_index (`torch.LongTensor` of shape `(frames,)`, *optional*): each frame's index in its video;
+                required when the projector has frame embeddings.
+        """
+        hidden_states = self.linear_2(self.act(self.linear_1(image_features)))
+        if self.frame_embedding is not None:
+            if frame_index is None:
+                raise ValueError("this model adds frame-index embeddings: pass num_frames with pixel_values")
+            hidden_states = hidden_states + self.frame_embedding(frame_index).unsqueeze(1).to(hidden_states.dtype)
+        return hidden_states
 
 
 class TarsierPreTrainedModel(PreTrainedModel):
@@ -103,13 +123,17 @@ class TarsierModel(TarsierPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, num_frames: torch.LongTensor | None = None
+    ) -> torch.FloatTensor:
         """
         Encode frames one by one (in a single batched call) and project them into the LLM embedding space.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(total_frames, 3, image_size, image_size)`):
                 Every frame of every video and image in the batch.
+            num_frames (`torch.LongTensor` of shape `(batch_size,)`, *optional*): frames per sample, which gives
+                each frame its index in its video for `config.num_frame_embeddings` (required then).
 
         Returns:
             `torch.FloatTensor` of shape `(total_frames, num_patches_per_frame, text_hidden_size)`.
@@ -132,7 +156,17 @@ class TarsierModel(TarsierPreTrainedModel):
             grid = features[:, extra:].unflatten(1, (side, side)).permute(0, 3, 1, 2)
             pooled = nn.functional.avg_pool2d(grid, stride).flatten(2).transpose(1, 2)
             features = torch.cat([features[:, :extra], pooled], dim=1)
-        return self.multi_modal_projector(features)
+        frame_index = None
+        if self.config.num_frame_embeddings:
+            if num_frames is None:
+                raise ValueError("this model adds frame-index embeddings (num_frame_embeddings): pass num_frames")
+            if int(num_frames.max()) > self.config.num_frame_embeddings:
+                raise ValueError(
+                    f"a sample has {int(num_frames.max())} frames but the model has frame embeddings for "
+                    f"{self.config.num_frame_embeddings} (config.num_frame_embeddings)"
+                )
+            frame_index = torch.cat([torch.arange(int(n), device=features.device) for n in num_frames])
+        return self.multi_modal_projector(features, frame_index)
 
     def _image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.BoolTensor:
         """`(batch_size, sequence_length)` mask of `image_token_id` positions."""
@@ -198,7 +232,7 @@ class TarsierModel(TarsierPreTrainedModel):
                 raise ValueError(
                     f"num_frames sums to {int(num_frames.sum())} but pixel_values holds {pixel_values.shape[0]} frames"
                 )
-            image_features = self.get_image_features(pixel_values)
+            image_features = self.get_image_features(pixel_values, num_frames)
             num_features = image_features.shape[0] * image_features.shape[1]
             if num_placeholders != num_features:
                 raise ValueError(
@@ -265,8 +299,10 @@ class TarsierForConditionalGeneration(TarsierPreTrainedModel, GenerationMixin):
     def language_model(self) -> nn.Module:
         return self.model.language_model
 
-    def get_image_features(self, pixel_values: torch.FloatTensor) -> torch.FloatTensor:
-        return self.model.get_image_features(pixel_values)
+    def get_image_features(
+        self, pixel_values: torch.FloatTensor, num_frames: torch.LongTensor | None = None
+    ) -> torch.FloatTensor:
+        return self.model.get_image_features(pixel_values, num_frames)
 
     def set_trainable_parts(
         self,

@@ -83,6 +83,7 @@ def build_model(
             vision_feature_layer=tarsier_args.vision_feature_layer,
             vision_feature_select_strategy=tarsier_args.vision_feature_select_strategy,
             vision_feature_pooling=tarsier_args.vision_feature_pooling,
+            num_frame_embeddings=tarsier_args.num_frame_embeddings,
         )
         if model_args.dtype not in (None, "auto", "float32"):
             model = model.to(getattr(torch, model_args.dtype))

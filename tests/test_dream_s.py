@@ -344,6 +344,28 @@ def test_generated_moves_and_boxes_match_the_pixels(built):
     assert checked_moves >= 3 and checked_boxes >= 20
 
 
+def test_places_in_descriptions_match_the_pixels(built):
+    # The detailed description says where each shape is in the first and in the last frame ("at the top left");
+    # the place must be the cell of the 3x3 image grid that holds the shape's colour in the decoded video.
+    cells = {(r, c): f"{row} {col}".replace("middle centre", "centre")
+             for r, row in enumerate(("top", "middle", "bottom")) for c, col in enumerate(("left", "centre", "right"))}
+    checked = 0
+    for record in _read_jsonl(built / "clips_train.jsonl"):
+        clip = ClipSpec.from_dict(record["spec"])
+        frames = _decode(built / record["video"])
+        parsed = parse_description(record["descriptions"]["detailed"])
+        assert parsed.final_places is not None, record["descriptions"]["detailed"]
+        recoloured = {clip.shapes[e.subject].name: e.colour for e in clip.events if e.action == "change colour"}
+        for frame, places in ((0, parsed.places), (clip.num_frames - 1, parsed.final_places)):
+            for name, place in places.items():
+                colour = recoloured.get(name, name.split()[0]) if frame else name.split()[0]
+                mask = _colour_mask(frames[frame : frame + 1], colour)[0]
+                x, y = (_centroid(mask) + 0.5) / clip.size
+                assert cells[(min(int(y * 3), 2), min(int(x * 3), 2))] == place, (record["idx"], name, frame)
+                checked += 1
+    assert checked >= 40
+
+
 def test_cli_shows_progress_and_rejects_bad_options(tmp_path):
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "tarsier_hf.dream_s", "--out", str(out), "--seed", "1", "--num-train", "3", "--num-test", "2"]

@@ -113,6 +113,7 @@ def test_clear_errors_on_bad_inputs():
         (dict(vision_feature_layer=3), "out of range"),
         (dict(vision_feature_layer=-4), "out of range"),
         (dict(vision_feature_select_strategy="full"), "no place for CLIP's CLS"),
+        (dict(num_frame_embeddings=-1), "num_frame_embeddings=-1 must be an integer >= 0"),
     ],
 )
 def test_config_validation(overrides, message):
@@ -158,6 +159,29 @@ def test_images_videos_and_text_only_in_one_batch():
     ids, mask = left_pad(sequences)
     out = model(input_ids=ids, attention_mask=mask, pixel_values=frames(4), num_frames=torch.tensor([3, 1, 0]))
     assert torch.isfinite(out.logits).all()
+
+
+def test_frame_embeddings_give_each_frame_its_index_in_its_video(tmp_path):
+    # The same picture at frames 0 and 1 of a video: without frame embeddings (the released model) the two get the
+    # same features, so only the LLM's positions tell them apart; with them they differ, and frame k of one video
+    # gets the same embedding as frame k of another.
+    picture = frames(1).repeat(3, 1, 1, 1)
+    released = make_model(tiny_config())
+    same = released.model.get_image_features(picture, torch.tensor([2, 1]))
+    torch.testing.assert_close(same[0], same[1])
+    model = make_model(tiny_config(num_frame_embeddings=4))
+    features = model.model.get_image_features(picture, torch.tensor([2, 1]))  # video A: frames 0, 1; video B: 0
+    assert not torch.allclose(features[0], features[1])
+    torch.testing.assert_close(features[0], features[2])
+    table = model.model.multi_modal_projector.frame_embedding.weight
+    torch.testing.assert_close(features[1] - features[0], (table[1] - table[0]).expand_as(features[0]))
+    with pytest.raises(ValueError, match="pass num_frames"):
+        model.model.get_image_features(picture)
+    with pytest.raises(ValueError, match="a sample has 5 frames but the model has frame embeddings for 4"):
+        model.model.get_image_features(frames(5), torch.tensor([5]))
+    model.save_pretrained(tmp_path)
+    loaded = TarsierForConditionalGeneration.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.model.multi_modal_projector.frame_embedding.weight, table)
 
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -30,7 +30,7 @@ Row format (all JSONL rows):
     {"messages": [
         {"role": "user", "content": [{"type": "video", "path": "videos/train/000001.mp4"},
                                      {"type": "text", "text": "Describe the video in detail."}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "At the start, there is a red circle. ..."}]}],
+        {"role": "assistant", "content": [{"type": "text", "text": "At the start, there is a red circle at the top left. ..."}]}],
      "task": "caption|action|mcqa|qa|boxes|describe_detailed|describe_short|describe_camera",
      "source": "dream_s/describe_detailed", "idx": "dream_s/train/000001/detailed"}
 

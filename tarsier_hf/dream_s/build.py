@@ -19,7 +19,7 @@ from .scene import ClipSpec, all_combinations, heldout_combinations, sample_clip
 from .tasks import stage1_rows, stage2_rows, test_row
 
 SPLIT_CODES = {"train": 0, "test": 1}
-GRAMMAR_VERSION = 1
+GRAMMAR_VERSION = 2
 
 
 @dataclass

@@ -6,10 +6,13 @@ Event clauses (`S` = "the <colour> <shape>"):
     S shrinks        S rotates        S turns <colour>        S collides with S' and they bounce apart
 
 Descriptions:
-- detailed: "At the start, there is/are <shapes>." (or "At the start, the scene is empty."), then one sentence
-  per event in order, opened by "First, " / "Then, " / "After that, " / "Finally, " when there are several
-  events, "The scene cuts to another shot." between the two events a cut separates, and a camera sentence:
-  "The camera stays still." / "The camera pans left|right." / "The camera zooms in|out."
+- detailed: "At the start, there is/are <shapes>." (or "At the start, the scene is empty."), each shape with its
+  place in the first frame ("a red circle at the top left"), then one sentence per event in order, opened by
+  "First, " / "Then, " / "After that, " / "Finally, " when there are several events, "The scene cuts to another
+  shot." between the two events a cut separates, where the shapes are in the last frame ("At the end, the red
+  circle is at the top centre." or "At the end, the scene is empty."), and a camera sentence: "The camera stays
+  still." / "The camera pans left|right." / "The camera zooms in|out." Places are the cells of the 3x3 scene grid
+  in image coordinates: "top left" ... "centre" ... "bottom right".
 - one sentence: the event clauses joined by ", then ".
 - camera: the camera sentence and "There are no cuts." or "There is one cut."
 
@@ -23,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .render import CHECKER_PERIOD
+from .render import CHECKER_PERIOD, compute_tracks
 from .scene import ClipSpec
 from .vocab import COLOURS, NUMBER_WORDS, SHAPES
 
@@ -72,12 +75,29 @@ def _list_phrase(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def intro_sentence(clip: ClipSpec) -> str:
-    visible = [f"{'an' if s.colour[0] in 'aeiou' else 'a'} {s.name}" for s in clip.shapes if s.visible_at_start]
+def _places(clip: ClipSpec, tracks, frame: int) -> dict[int, str]:
+    """Shape index -> its cell in one frame ("top left", "centre", ...) for the shapes `frame_objects` sees."""
+    return {o["index"]: f"{o['row']} {o['column']}".replace("middle centre", "centre")
+            for o in frame_objects(clip, tracks, frame)}
+
+
+def intro_sentence(clip: ClipSpec, tracks=None) -> str:
+    """The shapes of the first frame, each with its place (`tracks`: `render.compute_tracks(clip)`, computed if not
+    given)."""
+    places = _places(clip, compute_tracks(clip) if tracks is None else tracks, 0)
+    visible = [f"{'an' if s.colour[0] in 'aeiou' else 'a'} {s.name}" + (f" at the {places[i]}" if i in places else "")
+               for i, s in enumerate(clip.shapes) if s.visible_at_start]
     if not visible:
         return "At the start, the scene is empty."
     verb = "is" if len(visible) == 1 else "are"
     return f"At the start, there {verb} {_list_phrase(visible)}."
+
+
+def ending_sentence(clip: ClipSpec, tracks=None) -> str:
+    """Where the shapes of the last frame are, each named as in the events ("the red circle is at the centre")."""
+    places = _places(clip, compute_tracks(clip) if tracks is None else tracks, clip.num_frames - 1)
+    items = [f"the {clip.shapes[i].name} is at the {place}" for i, place in sorted(places.items())]
+    return f"At the end, {_list_phrase(items)}." if items else "At the end, the scene is empty."
 
 
 def camera_sentence(clip: ClipSpec) -> str:
@@ -89,14 +109,16 @@ def cut_sentence(clip: ClipSpec) -> str:
 
 
 def detailed_description(clip: ClipSpec) -> str:
-    """Intro, every event in order (with the cut where it happens) and the camera motion."""
+    """Intro, every event in order (with the cut where it happens), the last frame's places and the camera motion."""
     events = clip.gt_events()
-    sentences = [intro_sentence(clip)]
+    tracks = compute_tracks(clip)
+    sentences = [intro_sentence(clip, tracks)]
     for k, (event, connective) in enumerate(zip(events, CONNECTIVES[len(events)])):
         clause = event_clause(event)
         sentences.append((connective + clause if connective else _capitalise(clause)) + ".")
         if clip.cut_after == k:
             sentences.append(CUT_SENTENCE)
+    sentences.append(ending_sentence(clip, tracks))
     sentences.append(camera_sentence(clip))
     return " ".join(sentences)
 
@@ -141,8 +163,8 @@ def _pose(kind: str, angle: float) -> str:
 
 
 def frame_objects(clip: ClipSpec, tracks, frame: int) -> list[dict]:
-    """The shapes at least half visible in one frame, left to right: `{"colour", "shape", "size", "pose",
-    "row", "column", "x"}` (colour: the nearest palette colour, so a shape changing colour is named by the colour
+    """The shapes at least half visible in one frame, left to right: `{"index", "colour", "shape", "size", "pose",
+    "row", "column", "x"}` (index: in `clip.shapes`; colour: the nearest palette colour, so a shape changing colour is named by the colour
     it is closer to). `tracks` is `render.compute_tracks(clip)`."""
     palette = {name: tuple(rgb) for name, rgb in COLOURS.items()}
     zoom = tracks.zoom[frame]
@@ -154,6 +176,7 @@ def frame_objects(clip: ClipSpec, tracks, frame: int) -> list[dict]:
             continue
         rgb = tracks.colour[frame, i]
         objects.append({
+            "index": i,
             "colour": min(palette, key=lambda name: sum((a - b) ** 2 for a, b in zip(palette[name], rgb))),
             "shape": shape.shape,
             "size": next(word for bound, word in _SIZE_WORDS if tracks.size[frame, i] * zoom < bound),
@@ -202,15 +225,17 @@ _ACTION_WORDS = {"moves", "appears", "disappears", "grows", "bigger", "shrinks",
                  "bounce", "apart", "left", "right", "up", "down"}
 _CAMERA_WORDS = {"camera", "stays", "still", "pans", "zooms", "cuts", "cut", "shot"}
 _CAMERA_AFTER = {"pans", "zooms"}  # "pans left" / "zooms in": the direction belongs to the camera
+_ROW_WORDS = {"top", "middle", "bottom"}  # "at the top left": the column after a row word is a place, not a move
+_PLACE_WORDS = _ROW_WORDS | {"centre"}
 
 
 def word_classes(tokens: list[str]) -> list[str]:
-    """The class of each token of a description: `colour`, `shape`, `action`, `camera` or `other`.
+    """The class of each token of a description: `colour`, `shape`, `action`, `camera`, `place` or `other`.
 
     `tokens` are the pieces of a tokenized description in order (e.g. `[" The", " red", " circle", " shr", "inks",
     "."]`). Pieces are joined into words (a piece that does not start with a space continues the word before it),
-    every piece gets its word's class, and "left" / "right" / "in" / "out" right after "pans" or "zooms" count as
-    camera. Connectives, articles and punctuation are `other`.
+    every piece gets its word's class, "left" / "right" / "in" / "out" right after "pans" or "zooms" count as
+    camera, and a place ("top left", "centre") is `place`, so "left" there is not a move. Connectives, articles and punctuation are `other`.
     """
     words: list[list[int]] = []  # token positions of each word
     for position, token in enumerate(tokens):
@@ -231,6 +256,8 @@ def word_classes(tokens: list[str]) -> list[str]:
             kind = "shape"
         elif previous in _CAMERA_AFTER or word in _CAMERA_WORDS:
             kind = "camera"
+        elif word in _PLACE_WORDS or previous in _ROW_WORDS:
+            kind = "place"
         elif word in _ACTION_WORDS:
             kind = "action"
         else:
@@ -261,7 +288,10 @@ _EVENT_PATTERNS = [
     ),
 ]
 _INTRO = re.compile(r"^at the start,? (?:the scene is empty|there (?:is|are) (?P<list>.+))$")
-_INTRO_ITEM = re.compile(rf"^an? (?P<c>{_COLOUR}) (?P<s>{_SHAPE})$")
+_PLACE = "top left|top centre|top right|middle left|centre|middle right|bottom left|bottom centre|bottom right"
+_INTRO_ITEM = re.compile(rf"^an? (?P<c>{_COLOUR}) (?P<s>{_SHAPE})(?: at the (?P<p>{_PLACE}))?$")
+_ENDING = re.compile(r"^at the end,? (?:the scene is empty|(?P<list>.+))$")
+_ENDING_ITEM = re.compile(rf"^the (?P<c>{_COLOUR}) (?P<s>{_SHAPE}) is at the (?P<p>{_PLACE})$")
 _CAMERA = re.compile(r"^the camera (?P<m>stays still|pans left|pans right|zooms in|zooms out)$")
 _CAMERA_NAMES = {"stays still": "static", "pans left": "pan left", "pans right": "pan right", "zooms in": "zoom in", "zooms out": "zoom out"}
 _SCENE_CUT = re.compile(r"^the scene cuts to another shot$")
@@ -281,6 +311,8 @@ class ParsedDescription:
         camera: camera motion named by a camera sentence (last one wins), or None.
         n_cuts: cuts stated ("There is one cut.") or else the number of "The scene cuts to another shot." sentences.
         initial: shapes the intro sentence lists ("red circle", ...), None without an intro.
+        places: where the intro puts each shape (`{"red circle": "top left"}`, shapes with a place only).
+        final_places: where the "At the end" sentence puts each shape, None without that sentence.
     """
 
     events: list[dict] = field(default_factory=list)
@@ -288,6 +320,8 @@ class ParsedDescription:
     camera: str | None = None
     n_cuts: int = 0
     initial: list[str] | None = None
+    places: dict[str, str] = field(default_factory=dict)
+    final_places: dict[str, str] | None = None
 
 
 def normalise(text: str) -> str:
@@ -303,17 +337,17 @@ def _parse_event(clause: str) -> dict | None:
     return None
 
 
-def _parse_intro(m: re.Match) -> list[str] | None:
-    if m["list"] is None:
+def _parse_items(listed: str | None, pattern: re.Pattern) -> list[tuple[str, str | None]] | None:
+    """`[(shape name, place or None), ...]` of an intro's or ending's list, None if an item is outside the grammar."""
+    if listed is None:
         return []
-    items = re.split(r",\s*|\s+and\s+", m["list"])
-    names = []
-    for item in items:
-        im = _INTRO_ITEM.match(item.strip())
-        if im is None:
+    items = []
+    for item in re.split(r",\s*|\s+and\s+", listed):
+        m = pattern.match(item.strip())
+        if m is None:
             return None
-        names.append(f"{im['c']} {im['s']}")
-    return names
+        items.append((f"{m['c']} {m['s']}", m["p"]))
+    return items
 
 
 def parse_description(text: str) -> ParsedDescription:
@@ -329,9 +363,16 @@ def parse_description(text: str) -> ParsedDescription:
             continue
         intro = _INTRO.match(sentence)
         if intro:
-            names = _parse_intro(intro)
-            if names is not None:
-                result.initial = names
+            items = _parse_items(intro["list"], _INTRO_ITEM)
+            if items is not None:
+                result.initial = [name for name, _ in items]
+                result.places = {name: place for name, place in items if place}
+                continue
+        ending = _ENDING.match(sentence)
+        if ending:
+            items = _parse_items(ending["list"], _ENDING_ITEM)
+            if items is not None:
+                result.final_places = dict(items)
                 continue
         camera = _CAMERA.match(sentence)
         if camera:

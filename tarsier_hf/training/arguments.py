@@ -81,6 +81,9 @@ class TarsierArguments:
     vision_feature_pooling: int = field(default=1, metadata={
         "help": "Average-pool the patch grid with this stride before the projector (LLaVA-NeXT-Video's pooling); "
                 "image_size // patch_size leaves one feature per frame."})
+    num_frame_embeddings: int = field(default=0, metadata={
+        "help": "Build from parts: learned embeddings of each frame's index in its video, added to its projected "
+                "features, for up to this many frames (0: none, as the released Tarsier)."})
     train_vision_tower: bool = field(default=False, metadata={"help": "Train the vision tower (paper: frozen)."})
     train_projector: bool = field(default=False, metadata={"help": "Train the projector (paper: frozen)."})
     train_llm_layers: str = field(

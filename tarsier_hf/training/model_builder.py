@@ -81,6 +81,7 @@ def build_from_parts(
     resize_mode: str = "stretch",
     vision_feature_select_strategy: str | None = None,
     vision_feature_pooling: int = 1,
+    num_frame_embeddings: int = 0,
 ) -> tuple[TarsierForConditionalGeneration, TarsierProcessor]:
     """
     Assemble a Tarsier from a vision encoder, an LLM and a fresh or given projector.
@@ -95,6 +96,8 @@ def build_from_parts(
         vision_feature_select_strategy: `"default"` (patches only; CLIP's CLS dropped) or `"full"` (CLIP's CLS
             feature kept as one more LM position per frame); None: "default" for CLIP, "full" for SigLIP (no CLS).
         vision_feature_pooling: average pooling of the patch grid before the projector (see `TarsierConfig`).
+        num_frame_embeddings: learned frame-index embeddings of the projector (see `TarsierConfig`); fresh, also
+            when `projector` gives the MLP's weights.
 
     Returns:
         `(model, processor)`; the tokenizer holds the special tokens and the embeddings are resized to it.
@@ -133,6 +136,7 @@ def build_from_parts(
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=strategy,
         vision_feature_pooling=vision_feature_pooling,
+        num_frame_embeddings=num_frame_embeddings,
         pad_token_id=tokenizer.pad_token_id,
     )
     model = TarsierForConditionalGeneration(config)
@@ -144,7 +148,10 @@ def build_from_parts(
     if projector is not None:
         state = load_file(projector)
         state = {k.split("multi_modal_projector.")[-1]: v for k, v in state.items()}
-        model.model.multi_modal_projector.load_state_dict(state)
+        missing, unexpected = model.model.multi_modal_projector.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("frame_embedding.")]
+        if missing or unexpected:
+            raise ValueError(f"{projector}: projector weights do not fit (missing {missing}, unexpected {unexpected})")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, processor
