@@ -419,7 +419,7 @@ def plot_f1_by_events(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
     for r in results:
         xs = sorted(r["f1_by_events"])
         ax.plot(xs, [r["f1_by_events"][x] for x in xs], marker="o", label=r["label"])
@@ -429,7 +429,7 @@ def plot_f1_by_events(results: list[dict], path: Path) -> None:
     ax.set_xticks(sorted({x for r in results for x in r["f1_by_events"]}))
     ax.set_title("DREAM-S test: F1 vs number of events")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: never over a line
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
