@@ -582,6 +582,28 @@ def test_same_seed_builds_and_trains_the_same_model_from_parts(parts_dir, data_d
     assert projector and any(not torch.equal(outputs["a"][k], outputs["c"][k]) for k in projector)
 
 
+def test_projector_file_loads_into_a_model_with_frame_embeddings(parts_dir, tmp_path):
+    """`--projector_path` gives the MLP's weights; frame embeddings (`num_frame_embeddings`) stay fresh, and any
+    other key that does not fit is an error naming the file."""
+    from safetensors.torch import save_file
+
+    from tarsier_hf.training.model_builder import build_from_parts
+
+    vision, llm = str(parts_dir / "vision.json"), str(parts_dir / "llm")
+    source, _ = build_from_parts(vision, llm, chat_template="chatml")
+    mlp = {f"multi_modal_projector.{k}": v.contiguous() for k, v in source.model.multi_modal_projector.state_dict().items()}
+    save_file(mlp, tmp_path / "projector.safetensors")
+    model, _ = build_from_parts(vision, llm, str(tmp_path / "projector.safetensors"), chat_template="chatml",
+                                num_frame_embeddings=4)
+    projector = model.model.multi_modal_projector
+    for key, value in mlp.items():
+        torch.testing.assert_close(projector.state_dict()[key.split(".", 1)[1]], value)
+    assert projector.frame_embedding.weight.shape == (4, model.config.text_config.hidden_size)
+    save_file({**mlp, "multi_modal_projector.extra.weight": torch.zeros(2)}, tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match=r"bad\.safetensors: projector weights do not fit .*extra\.weight"):
+        build_from_parts(vision, llm, str(tmp_path / "bad.safetensors"), chat_template="chatml")
+
+
 def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir, tmp_path):
     """`--loss_head plain` (LM head only at labelled positions) gives TRL's fused loss and the same gradients."""
     import copy

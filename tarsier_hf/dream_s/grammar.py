@@ -75,10 +75,14 @@ def _list_phrase(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def place_name(row: str, column: str) -> str:
+    """A cell of the 3x3 scene grid in words: "top left", ..., "centre" (not "middle centre"), ..., "bottom right"."""
+    return "centre" if (row, column) == ("middle", "centre") else f"{row} {column}"
+
+
 def _places(clip: ClipSpec, tracks, frame: int) -> dict[int, str]:
     """Shape index -> its cell in one frame ("top left", "centre", ...) for the shapes `frame_objects` sees."""
-    return {o["index"]: f"{o['row']} {o['column']}".replace("middle centre", "centre")
-            for o in frame_objects(clip, tracks, frame)}
+    return {o["index"]: place_name(o["row"], o["column"]) for o in frame_objects(clip, tracks, frame)}
 
 
 def intro_sentence(clip: ClipSpec, tracks=None) -> str:
@@ -225,8 +229,7 @@ _ACTION_WORDS = {"moves", "appears", "disappears", "grows", "bigger", "shrinks",
                  "bounce", "apart", "left", "right", "up", "down"}
 _CAMERA_WORDS = {"camera", "stays", "still", "pans", "zooms", "cuts", "cut", "shot"}
 _CAMERA_AFTER = {"pans", "zooms"}  # "pans left" / "zooms in": the direction belongs to the camera
-_ROW_WORDS = {"top", "middle", "bottom"}  # "at the top left": the column after a row word is a place, not a move
-_PLACE_WORDS = _ROW_WORDS | {"centre"}
+_PLACE_WORDS = set(_ROWS) | {"centre"}  # "at the top left": the column after a row word is a place, not a move
 
 
 def word_classes(tokens: list[str]) -> list[str]:
@@ -256,7 +259,7 @@ def word_classes(tokens: list[str]) -> list[str]:
             kind = "shape"
         elif previous in _CAMERA_AFTER or word in _CAMERA_WORDS:
             kind = "camera"
-        elif word in _PLACE_WORDS or previous in _ROW_WORDS:
+        elif word in _PLACE_WORDS or previous in _ROWS:
             kind = "place"
         elif word in _ACTION_WORDS:
             kind = "action"
@@ -288,7 +291,7 @@ _EVENT_PATTERNS = [
     ),
 ]
 _INTRO = re.compile(r"^at the start,? (?:the scene is empty|there (?:is|are) (?P<list>.+))$")
-_PLACE = "top left|top centre|top right|middle left|centre|middle right|bottom left|bottom centre|bottom right"
+_PLACE = "|".join(place_name(row, column) for row in _ROWS for column in _COLUMNS)
 _INTRO_ITEM = re.compile(rf"^an? (?P<c>{_COLOUR}) (?P<s>{_SHAPE})(?: at the (?P<p>{_PLACE}))?$")
 _ENDING = re.compile(r"^at the end,? (?:the scene is empty|(?P<list>.+))$")
 _ENDING_ITEM = re.compile(rf"^the (?P<c>{_COLOUR}) (?P<s>{_SHAPE}) is at the (?P<p>{_PLACE})$")
