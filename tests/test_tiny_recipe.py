@@ -181,3 +181,49 @@ def test_ablations_are_the_rows_of_table_6():
     by_name = {spec.name: spec for spec in ABLATIONS}
     assert not by_name["stage2_only"].stage1 and not by_name["stage1_only"].stage2
     assert by_name["single_frame"].num_frames == 1 and not by_name["scratch_tower"].stage0
+
+
+@pytest.mark.slow
+def test_tower_probe_reads_the_facts_stage_0_was_trained_on(quick_run):
+    """The probe's facts of a frame (row, column, shape, colour of its one shape) are the stage-0 labels of that
+    frame, and the probe scores every single-shape frame of the held-out clips."""
+    from tarsier_hf.tiny_recipe.tower_probe import FACTS, probe_tower, single_object_frames
+
+    out, _ = quick_run
+    rows = [json.loads(line) for line in (out / "data" / "stage0.jsonl").read_text().splitlines()]
+    clips = [json.loads(line) for line in (out / "data" / "clips_train.jsonl").read_text().splitlines()]
+    frames, facts = single_object_frames(out / "data", "train", None)
+    assert len(frames) == len(facts["row"]) > 0 and frames.dtype.name == "uint8"
+    # stage0.jsonl lists some frames of each train clip; those with one shape must carry the probe's facts
+    single = {(r["video"], r["frame"]): r["labels"] for r in rows if sum(l.startswith("object row ") for l in r["labels"]) == 1}
+    assert single
+    from tarsier_hf.dream_s.build import load_clip_spec
+    from tarsier_hf.dream_s.grammar import frame_objects
+    from tarsier_hf.dream_s.render import compute_tracks
+
+    for record in clips:
+        clip = load_clip_spec(record)
+        tracks = compute_tracks(clip)
+        for frame in range(clip.num_frames):
+            if (record["video"], frame) in single:
+                (obj,) = frame_objects(clip, tracks, frame)
+                labels = single[(record["video"], frame)]
+                assert {f"object row {obj['row']}", f"object column {obj['column']}", f"object {obj['shape']}",
+                        f"{obj['colour']} {obj['shape']}"} <= set(labels), (record["video"], frame, labels)
+    result = probe_tower(str(out))
+    assert result["n_test"] == len(single_object_frames(out / "data", "test", None)[0]) > 0
+    assert all(0.0 <= result[fact] <= 1.0 for fact in FACTS)
+
+
+def test_probe_accuracy_separates_readable_from_unreadable_features():
+    """A fact written into the features is read at 1.0; features independent of it are read near chance."""
+    from tarsier_hf.tiny_recipe.tower_probe import probe_accuracy
+
+    generator = torch.Generator().manual_seed(1)
+    labels = [["top", "middle", "bottom"][i % 3] for i in range(600)]
+    onehot = torch.nn.functional.one_hot(torch.tensor([i % 3 for i in range(600)]), 3).float()
+    noise = torch.randn(600, 16, generator=generator)
+    readable = torch.cat([onehot + 0.1 * torch.randn(600, 3, generator=generator), noise], dim=1)
+    assert probe_accuracy(readable[:400], labels[:400], readable[400:], labels[400:], steps=200) == 1.0
+    unreadable = torch.randn(600, 19, generator=generator)
+    assert probe_accuracy(unreadable[:400], labels[:400], unreadable[400:], labels[400:], steps=200) < 0.5

