@@ -7,8 +7,8 @@ The feature is the one the LM gets: the tower's last hidden state with its patch
 (`vision_feature_pooling` over the whole grid = the mean of the patch tokens, which is also what stage 0's
 `CLIPForImageClassification` head reads). For frames showing exactly one shape, a multinomial logistic regression
 per fact (the shape's row, column, shape and colour, from `dream_s.grammar.frame_objects`) is fitted on the frames
-of `--probe-train-clips` training clips and scored on every frame of the held-out test clips, which the tower never
-saw. The probe accuracy of the row and column predicted a seed's event F1 (docs/tiny_recipe.md, v9).
+of `--probe-train-clips` training clips and scored on every single-shape frame of the held-out test clips, which the
+tower never saw. The probe accuracy of the row and column predicted a seed's event F1 (docs/tiny_recipe.md, v9).
 """
 
 from __future__ import annotations
@@ -33,16 +33,18 @@ FACTS = ("row", "column", "shape", "colour")
 
 @dataclass
 class TowerProbeArguments:
+    """Command-line arguments of `python -m tarsier_hf.tiny_recipe.tower_probe`."""
+
     run_dir: str = field(metadata={"help": "A tiny-recipe output folder (its data/ and, by default, its stage0/)."})
     tower: str | None = field(default=None, metadata={"help": "A clip_vision_model folder (default: RUN_DIR/stage0)."})
     probe_train_clips: int = field(default=600, metadata={"help": "Training clips whose frames fit the probes."})
     steps: int = field(default=300, metadata={"help": "Full-batch Adam steps of each probe."})
 
 
-def single_object_frames(data_dir: Path, split: str, max_clips: int | None) -> tuple[np.ndarray, dict[str, list]]:
+def single_object_frames(data_dir: Path, split: str, max_clips: int | None) -> tuple[np.ndarray, list[dict]]:
     """Every frame of the first `max_clips` clips of `split` that shows exactly one shape: `(N, H, W, 3)` uint8
-    frames and, per fact, the N values."""
-    frames, facts = [], {fact: [] for fact in FACTS}
+    frames and N records `{"video", "frame", "row", "column", "shape", "colour"}` (the shape's facts)."""
+    frames, records = [], []
     for number, record in read_jsonl_objects(data_dir / f"clips_{split}.jsonl", ValueError):
         if max_clips is not None and number > max_clips:
             break
@@ -53,12 +55,10 @@ def single_object_frames(data_dir: Path, split: str, max_clips: int | None) -> t
         if not keep:
             continue
         frames.append(load_video(data_dir / record["video"], indices=[f for f, _ in keep]).frames)
-        for _, obj in keep:
-            for fact in FACTS:
-                facts[fact].append(obj[fact])
+        records += [{"video": record["video"], "frame": f, **{fact: obj[fact] for fact in FACTS}} for f, obj in keep]
     if not frames:
         raise ValueError(f"{data_dir / f'clips_{split}.jsonl'}: no frame shows exactly one shape")
-    return np.concatenate(frames), facts
+    return np.concatenate(frames), records
 
 
 @torch.no_grad()
@@ -100,10 +100,11 @@ def probe_tower(run_dir: str, tower: str | None = None, probe_train_clips: int =
     if not (tower_dir / "config.json").is_file():
         raise FileNotFoundError(f"{tower_dir}: no clip_vision_model folder (config.json missing)")
     model = CLIPVisionModel.from_pretrained(tower_dir).eval()
-    train_frames, train_facts = single_object_frames(data_dir, "train", probe_train_clips)
-    test_frames, test_facts = single_object_frames(data_dir, "test", None)
+    train_frames, train_records = single_object_frames(data_dir, "train", probe_train_clips)
+    test_frames, test_records = single_object_frames(data_dir, "test", None)
     train_x, test_x = pooled_features(model, train_frames), pooled_features(model, test_frames)
-    result = {fact: probe_accuracy(train_x, train_facts[fact], test_x, test_facts[fact], steps) for fact in FACTS}
+    result = {fact: probe_accuracy(train_x, [r[fact] for r in train_records], test_x, [r[fact] for r in test_records],
+                                   steps) for fact in FACTS}
     return {**result, "n_train": len(train_frames), "n_test": len(test_frames), "tower": str(tower_dir)}
 
 
