@@ -178,7 +178,10 @@ def render_frames(clip: ClipSpec, supersample: int = 2, tracks: Tracks | None = 
             m = _mask(shape.shape, wx[c0:c1], wy[r0:r1], *geometry)
             weight = (a * m)[..., None]
             image[r0:r1, c0:c1] = image[r0:r1, c0:c1] * (1.0 - weight) + tracks.colour[f, i] * weight
-        image = image.reshape(clip.size, supersample, clip.size, supersample, 3).mean(axis=(1, 3))
+        # the mean of each supersample x supersample block, as a sum of strided views (a multi-axis `mean` of the
+        # 5-d reshape took half of the render time)
+        image = sum(image[i::supersample, j::supersample] for i in range(supersample) for j in range(supersample)) \
+            / supersample ** 2
         frames[f] = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     return frames
 

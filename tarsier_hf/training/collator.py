@@ -38,6 +38,12 @@ class MediaError(RuntimeError):
     """A video or image of a sample cannot be read; the message names the file and the cause."""
 
 
+def _unwrap(example: dict) -> dict:
+    """The normalised row of a training example: `ConversationDataset.as_hf_dataset` gives `{"row": row, "length":
+    n}`, a streamed dataset `{"row": row}`, and a `ConversationDataset` the row itself."""
+    return example["row"] if "row" in example and "messages" not in example else example
+
+
 @dataclass
 class TarsierVideoCollator:
     """
@@ -195,8 +201,7 @@ class TarsierVideoCollator:
             while index in self._known_bad:
                 index = int(rng.integers(len(self.dataset)))
             row = self.dataset[index]
-            if set(row) == {"row"}:
-                row = row["row"]
+            row = _unwrap(row)
             row.setdefault("mix_index", index)
             sample = self._try_encode(row, rng, counts)
             if sample is not None:
@@ -211,7 +216,7 @@ class TarsierVideoCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         rng = self._generator()
         counts = {"skipped_samples": 0, "skipped_too_long": 0}
-        rows = [row["row"] if set(row) == {"row"} else row for row in rows]
+        rows = [_unwrap(row) for row in rows]
         if any("messages" not in row for row in rows):
             raise ValueError(
                 f"the collator got rows without 'messages' (keys: {sorted(rows[0])}): the Trainer dropped the columns "

@@ -747,18 +747,34 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
         row["mix_index"] = index
         return row
 
+    def text_lengths(self) -> np.ndarray:
+        """
+        `(len(self),)` int64: the characters of text in each row of the mixture, all turns together (a prompt still
+        to be drawn from a pool is not counted). Batches padded to their longest row cost what that row costs, so
+        this is the key by which `train_sampling_strategy="group_by_length"` batches rows of similar length.
+        """
+        by_row: dict[int, int] = {}
+        for flat in np.unique(self.indices):
+            raw, spec = self.raw_row(int(flat))
+            messages = normalize_row(raw, None, origin=spec.label)["messages"]
+            by_row[int(flat)] = sum(len(item["text"]) for message in messages for item in message["content"]
+                                    if item["type"] == "text")
+        return np.array([by_row[int(flat)] for flat in self.indices], dtype=np.int64)
+
     def _transform(self, batch: dict) -> dict:
-        return {"row": [self[int(i)] for i in batch["mix_index"]]}
+        return {"row": [self[int(i)] for i in batch["mix_index"]]} if "mix_index" in batch else {}
 
     def as_hf_dataset(self):
         """
-        This mixture as a `datasets.Dataset` (what `SFTTrainer` accepts): one `mix_index` column, turned into the
-        normalised row (key `row`) on access by a lazy transform, so nothing is materialised or decoded up front.
+        This mixture as a `datasets.Dataset` (what `SFTTrainer` accepts): a `mix_index` column, turned into the
+        normalised row (key `row`) on access by a lazy transform, so nothing is materialised or decoded up front, and
+        a `length` column (`text_lengths`), which the Trainer reads for `train_sampling_strategy="group_by_length"`.
         """
         import datasets  # optional: the `train` / `eval` extras
 
-        table = datasets.Dataset.from_dict({"mix_index": np.arange(len(self), dtype=np.int64)})
-        return table.with_transform(self._transform)
+        table = datasets.Dataset.from_dict({"mix_index": np.arange(len(self), dtype=np.int64),
+                                           "length": self.text_lengths()})
+        return table.with_transform(self._transform, columns=["mix_index"], output_all_columns=True)
 
 
 class StreamingConversationDataset(_Mixture):
