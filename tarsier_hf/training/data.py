@@ -762,7 +762,7 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
         return np.array([by_row[int(flat)] for flat in self.indices], dtype=np.int64)
 
     def _transform(self, batch: dict) -> dict:
-        return {"row": [self[int(i)] for i in batch["mix_index"]]} if "mix_index" in batch else {}
+        return {"row": [self[int(i)] for i in batch["mix_index"]]}
 
     def as_hf_dataset(self):
         """
