@@ -193,17 +193,21 @@ def test_streaming_equals_non_streaming(client, media):
 @pytest.mark.slow
 def test_a_closed_stream_stops_its_generation(client):
     """A streaming client that goes away frees the generation thread: the next request does not wait for the
-    abandoned one's remaining tokens (measured: ~5 s for 1,000 tokens of the tiny model vs ~0.1 s after)."""
+    abandoned one's remaining tokens (measured: ~2 s for 1,000 tokens of the tiny model vs ~0.03 s after). Several
+    tries, because a cancel left to the garbage collector was missed in about one try of twelve."""
     started = time.monotonic()
     assert ask(client, "Say hello.", max_tokens=1000).usage.completion_tokens == 1000
     whole = time.monotonic() - started
-    stream = ask(client, "Say hello.", max_tokens=1000, stream=True)
-    next(stream), next(stream), next(stream)
-    stream.close()
-    started = time.monotonic()
-    ask(client, "Say hello.")
-    # without the cancel it would wait for the abandoned ~997 tokens, i.e. about `whole`, before its own
-    assert time.monotonic() - started < 0.6 * whole
+    waits = []
+    for _ in range(4):
+        stream = ask(client, "Say hello.", max_tokens=1000, stream=True)
+        next(stream), next(stream), next(stream)
+        stream.close()
+        started = time.monotonic()
+        ask(client, "Say hello.")
+        waits.append(time.monotonic() - started)
+    # without the cancel a request would wait for the abandoned ~997 tokens, i.e. about `whole`, before its own
+    assert max(waits) < 0.6 * whole, (waits, whole)
 
 
 def test_stop_string_is_left_out(client, reference):

@@ -346,8 +346,9 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
         created = int(time.time())
         if request.stream:
             include_usage = bool((request.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_stream(prepared, request_id, created, include_usage),
-                                     media_type="text/event-stream")
+            cancelled = threading.Event()
+            return _StreamThatCancels(_stream(prepared, request_id, created, include_usage, cancelled), cancelled,
+                                      media_type="text/event-stream")
         try:
             new_ids = await asyncio.wrap_future(engine.generate(prepared))
         except Exception as error:  # noqa: BLE001 - a failed generation is the server's fault: 500 with the reason
@@ -363,7 +364,25 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
         )
         return completion.model_dump(exclude_none=True)
 
-    async def _stream(prepared: Prepared, request_id: str, created: int, include_usage: bool) -> AsyncIterator[str]:
+    class _StreamThatCancels(StreamingResponse):
+        """Sets `cancelled` however the response ends: sent in full, the client gone, or the task cancelled.
+
+        Starlette stops iterating the body when a send fails and leaves the generator to be closed by the garbage
+        collector, which can be late enough for the abandoned generation to run to its `max_tokens` and hold up
+        the requests queued behind it (measured with the collector off: 4 of 48 cancels missed before this class, 0 of 48 after)."""
+
+        def __init__(self, content, cancelled: threading.Event, **kwargs):
+            super().__init__(content, **kwargs)
+            self.cancelled = cancelled
+
+        async def __call__(self, scope, receive, send):
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.cancelled.set()
+
+    async def _stream(prepared: Prepared, request_id: str, created: int, include_usage: bool,
+                      cancelled: threading.Event) -> AsyncIterator[str]:
         def chunk(delta: ChoiceDelta | None, reason: str | None = None, usage: CompletionUsage | None = None) -> str:
             choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=reason)]
             body = ChatCompletionChunk(id=request_id, object="chat.completion.chunk", created=created,
@@ -371,7 +390,6 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
             return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
 
         streamer = _EndOnceStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        cancelled = threading.Event()
         future = engine.generate(prepared, streamer, cancelled)
         future.add_done_callback(lambda _: streamer.end())
         try:
