@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tarsier_hf.training.vision_pretraining import FrameLabelDataset, read_frame_labels
+from tarsier_hf.training.vision_pretraining import FrameLabelDataset, frames_to_pixels, read_frame_labels
+from video_processing_tarsier import _build_image_processor, preprocess_frames
 
 REPO = Path(__file__).resolve().parents[1]
 TOWER = {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 16, "hidden_size": 32,
@@ -33,9 +34,16 @@ def test_targets_are_multi_hot_over_the_sorted_label_names():
     import numpy as np
 
     frames = np.zeros((2, 8, 8, 3), dtype=np.uint8)
-    dataset = FrameLabelDataset(frames, [["red circle", "red row top"], ["blue square"]])
+    frames[1, :, :4] = 255  # left half white: the pixels must be the processor's, frame by frame
+    pixels = frames_to_pixels(frames, image_size=8, chunk=1)
+    dataset = FrameLabelDataset(pixels, [["red circle", "red row top"], ["blue square"]])
     assert dataset.label_names == ["blue square", "red circle", "red row top"]
-    assert dataset[0][1].tolist() == [0.0, 1.0, 1.0] and dataset[1][1].tolist() == [1.0, 0.0, 0.0]
+    assert dataset[0]["labels"].tolist() == [0.0, 1.0, 1.0] and dataset[1]["labels"].tolist() == [1.0, 0.0, 0.0]
+    expected = preprocess_frames(frames, _build_image_processor("clip", 8))
+    assert pixels.shape == (2, 3, 8, 8) and torch.equal(pixels, expected)
+    assert not torch.equal(dataset[0]["pixel_values"], dataset[1]["pixel_values"])
+    with pytest.raises(ValueError, match="2 frames but 1 label lists"):
+        FrameLabelDataset(pixels, [["red circle"]])
 
 
 @pytest.mark.slow

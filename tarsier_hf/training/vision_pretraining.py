@@ -1,7 +1,7 @@
 """Stage 0: pre-train a CLIP vision tower on single frames and the facts they show, through transformers' `Trainer`.
 
 The paper never learns perception through the language loss: its frame encoder is a pretrained, frozen CLIP-ViT.
-Where no pretrained tower fits (the tiny recipe's 64 px DREAM-S frames), this stage makes one: transformers'
+Where no pretrained tower fits (the tiny recipe's 96 px DREAM-S frames), this stage makes one: transformers'
 `CLIPForImageClassification` (a CLIP vision tower whose mean-pooled patch features feed a linear head) trained
 with its multi-label loss (`problem_type="multi_label_classification"`, binary cross-entropy per label) on every
 training frame's facts, e.g. `["red triangle", "red medium", "red row upper", "red column left", "cells medium"]`.
@@ -13,8 +13,8 @@ holds every fact of the frame linearly.
 
 Data: a JSONL file of `{"video": path, "frame": index, "labels": [str, ...]}` rows (paths relative to
 `--video_root`), e.g. DREAM-S's `stage0.jsonl`. Every video is decoded once with the repo's PyAV reader and the
-frames stay in memory (the tiny recipe's 16,000 frames of 64 px take 200 MB); pixels go through
-`video_processing_tarsier.preprocess_frames` with a CLIP image processor, so stage 1 sees exactly the inputs stage 0 was trained on.
+frames go once through `video_processing_tarsier.preprocess_frames` with a CLIP image processor (the tiny recipe's
+16,000 frames of 96 px take 1.8 GB as float32 pixels), so stage 1 sees exactly the inputs stage 0 was trained on.
 
 Measured alternative (docs/tiny_recipe.md): CLIP's contrastive loss against a small text tower on the frames'
 captions learnt colour and size in the same budget, but neither shape nor position (linear probes at chance).
@@ -71,36 +71,33 @@ def read_frame_labels(frames_file: str, video_root: str = ".") -> tuple[np.ndarr
 
 
 class FrameLabelDataset(torch.utils.data.Dataset):
-    """Frames `(N, H, W, 3)` uint8 with multi-hot targets over `label_names`; item `i` is `(frame, target)`."""
+    """Pixels `(N, 3, S, S)` with multi-hot targets over `label_names`; item `i` is
+    `{"pixel_values": (3, S, S), "labels": (L,)}`, which transformers' default collator stacks."""
 
-    def __init__(self, frames: np.ndarray, labels: list[list[str]], label_names: list[str] | None = None):
-        if len(frames) != len(labels):
-            raise ValueError(f"got {len(frames)} frames but {len(labels)} label lists")
+    def __init__(self, pixel_values: torch.Tensor, labels: list[list[str]], label_names: list[str] | None = None):
+        if len(pixel_values) != len(labels):
+            raise ValueError(f"got {len(pixel_values)} frames but {len(labels)} label lists")
         self.label_names = label_names or sorted({name for names in labels for name in names})
         index = {name: i for i, name in enumerate(self.label_names)}
-        self.frames = frames
+        self.pixel_values = pixel_values
         self.targets = torch.zeros((len(labels), len(self.label_names)))
         for row, names in enumerate(labels):
             self.targets[row, [index[name] for name in names]] = 1.0
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self.pixel_values)
 
-    def __getitem__(self, i: int):
-        return self.frames[i], self.targets[i]
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pixel_values[i], "labels": self.targets[i]}
 
 
-class FrameLabelCollator:
-    """`[(frame, target)]` -> `pixel_values (B, 3, S, S)` (the Tarsier processor's pixels), `labels (B, L)`."""
-
-    def __init__(self, image_size: int, resize_mode: str = "stretch"):
-        self.image_processor = _build_image_processor("clip", image_size)
-        self.resize_mode = resize_mode
-
-    def __call__(self, items):
-        frames, targets = zip(*items)
-        pixels = preprocess_frames(np.stack(frames), self.image_processor, self.resize_mode)
-        return {"pixel_values": pixels, "labels": torch.stack(targets)}
+def frames_to_pixels(frames: np.ndarray, image_size: int, resize_mode: str = "stretch", chunk: int = 1024):
+    """`(N, H, W, 3)` uint8 -> `(N, 3, S, S)` float32 through `preprocess_frames` with a CLIP image processor of
+    side `image_size`: the pixels a Tarsier with this tower computes for the same frames. Done once, before
+    training (each frame is processed on its own, so the result does not depend on the chunking)."""
+    processor = _build_image_processor("clip", image_size)
+    return torch.cat([preprocess_frames(frames[i : i + chunk], processor, resize_mode)
+                      for i in range(0, len(frames), chunk)])
 
 
 def build_classifier(vision_config_file: str, label_names: list[str]) -> CLIPForImageClassification:
@@ -124,13 +121,14 @@ def pretrain_vision_tower(
     frames: np.ndarray, labels: list[list[str]], args: VisionPretrainingArguments, training_args: TrainingArguments
 ) -> Path:
     """Train a fresh tower on `(frames, labels)` with `Trainer` and save it to `training_args.output_dir`."""
-    dataset = FrameLabelDataset(frames, labels)
-    logger.info("stage 0: %d frames, %d distinct labels", len(dataset), len(dataset.label_names))
+    label_names = sorted({name for names in labels for name in names})
     set_seed(training_args.seed)  # the tower's random init too: Trainer seeds only after the model exists
-    model = build_classifier(args.vision_config, dataset.label_names)
-    training_args.remove_unused_columns = False  # the collator builds the batch; Trainer must not drop keys
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
-                      data_collator=FrameLabelCollator(model.config.vision_config.image_size, args.resize_mode))
+    model = build_classifier(args.vision_config, label_names)
+    pixels = frames_to_pixels(frames, model.config.vision_config.image_size, args.resize_mode)
+    dataset = FrameLabelDataset(pixels, labels, label_names)
+    logger.info("stage 0: %d frames, %d distinct labels", len(dataset), len(label_names))
+    training_args.remove_unused_columns = False  # a plain torch dataset: there are no columns to drop
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset)
     trainer.train()
     return save_vision_tower(trainer.model, training_args.output_dir)
 
