@@ -31,6 +31,9 @@ TOWER = json.loads((REPO / "recipes" / "tiny" / "vision_tower.json").read_text()
 BORDER_MARGIN = 3.0  # pixels at the model's input
 UNSCORED, EMPTY = -1, 0  # cell targets: otherwise 1 + colour index * len(SHAPES) + shape index
 GOAL = 0.98  # issue #13: >= 98 % on colour, shape and coarse position
+# the probe reads what it has seen enough of: with 300 training clips it read shape at 0.82 (train 0.99), with 1,200
+# at 0.97; mirrored frames (`_flip`) give it four times the views at no cost (docs/tiny_recipe.md, "legibility")
+NUM_TRAIN_CLIPS, STEPS = 1200, 4000
 
 
 def _cell_targets(clip, size: int) -> np.ndarray:
@@ -95,6 +98,17 @@ class CellProbe(torch.nn.Module):
         return self.colour(h).flatten(2).transpose(1, 2), self.shape(h).flatten(2).transpose(1, 2)
 
 
+def _flip(pixels: torch.Tensor, target: torch.Tensor, horizontal: bool, vertical: bool):
+    """A frame mirrored left-right and/or top-bottom, with its `(B, 9)` cell targets moved to the mirrored cells:
+    colour and shape do not change under a mirror (a triangle pointing down is still a triangle)."""
+    cells = target.view(-1, GRID, GRID)
+    if horizontal:
+        pixels, cells = pixels.flip(-1), cells.flip(-1)
+    if vertical:
+        pixels, cells = pixels.flip(-2), cells.flip(-2)
+    return pixels, cells.reshape(target.shape)
+
+
 def _split_targets(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cell targets -> colour target (0 empty, 1 + colour; -1 unscored) and shape target (-1 where no object)."""
     occupied = target > EMPTY
@@ -107,23 +121,24 @@ def _split_targets(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def probe_result(tmp_path_factory):
     """Build DREAM-S as the tiny recipe does (its video size, two shapes at most), train the probe, score it."""
     data = tmp_path_factory.mktemp("legibility") / "data"
-    build_dataset(BuildConfig(out=str(data), seed=11, num_train=300, num_test=60, size=TOWER["image_size"],
+    build_dataset(BuildConfig(out=str(data), seed=11, num_train=NUM_TRAIN_CLIPS, num_test=60, size=TOWER["image_size"],
                               max_subjects=2, num_workers=2), progress=False)
     image_processor = _build_image_processor("clip", TOWER["image_size"])
     x_train, y_train = _load_split(data, "train", image_processor)
     x_test, y_test = _load_split(data, "test", image_processor)
     torch.manual_seed(0)
     probe = CellProbe(len(COLOURS), len(SHAPES))
-    colour_train, shape_train = _split_targets(y_train)
     optimiser = torch.optim.AdamW(probe.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = 2000
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=STEPS)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(steps):
+    for _ in range(STEPS):
         batch = torch.randint(len(x_train), (32,), generator=generator)
-        colour_logits, shape_logits = probe(x_train[batch])
-        loss = torch.nn.functional.cross_entropy(colour_logits.flatten(0, 1), colour_train[batch].flatten(), ignore_index=UNSCORED) \
-            + torch.nn.functional.cross_entropy(shape_logits.flatten(0, 1), shape_train[batch].flatten(), ignore_index=UNSCORED)
+        horizontal, vertical = torch.randint(2, (2,), generator=generator).tolist()
+        pixels, target = _flip(x_train[batch], y_train[batch], bool(horizontal), bool(vertical))
+        colour_target, shape_target = _split_targets(target)
+        colour_logits, shape_logits = probe(pixels)
+        loss = torch.nn.functional.cross_entropy(colour_logits.flatten(0, 1), colour_target.flatten(), ignore_index=UNSCORED) \
+            + torch.nn.functional.cross_entropy(shape_logits.flatten(0, 1), shape_target.flatten(), ignore_index=UNSCORED)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -151,16 +166,14 @@ def _accuracies(predicted: torch.Tensor, target: torch.Tensor) -> dict:
 
 
 @pytest.mark.slow
-def test_probe_reads_position_and_colour_of_every_object_on_held_out_frames(probe_result):
-    """Coarse position reaches the goal of issue #13 (measured 0.999). Colour is at the line (0.977-0.987 over
-    runs: orange read as yellow, blue as purple) and shape below it (0.81-0.88), docs/tiny_recipe.md: those two goals
-    are open, and what is asserted for them guards the measured level, not the goal."""
+def test_probe_reads_colour_shape_and_position_of_every_object_on_held_out_frames(probe_result):
+    """Issue #13's legibility goal: >= 98 % on colour, shape and coarse position of every object on frames of
+    held-out clips (measured: colour 0.993, shape 0.985, position 0.9998 on 1,187 objects)."""
     predicted, target = probe_result
     scores = _accuracies(predicted, target)
     print("legibility probe on held-out frames:", scores)
     assert scores["objects"] > 1000
-    assert scores["position"] >= GOAL, scores
-    assert scores["colour"] >= 0.97 and scores["shape"] >= 0.75, scores
+    assert min(scores["colour"], scores["shape"], scores["position"]) >= GOAL, scores
 
 
 def test_cell_targets_follow_the_frame(tmp_path):
@@ -177,3 +190,22 @@ def test_cell_targets_follow_the_frame(tmp_path):
     assert targets[-1, 5] == red_square and targets[-1, 0] == blue_circle and targets[-1, 4] == EMPTY
     fading = [f for f in range(16) if UNSCORED in targets[f, :1]]
     assert fading, "the fade-in frames of the blue circle are not scored"
+
+
+def test_a_mirrored_frame_keeps_its_objects_in_the_mirrored_cells():
+    """`_flip` moves the cell targets with the pixels: a red square at the top left, mirrored left-right, is at the
+    top right, and mirrored top-bottom too, at the bottom right, where the frame's red pixels now are."""
+    from tarsier_hf.dream_s import ClipSpec, ShapeSpec
+    from tarsier_hf.dream_s.render import render_frames
+
+    size = TOWER["image_size"]
+    clip = ClipSpec(shapes=[ShapeSpec("red", "square", 1 / 6, 1 / 6, 0.08)], events=[], num_frames=2)
+    pixels = torch.from_numpy(render_frames(clip)).permute(0, 3, 1, 2).float()
+    target = torch.from_numpy(_cell_targets(clip, size))
+    red_square = 1 + list(COLOURS).index("red") * len(SHAPES) + SHAPES.index("square")
+    assert target[0, 0] == red_square
+    for horizontal, vertical, cell in ((True, False, 2), (False, True, 6), (True, True, 8)):
+        flipped_pixels, flipped = _flip(pixels, target, horizontal, vertical)
+        assert flipped[0, cell] == red_square and (flipped[0, np.arange(9) != cell] == EMPTY).all()
+        redness = (flipped_pixels[0, 0] - flipped_pixels[0, 1]).unfold(0, size // GRID, size // GRID).unfold(1, size // GRID, size // GRID)
+        assert int(redness.sum((-1, -2)).flatten().argmax()) == cell
