@@ -716,3 +716,38 @@ def test_vision_learning_rate_gives_vision_tower_and_projector_their_own_rate(ti
     for name, param in trainable:
         visual = name.startswith(("model.vision_tower.", "model.multi_modal_projector."))
         assert rate_of[id(param)] == (3e-3 if visual else 1e-4), name
+
+
+def test_plain_loss_head_runs_under_the_trainers_mixed_precision(tiny_tarsier, data_dir, tmp_path):
+    """`--bf16` reaches the decoder with `--loss_head plain`, which calls the unwrapped model (not accelerate's
+    autocast-wrapped forward): its linear layers compute in bfloat16, and the loss stays close to float32's."""
+    import copy
+
+    from datasets import Dataset
+
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+
+    _, model, processor = tiny_tarsier
+    rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
+            for i, name in enumerate(("red", "green"))]
+    batch = TarsierVideoCollator(processor, UniformSampling(3))(rows)
+    losses, dtypes = {}, {}
+    for bf16 in (False, True):
+        copy_ = copy.deepcopy(model)
+        args = TarsierSFTConfig(output_dir=str(tmp_path / str(bf16)), use_cpu=True, bf16=bf16, report_to="none",
+                                loss_head="plain", remove_unused_columns=False,
+                                dataset_kwargs={"skip_prepare_dataset": True})
+        trainer = TarsierSFTTrainer(model=copy_, args=args, train_dataset=Dataset.from_list([{"x": 0}]),
+                                    data_collator=TarsierVideoCollator(processor, UniformSampling(3)),
+                                    processing_class=processor)
+        seen = []
+        first_linear = next(m for m in copy_.model.language_model.modules() if isinstance(m, torch.nn.Linear))
+        hook = first_linear.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+        losses[bf16] = trainer.compute_loss(copy_, {k: v.clone() for k, v in batch.items()}).detach()
+        hook.remove()
+        dtypes[bf16] = set(seen)
+    assert dtypes == {False: {torch.float32}, True: {torch.bfloat16}}
+    assert losses[True].dtype == torch.float32  # the cross-entropy is taken in float32
+    torch.testing.assert_close(losses[True], losses[False], atol=0.05, rtol=0.02)

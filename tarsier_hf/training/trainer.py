@@ -113,7 +113,10 @@ class TarsierSFTTrainer(SFTTrainer):
         core = self.accelerator.unwrap_model(model)
         if hasattr(core, "get_base_model"):  # peft
             core = core.get_base_model()
-        logits, targets, mask = labelled_logits(core, inputs, labels)  # (N, vocab), (N,)
+        # the unwrapped model's forward is not the one accelerate wrapped in autocast: enter the Trainer's mixed
+        # precision here, so --bf16 / --fp16 hold for this head as they do for the fused one
+        with self.accelerator.autocast():
+            logits, targets, mask = labelled_logits(core, inputs, labels)  # (N, vocab), (N,)
         loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         num_tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = loss_sum / torch.as_tensor(num_tokens, device=loss_sum.device).clamp(min=1)
