@@ -38,7 +38,7 @@ class BenchArgs:
     batch_size: int = field(default=8, metadata={"help": "conversations per step (the recipe's)"})
 
 
-def build(llm: Path, data: Path, tmp: str, batch_size: int):
+def build(llm: Path, data: Path, tmp: str, batch_size: int, bf16: bool = False):
     from datasets import Dataset
 
     model, processor = build_from_parts(str(RECIPES / "vision_tower.json"), str(llm), chat_template="chatml",
@@ -51,7 +51,7 @@ def build(llm: Path, data: Path, tmp: str, batch_size: int):
     batch = collator([rows[i] for i in range(batch_size)])
     for key in ("skipped_samples", "skipped_too_long"):
         batch.pop(key)
-    args = TarsierSFTConfig(output_dir=tmp, use_cpu=True, bf16=False, report_to="none", loss_head="plain",
+    args = TarsierSFTConfig(output_dir=tmp, use_cpu=True, bf16=bf16, report_to="none", loss_head="plain",
                             remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})
     trainer = TarsierSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"x": 0}]),
                                 processing_class=processor, data_collator=lambda rows: rows)
