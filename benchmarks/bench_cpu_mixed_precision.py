@@ -13,14 +13,13 @@ the script prints which flags this CPU reports.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser
 
-from bench_vocabulary_cut import BenchArgs, build, step_seconds
+from bench_vocabulary_cut import BenchArgs, alternate, build
 from tarsier_hf.dream_s import BuildConfig, build_dataset
 from tarsier_hf.tiny_recipe.__main__ import make_language_model
 
@@ -45,14 +44,8 @@ def main():
         for name, bf16 in (("float32", False), ("bf16 autocast", True)):
             torch.manual_seed(0)
             setups[name] = build(llm, data, f"{tmp}/{name}", args.batch_size, bf16=bf16)
-        times = {name: [] for name in setups}
-        losses = {}
-        for repeat in range(args.repeats + 1):  # the first round warms up
-            for name in (list(setups) if repeat % 2 == 0 else list(setups)[::-1]):
-                seconds, losses[name] = step_seconds(*setups[name])
-                if repeat:
-                    times[name].append(seconds)
-    fp32, bf16 = (statistics.median(times[name]) for name in setups)
+        medians, losses = alternate(setups, args.repeats)
+    fp32, bf16 = medians.values()
     batch = setups["float32"][1]
     print(f"\nbatch {args.batch_size} x {batch['input_ids'].shape[1]} positions; compute_loss + backward + AdamW, "
           f"median of {args.repeats}, 2 threads; CPU bf16 flags: {cpu_bf16_flags()}; losses "

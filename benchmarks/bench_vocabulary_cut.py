@@ -68,6 +68,19 @@ def step_seconds(model, batch, trainer, optimizer) -> tuple[float, float]:
     return time.perf_counter() - start, loss.item()
 
 
+def alternate(setups: dict, repeats: int) -> tuple[dict, dict]:
+    """Median step seconds and last loss of each set-up, the set-ups taking turns (order flipped every round) after
+    one warm-up round."""
+    times = {name: [] for name in setups}
+    losses = {}
+    for repeat in range(repeats + 1):  # the first round warms up
+        for name in (list(setups) if repeat % 2 == 0 else list(setups)[::-1]):
+            seconds, losses[name] = step_seconds(*setups[name])
+            if repeat:
+                times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}, losses
+
+
 def main():
     (args,) = HfArgumentParser(BenchArgs, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
                                ).parse_args_into_dataclasses()
@@ -80,14 +93,8 @@ def main():
             llm = make_language_model(2, Path(tmp) / "parts", data if cut else None)
             torch.manual_seed(0)
             setups[name] = build(llm, data, f"{tmp}/{name}", args.batch_size)
-        times = {name: [] for name in setups}
-        losses = {}
-        for repeat in range(args.repeats + 1):  # the first round warms up
-            for name in (list(setups) if repeat % 2 == 0 else list(setups)[::-1]):
-                seconds, losses[name] = step_seconds(*setups[name])
-                if repeat:
-                    times[name].append(seconds)
-    full, cut = (statistics.median(times[name]) for name in setups)
+        medians, losses = alternate(setups, args.repeats)
+    full, cut = medians.values()
     rows = {name: setup[0].get_input_embeddings().weight.shape[0] for name, setup in setups.items()}
     batch = setups["cut vocabulary"][1]
     print(f"\nbatch {args.batch_size} x {batch['input_ids'].shape[1]} positions, "
