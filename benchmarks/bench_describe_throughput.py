@@ -1,4 +1,4 @@
-"""Batch description throughput on CPU: `tarsier_hf.eval.inference.run_inference` vs a plain loop over LLaVA-NeXT-Video.
+"""Batch description throughput on CPU: `tarsier_hf.inference.batch.run_inference` vs a plain loop over LLaVA-NeXT-Video.
 
     python benchmarks/bench_describe_throughput.py                    # 32 clips, prints a Markdown table
     python benchmarks/bench_describe_throughput.py --videos 8 --json out.json
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, HfArgumentParser
 
-from tarsier_hf.eval.inference import run_inference
+from tarsier_hf.inference.batch import run_inference
 from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
 from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 from tarsier_hf.training.model_builder import build_from_parts

@@ -24,9 +24,9 @@ from transformers import HfArgumentParser
 
 from tarsier_hf.eval.common import (ModelArguments, find_video_file, generate_predictions, predictions_of, result_header,
                                     unreadable_videos)
-from tarsier_hf.eval.inference import get_state
+from tarsier_hf.inference.batch import get_state
 from tarsier_hf.eval.prompts import caption_prompt, frames_for
-from tarsier_hf.eval.results import write_json
+from tarsier_hf.jsonl import write_json
 from tarsier_hf.inference.engine import VideoRequest
 
 logger = logging.getLogger(__name__)

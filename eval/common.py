@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tarsier_hf.eval.autodq.pipeline import build_judge
 from tarsier_hf.eval.autodq.scoring import get_config
-from tarsier_hf.eval.inference import get_state, run_inference
+from tarsier_hf.inference.batch import get_state, run_inference
 from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, inference_sampling
 from video_processing_tarsier import VIDEO_EXTENSIONS
 

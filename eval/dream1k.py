@@ -33,12 +33,11 @@ from transformers import HfArgumentParser
 
 from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
 from tarsier_hf.eval.common import JudgeArguments, ModelArguments, find_video_file, predictions_of
-from tarsier_hf.eval.inference import get_state, run_inference
+from tarsier_hf.inference.batch import get_state, run_inference
 from tarsier_hf.eval.prompts import get_preset
 from tarsier_hf.eval.report import plot_complexity, table3_markdown
-from tarsier_hf.eval.results import append_jsonl, write_json
+from tarsier_hf.jsonl import append_jsonl, read_jsonl_objects, write_json
 from tarsier_hf.inference.engine import VideoRequest
-from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 

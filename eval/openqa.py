@@ -27,11 +27,10 @@ from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
 from tarsier_hf.eval.autodq.pipeline import judge_defaults
 from tarsier_hf.eval.common import (JudgeArguments, ModelArguments, find_video_file, generate_predictions, predictions_of,
                                     result_header, unreadable_videos)
-from tarsier_hf.eval.inference import get_state
+from tarsier_hf.inference.batch import get_state
 from tarsier_hf.eval.prompts import frames_for, openqa_prompt
-from tarsier_hf.eval.results import write_json
+from tarsier_hf.jsonl import read_jsonl_objects, write_json
 from tarsier_hf.inference.engine import VideoRequest
-from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-DEFAULT_DESCRIPTION_PROMPT = "Describe the video in detail."
+from tarsier_hf.inference.engine import DEFAULT_DESCRIPTION_PROMPT
 
 _GPT4V_PROMPT = (
     "Given 8 frames uniformly sampled from a video clip, describe the video (not the individual images!) in detail, "

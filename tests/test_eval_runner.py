@@ -162,7 +162,7 @@ def test_mcqa_readers(tmp_path):
 
 
 def test_jsonl_survives_a_torn_last_line(tmp_path):
-    from tarsier_hf.eval.results import append_jsonl, read_jsonl
+    from tarsier_hf.jsonl import append_jsonl, read_jsonl
 
     path = tmp_path / "out.jsonl"
     append_jsonl(path, [{"id": "a", "prediction": "x"}])
@@ -174,7 +174,7 @@ def test_jsonl_survives_a_torn_last_line(tmp_path):
 
 
 def test_batches_and_shards_do_not_depend_on_process_count():
-    from tarsier_hf.eval.inference import plan_batches, shard
+    from tarsier_hf.inference.batch import plan_batches, shard
     from tarsier_hf.inference.engine import VideoRequest
 
     requests = [VideoRequest(str(i), f"{i}.mp4", "p") for i in range(7)]
@@ -260,12 +260,12 @@ INFERENCE_ARGS = ["--num_frames", "4", "--max_new_tokens", "6", "--batch_size", 
 
 
 def _inference_cmd(checkpoint, requests, output, extra=()):
-    return ["-m", "tarsier_hf.eval.inference", "--checkpoint", str(checkpoint), "--requests", str(requests),
+    return ["-m", "tarsier_hf.inference.batch", "--checkpoint", str(checkpoint), "--requests", str(requests),
             "--output", str(output), *INFERENCE_ARGS, *extra]
 
 
 def _predictions(path) -> dict[str, str]:
-    from tarsier_hf.eval.results import read_jsonl
+    from tarsier_hf.jsonl import read_jsonl
 
     records = [r for r in read_jsonl(path) if "prediction" in r]
     ids = [r["id"] for r in records]
@@ -276,7 +276,7 @@ def _predictions(path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def single_process_reference(tiny_checkpoint, requests_file, tmp_path_factory):
     """Predictions of one in-process run (no accelerate launcher)."""
-    from tarsier_hf.eval.inference import main
+    from tarsier_hf.inference.batch import main
 
     output = tmp_path_factory.mktemp("reference") / "predictions.jsonl"
     main(["--checkpoint", str(tiny_checkpoint), "--requests", str(requests_file), "--output", str(output), *INFERENCE_ARGS])

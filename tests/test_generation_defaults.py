@@ -77,7 +77,7 @@ def test_generation_options_are_generation_config_attributes():
     that `model.generate` receives and every result records."""
     from transformers import GenerationConfig, HfArgumentParser
 
-    from tarsier_hf.eval.inference import InferenceArguments
+    from tarsier_hf.inference.batch import InferenceArguments
 
     parser = HfArgumentParser(InferenceArguments)
     helps = {action.dest: action.help for action in parser._actions}

@@ -1,4 +1,4 @@
-"""tarsier_hf.eval.inference and tarsier_hf.inference.describe under bad input, as real subprocess runs on a tiny random checkpoint:
+"""tarsier_hf.inference.batch and tarsier_hf.inference.describe under bad input, as real subprocess runs on a tiny random checkpoint:
 the exit status says when nothing succeeded, the failure count is always printed, a checkpoint's own code files
 never run unless --trust_remote_code is given, and every input (folders named like videos, dangling links) shows
 up in the output with its error."""
@@ -52,12 +52,12 @@ def test_inference_exit_status_and_failure_count(planted_checkpoint, tmp_path):
     (tmp_path / "broken.mp4").write_text("not a video\n")
     good = write_stand_in_videos(tmp_path / "clips", ["good"])[0]
     bad = _requests(tmp_path / "bad.jsonl", [tmp_path / "broken.mp4", tmp_path / "missing.mp4"])
-    result = _run(["-m", "tarsier_hf.eval.inference", "--checkpoint", str(checkpoint), "--requests", str(bad),
+    result = _run(["-m", "tarsier_hf.inference.batch", "--checkpoint", str(checkpoint), "--requests", str(bad),
                    "--output", str(tmp_path / "bad_out.jsonl"), *GENERATE], tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "0/2 predictions" in result.stdout and "(2 failed" in result.stdout
     mixed = _requests(tmp_path / "mixed.jsonl", [good, tmp_path / "broken.mp4"])
-    result = _run(["-m", "tarsier_hf.eval.inference", "--checkpoint", str(checkpoint), "--requests", str(mixed),
+    result = _run(["-m", "tarsier_hf.inference.batch", "--checkpoint", str(checkpoint), "--requests", str(mixed),
                    "--output", str(tmp_path / "mixed_out.jsonl"), *GENERATE], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1/2 predictions" in result.stdout and "(1 failed" in result.stdout
@@ -71,7 +71,7 @@ def test_checkpoint_code_runs_only_with_trust_remote_code(planted_checkpoint, tm
     marker.mkdir()
     video = write_stand_in_videos(tmp_path / "clips", ["clip"])[0]
     requests = _requests(tmp_path / "requests.jsonl", [video])
-    result = _run(["-m", "tarsier_hf.eval.inference", "--checkpoint", str(checkpoint), "--requests", str(requests),
+    result = _run(["-m", "tarsier_hf.inference.batch", "--checkpoint", str(checkpoint), "--requests", str(requests),
                    "--output", str(tmp_path / "ours.jsonl"), *GENERATE], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1/1 predictions" in result.stdout
@@ -82,7 +82,7 @@ def test_checkpoint_code_runs_only_with_trust_remote_code(planted_checkpoint, tm
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(marker)) == []
 
-    result = _run(["-m", "tarsier_hf.eval.inference", "--checkpoint", str(checkpoint), "--requests", str(requests),
+    result = _run(["-m", "tarsier_hf.inference.batch", "--checkpoint", str(checkpoint), "--requests", str(requests),
                    "--output", str(tmp_path / "remote.jsonl"), "--trust_remote_code", "true", *GENERATE], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "configuration_tarsier.py" in os.listdir(marker)  # asked for: the checkpoint's own code ran
@@ -126,8 +126,8 @@ def test_collect_videos_keeps_entries_that_will_fail(tmp_path):
 def test_resume_refuses_a_file_whose_later_records_have_other_settings(tmp_path):
     """Every finished record is checked, not only the first: a file whose second record was written with another
     seed is refused, naming that record and the differing setting."""
-    from tarsier_hf.eval.inference import check_same_run, completed
-    from tarsier_hf.eval.results import append_jsonl, read_jsonl
+    from tarsier_hf.inference.batch import check_same_run, completed
+    from tarsier_hf.jsonl import append_jsonl, read_jsonl
 
     run = {"checkpoint": "ckpt", "frame_sampling": {"policy": "uniform", "num_frames": 8}, "seed": 0}
     output = tmp_path / "predictions.jsonl"

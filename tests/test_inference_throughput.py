@@ -1,4 +1,4 @@
-"""tarsier_hf.eval.inference throughput parts: length-sorted batches, DataLoader workers decoding ahead, streamed JSONL;
+"""tarsier_hf.inference.batch throughput parts: length-sorted batches, DataLoader workers decoding ahead, streamed JSONL;
 and the throughput benchmark against transformers' LLaVA-NeXT-Video at tiny size."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def loaded(smollm2_dir, tmp_path_factory):
 
 
 def test_plan_batches_sorts_by_length_stably():
-    from tarsier_hf.eval.inference import plan_batches
+    from tarsier_hf.inference.batch import plan_batches
     from tarsier_hf.inference.engine import VideoRequest
 
     requests = [VideoRequest(str(i), f"{i}.mp4", "x" * n) for i, n in enumerate([5, 1, 5, 3, 1, 9, 3])]
@@ -61,7 +61,7 @@ class RecordingGenerator(VideoTextGenerator):
 
 
 def test_workers_decode_ahead_and_results_stream_identical_to_batch_one(loaded, tmp_path, monkeypatch):
-    import tarsier_hf.eval.inference as inference
+    import tarsier_hf.inference.batch as inference
 
     model, processor = loaded
     videos = write_stand_in_videos(tmp_path / "v", [f"c{i}" for i in range(5)], seed=1)

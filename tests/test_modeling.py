@@ -445,7 +445,7 @@ def test_save_then_load_through_every_auto_class_in_a_fresh_process(tmp_path):
 
 def test_loading_without_trust_remote_code_is_refused(tmp_path):
     """In a fresh interpreter (other tests register the repo's own classes with the Auto classes in-process, as
-    `tarsier_hf.eval.inference` and `tarsier_hf.inference.serve` do), a saved Tarsier folder is refused without `trust_remote_code`."""
+    `tarsier_hf.inference.batch` and `tarsier_hf.inference.serve` do), a saved Tarsier folder is refused without `trust_remote_code`."""
     make_model().save_pretrained(tmp_path)
     script = textwrap.dedent(f"""
         from transformers import AutoModelForImageTextToText

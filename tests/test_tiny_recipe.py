@@ -1,5 +1,5 @@
 """End-to-end: the reduced tiny recipe (`python -m tarsier_hf.tiny_recipe --quick`) through data, both training stages
-with the real `accelerate launch train_sft.py`, evaluation with `tarsier_hf.eval.inference` + CIDEr + the closed-grammar event
+with the real `accelerate launch train_sft.py`, evaluation with `tarsier_hf.inference.batch` + CIDEr + the closed-grammar event
 metric, and one description; then the trained checkpoint is loaded with `trust_remote_code` in a fresh process."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def test_metrics_come_from_the_generations(quick_run):
     records = [json.loads(line) for line in (out / "eval" / "full" / "predictions.jsonl").read_text().splitlines()]
     by_id = {r["id"]: r for r in records}
     assert set(by_id) == {row["idx"] for row in tests}
-    for record in records:  # real generate() output of tarsier_hf.eval.inference, with the frames it used
+    for record in records:  # real generate() output of tarsier_hf.inference.batch, with the frames it used
         assert isinstance(record["prediction"], str) and record["num_frames"] == result["num_frames"]
     predictions = [by_id[row["idx"]]["prediction"] for row in tests]
     corpus = corpus_event_scores(event_scores(p, row["events"]) for p, row in zip(predictions, tests))

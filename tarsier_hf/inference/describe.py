@@ -23,9 +23,10 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from tarsier_hf.eval.inference import get_state, run_inference
-from tarsier_hf.eval.prompts import DEFAULT_DESCRIPTION_PROMPT
-from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, VideoRequest, inference_sampling
+from tarsier_hf.inference.batch import get_state, run_inference
+from tarsier_hf.inference.engine import (
+    DEFAULT_DESCRIPTION_PROMPT, GenerationArguments, InferenceSettings, VideoRequest, inference_sampling,
+)
 from video_processing_tarsier import VIDEO_EXTENSIONS
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}

@@ -1,6 +1,6 @@
 """The video -> text engine: a Tarsier model + processor turning `VideoRequest`s into descriptions.
 
-Used by `tarsier_hf.inference.describe`, the benchmark runners (`tarsier_hf.eval.inference.run_inference`) and the tiny-recipe
+Used by `tarsier_hf.inference.describe`, the benchmark runners (`tarsier_hf.inference.batch.run_inference`) and the tiny-recipe
 sweep. Every request goes through the processor's `apply_chat_template` with the run's `FrameSampling` (the path
 training and the reference loss use), and the batch through `model.generate` with one `GenerationConfig`.
 """
@@ -20,6 +20,8 @@ from tarsier_hf.training.model_builder import load_tarsier
 from video_processing_tarsier import FpsSampling, FrameSampling, UniformSampling
 
 VIDEO_PLACEHOLDER = "<video>"
+# The paper's detailed-description instruction (Appendix C), what `describe` and DREAM-1K ask by default.
+DEFAULT_DESCRIPTION_PROMPT = "Describe the video in detail."
 
 # Decoding options on the command line. Each is a `GenerationConfig` attribute: its type and help come from
 # GenerationConfig's own documentation, and `None` leaves it to the checkpoint's generation_config.json. The only

@@ -17,7 +17,7 @@ Phases, each timed:
 4. **stage 1** and **stage 2**: `accelerate launch train_sft.py --config recipes/tiny/stage{1,2}.yaml ...` as
    subprocesses (the repo's real trainer), from the stage-0 tower (frozen, as in the paper; its patch grid
    average-pooled to one feature per frame), a fresh projector and the cut LLM (embedding table frozen).
-5. **eval**: `python -m tarsier_hf.eval.inference` generates a description of every test clip (a fresh process that
+5. **eval**: `python -m tarsier_hf.inference.batch` generates a description of every test clip (a fresh process that
    loads the checkpoint); CIDEr comes from the `eval/cider` evaluate module and event precision / recall / F1
    from the DREAM-S closed-grammar parser (exact, so no LLM judge is needed); the test references are also scored
    teacher-forced with their own and with another clip's video (`tarsier_hf.eval.reference_loss`), overall and per word class
@@ -300,7 +300,7 @@ def train_run(spec: RunSpec, args: TinyRecipeArguments, out: Path, parts: dict, 
 
 
 def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out: Path, timer: PhaseTimer) -> dict:
-    """Generate descriptions of the test split with `tarsier_hf.eval.inference`, then CIDEr and closed-grammar event F1."""
+    """Generate descriptions of the test split with `tarsier_hf.inference.batch`, then CIDEr and closed-grammar event F1."""
     import evaluate  # the eval extra
 
 
@@ -316,9 +316,9 @@ def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out
     predictions_file = eval_dir / "predictions.jsonl"
     predictions_file.unlink(missing_ok=True)  # a fresh generation for this checkpoint, never a resumed mix
     frames = spec.num_frames or args.num_frames
-    log(f"{spec.name}: generating {len(rows)} test descriptions ({frames} frames) with tarsier_hf.eval.inference")
+    log(f"{spec.name}: generating {len(rows)} test descriptions ({frames} frames) with tarsier_hf.inference.batch")
     with timer.phase(f"{spec.name}/eval"):
-        run_logged([sys.executable, "-m", "tarsier_hf.eval.inference", "--checkpoint", str(checkpoint), "--requests",
+        run_logged([sys.executable, "-m", "tarsier_hf.inference.batch", "--checkpoint", str(checkpoint), "--requests",
                     str(requests), "--output", str(predictions_file), "--num_frames", str(frames), "--batch_size",
                     str(args.eval_batch_size), "--max_new_tokens", str(args.max_new_tokens)],
                    eval_dir / "inference.log")

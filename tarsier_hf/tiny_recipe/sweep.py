@@ -219,7 +219,7 @@ def train_stage(model, collator, rows, steps, sampling, config: SweepConfig, dev
 
 
 def describe(model, processor, frames, rows, config: SweepConfig) -> list[str]:
-    """Greedy detailed descriptions of test clips, batched as `tarsier_hf.eval.inference` batches them."""
+    """Greedy detailed descriptions of test clips, batched as `tarsier_hf.inference.batch` batches them."""
     from transformers import GenerationConfig
 
     from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator

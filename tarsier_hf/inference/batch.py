@@ -1,9 +1,9 @@
 """Batched, sharded, resumable video -> text generation with a Tarsier checkpoint.
 
     # one process
-    python -m tarsier_hf.eval.inference --checkpoint path/to/tarsier --requests requests.jsonl --output predictions.jsonl
+    python -m tarsier_hf.inference.batch --checkpoint path/to/tarsier --requests requests.jsonl --output predictions.jsonl
     # several processes (GPUs, or CPU processes with the gloo backend)
-    accelerate launch --multi_gpu --num_processes 2 -m tarsier_hf.eval.inference --checkpoint ... --output ...
+    accelerate launch --multi_gpu --num_processes 2 -m tarsier_hf.inference.batch --checkpoint ... --output ...
 
 `requests.jsonl` holds one `{"id": ..., "video": path, "prompt": text}` per line. Results are appended to
 `--output` as they are produced (one JSON object per sample, see `RESULT_FIELDS`), so a killed run started again
@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from tarsier_hf.eval.results import append_jsonl, first_by_id, read_jsonl
+from tarsier_hf.jsonl import append_jsonl, first_by_id, read_jsonl
 from tarsier_hf.inference.engine import (
     GenerationArguments, InferenceSettings, VideoRequest, VideoTextGenerator, inference_sampling,
     load_model_and_processor, prefetched_batches,
@@ -192,7 +192,7 @@ def read_requests(path: str | os.PathLike) -> list[VideoRequest]:
 
 @dataclass(kw_only=True)
 class InferenceArguments(GenerationArguments):
-    """Command-line arguments of `python -m tarsier_hf.eval.inference`."""
+    """Command-line arguments of `python -m tarsier_hf.inference.batch`."""
 
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
     requests: str = field(metadata={"help": "JSONL of {id, video, prompt}."})
