@@ -179,3 +179,15 @@ def distributed_run(tiny_tarsier, data_dir, tmp_path_factory):
            "--warmup_steps", "0", "--gradient_checkpointing", "true", *sft_args(data_dir, output_dir)]
     result = run_checked(cmd, cwd=tmp_path_factory.mktemp("cwd"))
     return output_dir, result
+
+
+# -- a tiny released Tarsier2 (Qwen2-VL) checkpoint ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def released_tarsier2(tmp_path_factory) -> dict:
+    """A tiny random checkpoint in the released Tarsier2 layout (`tests/tarsier2_release.py`): the facts dict of
+    `write_released_tarsier2`, its folder at `["path"]`. Shared by the session: copy the folder before changing it."""
+    from tests.tarsier2_release import write_released_tarsier2
+
+    return write_released_tarsier2(tmp_path_factory.mktemp("tarsier2") / "released")
