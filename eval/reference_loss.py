@@ -70,8 +70,8 @@ def score_references(
     Teacher-forced per-token loss of each row's assistant turn.
 
     Args:
-        model: a `TarsierForConditionalGeneration` (any device; evaluated in its current dtype).
-        processor: its `TarsierProcessor` (chat template with `{% generation %}` markers).
+        model: a video model of any family (`tarsier_hf.families`; any device, evaluated in its current dtype).
+        processor: its processor (a chat template with `{% generation %}` markers).
         rows: conversation rows `{"messages": [...], "idx": ...}` with one `{"type": "video", "path": ...}` block
             each (relative paths under `video_root`).
         num_frames: frames per video, sampled uniformly with the first and last frame included (`UniformSampling`).
@@ -105,8 +105,8 @@ def score_references(
             processor_kwargs={"frame_sampling": UniformSampling(num_frames), "padding_side": "right"},
         )
         labels = torch.where(batch["assistant_masks"].bool(), batch["input_ids"], IGNORE_INDEX)
-        inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values", "num_frames")}
-        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        inputs = {key: value.to(device, dtype) if value.is_floating_point() else value.to(device)
+                  for key, value in batch.items() if isinstance(value, torch.Tensor) and key != "assistant_masks"}
         targets = labels[:, 1:]  # the token each position predicts
         mask = targets != IGNORE_INDEX
         keep = mask.any(0).nonzero()[:, 0]  # positions that predict a labelled token in some row

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
+from transformers import GenerationConfig
 
-from tarsier_hf.training.model_builder import load_tarsier
+from tarsier_hf import families
 from video_processing_tarsier import FpsSampling, FrameSampling, UniformSampling
 
 VIDEO_PLACEHOLDER = "<video>"
+# Processor outputs with one value per token: left-padded in a batch (every other tensor is concatenated).
+SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 # The paper's detailed-description instruction (Appendix C), what `describe` and DREAM-1K ask by default.
 DEFAULT_DESCRIPTION_PROMPT = "Describe the video in detail."
 
@@ -127,37 +129,19 @@ class GenerationArguments(_GenerationOptions):
         return config
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {name!r}") from None
-
-
 def load_model_and_processor(
     checkpoint: str | os.PathLike, dtype: str = "auto", device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
 ):
-    """Load a Tarsier checkpoint and its processor, ready for generation on `device`.
+    """A video checkpoint of any family (`tarsier_hf.families`) and its processor, ready for generation on `device`.
 
-    By default the classes of this repository (`modeling_tarsier`, `processing_tarsier`, `configuration_tarsier`)
-    load the checkpoint and none of the code files saved in it runs. `trust_remote_code=True` imports the
-    checkpoint's own code instead (transformers' remote code), which runs whatever those files contain.
+    By default the classes of this repository load the checkpoint and none of the code files saved in it runs;
+    `trust_remote_code=True` imports the checkpoint's own code instead, which runs whatever those files contain.
     """
-    device = torch.device(device)
-    checkpoint = str(checkpoint)
-    if not Path(checkpoint).exists() and (checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1):
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint folder (and not a Hub id of the form org/name)")
-    if trust_remote_code:
-        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-        model = AutoModelForImageTextToText.from_pretrained(
-            checkpoint, trust_remote_code=True, dtype=resolve_dtype(dtype, device)
-        )
-    else:
-        model, processor = load_tarsier(checkpoint, dtype=resolve_dtype(dtype, device))
-    model.to(device).eval()
+    model, processor, family = families.load_model_and_processor(checkpoint, dtype, device, trust_remote_code)
+    if not family.multimodal:
+        raise families.UnsupportedCheckpointError(f"{checkpoint}: a text-only {family.name} checkpoint cannot "
+                                                  "describe videos")
     return model, processor
 
 
@@ -199,8 +183,11 @@ class VideoTextGenerator:
         return messages
 
     def encode(self, request: VideoRequest) -> dict:
-        """One request -> `input_ids (L,)`, `pixel_values (n, 3, S, S)`, `frame_indices (n,)`: the processor samples
-        the video with `settings.frame_sampling` and encodes the prompt. Raises on a bad video."""
+        """One request -> the processor's tensors of a batch of one (`input_ids (L,)` and the other per-token
+        tensors of `SEQUENCE_KEYS` with the batch axis dropped; visual tensors as the processor returns them, e.g.
+        Tarsier's `pixel_values (n, 3, S, S)` and `num_frames (1,)`, Qwen2-VL's `pixel_values_videos (P, D)` and
+        `video_grid_thw (1, 3)`) plus `frame_indices (n,)`: the processor samples the video with
+        `settings.frame_sampling` and renders the prompt with the checkpoint's chat template. Raises on a bad video."""
         video = request.video
         if isinstance(video, (str, os.PathLike)):
             if os.path.islink(video) and not os.path.exists(video):
@@ -213,36 +200,39 @@ class VideoTextGenerator:
             video = str(video)
         encoded = self.processor.apply_chat_template(
             self.conversation(request.prompt, video), add_generation_prompt=True, tokenize=True, return_dict=True,
-            processor_kwargs={"frame_sampling": self.settings.frame_sampling, "return_metadata": True,
-                              "padding": False},
+            return_tensors="pt", processor_kwargs={"frame_sampling": self.settings.frame_sampling,
+                                                   "return_metadata": True, "padding": False},
         )
-        return {"input_ids": encoded["input_ids"][0], "pixel_values": encoded["pixel_values"],
-                "frame_indices": encoded["video_metadata"][0].frames_indices}
+        metadata = encoded.pop("video_metadata")
+        item = {key: value[0] if key in SEQUENCE_KEYS else value
+                for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        item["frame_indices"] = [int(i) for i in metadata[0].frames_indices]
+        return item
 
     def collate(self, encoded: list[dict]) -> dict:
-        """Left-pad encoded samples into `input_ids (B, L)`, `attention_mask (B, L)`, `pixel_values (F, 3, S, S)`,
-        `num_frames (B,)`."""
+        """Left-pad the per-token tensors of encoded samples to `(B, L)` (`input_ids` with the pad id, the others
+        with 0) and concatenate every other tensor along its first axis (frames, patches, grids, frame counts)."""
         length = max(len(e["input_ids"]) for e in encoded)
-        input_ids = torch.full((len(encoded), length), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(encoded), length), dtype=torch.long)
-        for row, item in enumerate(encoded):
-            n = len(item["input_ids"])
-            input_ids[row, length - n :] = item["input_ids"]
-            attention_mask[row, length - n :] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "pixel_values": torch.cat([e["pixel_values"] for e in encoded]),
-            "num_frames": torch.tensor([len(e["pixel_values"]) for e in encoded], dtype=torch.long),
-        }
+        batch = {}
+        for key in encoded[0]:
+            if key == "frame_indices":
+                continue
+            if key in SEQUENCE_KEYS:
+                fill = self.pad_token_id if key == "input_ids" else 0
+                padded = torch.full((len(encoded), length), fill, dtype=encoded[0][key].dtype)
+                for row, item in enumerate(encoded):
+                    padded[row, length - len(item[key]):] = item[key]
+                batch[key] = padded
+            else:
+                batch[key] = torch.cat([e[key] for e in encoded])
+        return batch
 
     @torch.inference_mode()
     def generate(self, batch: dict, seed: int) -> list[str]:
         """Generate for a collated batch; returns the decoded new text of every row."""
         device = self.device
         dtype = next(self.model.parameters()).dtype
-        inputs = {k: v.to(device) for k, v in batch.items()}
-        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
         torch.manual_seed(seed)
         output = self.model.generate(
             **inputs, pad_token_id=self.pad_token_id, generation_config=self.settings.generation
