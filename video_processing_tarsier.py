@@ -381,6 +381,47 @@ class FpsSampling(FrameSampling):
         return self.max_frames
 
 
+def sample_tarsier2(timestamps: Sequence[float] | np.ndarray | int, num_frames: int = 16) -> np.ndarray:
+    """Tarsier2's inference sampling (bytedance/tarsier branch `tarsier2`, `_sample_frame_indices_v1`, the `v1`
+    sampler of `configs/tarser2_default_config.yaml`): by frame index, not by time.
+
+    `[0]` when one frame is asked for; every frame, once, when the clip has no more than `num_frames`; otherwise
+    `round(i * (T - 1) / (num_frames - 1))` with Python's `round` (halves to even). It differs from `sample_uniform`
+    on clips of fewer than `num_frames` frames (no repeats here) and on variable-frame-rate clips (frame count here,
+    time there).
+
+    Returns:
+        `(n,)` int64 increasing frame indices, `n = min(T, num_frames)` (1 when `num_frames == 1`).
+    """
+    total = len(_as_timestamps(timestamps))
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if num_frames == 1:
+        return np.zeros(1, dtype=np.int64)
+    if total <= num_frames:
+        return np.arange(total, dtype=np.int64)
+    return np.array([round(i * (total - 1) / (num_frames - 1)) for i in range(num_frames)], dtype=np.int64)
+
+
+@register_frame_sampling
+@dataclass(frozen=True)
+class Tarsier2Sampling(FrameSampling):
+    """Tarsier2's inference sampling (`sample_tarsier2`): `num_frames` (16) by frame index, first and last frame
+    included; a clip with no more than `num_frames` frames gives each of its frames once."""
+
+    policy: ClassVar[str] = "tarsier2"
+    num_frames: int = 16
+
+    def __post_init__(self):
+        _check_count(self, self.num_frames)
+
+    def indices(self, timestamps, complex_clip=False, rng=None):
+        return sample_tarsier2(timestamps, self.num_frames)
+
+    def max_frames_per_video(self, complex_clip=False):
+        return self.num_frames
+
+
 def sample_frame_indices(
     timestamps: Sequence[float] | np.ndarray | int,
     sampling: FrameSampling | dict | str,

@@ -1,0 +1,501 @@
+"""Tarsier2 (Qwen2-VL underneath) processing without torchvision: videos -> `pixel_values_videos`, `video_grid_thw`.
+
+Remote code that travels with a converted Tarsier2 checkpoint (a standard Qwen2-VL folder): `save_pretrained` copies
+this file and `video_processing_tarsier.py` (imported relatively: the PyAV reader and the `FrameSampling` policies)
+next to `processor_config.json`, and `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` loads it.
+
+- `Tarsier2VideoProcessor` (a `VideoProcessorMixin`, the light base class of transformers' video processors that
+  does not need torchvision): samples, decodes and patchifies videos the way Qwen2-VL expects, with the release's
+  two additions (bytedance/tarsier branch `tarsier2`): every frame resized first to at most
+  `frame_pre_resize_max_pixels` (`TarsierProcessor.resize2pixels`), and every frame given twice
+  (`use_multi_images_for_video`), so one temporal patch of 2 holds one frame: 16 frames give `grid_t = 16`.
+- `Tarsier2Processor`: tokenizer + Qwen2-VL image processor (PIL backend) + `Tarsier2VideoProcessor`; expands every
+  `<|video_pad|>` into `t * h * w / merge_size**2` tokens through `ProcessorMixin.replace_video_token`.
+- `build_tarsier2_processor(...)`: the processor a converted folder saves.
+
+Pixel arithmetic, as transformers' slow `Qwen2VLImageProcessor` (4.47, the release's) and its PIL twin (5.23) do it:
+PIL bicubic resize of uint8 RGB, `float32(float64(x) * rescale_factor)`, `(x - mean) / std` in float32, patches
+ordered `(t, h / m, w / m, m, m, channel, temporal, patch, patch)`.
+"""
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack, VideosKwargs
+from transformers.video_processing_utils import VideoProcessorMixin
+from transformers.video_utils import VideoMetadata
+
+try:  # copied next to a checkpoint by transformers (remote code)
+    from .video_processing_tarsier import (
+        FpsSampling, FrameSampling, Tarsier2Sampling, VideoReadError, as_frame_sampling, is_frame_list, load_video,
+    )
+except ImportError:  # installed as top-level modules of this repo
+    from video_processing_tarsier import (
+        FpsSampling, FrameSampling, Tarsier2Sampling, VideoReadError, as_frame_sampling, is_frame_list, load_video,
+    )
+
+
+# The release's inference settings (configs/tarser2_default_config.yaml and dataset/tarsier_processor.py).
+RELEASE_FRAME_PRE_RESIZE_MAX_PIXELS = 460800  # max_pixels: 1280 * 720 // 2
+RELEASE_MAX_PIXELS_PER_SAMPLE = 128 * 384 * 384  # TarsierProcessor.max_pixels_per_sample
+RELEASE_NUM_FRAMES = 16
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's target size: both sides multiples of `factor`, `min_pixels <= h * w <= max_pixels`, aspect kept.
+
+    Same arithmetic as transformers 4.47 and 5.23 (`round` halves to even; too many pixels: `floor` of the sides
+    scaled by `sqrt(h * w / max_pixels)`; too few: `ceil` of the sides scaled up). 4.47 refused sides shorter than
+    `factor`; like 5.23 this rounds them up to `factor` instead. `factor=1` is the release's frame pre-resize.
+    """
+    if min(height, width) < 1:
+        raise ValueError(f"frame of {height}x{width} pixels has no area")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+class Tarsier2VideosKwargs(VideosKwargs, total=False):
+    """Video options of `Tarsier2VideoProcessor` (each defaults to the processor's attribute of the same name).
+
+    frame_sampling: the `FrameSampling` policy (or its dict form / name); `num_frames` keeps the policy with another
+        count, `fps` switches to `FpsSampling`; `do_sample_frames=False` takes every frame given.
+    duplicate_frames: give every frame twice (the release), so each temporal patch holds one frame.
+    min_pixels / max_pixels: Qwen2-VL's pixel bounds of a resized frame.
+    frame_pre_resize_max_pixels / frame_pre_resize_min_pixels: the release's first resize (`None`: none).
+    max_pixels_per_sample: the release's pixel budget of one sample, split over its frames (`None`: none).
+    sample_ids: the sample of each video (videos of one sample share `max_pixels_per_sample`); default: one each.
+    """
+
+    frame_sampling: FrameSampling | dict | str | None
+    duplicate_frames: bool
+    min_pixels: int
+    max_pixels: int
+    patch_size: int
+    temporal_patch_size: int
+    merge_size: int
+    frame_pre_resize_max_pixels: int | None
+    frame_pre_resize_min_pixels: int
+    max_pixels_per_sample: int | None
+    sample_ids: list[int] | None
+    rng: Any
+
+
+_SAVED_OPTIONS = (
+    "resample", "image_mean", "image_std", "rescale_factor", "do_resize", "do_rescale", "do_normalize",
+    "do_sample_frames", "patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels",
+    "duplicate_frames", "frame_pre_resize_max_pixels", "frame_pre_resize_min_pixels", "max_pixels_per_sample",
+)
+
+
+class Tarsier2VideoProcessor(VideoProcessorMixin):
+    r"""Videos -> Qwen2-VL `pixel_values_videos` and `video_grid_thw`, with Tarsier2's frame sampling and resizing.
+
+    `__call__(videos, **kwargs)` returns a `BatchFeature` with
+
+    - `pixel_values_videos` `(sum_i t_i * h_i * w_i, 3 * temporal_patch_size * patch_size**2)` float32;
+    - `video_grid_thw` `(n_videos, 3)` int64: temporal patches, patch rows, patch columns of each video;
+    - `video_metadata` (with `return_metadata=True`): one `VideoMetadata` per video, `frames_indices` the sampled
+      frame indices (before any duplication).
+
+    Each video: sample frames (`frame_sampling`), resize every frame with PIL bicubic first to at most
+    `frame_pre_resize_max_pixels` (factor 1), then to Qwen2-VL's size (factor `patch_size * merge_size`, within
+    `[min_pixels, max_pixels]`), rescale and normalise, give every frame `temporal_patch_size` times when
+    `duplicate_frames` (one frame alone is always tiled so), else pad an incomplete last temporal patch with the last
+    frame (transformers' `Qwen2VLVideoProcessor`; the release's 4.47 processor failed there), and patchify.
+
+    Args:
+        frame_sampling: default `Tarsier2Sampling(16)`, the release's `v1` sampler.
+        duplicate_frames: the release's `use_multi_images_for_video` (True there); False is plain Qwen2-VL.
+        frame_pre_resize_max_pixels: the release's 460800; None switches the first resize off (plain Qwen2-VL).
+        frame_pre_resize_min_pixels: the release's 0.
+        max_pixels_per_sample: the release's `128 * 384 * 384`: the first resize's cap is lowered to this divided
+            by the frames of the sample (duplicates counted) when that is smaller. Only with the first resize.
+        min_pixels, max_pixels, patch_size, temporal_patch_size, merge_size, image_mean, image_std, rescale_factor,
+            resample: as in transformers' Qwen2-VL processors (the checkpoint's `preprocessor_config.json`).
+    """
+
+    resample = PILImageResampling.BICUBIC
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    rescale_factor = 1 / 255
+    do_resize = True
+    do_rescale = True
+    do_normalize = True
+    do_sample_frames = True
+    patch_size = 14
+    temporal_patch_size = 2
+    merge_size = 2
+    min_pixels = 56 * 56
+    max_pixels = 28 * 28 * 1280
+    duplicate_frames = True
+    frame_pre_resize_max_pixels = RELEASE_FRAME_PRE_RESIZE_MAX_PIXELS
+    frame_pre_resize_min_pixels = 0
+    max_pixels_per_sample = RELEASE_MAX_PIXELS_PER_SAMPLE
+    valid_kwargs = Tarsier2VideosKwargs
+    model_input_names = ["pixel_values_videos", "video_grid_thw"]
+
+    def __init__(self, frame_sampling: FrameSampling | dict | str | None = None, **kwargs):
+        size = kwargs.pop("size", None)  # transformers' spelling of the pixel bounds
+        if isinstance(size, dict):
+            kwargs.setdefault("min_pixels", size.get("shortest_edge", size.get("min_pixels")))
+            kwargs.setdefault("max_pixels", size.get("longest_edge", size.get("max_pixels")))
+        kwargs = {k: v for k, v in kwargs.items() if not (k in ("min_pixels", "max_pixels") and v is None)}
+        super().__init__(**kwargs)
+        self.frame_sampling = Tarsier2Sampling() if frame_sampling is None else as_frame_sampling(frame_sampling)
+        for name in _SAVED_OPTIONS:  # instance attributes, so that `to_dict` saves every option
+            setattr(self, name, getattr(self, name))
+        for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
+            setattr(self, name, int(getattr(self, name)))
+        self.resample = int(self.resample)
+        self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
+        if self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} > max_pixels {self.max_pixels}")
+
+    @property
+    def size(self) -> dict[str, int]:
+        return {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output["frame_sampling"] = self.frame_sampling.to_dict()
+        output.pop("_valid_kwargs_names", None)
+        return output
+
+    # -- sampling and decoding ----------------------------------------------------------------------------------
+
+    def _sampling(self, frame_sampling=None, num_frames=None, fps=None) -> FrameSampling:
+        sampling = self.frame_sampling if frame_sampling is None else as_frame_sampling(frame_sampling)
+        if fps is not None and num_frames is not None:
+            raise ValueError("`num_frames` and `fps` are mutually exclusive")
+        if fps is not None:
+            return FpsSampling(float(fps), sampling.max_frames_per_video() or 64)
+        if num_frames is not None:
+            return sampling.with_num_frames(int(num_frames))
+        return sampling
+
+    def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
+        """Decode with this repo's PyAV reader (transformers' default needs torchcodec or torchvision)."""
+        if isinstance(video_url_or_urls, list):
+            return list(zip(*[self.fetch_videos(x) for x in video_url_or_urls]))
+        sample = load_video(video_url_or_urls, self.frame_sampling)
+        return sample.frames, _metadata(sample)
+
+    # -- pixels -------------------------------------------------------------------------------------------------
+
+    def frame_sizes(self, height: int, width: int, num_images: int = 0, **kwargs) -> tuple[tuple[int, int], tuple[int, int]]:
+        """`((h1, w1), (h2, w2))`: the size after the release's first resize and after Qwen2-VL's resize of a
+        `height x width` frame in a sample of `num_images` images (duplicates counted; the pixel budget)."""
+        options = {k: kwargs.get(k) if kwargs.get(k) is not None else getattr(self, k) for k in (
+            "frame_pre_resize_max_pixels", "frame_pre_resize_min_pixels", "max_pixels_per_sample", "min_pixels",
+            "max_pixels", "patch_size", "merge_size")}
+        for key in ("frame_pre_resize_max_pixels", "max_pixels_per_sample"):  # None may be asked for explicitly
+            if key in kwargs and kwargs[key] is None:
+                options[key] = None
+        pre_max, pre_min = options["frame_pre_resize_max_pixels"], options["frame_pre_resize_min_pixels"]
+        h1, w1 = height, width
+        if pre_max:  # the release resizes only when its max_pixels is set
+            budget = options["max_pixels_per_sample"]
+            if budget and num_images > 0 and budget // num_images < pre_max:
+                pre_max = budget // num_images
+                pre_min = min(pre_min, pre_max)
+            h1, w1 = smart_resize(height, width, 1, pre_min, pre_max)
+        h2, w2 = smart_resize(h1, w1, options["patch_size"] * options["merge_size"], options["min_pixels"],
+                              options["max_pixels"])
+        return (h1, w1), (h2, w2)
+
+    def _frame_patches(self, frame: np.ndarray, sizes, resample, rescale_factor, image_mean, image_std,
+                       patch_size: int, merge_size: int) -> np.ndarray:
+        """One `(H, W, 3)` uint8 frame -> `(h / m, w / m, m, m, 3, p, p)` float32 patches of the resized frame."""
+        (h1, w1), (h2, w2) = sizes
+        image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
+        if image.size != (w1, h1):
+            image = image.resize((w1, h1), resample=Image.Resampling.BICUBIC)  # the release's PIL default filter
+        if image.size != (w2, h2):
+            image = image.resize((w2, h2), resample=PILImageResampling(resample))
+        pixels = (np.asarray(image).astype(np.float64) * rescale_factor).astype(np.float32)
+        pixels = (pixels - np.asarray(image_mean, dtype=np.float32)) / np.asarray(image_std, dtype=np.float32)
+        grid_h, grid_w = h2 // patch_size, w2 // patch_size
+        pixels = pixels.reshape(grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size,
+                                patch_size, 3)
+        return pixels.transpose(0, 3, 1, 4, 6, 2, 5)
+
+    def video_patches(self, frames: np.ndarray, num_images: int | None = None, **kwargs) -> tuple[np.ndarray, tuple]:
+        """`(n, H, W, 3)` uint8 frames of one video -> (`(t * h * w, 3 * tp * p * p)` float32, `(t, h, w)`).
+
+        `num_images` is the count of images in the video's sample for `max_pixels_per_sample` (default: this
+        video's frames, duplicates counted); `kwargs` override the processor's attributes for this call.
+        """
+        opt = {k: kwargs[k] if kwargs.get(k) is not None else getattr(self, k) for k in (
+            "duplicate_frames", "patch_size", "temporal_patch_size", "merge_size", "resample", "rescale_factor",
+            "image_mean", "image_std")}
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+            raise ValueError(f"a video is (n, H, W, 3) uint8 frames with n >= 1, got {frames.dtype} {frames.shape}")
+        tp, p, m = opt["temporal_patch_size"], opt["patch_size"], opt["merge_size"]
+        # the frame sequence the model sees, as indices into `frames`
+        order = np.repeat(np.arange(len(frames)), tp if opt["duplicate_frames"] else 1)
+        if len(order) % tp:
+            order = np.concatenate([order, np.full(tp - len(order) % tp, order[-1])])
+        if num_images is None:
+            num_images = len(frames) * (tp if opt["duplicate_frames"] else 1)
+        sizes = self.frame_sizes(frames.shape[1], frames.shape[2], num_images, **kwargs)
+        (_, _), (h2, w2) = sizes
+        grid_t, grid_h, grid_w = len(order) // tp, h2 // p, w2 // p
+        out = np.empty((grid_t, grid_h // m, grid_w // m, m, m, 3, tp, p, p), dtype=np.float32)
+        done: dict[int, np.ndarray] = {}
+        for position, index in enumerate(order.tolist()):
+            if index not in done:
+                done = {index: self._frame_patches(frames[index], sizes, opt["resample"], opt["rescale_factor"],
+                                                   opt["image_mean"], opt["image_std"], p, m)}
+            out[position // tp, :, :, :, :, :, position % tp] = done[index]
+        return out.reshape(grid_t * grid_h * grid_w, 3 * tp * p * p), (grid_t, grid_h, grid_w)
+
+    # -- entry point --------------------------------------------------------------------------------------------
+
+    def preprocess(self, videos, **kwargs: Unpack[Tarsier2VideosKwargs]) -> BatchFeature:
+        """Sample, decode and patchify videos (see the class docstring).
+
+        Args:
+            videos: one video or a list (nested lists, e.g. one per sample, are flattened in order). A video is a
+                file path or URL (`video_processing_tarsier.load_video`: mp4/mkv/webm/..., frame folders, `file://`,
+                `data:`), a `(T, H, W, 3)` uint8 array or tensor, or a list of `(H, W, 3)` frames / PIL images / image
+                files.
+            **kwargs: `Tarsier2VideosKwargs`; `return_tensors` ("pt", "np") and `return_metadata` as in transformers.
+        """
+        unknown = sorted(set(kwargs) - set(Tarsier2VideosKwargs.__annotations__))
+        if unknown:
+            raise TypeError(f"Tarsier2VideoProcessor got unknown options {unknown}")
+        for name in ("do_resize", "do_rescale", "do_normalize", "do_center_crop", "do_pad", "crop_size"):
+            value = kwargs.pop(name, None)
+            if value is not None and value != getattr(self, name, None):
+                raise ValueError(f"Tarsier2VideoProcessor does not take {name}={value!r} (Qwen2-VL always resizes, "
+                                 "rescales and normalises)")
+        for name in ("do_convert_rgb", "default_to_square", "data_format", "input_data_format", "device",
+                     "video_metadata"):
+            kwargs.pop(name, None)
+        size = kwargs.pop("size", None)
+        if size:
+            kwargs.setdefault("min_pixels", size.get("shortest_edge"))
+            kwargs.setdefault("max_pixels", size.get("longest_edge"))
+        return_tensors = kwargs.pop("return_tensors", None)
+        return_metadata = kwargs.pop("return_metadata", False)
+        do_sample_frames = kwargs.pop("do_sample_frames", None)
+        do_sample_frames = self.do_sample_frames if do_sample_frames is None else do_sample_frames
+        sampling = self._sampling(kwargs.pop("frame_sampling", None), kwargs.pop("num_frames", None),
+                                  kwargs.pop("fps", None))
+        rng = kwargs.pop("rng", None)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            rng = np.random.default_rng(rng)
+        sample_ids = kwargs.pop("sample_ids", None)
+
+        videos = flatten_videos(videos)
+        if sample_ids is None:
+            sample_ids = list(range(len(videos)))
+        if len(sample_ids) != len(videos):
+            raise ValueError(f"sample_ids has {len(sample_ids)} entries for {len(videos)} videos")
+        samples = []
+        for video in videos:
+            samples.append(load_video(video, sampling if do_sample_frames else _EveryFrame(), rng=rng))
+
+        duplicate = kwargs.get("duplicate_frames")
+        duplicate = self.duplicate_frames if duplicate is None else duplicate
+        tp = kwargs.get("temporal_patch_size") or self.temporal_patch_size
+        images_in_sample: dict[int, int] = {}
+        for sample_id, sample in zip(sample_ids, samples):
+            images_in_sample[sample_id] = images_in_sample.get(sample_id, 0) + len(sample.frames) * (
+                tp if duplicate else 1)
+
+        pixel_values, grids = [], []
+        for sample_id, sample in zip(sample_ids, samples):
+            try:
+                patches, grid = self.video_patches(sample.frames, images_in_sample[sample_id], **kwargs)
+            except ValueError as error:
+                raise ValueError(f"{sample.source}: {error}") from None
+            pixel_values.append(patches)
+            grids.append(grid)
+        width = 3 * tp * (kwargs.get("patch_size") or self.patch_size) ** 2
+        data = {
+            "pixel_values_videos": np.concatenate(pixel_values) if pixel_values else np.zeros((0, width), np.float32),
+            "video_grid_thw": np.array(grids, dtype=np.int64).reshape(-1, 3),
+        }
+        if return_metadata:
+            data["video_metadata"] = [_metadata(sample) for sample in samples]
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
+
+    def get_num_of_video_patches(self, num_frames: int, height: int, width: int, videos_kwargs=None) -> int:
+        """Patches (`t * h * w`) of a video of `num_frames` sampled `height x width` frames, before merging."""
+        videos_kwargs = videos_kwargs or {}
+        duplicate = videos_kwargs.get("duplicate_frames", self.duplicate_frames)
+        tp = videos_kwargs.get("temporal_patch_size") or self.temporal_patch_size
+        images = num_frames * (tp if duplicate else 1)
+        (_, _), (h2, w2) = self.frame_sizes(height, width, images, **videos_kwargs)
+        p = videos_kwargs.get("patch_size") or self.patch_size
+        return -(-images // tp) * (h2 // p) * (w2 // p)
+
+
+class _EveryFrame(FrameSampling):
+    """Every frame once (`do_sample_frames=False`); not a registered policy: it is never saved."""
+
+    def indices(self, timestamps, complex_clip=False, rng=None):
+        return np.arange(timestamps if isinstance(timestamps, (int, np.integer)) else len(timestamps))
+
+    def max_frames_per_video(self, complex_clip=False):
+        return None
+
+
+def _metadata(sample) -> VideoMetadata:
+    return VideoMetadata(
+        total_num_frames=int(sample.total_frames), fps=sample.fps, video_backend="pyav",
+        frames_indices=[int(i) for i in sample.indices],
+        duration=sample.total_frames / sample.fps if sample.fps else None,
+    )
+
+
+def flatten_videos(videos) -> list:
+    """Videos in order from one video, a list of videos, or nested lists of them (one list per sample)."""
+    if videos is None:
+        return []
+    if isinstance(videos, (str, os.PathLike, Image.Image)):
+        return [videos]
+    if hasattr(videos, "shape"):  # numpy array or torch tensor
+        if len(videos.shape) == 5:
+            return list(videos)
+        return [videos]
+    if isinstance(videos, (list, tuple)):
+        if is_frame_list(videos):
+            return [list(videos)]
+        out = []
+        for item in videos:
+            out.extend(flatten_videos(item))
+        return out
+    raise VideoReadError(f"unsupported video input of type {type(videos).__name__}")
+
+
+class Tarsier2ProcessorKwargs(ProcessingKwargs, total=False):
+    videos_kwargs: Tarsier2VideosKwargs
+
+
+class Tarsier2Processor(ProcessorMixin):
+    r"""Qwen2-VL processor for Tarsier2: tokenizer + Qwen2-VL image processor + `Tarsier2VideoProcessor`.
+
+    `__call__(images=None, text=None, videos=None, **kwargs)` and `apply_chat_template(...)` return
+
+    - `input_ids` `(B, L)`, `attention_mask` `(B, L)`: every `<|video_pad|>` expanded into
+      `t * h * w // merge_size**2` tokens (every `<|image_pad|>` likewise from `image_grid_thw`);
+    - `mm_token_type_ids` `(B, L)`: 0 text, 1 image, 2 video (transformers 5's `Qwen2VLModel` needs it);
+    - `pixel_values_videos` `(sum t*h*w, 3 * temporal_patch_size * patch_size**2)`, `video_grid_thw` `(V, 3)`;
+    - `pixel_values`, `image_grid_thw` for images (transformers' Qwen2-VL image processor, unchanged);
+    - `video_metadata` (one `VideoMetadata` per video, `frames_indices` = sampled frame indices) with
+      `return_metadata=True`; `assistant_masks` with `apply_chat_template(..., return_assistant_tokens_mask=True)`.
+
+    Videos of one sample share the release's pixel budget (`max_pixels_per_sample`); still images do not count
+    towards it here (the release counts each as its processor's `temporal_patch_size` images).
+    """
+
+    valid_processor_kwargs = Tarsier2ProcessorKwargs
+    return_mm_token_type_ids = True
+    skip_tensor_conversion = ["video_metadata", "text_replacement_offsets"]
+
+    def __init__(self, image_processor=None, tokenizer=None, video_processor=None, chat_template=None, **kwargs):
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        missing = [t for t in (self.image_token, self.video_token) if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"the tokenizer lacks Qwen2-VL's tokens {missing}")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template)
+
+    def check_argument_for_proper_class(self, argument_name, argument):
+        """transformers resolves the video processor's base class (`VideoProcessorMixin`) through its top-level
+        namespace, which exports it only when torchvision is installed; check against the class itself instead."""
+        if argument_name == "video_processor":
+            if not isinstance(argument, VideoProcessorMixin):
+                raise TypeError(f"Received a {type(argument).__name__} for argument video_processor, but a "
+                                "VideoProcessorMixin was expected.")
+            return VideoProcessorMixin
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs: Unpack[Tarsier2ProcessorKwargs]):
+        if videos is not None and text is not None and "sample_ids" not in kwargs:
+            texts = [text] if isinstance(text, str) else text
+            kwargs["sample_ids"] = [i for i, t in enumerate(texts) for _ in range(t.count(self.video_token))]
+        return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        merge_length = self.image_processor.merge_size**2
+        return self.image_token * int(image_inputs["image_grid_thw"][image_idx].prod() // merge_length)
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        merge_length = self.video_processor.merge_size**2
+        return self.video_token * int(video_inputs["video_grid_thw"][video_idx].prod() // merge_length)
+
+    def _process_videos(self, videos, **kwargs):
+        processed = self.video_processor(videos, **kwargs)
+        count = len(processed["video_grid_thw"])
+        return processed, [self.replace_video_token(processed, i) for i in range(count)]
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "pixel_values_videos",
+                "video_grid_thw", "mm_token_type_ids"]
+
+
+def build_tarsier2_processor(
+    tokenizer,
+    chat_template: str | None,
+    *,
+    min_pixels: int,
+    max_pixels: int,
+    frame_pre_resize_max_pixels: int | None = RELEASE_FRAME_PRE_RESIZE_MAX_PIXELS,
+    duplicate_frames: bool = True,
+    frame_sampling: FrameSampling | dict | str | None = None,
+    max_pixels_per_sample: int | None = RELEASE_MAX_PIXELS_PER_SAMPLE,
+) -> Tarsier2Processor:
+    """The processor of a converted Tarsier2 folder; `save_pretrained(folder)` writes it with its remote code.
+
+    Args:
+        tokenizer: the checkpoint's Qwen2 tokenizer (holds `<|video_pad|>`, `<|image_pad|>`).
+        chat_template: the checkpoint's chat template (None: the tokenizer's).
+        min_pixels, max_pixels: the checkpoint's `preprocessor_config.json` bounds (Qwen2-VL's resize).
+        frame_pre_resize_max_pixels: the release's first resize of every frame (460800; None: off).
+        duplicate_frames: every frame twice (the release: True).
+        frame_sampling: default `Tarsier2Sampling(16)`.
+        max_pixels_per_sample: the release's per-sample budget (`128 * 384 * 384`; None: off).
+    """
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    video_processor = Tarsier2VideoProcessor(
+        frame_sampling=frame_sampling, min_pixels=min_pixels, max_pixels=max_pixels,
+        frame_pre_resize_max_pixels=frame_pre_resize_max_pixels, duplicate_frames=duplicate_frames,
+        max_pixels_per_sample=max_pixels_per_sample,
+    )
+    if chat_template is None:
+        chat_template = getattr(tokenizer, "chat_template", None)
+    return Tarsier2Processor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+                             chat_template=chat_template)
+
+
+Tarsier2VideoProcessor.register_for_auto_class("AutoVideoProcessor")
+Tarsier2Processor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["Tarsier2Processor", "Tarsier2ProcessorKwargs", "Tarsier2VideoProcessor", "Tarsier2VideosKwargs",
+           "build_tarsier2_processor", "flatten_videos", "smart_resize"]
