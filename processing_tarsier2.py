@@ -410,6 +410,7 @@ class Tarsier2Processor(ProcessorMixin):
     """
 
     valid_processor_kwargs = Tarsier2ProcessorKwargs
+    text_kwargs = {"padding": True}  # a batch of conversations pads to its longest (the tokenizer's padding side)
     return_mm_token_type_ids = True
     skip_tensor_conversion = ["video_metadata", "text_replacement_offsets"]
 
