@@ -9,9 +9,10 @@ from pathlib import Path
 
 from tarsier_hf.eval.autodq.pipeline import build_judge
 from tarsier_hf.eval.autodq.scoring import get_config
+from tarsier_hf.eval.prompts import get_preset
 from tarsier_hf.inference.batch import get_state, run_inference
 from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, inference_sampling
-from video_processing_tarsier import VIDEO_EXTENSIONS
+from video_processing_tarsier import VIDEO_EXTENSIONS, FrameSampling
 
 
 @dataclass(kw_only=True)
@@ -24,9 +25,11 @@ class ModelArguments(GenerationArguments):
     limit: int | None = field(default=None, metadata={"help": "Only the first N samples (smoke runs)."})
 
     def inference_settings(self, num_frames: int | None, fps: float | None = None) -> InferenceSettings:
-        """The run's settings: `num_frames` uniform frames, or the preset's `fps` when no count is given."""
+        """The run's settings: `num_frames` frames by the preset's policy, or the preset's `fps` when no count is
+        given."""
+        policy = FrameSampling.from_dict({"policy": get_preset(self.model_preset).frame_sampling})
         return InferenceSettings(
-            checkpoint=self.checkpoint, frame_sampling=inference_sampling(num_frames, fps),
+            checkpoint=self.checkpoint, frame_sampling=inference_sampling(num_frames, fps, default=policy),
             system_prompt=self.system_prompt, dtype=self.dtype, generation=self.generation_config(), seed=self.seed,
         )
 

@@ -44,15 +44,22 @@ class ModelPreset:
 
     Attributes:
         name: preset name (lower case, as accepted by `get_preset`).
-        num_frames: frames sampled uniformly (first and last included); None when `fps` is used.
+        num_frames: frames sampled by `frame_sampling` (uniform: first and last included); None when `fps` is used.
         fps: sampling rate for models that sample by time (Gemini 1.5 Pro: 1 fps); None otherwise.
         description_prompt: the DREAM-1K prompt (Appendix C).
+        frame_sampling: the frame-sampling policy (`video_processing_tarsier.FRAME_SAMPLING_POLICIES`): `uniform`
+            (Tarsier, §5.1), `tarsier2` (the Tarsier2 release's rule: every frame of a clip of at most
+            `num_frames` frames, else `round(i * (T - 1) / (n - 1))`).
+        benchmark_frames: frames on the public benchmarks when the model's own setting differs from Tarsier's
+            (§5.2); None follows `frames_for`'s Tarsier rule.
     """
 
     name: str
     num_frames: int | None
     fps: float | None
     description_prompt: str
+    frame_sampling: str = "uniform"
+    benchmark_frames: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,7 +70,9 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     for preset in (
         ModelPreset("tarsier-7b", 8, None, DEFAULT_DESCRIPTION_PROMPT),
         ModelPreset("tarsier-34b", 8, None, DEFAULT_DESCRIPTION_PROMPT),
-        ModelPreset("tarsier2-7b", 16, None, DEFAULT_DESCRIPTION_PROMPT),
+        # the Tarsier2 release's inference config (configs/tarser2_default_config.yaml): 16 frames by its `v1` rule
+        # on every benchmark; its converted processor adds the rest (each frame given twice, the two resizes)
+        ModelPreset("tarsier2-7b", 16, None, DEFAULT_DESCRIPTION_PROMPT, frame_sampling="tarsier2", benchmark_frames=16),
         ModelPreset("gpt-4v", 8, None, _GPT4V_PROMPT),
         ModelPreset("gpt-4o", 16, None, _GPT4V_PROMPT),
         ModelPreset("gemini-1.5-pro", None, 1.0, _GEMINI_PROMPT),
@@ -109,6 +118,8 @@ def frames_for(preset: str | ModelPreset, benchmark: str) -> int | None:
     benchmark = benchmark.lower().replace("-", "_")
     if benchmark in ("dream1k", "dream_1k"):
         return preset.num_frames
+    if preset.benchmark_frames is not None:
+        return preset.benchmark_frames
     return BENCHMARK_FRAMES.get(benchmark, TARSIER_BENCHMARK_FRAMES)
 
 

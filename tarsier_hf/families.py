@@ -116,30 +116,61 @@ def load_model_and_processor(
             processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
             model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True, **model_kwargs)
         else:
-            from tarsier_hf.training.model_builder import load_tarsier
+            from modeling_tarsier import TarsierForConditionalGeneration
 
-            model, processor = load_tarsier(checkpoint, **model_kwargs)
+            processor = load_processor(checkpoint, family)
+            model = TarsierForConditionalGeneration.from_pretrained(checkpoint, **model_kwargs)
     elif family is QWEN2_VL:
         from transformers import Qwen2VLForConditionalGeneration
 
         model_kwargs.setdefault("attn_implementation", "sdpa")
         model = Qwen2VLForConditionalGeneration.from_pretrained(checkpoint, **model_kwargs)
-        processor = load_qwen2_vl_processor(checkpoint, trust_remote_code)
+        processor = load_processor(checkpoint, family, trust_remote_code)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        processor = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+        processor = load_processor(checkpoint, family, trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, **model_kwargs)
     return model.to(device).eval(), processor, family
 
 
-def load_qwen2_vl_processor(checkpoint: str, trust_remote_code: bool = False):
-    """The processor of a Qwen2-VL folder: this repository's torchvision-free `Tarsier2Processor` (reading the
-    folder's tokenizer, chat template and pixel settings), or with `trust_remote_code` whatever the folder names."""
+def load_processor(checkpoint: str | os.PathLike, family: ModelFamily | None = None, trust_remote_code: bool = False):
+    """The processor of a checkpoint (its tokenizer for a plain LM), without loading the model.
+
+    Tarsier: this repository's `TarsierProcessor`; Qwen2-VL: this repository's torchvision-free `Tarsier2Processor`
+    (it reads the folder's tokenizer, chat template and pixel settings); with `trust_remote_code`, whatever the
+    folder's own `auto_map` names.
+    """
+    family = family or detect_family(checkpoint)
+    checkpoint = str(checkpoint)
+    if family is CAUSAL_LM:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     if trust_remote_code:
         from transformers import AutoProcessor
 
         return AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
+    if family is TARSIER:
+        from transformers import AutoConfig
+
+        from configuration_tarsier import TarsierConfig
+        from processing_tarsier import TarsierProcessor
+
+        # the tokenizer loader reads config.json through AutoConfig: with "tarsier" registered to this repository's
+        # class it resolves without running (or trusting) the checkpoint's own configuration_tarsier.py
+        AutoConfig.register("tarsier", TarsierConfig, exist_ok=True)
+        return TarsierProcessor.from_pretrained(checkpoint)
     from processing_tarsier2 import Tarsier2Processor
 
     return Tarsier2Processor.from_pretrained(checkpoint)
+
+
+def default_frame_sampling(checkpoint: str | os.PathLike, trust_remote_code: bool = False):
+    """The `FrameSampling` a checkpoint's processor uses when a run names none (Tarsier: 8 uniform frames; a
+    converted Tarsier2 folder: the release's 16-frame `tarsier2` policy)."""
+    processor = load_processor(checkpoint, trust_remote_code=trust_remote_code)
+    owner = processor if hasattr(processor, "frame_sampling") else getattr(processor, "video_processor", None)
+    if owner is None or not hasattr(owner, "frame_sampling"):
+        raise UnsupportedCheckpointError(f"{checkpoint}: its processor samples no video frames")
+    return owner.frame_sampling

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from tarsier_hf.jsonl import append_jsonl, first_by_id, read_jsonl
+from tarsier_hf.families import default_frame_sampling
 from tarsier_hf.inference.engine import (
     GenerationArguments, InferenceSettings, VideoRequest, VideoTextGenerator, inference_sampling,
     load_model_and_processor, prefetched_batches,
@@ -198,7 +199,7 @@ class InferenceArguments(GenerationArguments):
     requests: str = field(metadata={"help": "JSONL of {id, video, prompt}."})
     output: str = field(metadata={"help": "JSONL to append results to (resumed when it exists)."})
     num_frames: int | None = field(default=None, metadata={
-        "help": "Frames per video, uniform with the first and last (paper §5.1; default 8 unless --fps)."})
+        "help": "Frames per video under the checkpoint's own sampling policy (Tarsier: 8 uniform frames, first and last included, §5.1; Tarsier2: 16 by the release's rule)."})
     fps: float | None = field(default=None, metadata={"help": "Sample at this rate instead (capped by --max_frames)."})
     max_frames: int = field(default=64, metadata={"help": "Cap of --fps."})
     trust_remote_code: bool = field(
@@ -208,7 +209,9 @@ class InferenceArguments(GenerationArguments):
 
     def settings(self) -> InferenceSettings:
         return InferenceSettings(
-            checkpoint=self.checkpoint, frame_sampling=inference_sampling(self.num_frames, self.fps, self.max_frames),
+            checkpoint=self.checkpoint,
+            frame_sampling=inference_sampling(self.num_frames, self.fps, self.max_frames,
+                                              default=lambda: default_frame_sampling(self.checkpoint, self.trust_remote_code)),
             system_prompt=self.system_prompt, dtype=self.dtype, generation=self.generation_config(), seed=self.seed,
         )
 

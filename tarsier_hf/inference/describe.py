@@ -24,6 +24,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from tarsier_hf.inference.batch import get_state, run_inference
+from tarsier_hf.families import default_frame_sampling
 from tarsier_hf.inference.engine import (
     DEFAULT_DESCRIPTION_PROMPT, GenerationArguments, InferenceSettings, VideoRequest, inference_sampling,
 )
@@ -39,7 +40,7 @@ class DescribeArguments(GenerationArguments):
     checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
     output: str = field(default="descriptions.jsonl", metadata={"help": "JSONL file (appended; resumed if present)."})
     num_frames: int | None = field(default=None, metadata={
-        "help": "Frames per video, uniform with first and last (§5.1; default 8 unless --fps)."})
+        "help": "Frames per video under the checkpoint's own sampling policy (Tarsier: 8 uniform frames, first and last included, §5.1; Tarsier2: 16 by the release's rule)."})
     fps: float | None = field(default=None, metadata={"help": "Sample by rate instead (capped by max_frames)."})
     max_frames: int = field(default=64, metadata={"help": "Cap for --fps."})
     prompt: str = field(default=DEFAULT_DESCRIPTION_PROMPT, metadata={"help": "Instruction given with every video."})
@@ -87,7 +88,9 @@ def collect_videos(inputs: list[str], recursive: bool = False) -> list[str]:
 
 def settings_from(args: DescribeArguments) -> InferenceSettings:
     return InferenceSettings(
-        checkpoint=args.checkpoint, frame_sampling=inference_sampling(args.num_frames, args.fps, args.max_frames),
+        checkpoint=args.checkpoint,
+        frame_sampling=inference_sampling(args.num_frames, args.fps, args.max_frames,
+                                          default=lambda: default_frame_sampling(args.checkpoint, args.trust_remote_code)),
         system_prompt=args.system_prompt, dtype=args.dtype, generation=args.generation_config(), seed=args.seed,
     )
 

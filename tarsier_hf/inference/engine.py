@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import GenerationConfig
@@ -37,12 +37,16 @@ def default_generation_config() -> GenerationConfig:
     return GenerationConfig(**GENERATION_DEFAULTS)
 
 
-def inference_sampling(num_frames: int | None = None, fps: float | None = None, max_frames: int = 64) -> FrameSampling:
-    """The inference frame sampling of a command line: `num_frames` uniform frames, first and last included (paper
-    §5.1; default 8), or, with `fps` and no `num_frames`, a fixed rate capped at `max_frames`."""
+def inference_sampling(num_frames: int | None = None, fps: float | None = None, max_frames: int = 64,
+                       default: FrameSampling | Callable[[], FrameSampling] | None = None) -> FrameSampling:
+    """The frame sampling of a command line: `default` (the checkpoint's own policy, or a function that reads it,
+    e.g. `lambda: families.default_frame_sampling(checkpoint)`; else 8 uniform frames with the first and last, paper
+    §5.1) with `num_frames` frames, or, with `fps` and no `num_frames`, a fixed rate capped at `max_frames`."""
     if fps is not None and num_frames is None:
         return FpsSampling(fps=fps, max_frames=max_frames)
-    return UniformSampling(8 if num_frames is None else num_frames)
+    policy = default() if callable(default) else default
+    policy = policy if policy is not None else UniformSampling(8)
+    return policy if num_frames is None else policy.with_num_frames(num_frames)
 
 
 @dataclass
