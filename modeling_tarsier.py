@@ -304,69 +304,6 @@ class TarsierForConditionalGeneration(TarsierPreTrainedModel, GenerationMixin):
     ) -> torch.FloatTensor:
         return self.model.get_image_features(pixel_values, num_frames)
 
-    def set_trainable_parts(
-        self,
-        train_vision_tower: bool = False,
-        train_projector: bool = False,
-        train_language_model: bool | int = True,
-        train_embeddings: bool = True,
-    ) -> dict[str, int]:
-        """
-        Choose which parameters train, as the Tarsier recipe does (vision tower and projector frozen, whole LLM
-        trained).
-
-        Args:
-            train_vision_tower: train the vision tower.
-            train_projector: train the MLP projector.
-            train_language_model: `True` trains every LLM parameter (embeddings and LM head included), `False`
-                none, and an integer `k` only the top `k` decoder layers plus the final norm and the LM head (the
-                paper's Table 6 ablation trains the top 8).
-            train_embeddings: `False` keeps the token embeddings and the LM head frozen whatever
-                `train_language_model` says (for a small LLM the tied vocabulary table is most of the weights:
-                freezing it shortens a CPU training step of the tiny recipe 1.33x and keeps the vocabulary as
-                pretrained).
-
-        Returns:
-            Trainable parameter counts per part: `{"vision_tower", "projector", "language_model"}`.
-        """
-        self.model.vision_tower.requires_grad_(train_vision_tower)
-        self.model.multi_modal_projector.requires_grad_(train_projector)
-        language_model = self.model.language_model
-        if isinstance(train_language_model, bool):
-            language_model.requires_grad_(train_language_model)
-            self.lm_head.requires_grad_(train_language_model)
-        else:
-            layers = getattr(language_model, "layers", None)
-            if layers is None:
-                raise ValueError(f"{type(language_model).__name__} has no `layers`; cannot train only the top layers")
-            if not 0 < train_language_model <= len(layers):
-                raise ValueError(
-                    f"train_language_model={train_language_model}: expected 1..{len(layers)} layers (or a bool)"
-                )
-            language_model.requires_grad_(False)
-            for layer in layers[-train_language_model:]:
-                layer.requires_grad_(True)
-            if getattr(language_model, "norm", None) is not None:
-                language_model.norm.requires_grad_(True)
-            self.lm_head.requires_grad_(True)
-            if self.lm_head.weight is language_model.get_input_embeddings().weight and train_embeddings:
-                logger.warning("The LM head is tied to the input embeddings: training it also trains the embeddings.")
-        if not train_embeddings:
-            language_model.get_input_embeddings().requires_grad_(False)
-            self.lm_head.requires_grad_(False)
-
-        def count(module: nn.Module) -> int:
-            return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-        lm_params = count(language_model)
-        if self.lm_head.weight is not language_model.get_input_embeddings().weight:
-            lm_params += count(self.lm_head)
-        return {
-            "vision_tower": count(self.model.vision_tower),
-            "projector": count(self.model.multi_modal_projector),
-            "language_model": lm_params,
-        }
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

@@ -28,6 +28,7 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
+from tarsier_hf import families
 from tarsier_hf.hub.checkpoint import check_checkpoint, copy_code_files
 from tarsier_hf.hub.model_card import render_model_card
 from tarsier_hf.hub.publish import push_to_hub as publish
@@ -38,7 +39,8 @@ from tarsier_hf.training.collator import TarsierVideoCollator
 from tarsier_hf.training.data import (
     ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
 )
-from tarsier_hf.training.model_builder import build_from_parts, load_tarsier, save_tarsier
+from tarsier_hf.training.freezing import set_trainable_parts
+from tarsier_hf.training.model_builder import build_from_parts, save_tarsier
 from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
 logger = logging.getLogger("train_sft")
@@ -61,16 +63,28 @@ def build_model(
     """
     The model and processor to train, with parts frozen per the arguments, and the LoRA config (`--use_peft`).
 
+    `--model_name_or_path` loads a checkpoint of either video family through `tarsier_hf.families`: a Tarsier
+    folder (`TarsierForConditionalGeneration` + `TarsierProcessor`) or a Tarsier2 / Qwen2-VL folder (transformers'
+    `Qwen2VLForConditionalGeneration` + `Tarsier2Processor`). `--dtype auto` is bfloat16 when CUDA is available,
+    else float32 (`families.resolve_dtype`). Otherwise a Tarsier is built from `--vision_model` and
+    `--language_model`.
+
     Returns `(model, processor, peft_config or None, base model name for the card)`.
     """
     if model_args.lora_task_type != "CAUSAL_LM":
         raise ValueError(f"--lora_task_type {model_args.lora_task_type}: Tarsier trains a causal LM (CAUSAL_LM)")
     quantization_config = get_quantization_config(model_args)
     if model_args.model_name_or_path:
-        kwargs = {"revision": model_args.model_revision, "attn_implementation": model_args.attn_implementation}
+        kwargs = {"revision": model_args.model_revision}
+        if model_args.attn_implementation:
+            kwargs["attn_implementation"] = model_args.attn_implementation
         if quantization_config is not None:
             kwargs["quantization_config"] = quantization_config
-        model, processor = load_tarsier(model_args.model_name_or_path, dtype=model_args.dtype, **kwargs)
+        dtype = families.resolve_dtype(model_args.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+        model, processor, family = families.load_model_and_processor(model_args.model_name_or_path, dtype, **kwargs)
+        if not family.multimodal:
+            raise ValueError(f"--model_name_or_path {model_args.model_name_or_path}: a text-only {family.name} "
+                             "checkpoint; train_sft.py trains video models (Tarsier, Tarsier2 / Qwen2-VL)")
         base_name = model_args.model_name_or_path
     elif tarsier_args.vision_model and tarsier_args.language_model:
         if quantization_config is not None:
@@ -100,14 +114,16 @@ def build_model(
     else:
         raise ValueError("give --model_name_or_path, or both --vision_model and --language_model to build from parts")
 
-    counts = model.set_trainable_parts(
+    counts = set_trainable_parts(
+        model,
         train_vision_tower=tarsier_args.train_vision_tower,
         train_projector=tarsier_args.train_projector,
         train_language_model=False if model_args.use_peft else parse_llm_layers(tarsier_args.train_llm_layers),
         train_embeddings=tarsier_args.train_embeddings,
     )
     if model_args.use_peft and model_args.lora_target_modules is None:
-        # TRL leaves the choice to peft, which knows no Tarsier: adapters on the language model only
+        # TRL leaves the choice to peft, which knows no Tarsier: adapters on the language model's attention and
+        # MLP projections only (the regex matches no vision block, projector or Qwen2-VL merger)
         model_args.lora_target_modules = DEFAULT_LORA_TARGETS
     peft_config = get_peft_config(model_args)
     logger.info("trainable parameters before adapters: %s", counts)
@@ -182,10 +198,11 @@ def as_hf_dataset(dataset, training_args):
 
 
 def warn_if_max_length_too_short(tarsier_args: TarsierArguments, processor, max_length: int | None) -> None:
-    """Say up front when `max_length` cannot hold the largest frame count (those samples would all be skipped)."""
+    """Say up front when `max_length` cannot hold the largest frame count (those samples would all be skipped);
+    Tarsier only, whose frames have a fixed token count."""
     frames = tarsier_args.sampling().max_frames_per_video(complex_clip=bool(tarsier_args.complex_sources))
-    if max_length is None or frames is None:
-        return
+    if max_length is None or frames is None or not hasattr(processor, "tokens_per_frame"):
+        return  # a Qwen2-VL frame's token count depends on its size: known only once it is read
     needed = frames * processor.tokens_per_frame
     if needed >= max_length:
         logger.warning(
@@ -270,7 +287,7 @@ def main(
             if tarsier_args.merge_lora_on_save:
                 merged = trainer.model.merge_and_unload()
                 save_tarsier(merged, processor, os.path.join(output_dir, "merged"))
-        else:
+        elif model.config.model_type == families.TARSIER.model_type:  # Qwen2-VL loads with transformers' own class
             copy_code_files(output_dir)
         datasets_used = [s.path if isinstance(s.path, str) else type(s.path).__name__
                          for s in dataset_specs(script_args, tarsier_args, script_args.dataset_train_split)]

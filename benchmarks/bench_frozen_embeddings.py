@@ -21,6 +21,7 @@ import torch
 from transformers import HfArgumentParser
 
 from bench_loss_head import build
+from tarsier_hf.training.freezing import set_trainable_parts
 
 
 def train_step(trainer, model, optimizer, batch) -> float:
@@ -46,7 +47,7 @@ def main():
         trainer = trainers["plain"]
         settings = {}
         for trained in (True, False):
-            model.set_trainable_parts(True, True, True, train_embeddings=trained)
+            set_trainable_parts(model, True, True, True, train_embeddings=trained)
             params = [p for p in model.parameters() if p.requires_grad]
             # lr 0: the weights (and so every step's work) stay the same across the alternating runs
             settings[trained] = (params, torch.optim.AdamW(params, lr=0.0))
@@ -55,7 +56,7 @@ def main():
         for repeat in range(args.repeats + 1):  # the first round warms up
             for trained in ((True, False) if repeat % 2 == 0 else (False, True)):
                 params, optimizer = settings[trained]
-                model.set_trainable_parts(True, True, True, train_embeddings=trained)
+                set_trainable_parts(model, True, True, True, train_embeddings=trained)
                 seconds = train_step(trainer, model, optimizer, batch)
                 if repeat:
                     times[trained].append(seconds)

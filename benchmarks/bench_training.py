@@ -30,6 +30,7 @@ from tarsier_hf.dream_s.video_writer import write_video
 from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 from tarsier_hf.training.collator import TarsierVideoCollator
 from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+from tarsier_hf.training.freezing import set_trainable_parts
 from tarsier_hf.training.model_builder import build_from_parts
 from tarsier_hf.training.trainer import TarsierSFTTrainer
 from video_processing_tarsier import RandomSegmentsSampling
@@ -101,7 +102,7 @@ def bench_pipeline(dataset, collator, workers: int, batch_size: int, batches: in
 def bench_model(model, batches: list[dict], steps: int) -> tuple[float, float]:
     """(samples/s, tokens/s) of forward + backward + AdamW on pre-collated batches."""
     model.train()
-    model.set_trainable_parts()
+    set_trainable_parts(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-5, eps=1e-6)
     inputs = [{k: v for k, v in b.items() if not k.startswith("skipped")} for b in batches]
     model(**inputs[0]).loss.backward()  # warm-up

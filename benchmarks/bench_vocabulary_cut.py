@@ -27,6 +27,7 @@ from tarsier_hf.dream_s import BuildConfig, build_dataset
 from tarsier_hf.tiny_recipe.__main__ import RECIPES, make_language_model
 from tarsier_hf.training.collator import TarsierVideoCollator
 from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+from tarsier_hf.training.freezing import set_trainable_parts
 from tarsier_hf.training.model_builder import build_from_parts
 from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 from video_processing_tarsier import UniformSampling
@@ -43,8 +44,8 @@ def build(llm: Path, data: Path, tmp: str, batch_size: int, bf16: bool = False):
 
     model, processor = build_from_parts(str(RECIPES / "vision_tower.json"), str(llm), chat_template="chatml",
                                         use_frame_separators=False, vision_feature_layer=-1, vision_feature_pooling=3)
-    model.set_trainable_parts(train_vision_tower=False, train_projector=True, train_language_model=True,
-                              train_embeddings=False)
+    set_trainable_parts(model, train_vision_tower=False, train_projector=True, train_language_model=True,
+                        train_embeddings=False)
     model.train()
     rows = ConversationDataset([DatasetSpec(str(data / "stage2.jsonl"), str(data), "train")], seed=0)
     collator = TarsierVideoCollator(processor, frame_sampling=UniformSampling(8), on_too_long="error")

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from configuration_tarsier import TarsierConfig
 from modeling_tarsier import TarsierForConditionalGeneration
+from tarsier_hf.training.freezing import set_trainable_parts
 
 # Dense bf16 tensor-core peak (no sparsity) by device-name substring, from the vendors' data sheets; first match wins.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "GH200": 989.0, "B200": 2250.0,
@@ -149,7 +150,7 @@ def synchronize(device):
 
 
 def check_training(model, config, device, frames, steps) -> dict:
-    model.set_trainable_parts(train_vision_tower=False, train_projector=False, train_language_model=True)
+    set_trainable_parts(model, train_vision_tower=False, train_projector=False, train_language_model=True)
     model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -68,6 +68,7 @@ ENGINE = textwrap.dedent(
     from pathlib import Path
     from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.freezing import set_trainable_parts
     from tarsier_hf.training.model_builder import load_tarsier
     from video_processing_tarsier import UniformSampling
 
@@ -78,7 +79,7 @@ ENGINE = textwrap.dedent(
     config.pop("bf16", None)  # float32 on CPU
     torch.manual_seed(0)
     model, processor = load_tarsier(folder)
-    model.set_trainable_parts(train_vision_tower=False, train_projector=False, train_language_model=True)
+    set_trainable_parts(model, train_vision_tower=False, train_projector=False, train_language_model=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     rows = [normalize_row(json.loads(line), data_dir) for line in open(f"{data_dir}/good.jsonl")]

@@ -338,40 +338,6 @@ def test_fused_loss_path_sees_hidden_states_aligned_with_labels():
     torch.testing.assert_close(fused, model(**inputs, labels=labels).loss)
 
 
-def test_set_trainable_parts():
-    model = make_model(tiny_config())
-    counts = model.set_trainable_parts()  # the paper's recipe
-    assert counts["vision_tower"] == 0 and counts["projector"] == 0 and counts["language_model"] > 0
-    counts = model.set_trainable_parts(train_projector=True, train_language_model=1)
-    layers = model.model.language_model.layers
-    assert all(p.requires_grad for p in layers[-1].parameters())
-    assert not any(p.requires_grad for p in layers[0].parameters())
-    assert not model.get_input_embeddings().weight.requires_grad and model.lm_head.weight.requires_grad
-    assert counts["projector"] == sum(p.numel() for p in model.model.multi_modal_projector.parameters())
-    with pytest.raises(ValueError, match="expected 1..2 layers"):
-        model.set_trainable_parts(train_language_model=5)
-
-
-@pytest.mark.parametrize("tied", [True, False])
-def test_set_trainable_parts_frozen_embeddings(tied):
-    model = make_model(tiny_config(tie_word_embeddings=tied))
-    counts = model.set_trainable_parts(train_vision_tower=True, train_projector=True, train_embeddings=False)
-    assert not model.get_input_embeddings().weight.requires_grad and not model.lm_head.weight.requires_grad
-    layers = model.model.language_model.layers
-    assert all(p.requires_grad for layer in layers for p in layer.parameters())
-    embeddings = model.get_input_embeddings().weight.numel()
-    everything = sum(p.numel() for p in model.model.language_model.parameters())
-    assert counts["language_model"] == everything - embeddings
-    # a step changes the decoder layers and leaves the vocabulary exactly as it was
-    before = model.get_input_embeddings().weight.clone(), model.lm_head.weight.clone(), layers[0].mlp.up_proj.weight.clone()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
-    ids = torch.tensor([sample_ids(model.config, 2)])
-    model(input_ids=ids, pixel_values=frames(2), num_frames=torch.tensor([2]), labels=ids).loss.backward()
-    optimizer.step()
-    assert torch.equal(before[0], model.get_input_embeddings().weight) and torch.equal(before[1], model.lm_head.weight)
-    assert not torch.equal(before[2], layers[0].mlp.up_proj.weight)
-
-
 # ----------------------------------------------------------------------------------------------- remote code
 
 

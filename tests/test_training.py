@@ -287,6 +287,55 @@ def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, 
     assert int(batch["skipped_too_long"]) == 1 and int(batch["num_frames"][0]) == 0
 
 
+def _tiny_model(**overrides):
+    from modeling_tarsier import TarsierForConditionalGeneration
+    from tests.tiny_tarsier import tiny_config
+
+    torch.manual_seed(0)
+    return TarsierForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def test_set_trainable_parts():
+    from tarsier_hf.training.freezing import set_trainable_parts
+
+    model = _tiny_model()
+    counts = set_trainable_parts(model)  # the paper's recipe
+    assert counts["vision_tower"] == 0 and counts["projector"] == 0 and counts["language_model"] > 0
+    counts = set_trainable_parts(model, train_projector=True, train_language_model=1)
+    layers = model.model.language_model.layers
+    assert all(p.requires_grad for p in layers[-1].parameters())
+    assert not any(p.requires_grad for p in layers[0].parameters())
+    assert not model.get_input_embeddings().weight.requires_grad and model.lm_head.weight.requires_grad
+    assert counts["projector"] == sum(p.numel() for p in model.model.multi_modal_projector.parameters())
+    with pytest.raises(ValueError, match="expected 1..2 layers"):
+        set_trainable_parts(model, train_language_model=5)
+    assert not hasattr(model, "set_trainable_parts")  # training policy lives in the training package (issue #37)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_set_trainable_parts_frozen_embeddings(tied):
+    from tarsier_hf.training.freezing import set_trainable_parts
+    from tests.tiny_tarsier import sample_ids
+
+    model = _tiny_model(tie_word_embeddings=tied)
+    counts = set_trainable_parts(model, train_vision_tower=True, train_projector=True, train_embeddings=False)
+    assert not model.get_input_embeddings().weight.requires_grad and not model.lm_head.weight.requires_grad
+    layers = model.model.language_model.layers
+    assert all(p.requires_grad for layer in layers for p in layer.parameters())
+    embeddings = model.get_input_embeddings().weight.numel()
+    everything = sum(p.numel() for p in model.model.language_model.parameters())
+    assert counts["language_model"] == everything - embeddings
+    # a step changes the decoder layers and leaves the vocabulary exactly as it was
+    before = model.get_input_embeddings().weight.clone(), model.lm_head.weight.clone(), layers[0].mlp.up_proj.weight.clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    ids = torch.tensor([sample_ids(model.config, 2)])
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids, pixel_values=pixels, num_frames=torch.tensor([2]), labels=ids).loss.backward()
+    optimizer.step()
+    assert torch.equal(before[0], model.get_input_embeddings().weight) and torch.equal(before[1], model.lm_head.weight)
+    assert not torch.equal(before[2], layers[0].mlp.up_proj.weight)
+
+
 def test_freezing_options_top_k_layers_and_lora_targets(tiny_tarsier, tmp_path):
     from peft import get_peft_model
     from trl import ModelConfig
@@ -650,6 +699,7 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
     from tarsier_hf.training.collator import TarsierVideoCollator
 
     from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.freezing import set_trainable_parts
     from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     _, model, processor = tiny_tarsier
@@ -662,7 +712,7 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
     results = {}
     for head in ("fused", "plain"):
         copy_ = copy.deepcopy(model)
-        copy_.set_trainable_parts(train_vision_tower=True, train_projector=True, train_language_model=True)
+        set_trainable_parts(copy_, train_vision_tower=True, train_projector=True, train_language_model=True)
         args = TarsierSFTConfig(output_dir=str(tmp_path / head), use_cpu=True, bf16=False, report_to="none",
                                 loss_head=head, remove_unused_columns=False,
                                 dataset_kwargs={"skip_prepare_dataset": True})
@@ -699,11 +749,12 @@ def test_vision_learning_rate_gives_vision_tower_and_projector_their_own_rate(ti
 
     from datasets import Dataset
 
+    from tarsier_hf.training.freezing import set_trainable_parts
     from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     _, model, processor = tiny_tarsier
     model = copy.deepcopy(model)
-    model.set_trainable_parts(train_vision_tower=True, train_projector=True, train_language_model=True)
+    set_trainable_parts(model, train_vision_tower=True, train_projector=True, train_language_model=True)
     args = TarsierSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", learning_rate=1e-4,
                             vision_learning_rate=3e-3, remove_unused_columns=False,
                             dataset_kwargs={"skip_prepare_dataset": True})

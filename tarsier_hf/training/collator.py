@@ -1,11 +1,13 @@
-"""The video-aware collator: conversation rows -> padded Tarsier training batches (TRL's collator handles only images).
+"""The video-aware collator: conversation rows -> padded training batches (TRL's collator handles only images).
 
-It runs inside the DataLoader workers, so frame decoding (PyAV) and preprocessing overlap with the training step.
-Every sample goes through the processor, the one path from (conversation, frames) to model inputs that inference
-and the reference loss use too: `TarsierProcessor.apply_chat_template(..., return_assistant_tokens_mask=True)`
-samples the frames by the stage's `FrameSampling`, renders the chat template, expands each `<video>` / `<image>`
-into its frames' runs and marks the assistant tokens (`{% generation %}` markers). `labels` are the input ids on
-assistant tokens and `-100` everywhere else (system, user, visual runs).
+It serves both video families (`tarsier_hf.families`): Tarsier (`TarsierProcessor`) and Tarsier2 / Qwen2-VL
+(`Tarsier2Processor`). It runs inside the DataLoader workers, so frame decoding (PyAV) and preprocessing overlap
+with the training step. Every sample goes through the processor, the one path from (conversation, frames) to model
+inputs that inference and the reference loss use too: `processor.apply_chat_template(...,
+return_assistant_tokens_mask=True)` samples the frames by the stage's `FrameSampling`, renders the chat template,
+expands each video / image placeholder into its visual tokens and marks the assistant tokens (`{% generation %}`
+markers). `labels` are the input ids on assistant tokens and `-100` everywhere else (system, user, visual tokens).
+Every tensor the processor returns reaches the model: per-token ones are right-padded, the others concatenated.
 
 Samples whose media cannot be read are replaced by other rows drawn from the dataset, counted in the batch key
 `skipped_samples` and logged (with `fail_fast=True` the first bad file raises instead). Samples longer than
@@ -28,6 +30,8 @@ from video_processing_tarsier import FrameSampling, VideoReadError
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+# Tensors with one value per token (right-padded in a batch); every other tensor is concatenated along its first axis.
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "labels")
 
 
 class SampleTooLongError(ValueError):
@@ -47,13 +51,14 @@ def _unwrap(example: dict) -> dict:
 @dataclass
 class TarsierVideoCollator:
     """
-    Turn normalised conversation rows (see `tarsier_hf.training.data`) into a Tarsier batch.
+    Turn normalised conversation rows (see `tarsier_hf.training.data`) into a training batch of either family.
 
     Args:
-        processor: a `TarsierProcessor` (tokenizer, image processor, chat template with `{% generation %}`).
+        processor: a `TarsierProcessor` or a `Tarsier2Processor` (its chat template with `{% generation %}`).
         frame_sampling: the stage's `FrameSampling` (paper §3.2: `RandomSegmentsSampling((8, 32))` in stage 1,
             `InstructionSampling(8)` in stage 2); `None` uses the processor's own.
-        complex_sources: sources whose clips count as complex (twice the frames under `InstructionSampling`).
+        complex_sources: sources whose clips count as complex (twice the frames under `InstructionSampling`;
+            `TarsierProcessor` only).
         videos: video inputs by path (e.g. frames already in memory, `(T, H, W, 3)` arrays): a row's video whose
             path is a key is read from here instead of the file system, and sampled the same way.
         max_length: maximum sequence length after expansion (`None` = no limit).
@@ -67,10 +72,12 @@ class TarsierVideoCollator:
 
     Returns (from `__call__`): a dict of tensors
         - `input_ids` `(B, L)` int64, right-padded with the tokenizer's pad id;
-        - `attention_mask` `(B, L)` int64;
+        - `attention_mask` `(B, L)` int64 (and Qwen2-VL's `mm_token_type_ids` `(B, L)`), padded with 0;
         - `labels` `(B, L)` int64, `-100` outside assistant turns and on padding;
-        - `pixel_values` `(F, 3, S, S)` float32, all frames of the batch in sample order (`F` may be 0);
-        - `num_frames` `(B,)` int64;
+        - the processor's visual tensors, concatenated over the batch in sample order: Tarsier's `pixel_values`
+          `(F, 3, S, S)` float32 (all frames; `F` may be 0) and `num_frames` `(B,)` int64; Qwen2-VL's
+          `pixel_values_videos` `(P, D)` float32 and `video_grid_thw` `(V, 3)` int64 (images: `pixel_values`,
+          `image_grid_thw`), absent when no sample of the batch has that kind of media;
         - `skipped_samples`, `skipped_too_long` `()` int64 counts (popped by `TarsierSFTTrainer` before the model).
     """
 
@@ -95,10 +102,14 @@ class TarsierVideoCollator:
         if "generation" not in template:
             raise ValueError(
                 "the processor's chat template has no {% generation %} markers, so assistant tokens cannot be told "
-                "apart; use one of processing_tarsier.CHAT_TEMPLATES (--chat_template vicuna|mistral|yi|chatml)"
+                "apart; give the checkpoint a template that wraps assistant turns in them (building Tarsier from parts: "
+                "--chat_template vicuna|mistral|yi|chatml)"
             )
-        if self.frame_sampling is None:
-            self.frame_sampling = self.processor.frame_sampling
+        video_options = self.processor.valid_processor_kwargs.__annotations__["videos_kwargs"].__annotations__
+        self._takes_complex_clip = "complex_clip" in video_options
+        if self.complex_sources and not self._takes_complex_clip:
+            raise ValueError(f"complex_sources={list(self.complex_sources)}: {type(self.processor).__name__} has no "
+                             "complex_clip option (only TarsierProcessor doubles the frames of complex clips)")
         self._rng: np.random.Generator | None = None
         self._worker: int | None = None
 
@@ -126,12 +137,28 @@ class TarsierVideoCollator:
             return {"type": item["type"], item["type"]: self.videos[item["path"]]}
         return item
 
+    def processor_kwargs(self, row: dict, rng: np.random.Generator) -> dict:
+        """The processor options of one row: the one place where the two processors' options differ.
+
+        Both take `frame_sampling` (omitted: the processor's own), `rng` and `padding`; only `TarsierProcessor`
+        takes `complex_clip` (`__post_init__` refuses `complex_sources` for a processor without it).
+        """
+        kwargs = {"rng": rng, "padding": False}
+        if self.frame_sampling is not None:
+            kwargs["frame_sampling"] = self.frame_sampling
+        if self._takes_complex_clip:
+            kwargs["complex_clip"] = row.get("source") in set(self.complex_sources)
+        return kwargs
+
     def encode(self, row: dict, rng: np.random.Generator | None = None) -> dict:
         """
         Encode one normalised row with the processor.
 
         Returns:
-            `{"input_ids": (L,), "labels": (L,), "pixel_values": (n, 3, S, S), "num_frames": int}`.
+            Every tensor the processor returns for the row, per-token ones (`TOKEN_KEYS`) as `(L,)`, the others as
+            returned (Tarsier: `pixel_values (n, 3, S, S)`, `num_frames (1,)`; Qwen2-VL: `pixel_values_videos
+            (P, D)`, `video_grid_thw (V, 3)`, ...), plus `labels (L,)`: the input ids on assistant tokens, `-100`
+            elsewhere.
 
         Raises:
             MediaError: a video or image cannot be read.
@@ -141,27 +168,24 @@ class TarsierVideoCollator:
         messages = [{**m, "content": [self._block(item) for item in m["content"]]} for m in row["messages"]]
         try:
             out = self.processor.apply_chat_template(
-                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
-                processor_kwargs={"frame_sampling": self.frame_sampling, "rng": rng, "padding": False,
-                                  "complex_clip": row.get("source") in set(self.complex_sources)},
+                messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, return_tensors="pt",
+                processor_kwargs=self.processor_kwargs(row, rng),
             )
         except (VideoReadError, OSError) as error:  # unreadable, missing or corrupt media: the message names the file
             raise MediaError(f"row idx={row.get('idx')}: {type(error).__name__}: {error}") from error
-        input_ids, assistant = out["input_ids"][0], out["assistant_masks"][0]
+        assistant = out.pop("assistant_masks")[0]
         if not assistant.any():
             raise ValueError(f"row idx={row.get('idx')}: the chat template marks no assistant tokens")
-        frames = int(out["num_frames"][0])
-        if self.max_length is not None and len(input_ids) > self.max_length:
+        sample = {key: value[0] if key in TOKEN_KEYS else value
+                  for key, value in out.items() if isinstance(value, torch.Tensor)}
+        length = len(sample["input_ids"])
+        if self.max_length is not None and length > self.max_length:
             raise SampleTooLongError(
-                f"row idx={row.get('idx')} (source {row.get('source')}): {len(input_ids)} tokens after expanding "
-                f"{frames} frames x {self.processor.tokens_per_frame} tokens, above max_length={self.max_length}"
+                f"row idx={row.get('idx')} (source {row.get('source')}): {length} tokens once its videos and images "
+                f"are expanded, above max_length={self.max_length}"
             )
-        return {
-            "input_ids": input_ids,
-            "labels": torch.where(assistant.bool(), input_ids, IGNORE_INDEX),
-            "pixel_values": out["pixel_values"],
-            "num_frames": frames,
-        }
+        sample["labels"] = torch.where(assistant.bool(), sample["input_ids"], IGNORE_INDEX)
+        return sample
 
     # -- skipping ------------------------------------------------------------------------------------------------
 
@@ -231,25 +255,28 @@ class TarsierVideoCollator:
         encoded += [e for e in (self._replacement(rng, counts) for _ in range(missing)) if e is not None]
         if not encoded:
             raise RuntimeError("every sample of the batch was skipped and no dataset is set to draw replacements")
+        batch = self.pad(encoded)
+        batch.update({
+            "skipped_samples": torch.tensor(counts["skipped_samples"]),
+            "skipped_too_long": torch.tensor(counts["skipped_too_long"]),
+        })
+        return batch
+
+    def pad(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
+        """Right-pad the per-token tensors to `(B, L)` (`input_ids` with the pad id, `labels` with -100, the others
+        with 0) and concatenate every other tensor along its first axis, over the samples that have it."""
         pad_id = self.processor.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.processor.tokenizer.eos_token_id
+        fills = {"input_ids": pad_id, "labels": IGNORE_INDEX}
         length = max(len(e["input_ids"]) for e in encoded)
-        batch_size = len(encoded)
-        input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
-        labels = torch.full((batch_size, length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((batch_size, length), dtype=torch.long)
-        for i, e in enumerate(encoded):
-            n = len(e["input_ids"])
-            input_ids[i, :n] = e["input_ids"]
-            labels[i, :n] = e["labels"]
-            attention_mask[i, :n] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "pixel_values": torch.cat([e["pixel_values"] for e in encoded]),
-            "num_frames": torch.tensor([e["num_frames"] for e in encoded], dtype=torch.long),
-            "skipped_samples": torch.tensor(counts["skipped_samples"]),
-            "skipped_too_long": torch.tensor(counts["skipped_too_long"]),
-        }
+        batch = {}
+        for key in dict.fromkeys(k for e in encoded for k in e):
+            values = [e[key] for e in encoded if key in e]
+            if key in TOKEN_KEYS:
+                batch[key] = torch.full((len(encoded), length), fills.get(key, 0), dtype=values[0].dtype)
+                for row, value in zip(batch[key], values, strict=True):  # every sample has every per-token key
+                    row[: len(value)] = value
+            else:
+                batch[key] = torch.cat(values)
+        return batch

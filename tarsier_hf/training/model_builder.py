@@ -158,9 +158,12 @@ def build_from_parts(
 
 
 def save_tarsier(model, processor, output_dir: str | os.PathLike) -> str:
-    """Save weights, config, processor and the remote-code files (loadable with `trust_remote_code=True`)."""
+    """Save weights, config and processor; a Tarsier also gets its remote-code files (loadable with
+    `trust_remote_code=True`), while a Qwen2-VL folder loads with transformers' own class (its processor saves its
+    own code files)."""
     output_dir = str(output_dir)
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
-    copy_code_files(output_dir)
+    if model.config.model_type == TarsierConfig.model_type:
+        copy_code_files(output_dir)
     return output_dir
