@@ -434,6 +434,20 @@ class Tarsier2Processor(ProcessorMixin):
             return VideoProcessorMixin
         return super().check_argument_for_proper_class(argument_name, argument)
 
+    @classmethod
+    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
+        """Load the sub-processors with this module's classes: the Auto classes would look the video processor up
+        through the folder's `auto_map` and ask for `trust_remote_code` to run the folder's copy of this file."""
+        from transformers import AutoTokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("trust_remote_code", "processor_dict")}
+        return [
+            Qwen2VLImageProcessorPil.from_pretrained(pretrained_model_name_or_path, **kwargs),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs),
+            Tarsier2VideoProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs),
+        ]
+
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs: Unpack[Tarsier2ProcessorKwargs]):
         if videos is not None and text is not None and "sample_ids" not in kwargs:
             texts = [text] if isinstance(text, str) else text
