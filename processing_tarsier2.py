@@ -16,6 +16,12 @@ next to `processor_config.json`, and `AutoProcessor.from_pretrained(folder, trus
 Pixel arithmetic, as transformers' slow `Qwen2VLImageProcessor` (4.47, the release's) and its PIL twin (5.23) do it:
 PIL bicubic resize of uint8 RGB, `float32(float64(x) * rescale_factor)`, `(x - mean) / std` in float32, patches
 ordered `(t, h / m, w / m, m, m, channel, temporal, patch, patch)`.
+
+Why a `VideoProcessorMixin` and not a `BaseVideoProcessor`: `ProcessorMixin` accepts any `VideoProcessorMixin` as
+`video_processor`, and the Auto classes load one from `auto_map`; `BaseVideoProcessor` adds the torchvision backend.
+transformers exports `VideoProcessorMixin` (and `AutoVideoProcessor`) at its top level only when torchvision is
+installed, so `Tarsier2Processor` checks its video processor against the class itself, and without torchvision
+`AutoVideoProcessor` is imported from `transformers.models.auto.video_processing_auto`.
 """
 
 import math
@@ -117,7 +123,8 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
     Each video: sample frames (`frame_sampling`), resize every frame with PIL bicubic first to at most
     `frame_pre_resize_max_pixels` (factor 1), then to Qwen2-VL's size (factor `patch_size * merge_size`, within
     `[min_pixels, max_pixels]`), rescale and normalise, give every frame `temporal_patch_size` times when
-    `duplicate_frames` (one frame alone is always tiled so), else pad an incomplete last temporal patch with the last
+    `duplicate_frames` (the release gives each frame twice: `[f0, f0, f1, f1, ...]`; one frame alone is always tiled
+    so), else pad an incomplete last temporal patch with the last
     frame (transformers' `Qwen2VLVideoProcessor`; the release's 4.47 processor failed there), and patchify.
 
     Args:
@@ -189,13 +196,6 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
         if num_frames is not None:
             return sampling.with_num_frames(int(num_frames))
         return sampling
-
-    def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
-        """Decode with this repo's PyAV reader (transformers' default needs torchcodec or torchvision)."""
-        if isinstance(video_url_or_urls, list):
-            return list(zip(*[self.fetch_videos(x) for x in video_url_or_urls]))
-        sample = load_video(video_url_or_urls, self.frame_sampling)
-        return sample.frames, _metadata(sample)
 
     # -- pixels -------------------------------------------------------------------------------------------------
 
@@ -449,7 +449,8 @@ class Tarsier2Processor(ProcessorMixin):
         ]
 
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs: Unpack[Tarsier2ProcessorKwargs]):
-        if videos is not None and text is not None and "sample_ids" not in kwargs:
+        given = "sample_ids" in kwargs or "sample_ids" in (kwargs.get("videos_kwargs") or {})
+        if videos is not None and text is not None and not given:
             texts = [text] if isinstance(text, str) else text
             kwargs["sample_ids"] = [i for i, t in enumerate(texts) for _ in range(t.count(self.video_token))]
         return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)

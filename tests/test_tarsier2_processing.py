@@ -212,6 +212,11 @@ def test_release_pixel_budget_per_sample():
     assert two["video_grid_thw"].tolist() == [[20, 4, 6]] * 2  # one sample: the budget is shared
     apart = processor([frames[:20], frames[20:]], do_sample_frames=False, max_pixels_per_sample=40 * 2 * 3000)
     assert apart["video_grid_thw"].tolist() == [[20, 4, 8]] * 2  # two samples of 40 images: 6000 pixels each
+    # the token count without pixels (what vLLM-style schedulers ask), with and without duplication
+    assert processor.get_num_of_video_patches(16, 720, 1280) == 16 * 36 * 64
+    plain = {"duplicate_frames": False, "frame_pre_resize_max_pixels": None}
+    assert processor.get_num_of_video_patches(5, 72, 128, plain) == 3 * 6 * 10  # 72x128 -> 84x140
+    assert video_processor(**plain)(frames[:5], do_sample_frames=False)["video_grid_thw"].tolist() == [[3, 6, 10]]
 
 
 def test_sampling_and_metadata_from_a_file(demo_video):
@@ -316,6 +321,12 @@ def test_save_and_load_in_a_fresh_interpreter(tokenizer, tmp_path):
     assert np.load(tmp_path / "grid.npy").tolist() == expected["video_grid_thw"].tolist() == [[3, 6, 12]]
     assert np.array_equal(np.load(tmp_path / "ids.npy"), expected["input_ids"])
     assert max_abs_diff(np.load(tmp_path / "pixels.npy"), expected["pixel_values_videos"]) == 0.0
+    # this repository's own class loads it too, without trust_remote_code (tarsier_hf.families.load_processor)
+    loaded = type(processor).from_pretrained(folder)
+    assert type(loaded.video_processor) is Tarsier2VideoProcessor
+    assert loaded.video_processor.to_dict() == processor.video_processor.to_dict()
+    again = loaded(text="<|vision_start|><|video_pad|><|vision_end|>Hi", videos=[frames], return_tensors="np")
+    assert max_abs_diff(again["pixel_values_videos"], expected["pixel_values_videos"]) == 0.0
 
 
 def test_processor_refuses_a_tokenizer_without_qwen2vl_tokens(smollm2_dir):
