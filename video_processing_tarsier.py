@@ -23,9 +23,13 @@ class here: `TarsierProcessor` has no `video_processor` attribute; it samples wi
 from __future__ import annotations
 
 import bisect
+import errno
 import os
 import re
+import stat
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -461,6 +465,118 @@ _EXPECTED_FORMATS = {
     ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm", ".avi": "avi",
     ".gif": "gif", ".ts": "mpegts", ".mpg": "mpeg", ".mpeg": "mpeg", ".flv": "flv",
 }
+# The only demuxers a video is opened with: containers and raw elementary streams that read nothing but the one file
+# they are given. FFmpeg probes a file by its bytes and name, and some demuxers it may pick open other files or URLs
+# named inside it: playlists and manifests (hls, dash), scripts (concat / ffconcat), file-name patterns (image2),
+# session descriptions (sdp, rtp, rtsp). `format_whitelist` makes FFmpeg refuse every demuxer not listed here after
+# probing and before the demuxer reads a byte, so none of them runs, whatever a file claims to be;
+# `protocol_whitelist` keeps every open on the local file protocol; mov's external data references stay off
+# (`enable_drefs`, FFmpeg's default, set explicitly).
+_ALLOWED_DEMUXERS = ("mov", "matroska", "avi", "mpegts", "mpeg", "flv", "gif", "ogg",
+                     "h264", "hevc", "h263", "m4v", "mpegvideo")
+_OPEN_OPTIONS = {"format_whitelist": ",".join(_ALLOWED_DEMUXERS), "protocol_whitelist": "file", "enable_drefs": "0"}
+# First bytes of formats that name other files, for the message when one is refused.
+_REFERENCING_FORMATS = {b"#EXTM3U": "an HLS playlist", b"ffconcat version": "an ffconcat script",
+                        b"<?xml": "an XML document (a DASH manifest?)", b"v=0": "an SDP session description"}
+
+
+@dataclass
+class MediaLimits:
+    """Bounds on what reading media may cost, shared by all the media read under one `media_limits` block (one
+    server request); `None` leaves a bound off.
+
+    Attributes:
+        max_frame_pixels: width x height of any one decoded frame or image. Checked from the stream or image
+            header before decoding, and by FFmpeg's decoder for every frame (its `max_pixels`), so a stream that
+            grows mid-way is refused too.
+        max_total_pixels: width x height summed over every frame decoded (frames decoded only to reach a sampled
+            one included) and every image, across the block.
+        decoded_pixels: the running sum.
+    """
+
+    max_frame_pixels: int | None = None
+    max_total_pixels: int | None = None
+    decoded_pixels: int = field(default=0, init=False)
+
+    def check_frame(self, width: int, height: int, source: str) -> None:
+        """Refuse a frame or image larger than `max_frame_pixels` (before it is decoded)."""
+        if self.max_frame_pixels is not None and width * height > self.max_frame_pixels:
+            raise MediaLimitError(f"{source}: frames of {width}x{height} = {width * height} pixels exceed the limit "
+                                  f"of {self.max_frame_pixels} pixels per frame", "max_frame_pixels")
+
+    def charge(self, width: int, height: int, source: str) -> None:
+        """Count one decoded frame; refuse once the block has decoded more than `max_total_pixels`."""
+        self.check_frame(width, height, source)
+        self.decoded_pixels += width * height
+        if self.max_total_pixels is not None and self.decoded_pixels > self.max_total_pixels:
+            raise MediaLimitError(f"{source}: decoding these media needs more than the limit of "
+                                  f"{self.max_total_pixels} decoded pixels", "max_total_pixels")
+
+
+class MediaLimitError(VideoReadError):
+    """Reading a source would pass a `MediaLimits` bound; `bound` names it (`"max_frame_pixels"` or
+    `"max_total_pixels"`)."""
+
+    def __init__(self, message: str, bound: str):
+        super().__init__(message)
+        self.bound = bound
+
+
+_MEDIA_LIMITS: ContextVar[MediaLimits | None] = ContextVar("tarsier_media_limits", default=None)
+
+
+def _limits() -> MediaLimits:
+    """The `MediaLimits` of the enclosing `media_limits` block (unbounded outside one)."""
+    return _MEDIA_LIMITS.get() or MediaLimits()
+
+
+@contextmanager
+def media_limits(limits: MediaLimits):
+    """Read media under `limits` in this thread / task (a server wraps one request's preprocessing in it). Outside
+    any block nothing is bounded."""
+    token = _MEDIA_LIMITS.set(limits)
+    try:
+        yield limits
+    finally:
+        _MEDIA_LIMITS.reset(token)
+
+
+def _open_video(path: str) -> av.container.InputContainer:
+    """Open one local video file with an allow-listed demuxer (`_ALLOWED_DEMUXERS`) and the current frame-size
+    limit on its first video stream's decoder; raises `VideoReadError` naming the file and the cause."""
+    try:
+        # "file:" keeps a path such as "concat:a|b" or "subfile,,...:x" a file name, never a protocol
+        container = av.open("file:" + path, metadata_errors="ignore", container_options=_OPEN_OPTIONS)
+    except av.error.FFmpegError as error:
+        if error.errno == errno.EINVAL:
+            raise VideoReadError(f"{path}: {_refused_format(path)}") from None
+        if error.errno == errno.EACCES:
+            raise VideoReadError(f"{path}: permission denied: this process may not read the file") from None
+        raise VideoReadError(
+            f"{path}: not a readable video file; the container cannot be parsed, so it is truncated, "
+            f"corrupt or not a video ({_describe(error)})"
+        ) from None
+    limit = _limits().max_frame_pixels
+    if limit is not None and container.streams.video:
+        container.streams.video[0].codec_context.options = {"max_pixels": str(limit)}
+    return container
+
+
+def _refused_format(path: str) -> str:
+    """Why FFmpeg refused to open a file under `_OPEN_OPTIONS`: the format it probed is not allow-listed."""
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    for magic, kind in _REFERENCING_FORMATS.items():
+        if head.lstrip().startswith(magic):
+            return f"is {kind}, which names other files; only self-contained video files are read"
+    try:
+        with Image.open(path) as image:
+            return (f"is a {image.format} image ({image.format_description}), not a video; name it with its image "
+                    f"extension ({', '.join(sorted(IMAGE_EXTENSIONS))}) to use it as a one-frame input")
+    except (OSError, SyntaxError, Image.DecompressionBombError):
+        pass
+    return ("is not in an accepted video container (FFmpeg reads it with a demuxer outside the allow-list: "
+            f"{', '.join(_ALLOWED_DEMUXERS)})")
 
 
 class VideoReader:
@@ -495,13 +611,7 @@ class VideoReader:
         self.path = str(path)
         self.apply_rotation = apply_rotation
         _check_file(self.path)
-        try:
-            self._container = av.open(self.path, metadata_errors="ignore")
-        except av.error.FFmpegError as error:
-            raise VideoReadError(
-                f"{self.path}: not a readable video file; the container cannot be parsed, so it is truncated, "
-                f"corrupt or not a video ({_describe(error)})"
-            ) from None
+        self._container = _open_video(self.path)
         try:
             self._open_stream(fast_index)
         except BaseException:
@@ -517,6 +627,7 @@ class VideoReader:
         stream = container.streams.video[0]
         if stream.codec_context is None or stream.codec_context.codec is None:
             raise VideoReadError(f"{self.path}: unsupported video codec (no decoder for stream 0)")
+        _limits().check_frame(stream.codec_context.width, stream.codec_context.height, self.path)
         self._stream = stream
         self.time_base = float(stream.time_base) if stream.time_base else 1.0
         flags = int(container.format.flags)
@@ -529,15 +640,12 @@ class VideoReader:
             self._index_by_demuxing()
 
     def _check_format(self) -> None:
-        """Refuse images renamed as videos; warn on raw streams without a container (they read, without timing)."""
+        """Check the demuxer; warn on raw streams without a container (they read, without
+        timing). Images renamed as videos never get here: their demuxers are not allow-listed (`_open_video`)."""
         fmt = self._container.format
         suffix = Path(self.path).suffix.lower()
-        if fmt.name.endswith("_pipe") or fmt.name == "image2":
-            kind = fmt.name[: -len("_pipe")].upper() if fmt.name.endswith("_pipe") else "still"
-            raise VideoReadError(
-                f"{self.path}: is a {kind} image ({fmt.long_name or fmt.name}), not a video; name it with its image "
-                f"extension ({', '.join(sorted(IMAGE_EXTENSIONS))}) to use it as a one-frame input"
-            )
+        if not set(fmt.name.split(",")) & set(_ALLOWED_DEMUXERS):  # FFmpeg enforces this already; never decode past it
+            raise VideoReadError(f"{self.path}: opened with demuxer {fmt.name}, which is not allow-listed")
         expected = _EXPECTED_FORMATS.get(suffix)
         if int(fmt.flags) & _AVFMT_NOTIMESTAMPS:
             as_named = f", not a {suffix} file" if expected and expected not in fmt.name else ""
@@ -733,7 +841,7 @@ class VideoReader:
 
     def _reopen(self) -> None:
         self._container.close()
-        self._container = av.open(self.path, metadata_errors="ignore")
+        self._container = _open_video(self.path)
         self._stream = self._container.streams.video[0]
 
     def _frames_from(self, key_pts: int, wanted: set[int]):
@@ -755,10 +863,23 @@ class VideoReader:
                 skip = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
                 if codec_context.skip_frame != skip:
                     codec_context.skip_frame = skip
-                for frame in packet.decode():
-                    yield frame
+                yield from self._decode_packet(packet)
         except av.error.FFmpegError as error:
             raise VideoReadError(f"{self.path}: corrupt or truncated video data ({_describe(error)})") from None
+
+    def _decode_packet(self, packet: av.Packet):
+        """The frames of one packet, each counted against the current `MediaLimits`. The decoder itself refuses a
+        frame over `max_frame_pixels` (a stream whose size grows mid-way); that refusal is reported as the limit."""
+        limits = _limits()
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            context = self._stream.codec_context
+            limits.check_frame(context.width, context.height, self.path)
+            raise
+        for frame in frames:
+            limits.charge(frame.width, frame.height, self.path)
+            yield frame
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         array = frame.to_ndarray(format="rgb24")
@@ -776,7 +897,7 @@ class VideoReader:
             for packet in self._container.demux(self._stream):
                 if packet.is_corrupt:
                     continue
-                for frame in packet.decode():
+                for frame in self._decode_packet(packet):
                     if position == wanted[len(out)]:
                         out.append(self._to_rgb(frame))
                         if len(out) == len(wanted):
@@ -850,12 +971,30 @@ def _describe(error: BaseException) -> str:
     return re.sub(r"\s*:\s*'[^']*'$", "", text)
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
 def _check_file(path: str) -> None:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file")
-    if os.path.isdir(path):
+    """Refuse, naming the path and the cause, what cannot be read as a media file, from its metadata alone: a FIFO
+    or a device is never opened (reading one can wait forever or never end)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except PermissionError:
+        raise VideoReadError(f"{path}: permission denied: this process may not search a folder on its path") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise VideoReadError(f"{path!r}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    if stat.S_ISDIR(info.st_mode):
         raise VideoReadError(f"{path}: is a folder, not a file")
-    if os.path.getsize(path) == 0:
+    for is_kind, kind in _FILE_KINDS:
+        if is_kind(info.st_mode):
+            raise VideoReadError(f"{path}: is {kind}, not a regular file; it is not read")
+    if not os.access(path, os.R_OK):
+        raise VideoReadError(f"{path}: permission denied: this process may not read the file "
+                             f"(mode {stat.filemode(info.st_mode)}, owner uid {info.st_uid})")
+    if info.st_size == 0:
         raise VideoReadError(f"{path}: the file is empty (0 bytes)")
 
 
@@ -954,10 +1093,20 @@ def _image_from_url(url: str) -> Image.Image | str:
         raise VideoReadError(f"{_label(url)}: expected an image/* data URI, got {media_type}")
     import io
 
+    return _open_image(io.BytesIO(_data_bytes(payload, is_base64, _label(url))), _label(url))
+
+
+def _open_image(file, source: str) -> Image.Image:
+    """`Image.open` (reads the header only), with the size checked against the current `MediaLimits` and counted
+    as decoded; a decompression bomb or an unreadable image is a `VideoReadError` naming `source`."""
     try:
-        return Image.open(io.BytesIO(_data_bytes(payload, is_base64, _label(url))))
+        image = Image.open(file)
+    except Image.DecompressionBombError as error:
+        raise VideoReadError(f"{source}: refused as a decompression bomb ({error})") from None
     except (OSError, SyntaxError) as error:
-        raise VideoReadError(f"{_label(url)}: not a readable image ({error})") from None
+        raise VideoReadError(f"{source} is not a readable image ({error})") from None
+    _limits().charge(image.width, image.height, source)
+    return image
 
 
 class _VideoURL:
@@ -979,10 +1128,8 @@ class _VideoURL:
 
             frames = []
             for number, part in enumerate(payload.split(",")):
-                try:
-                    frames.append(Image.open(io.BytesIO(_data_bytes(part, is_base64, self.label))))
-                except (OSError, SyntaxError) as error:
-                    raise VideoReadError(f"{self.label}: frame {number} is not a readable image ({error})") from None
+                data = io.BytesIO(_data_bytes(part, is_base64, self.label))
+                frames.append(_open_image(data, f"{self.label}: frame {number}"))
             return frames
         if not media_type.startswith("video/"):
             raise VideoReadError(f"{self.label}: expected a video/* or image/* data URI, got {media_type}")
@@ -1006,11 +1153,11 @@ def _load_image_file(path: str) -> np.ndarray:
             return np.asarray(_exif_transpose(image).convert("RGB"))
         path = image
     _check_file(path)
-    try:
-        with Image.open(path) as image:
+    with _open_image(path, path) as image:
+        try:
             return np.asarray(_exif_transpose(image).convert("RGB"))
-    except (OSError, SyntaxError) as error:
-        raise VideoReadError(f"{path}: not a readable image ({error})") from None
+        except (OSError, SyntaxError) as error:
+            raise VideoReadError(f"{path}: not a readable image ({error})") from None
 
 
 def _exif_transpose(image: Image.Image) -> Image.Image:
@@ -1098,9 +1245,10 @@ def load_video(
         with _VideoURL(video) as local:
             try:
                 sample = load_video(local, policy, complex_clip, rng, indices, transform)
-            except VideoReadError as error:
-                message = str(error).replace(local, _label(video)) if isinstance(local, str) else str(error)
-                raise VideoReadError(message) from None
+            except VideoReadError as error:  # name the URL, not its temporary file; keep the error's class
+                if isinstance(local, str):
+                    error.args = (str(error).replace(local, _label(video)),)
+                raise
         sample.source = _label(video)
         return sample
     if isinstance(video, (str, os.PathLike)):
@@ -1275,6 +1423,8 @@ __all__ = [
     "FpsSampling",
     "FrameSampling",
     "InstructionSampling",
+    "MediaLimitError",
+    "MediaLimits",
     "RandomSegmentsSampling",
     "UniformSampling",
     "VideoReadError",
@@ -1284,6 +1434,7 @@ __all__ = [
     "is_frame_list",
     "load_image",
     "load_video",
+    "media_limits",
     "preprocess_frames",
     "register_frame_sampling",
     "resize_frames",
