@@ -293,9 +293,10 @@ def write_released_tarsier2(
     }
 
 
-def reference_model(facts: dict) -> Qwen2VLForConditionalGeneration:
-    """transformers' own `Qwen2VLForConditionalGeneration` holding the checkpoint's weights (in eval mode): the
-    model a converted folder must reproduce."""
-    model = Qwen2VLForConditionalGeneration(facts["qwen2vl_config"]).to(next(iter(facts["state_dict"].values())).dtype)
+def reference_model(facts: dict, dtype: torch.dtype = torch.float32) -> Qwen2VLForConditionalGeneration:
+    """transformers' own `Qwen2VLForConditionalGeneration` holding the checkpoint's weights in `dtype` (in eval
+    mode), built as `from_pretrained` builds it (rotary buffers in float32): the model a converted folder must
+    reproduce."""
+    model = Qwen2VLForConditionalGeneration._from_config(facts["qwen2vl_config"], dtype=dtype)
     model.load_state_dict(facts["state_dict"])
     return model.eval()

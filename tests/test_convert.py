@@ -434,46 +434,6 @@ def test_special_token_rows_are_named_in_place(release):
         convert.map_special_tokens(Tok.from_pretrained(release["path"]), base, base + 3, base + 4, base + 4)
 
 
-def test_tarsier2_layout_loads_as_qwen2vl(tmp_path):
-    """docs/tarsier2.md: a checkpoint in Tarsier2-Recap-7b's released layout (as vLLM reads it) loads into
-    transformers' Qwen2VLForConditionalGeneration with the same tensors and outputs; the converter refuses it."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    config = Qwen2VLConfig(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=300, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2),
-        image_token_id=290, video_token_id=291, vision_start_token_id=292, vision_end_token_id=293,
-    )
-    torch.manual_seed(0)
-    original = Qwen2VLForConditionalGeneration(config).eval()
-    renames = {"model.visual.": "vision_tower.", "model.language_model.": "language_model.model.",
-               "lm_head.": "language_model.lm_head."}
-    released = {}
-    for name, tensor in original.state_dict().items():
-        prefix = next(p for p in renames if name.startswith(p))
-        released[renames[prefix] + name[len(prefix):]] = tensor.contiguous()
-    folder = tmp_path / "tarsier2"
-    folder.mkdir()
-    save_file(released, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    text_config = config.to_dict()
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["TarsierForConditionalGeneration"], "model_type": "llava", "image_token_index": 290,
-        "text_config": text_config, "vision_config": text_config["vision_config"],
-    }))
-
-    loaded = convert.load_tarsier2_as_qwen2vl(folder).eval()
-    state = loaded.state_dict()
-    assert sorted(state) == sorted(original.state_dict())
-    assert all(torch.equal(state[k], v) for k, v in original.state_dict().items())
-    ids = torch.tensor([[1, 5, 6, 7]])
-    torch.testing.assert_close(loaded(input_ids=ids).logits, original(input_ids=ids).logits, rtol=0, atol=0)
-    with pytest.raises(convert.CheckpointError, match="Tarsier2 .*docs/tarsier2.md"):
-        convert.read_released_config(folder)
-
-
 # ----------------------------------------------------------------------------------------------- bad input
 
 

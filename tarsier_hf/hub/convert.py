@@ -5,6 +5,9 @@
     # ours -> released layout (for engines that serve the released layout, e.g. vLLM's Tarsier support)
     python -m tarsier_hf.hub.convert --input tarsier-7b-hf --output Tarsier-7b-released --export
 
+Tarsier2 folders (Qwen2-VL underneath) go to `tarsier_hf/hub/tarsier2.py` (a standard Qwen2-VL folder and back):
+`main` tells the families apart from the input's config.json, with the same flags.
+
 Both directions stream the checkpoint shard by shard with `safetensors.safe_open`: one input shard is read,
 renamed and written as one output shard before the next is opened, so peak memory stays near the size of the
 largest shard (a 34B checkpoint converts on a machine that could never hold it). The output shards keep the
@@ -92,8 +95,6 @@ from transformers import (
     CLIPImageProcessorPil,
     GenerationConfig,
     HfArgumentParser,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
     SiglipImageProcessorPil,
 )
 
@@ -307,8 +308,8 @@ def read_released_config(folder: Path) -> dict:
     text_type = released["text_config"].get("model_type")
     if text_type in ("qwen2_vl", "qwen2_5_vl"):
         raise CheckpointError(
-            f"{path}: text_config.model_type is {text_type!r}: a Tarsier2 (Qwen2-VL) checkpoint, whose layout "
-            "this converter does not handle; see docs/tarsier2.md"
+            f"{path}: text_config.model_type is {text_type!r}: a Tarsier2 (Qwen2-VL) checkpoint, converted by "
+            "tarsier_hf.hub.tarsier2 (`tarsier-convert` picks it from config.json)"
         )
     if released.get("projection_head", "MLP") != "MLP":
         raise CheckpointError(
@@ -783,43 +784,6 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Tarsier2-Recap-7b (Qwen2-VL based): loaded with transformers' own Qwen2-VL classes, not converted
-# ----------------------------------------------------------------------------------------------------------------
-
-# vLLM's Tarsier2ForConditionalGeneration (vllm/model_executor/models/qwen2_vl.py) reads the released
-# Tarsier2-Recap-7b folder as: config.json `model_type` "llava" whose `text_config` is a full Qwen2-VL config,
-# weights `vision_tower.*` (the Qwen2-VL vision transformer) and `language_model.model.*` /
-# `language_model.lm_head.*`. These are the same tensors under transformers' Qwen2-VL names.
-TARSIER2_KEY_MAPPING = {
-    r"^vision_tower\.": "model.visual.",
-    r"^language_model\.model\.": "model.language_model.",
-    r"^language_model\.lm_head\.": "lm_head.",
-}
-
-
-def load_tarsier2_as_qwen2vl(folder, **from_pretrained_kwargs):
-    """Load a released Tarsier2 checkpoint (e.g. Tarsier2-Recap-7b) as `Qwen2VLForConditionalGeneration`.
-
-    The Qwen2-VL config is the released `text_config` (its `vision_config` inside it, or the top-level one);
-    weights are renamed on the fly with `TARSIER2_KEY_MAPPING`. See docs/tarsier2.md for evaluating it.
-    """
-    path = Path(folder) / "config.json"
-    released = read_json(path)
-    text_config = released.get("text_config")
-    if released.get("model_type") != RELEASED_MODEL_TYPE or not isinstance(text_config, dict) or \
-            text_config.get("model_type") != "qwen2_vl":
-        raise CheckpointError(f"{path}: not a Tarsier2 checkpoint (expected model_type 'llava' with a "
-                              "text_config of model_type 'qwen2_vl')")
-    text_config = dict(text_config)
-    if "vision_config" not in text_config and isinstance(released.get("vision_config"), dict):
-        text_config["vision_config"] = released["vision_config"]
-    config = Qwen2VLConfig.from_dict(text_config)
-    return Qwen2VLForConditionalGeneration.from_pretrained(
-        folder, config=config, key_mapping=TARSIER2_KEY_MAPPING, **from_pretrained_kwargs
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -842,8 +806,13 @@ class ConvertArguments:
 def main(argv: list[str] | None = None) -> Path:
     (args,) = HfArgumentParser(ConvertArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    from tarsier_hf.hub import tarsier2  # imports this module, so not at its top
+
     try:
-        if args.export:
+        if tarsier2.handles(args.input, export=args.export):
+            output = tarsier2.run(args.input, args.output, export=args.export, chat_template=args.chat_template,
+                                  overwrite=args.overwrite)
+        elif args.export:
             output = export_released(args.input, args.output, overwrite=args.overwrite)
         else:
             output = convert_released(args.input, args.output, chat_template=args.chat_template,
