@@ -449,11 +449,24 @@ class Tarsier2Processor(ProcessorMixin):
         ]
 
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs: Unpack[Tarsier2ProcessorKwargs]):
+        unknown = sorted(set(kwargs) - self._valid_options())
+        if unknown:  # the mixin would only warn and go on without them
+            raise TypeError(f"Tarsier2Processor got unknown options {unknown}")
         given = "sample_ids" in kwargs or "sample_ids" in (kwargs.get("videos_kwargs") or {})
         if videos is not None and text is not None and not given:
             texts = [text] if isinstance(text, str) else text
             kwargs["sample_ids"] = [i for i, t in enumerate(texts) for _ in range(t.count(self.video_token))]
         return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def _valid_options(self) -> set[str]:
+        """Every option name `__call__` takes: the typed kwargs of each modality, the flat ones, the sub-processors'."""
+        annotations = Tarsier2ProcessorKwargs.__annotations__
+        valid = set(annotations)
+        for modality in ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs"):
+            valid |= set(annotations[modality].__annotations__)
+        for part in (self.image_processor, self.video_processor):
+            valid |= set(getattr(getattr(part, "valid_kwargs", None), "__annotations__", {}))
+        return valid
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         merge_length = self.image_processor.merge_size**2

@@ -272,6 +272,14 @@ def test_chat_template_expands_video_tokens(tokenizer, demo_video):
     text = processor.apply_chat_template(conversation(None), add_generation_prompt=True)
     called = processor(text=text, videos=[small], return_tensors="pt")
     assert called["video_grid_thw"].tolist() == [[5, 8, 12]] and (called["input_ids"] == video_id).sum() == 120
+    # options: a policy for one call, the video processor's options flat or in videos_kwargs; unknown ones refused
+    called = processor(text=text, videos=[small], frame_sampling={"policy": "uniform", "num_frames": 3},
+                       return_metadata=True)
+    assert called["video_grid_thw"].tolist() == [[3, 8, 12]] and called["video_metadata"][0].frames_indices == [0, 2, 4]
+    called = processor(text=text, videos=[small], videos_kwargs={"duplicate_frames": False})
+    assert called["video_grid_thw"].tolist() == [[3, 8, 12]]  # 5 frames in pairs, the last one completed
+    with pytest.raises(TypeError, match="unknown options"):
+        processor(text=text, videos=[small], frames=3)
 
 
 def test_save_and_load_in_a_fresh_interpreter(tokenizer, tmp_path):
@@ -335,3 +343,37 @@ def test_processor_refuses_a_tokenizer_without_qwen2vl_tokens(smollm2_dir):
     with pytest.raises(ValueError, match="lacks Qwen2-VL's tokens"):
         build_tarsier2_processor(AutoTokenizer.from_pretrained(smollm2_dir), TEMPLATE, min_pixels=MIN_PIXELS,
                                  max_pixels=MAX_PIXELS)
+
+
+def test_video_run_equals_the_release_image_run_in_qwen2vl(tokenizer):
+    """The release feeds a video to its model as an `<|image_pad|>` run with `image_grid_thw = (t, h, w)`; this
+    processor emits a `<|video_pad|>` run with `video_grid_thw`. transformers' Qwen2-VL gives both the same vision
+    features and positions: the logits of a tiny random model are identical."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    processor = build_tarsier2_processor(tokenizer, TEMPLATE, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    frames = np.random.default_rng(2).integers(0, 256, (3, 140, 196, 3), dtype=np.uint8)
+    video = processor(text="Look: <|vision_start|><|video_pad|><|vision_end|> What happens?", videos=[frames],
+                      return_tensors="pt")
+    assert video["video_grid_thw"].tolist() == [[3, 10, 14]]  # t = 3 <= h / 2, w / 2
+    ids = dict(zip(("vision_start", "vision_end", "image", "video"), tokenizer.convert_tokens_to_ids(QWEN2VL_TOKENS)))
+    config = Qwen2VLConfig(
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         intermediate_size=32, vocab_size=len(tokenizer),
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, spatial_merge_size=2,
+                           temporal_patch_size=2, patch_size=14),
+        image_token_id=ids["image"], video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"],
+    )
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    as_image = {
+        "input_ids": torch.where(video["input_ids"] == ids["video"], ids["image"], video["input_ids"]),
+        "attention_mask": video["attention_mask"], "mm_token_type_ids": video["mm_token_type_ids"].clamp(max=1),
+        "pixel_values": video["pixel_values_videos"], "image_grid_thw": video["video_grid_thw"],
+    }
+    with torch.no_grad():
+        logits_video = model(**video).logits
+        logits_image = model(**as_image).logits
+    assert torch.equal(logits_video, logits_image)
