@@ -405,8 +405,9 @@ class Tarsier2Processor(ProcessorMixin):
     - `video_metadata` (one `VideoMetadata` per video, `frames_indices` = sampled frame indices) with
       `return_metadata=True`; `assistant_masks` with `apply_chat_template(..., return_assistant_tokens_mask=True)`.
 
-    Videos of one sample share the release's pixel budget (`max_pixels_per_sample`); still images do not count
-    towards it here (the release counts each as its processor's `temporal_patch_size` images).
+    Videos of one sample share the release's pixel budget (`max_pixels_per_sample`). Still images get transformers'
+    Qwen2-VL processing only: the release also pre-resizes them to at most 460800 pixels and counts each towards the
+    budget as its processor's `temporal_patch_size` images; neither is reproduced here.
     """
 
     valid_processor_kwargs = Tarsier2ProcessorKwargs
