@@ -343,10 +343,12 @@ def test_hub_publish_prepares_exactly_the_upload_folder(converted, workdir):
     expected = {p.name for p in converted.iterdir() if p.is_file() and p.name != ".DS_Store"}
     assert {p.name for p in staging.iterdir()} == expected
     assert folder_digest(staging) == {k: v for k, v in folder_digest(converted).items() if k != ".DS_Store"}
-    plan = hub_publish.main(["--folder", str(converted), "--repo_id", "someone/tarsier-tiny", "--dry_run",
-                             "--staging_dir", str(workdir / "upload2")])
+    assert hub_publish.main(["--folder", str(converted), "--repo_id", "someone/tarsier-tiny", "--dry_run",
+                             "--staging_dir", str(workdir / "upload2")]) == 0
+    assert sorted(p.name for p in (workdir / "upload2").iterdir()) == sorted(expected)
+    plan = hub_publish.push_to_hub(converted, "someone/tarsier-tiny", staging_dir=workdir / "upload4", dry_run=True)
     assert plan.repo_id == "someone/tarsier-tiny" and sorted(plan.files) == sorted(expected)
-    assert plan.commit_url is None and plan.folder == workdir / "upload2"
+    assert plan.commit_url is None and plan.folder == workdir / "upload4"
     with pytest.raises(ValueError, match="namespace/name"):
         hub_publish.push_to_hub(converted, "no-namespace", dry_run=True)
 

@@ -803,7 +803,7 @@ class ConvertArguments:
     overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output folder."})
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> int:
     (args,) = HfArgumentParser(ConvertArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tarsier_hf.hub import tarsier2  # imports this module, so not at its top
@@ -820,7 +820,7 @@ def main(argv: list[str] | None = None) -> Path:
     except CheckpointError as error:
         raise SystemExit(f"error: {error}") from None
     logger.info("wrote %s", output)
-    return output
+    return 0
 
 
 if __name__ == "__main__":

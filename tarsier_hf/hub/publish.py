@@ -144,7 +144,9 @@ class PublishArguments:
     dry_run: bool = field(default=False, metadata={"help": "Only build and list the upload folder."})
 
 
-def main(argv: list[str] | None = None) -> UploadPlan:
+def main(argv: list[str] | None = None) -> int:
+    """`tarsier-publish`: checks and uploads the folder (`push_to_hub`), prints the files and the commit URL;
+    returns the exit status."""
     (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> UploadPlan:
         print(plan.folder / name)
     if plan.commit_url:
         print(plan.commit_url)
-    return plan
+    return 0
 
 
 if __name__ == "__main__":
