@@ -17,7 +17,6 @@ Arguments (tarsier_hf/training/arguments.py): TRL's `ScriptArguments` (dataset),
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import asdict
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import torch
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from tarsier_hf import families
@@ -41,7 +39,7 @@ from tarsier_hf.training.data import (
 )
 from tarsier_hf.training.freezing import set_trainable_parts
 from tarsier_hf.training.model_builder import build_from_parts, save_tarsier
-from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer, last_complete_checkpoint
 
 logger = logging.getLogger("train_sft")
 
@@ -149,26 +147,30 @@ def dataset_specs(script_args: ScriptArguments, tarsier_args: TarsierArguments, 
 
 def build_dataset(
     script_args: ScriptArguments, tarsier_args: TarsierArguments, seed: int, split: str | None = None,
-    bad_rows_log: str | None = None,
+    bad_rows_log: str | None = None, processor=None,
 ) -> ConversationDataset | StreamingConversationDataset:
     """The training mixture (`split=None`: `--dataset_train_split`), streamed with `--dataset_streaming`.
 
-    Every row is validated: here, before training (bad rows skipped, or fatal under --fail_fast), or, streamed, as
-    it streams past (skipped and appended to `bad_rows_log`, or fatal under --fail_fast).
+    Every row is validated (`tarsier_hf.training.data.check_row`, against the visual placeholders of `processor`):
+    here, before training, or, streamed, as it streams past; bad rows are appended to `bad_rows_log` and skipped,
+    or fatal under --fail_fast.
     """
     specs = dataset_specs(script_args, tarsier_args, split or script_args.dataset_train_split)
     options = dict(
         source_weights=parse_weights(tarsier_args.source_weights),
         prompt_pools=load_prompt_pools(tarsier_args.prompt_pools), resample_prompts=tarsier_args.resample_prompts,
-        seed=seed, fail_fast=tarsier_args.fail_fast,
+        seed=seed, fail_fast=tarsier_args.fail_fast, bad_rows_log=bad_rows_log,
     )
+    if processor is not None:
+        options["placeholders"] = {"video": processor.video_token, "image": processor.image_token}
     if script_args.dataset_streaming:
-        return StreamingConversationDataset(specs, bad_rows_log=bad_rows_log, **options)
+        return StreamingConversationDataset(specs, **options)
     return ConversationDataset(specs, **options)
 
 
 def count_lines(path: str) -> int:
-    """Lines of a text file (0 when it does not exist): the bad rows recorded in `bad_rows.jsonl`."""
+    """Lines of a text file (0 when it does not exist): the entries of a JSONL record (`bad_rows.jsonl`,
+    `skipped_samples.jsonl`)."""
     if not os.path.exists(path):
         return 0
     with open(path, encoding="utf-8") as handle:
@@ -213,11 +215,12 @@ def warn_if_max_length_too_short(tarsier_args: TarsierArguments, processor, max_
 
 
 def resolve_resume(value: str | None, output_dir: str) -> str | None:
-    """`--resume_from_checkpoint last|true` means the newest checkpoint in output_dir (None if there is none)."""
+    """`--resume_from_checkpoint last|true` means the newest complete checkpoint in output_dir (None if there is
+    none; `last_complete_checkpoint`)."""
     if value is None or value.lower() in ("false", "none", ""):
         return None
     if value.lower() in ("last", "true"):
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        last = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
         if last is None:
             logger.warning("no checkpoint in %s to resume from; starting fresh", output_dir)
         return last
@@ -244,20 +247,29 @@ def main(
     model, processor, peft_config, base_name = build_model(
         model_args, tarsier_args, training_args.output_dir, is_main_process=training_args.process_index == 0
     )
+    # The records of this run, which the model card counts: the bad rows (found anew, before or while training) and
+    # the samples the collator skipped; a resumed map-style run keeps the latter (the Trainer skips the batches
+    # before the checkpoint without collating them; a stream is read and collated again up to it)
     bad_rows_path = os.path.join(training_args.output_dir, "bad_rows.jsonl")
-    if training_args.process_index == 0 and os.path.exists(bad_rows_path):
-        os.remove(bad_rows_path)  # a previous run's; this run's bad rows are written (or streamed) below
-    train_dataset = build_dataset(script_args, tarsier_args, training_args.seed, bad_rows_log=bad_rows_path)
+    skip_log = os.path.join(training_args.output_dir, "skipped_samples.jsonl")
+    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    keep_skip_log = resume_from is not None and not script_args.dataset_streaming
+    if training_args.process_index == 0:
+        for record in [bad_rows_path] + ([] if keep_skip_log else [skip_log]):
+            if os.path.exists(record):
+                os.remove(record)
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    # every process streams its own rows; a map-style mixture is checked alike by every process, recorded by one
+    train_dataset = build_dataset(
+        script_args, tarsier_args, training_args.seed, processor=processor,
+        bad_rows_log=bad_rows_path if script_args.dataset_streaming or training_args.process_index == 0 else None,
+    )
     eval_dataset = None
     if training_args.eval_strategy != "no":
-        eval_dataset = build_dataset(script_args, tarsier_args, training_args.seed, split=script_args.dataset_test_split)
-    os.makedirs(training_args.output_dir, exist_ok=True)
+        eval_dataset = build_dataset(script_args, tarsier_args, training_args.seed, split=script_args.dataset_test_split,
+                                     processor=processor)
     warn_if_max_length_too_short(tarsier_args, processor, training_args.max_length)
     streaming = isinstance(train_dataset, StreamingConversationDataset)
-    if train_dataset.bad_rows and training_args.process_index == 0:
-        # the bad rows found before training (a stream appends its own as they come up)
-        with open(bad_rows_path, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(asdict(row)) + "\n" for row in train_dataset.bad_rows)
     collator = TarsierVideoCollator(
         processor,
         tarsier_args.sampling(),
@@ -266,7 +278,7 @@ def main(
         on_too_long=tarsier_args.on_too_long,
         fail_fast=tarsier_args.fail_fast,
         dataset=None if streaming else train_dataset,  # a stream cannot be drawn from: bad samples are dropped
-        skip_log=os.path.join(training_args.output_dir, "skipped_samples.jsonl"),
+        skip_log=skip_log,
         seed=training_args.seed,
         rank=training_args.process_index,
     )
@@ -274,7 +286,7 @@ def main(
         model=model, args=training_args, data_collator=collator, processing_class=processor, peft_config=peft_config,
         train_dataset=as_hf_dataset(train_dataset, training_args), eval_dataset=as_hf_dataset(eval_dataset, training_args),
     )
-    trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir))
+    trainer.train(resume_from_checkpoint=resume_from)
     if trainer.is_fsdp_enabled:  # SHARDED_STATE_DICT checkpoints stay sharded; the final folder is gathered in full
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
@@ -299,9 +311,7 @@ def main(
                       "per_device_train_batch_size": training_args.per_device_train_batch_size,
                       "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
                       "world_size": training_args.world_size, "use_peft": model_args.use_peft,
-                      "skipped_rows": count_lines(bad_rows_path),
-                      "skipped_samples": trainer.skip_totals["skipped_samples"],
-                      "skipped_too_long": trainer.skip_totals["skipped_too_long"]},
+                      "skipped_rows": count_lines(bad_rows_path), "skipped_samples": count_lines(skip_log)},
             is_adapter=model_args.use_peft,
         )
         (Path(output_dir) / "README.md").write_text(card, encoding="utf-8")

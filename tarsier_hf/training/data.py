@@ -61,6 +61,7 @@ import numpy as np
 import torch
 import yaml
 
+from processing_tarsier import IMAGE_TOKEN, VIDEO_TOKEN, _split_per_sample
 from tarsier_hf.jsonl import iter_jsonl
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ DEFAULT_PROMPT_POOLS: dict[str, list[str]] = {
 }
 
 _VISUAL_TYPES = ("video", "image")
+# The placeholder of each visual item type in the text the processor reads (what its chat template renders the item
+# as): TarsierProcessor's; a mixture for another processor is given that processor's (`placeholders`)
+PLACEHOLDERS = {"video": VIDEO_TOKEN, "image": IMAGE_TOKEN}
 # Keys of Tarsier2's media items that pick a part of a file (dataset/custom_data_parsers/standard_vision_parser.py)
 _CLIP_KEYS = {"frame_indices", "time_indices", "start_frame", "end_frame", "start_time", "end_time"}
 
@@ -148,9 +152,9 @@ def _normalize_item(item: Any, root: str | None, where: str) -> dict:
     elif source is None and isinstance(nested, str):
         source = nested
     if isinstance(source, (list, tuple)):
-        if not source:
-            raise ValueError(f"{where}: empty frame list in {kind} item")
-        return {"type": kind, "paths": [_resolve(str(p), root) for p in source]}
+        if not source or not all(isinstance(p, str) and p for p in source):
+            raise ValueError(f"{where}: a {kind} item's frame list must be a non-empty list of file paths: {item!r}")
+        return {"type": kind, "paths": [_resolve(p, root) for p in source]}
     if not isinstance(source, str) or not source:
         raise ValueError(f"{where}: {kind} item has no file path ('path' or '{kind}.{kind}_file'): {item!r}")
     return {"type": kind, "path": _resolve(source, root)}
@@ -623,30 +627,78 @@ def _has_text(content: list[dict]) -> bool:
     return any(item["type"] == "text" and item["text"].strip() for item in content)
 
 
-def check_row(raw: dict, spec: DatasetSpec, pools: dict[str, list[str]]) -> str | None:
-    """Why a raw row (any layout) cannot train, or None when it can: it normalises, its first user turn gets a
-    prompt, every role is known and every assistant turn has text."""
+def check_placeholders(messages: list[dict], placeholders: dict[str, str] = PLACEHOLDERS) -> None:
+    """Raise `ValueError` when the processor would count more visual placeholders (`placeholders`: the token of
+    each visual item type, `<video>` / `<image>` for Tarsier) in a normalised conversation than it has videos /
+    images.
+
+    The chat template renders each visual item as its placeholder and each text item as written, so a text that
+    spells a placeholder (`"What is <video>?"`) adds one without a video. The count is the processor's own
+    (`processing_tarsier._split_per_sample`, which fails such a sample when it is encoded), applied here to the
+    text as the template lays it out, one message at a time.
+    """
+    texts = ["".join(item["text"] if item["type"] == "text" else placeholders.get(item["type"], "")
+                     for item in message["content"]) for message in messages]
+    for kind, token in placeholders.items():
+        visuals = [item for message in messages for item in message["content"] if item["type"] == kind]
+        try:
+            _split_per_sample(visuals, texts, token, f"{kind}s")
+        except ValueError as error:
+            raise ValueError(f"{error}: a text spells {token}, which the processor reads as a placeholder") from None
+
+
+def trainable_row(raw: Any, spec: DatasetSpec, pools: dict[str, list[str]],
+                  placeholders: dict[str, str] = PLACEHOLDERS) -> dict:
+    """`raw` (a row of any layout) normalised as it will train, with its mixing source; raises when it cannot train.
+
+    It must normalise (`normalize_row`: a known layout, well-typed fields, an assistant turn), its first user turn
+    must get a prompt (`apply_prompt_pool`), every role must be system / user / assistant, every assistant turn
+    must have text, its texts must not spell a visual placeholder (`check_placeholders`) and its source must be a
+    string. The row's `source` is its mixing source (`row_source`).
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"the row is a {type(raw).__name__}, not an object")
     messages = raw.get("messages")
     if isinstance(messages, list):
         if not messages:
-            return "'messages' is empty"
+            raise ValueError("'messages' is empty")
         for number, message in enumerate(messages):
             # Rows read through `datasets` carry every key of the file's schema: a missing role reads as None.
             if not isinstance(message, dict) or message.get("role") is None:
-                return f"message {number} has no 'role'"
-    where = _row_name(raw, spec.label)
-    try:
-        row = normalize_row(raw, spec.video_root, origin=spec.label)
-        apply_prompt_pool(row, pools, random.Random(0), resample=False)
-    except (ValueError, TypeError, AttributeError, KeyError) as error:
-        return str(error).removeprefix(f"{where}: ")
-    roles = {m["role"] for m in row["messages"]} - {"system", "user", "assistant"}
+                raise ValueError(f"message {number} has no 'role'")
+    row = normalize_row(raw, spec.video_root, origin=spec.label)
+    apply_prompt_pool(copy.deepcopy(row), pools, random.Random(0), resample=False)  # the prompt is drawn per use
+    roles = [m["role"] for m in row["messages"] if m["role"] not in ("system", "user", "assistant")]
     if roles:
-        return f"unknown role(s) {sorted(roles)} (expected system, user, assistant)"
+        raise ValueError(f"unknown role(s) {roles} (expected system, user, assistant)")
     empty = [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant" and not _has_text(m["content"])]
     if empty:
-        return f"empty answer: assistant message {empty[0]} has no text"
-    return None
+        raise ValueError(f"empty answer: assistant message {empty[0]} has no text")
+    check_placeholders(row["messages"], placeholders)
+    row["source"] = row_source(raw, spec)
+    if not isinstance(row["source"], str):
+        raise ValueError(f"the source is a {type(row['source']).__name__}, not a string: {row['source']!r}")
+    return row
+
+
+def check_row(raw: Any, spec: DatasetSpec, pools: dict[str, list[str]],
+              placeholders: dict[str, str] = PLACEHOLDERS) -> tuple[dict | None, str | None]:
+    """The one guarded check every training row passes, up front or as it streams: `(row, None)` with the row as
+    `trainable_row` gives it, or `(None, reason)` when it cannot train.
+
+    Any exception of the check makes the row bad (a field of an unexpected type fails somewhere inside it, with
+    a `TypeError` as often as a `ValueError`), so no row can stop a run: the reason is the message (without the
+    row's name, which its place replaces), prefixed with the exception's type unless it is a `ValueError`.
+    """
+    try:
+        return trainable_row(raw, spec, pools, placeholders), None
+    except Exception as error:  # noqa: BLE001 - whatever fails, the row is reported and skipped
+        reason = str(error)
+        if isinstance(raw, dict):
+            reason = reason.removeprefix(f"{_row_name(raw, spec.label)}: ")
+        if not isinstance(error, ValueError):
+            reason = f"{type(error).__name__}: {reason}"
+        return None, reason
 
 
 def report_bad_rows(bad: Sequence[BadRow], fail_fast: bool) -> None:
@@ -660,8 +712,12 @@ def report_bad_rows(bad: Sequence[BadRow], fail_fast: bool) -> None:
 
 
 class _Mixture:
-    """What both mixtures share: their datasets (`parts`), mixing weights per source, prompt pools and bad-row
-    policy. A subclass reads its datasets in `_load(specs)`."""
+    """What both mixtures share: their datasets (`parts`), mixing weights per source, prompt pools, the processor's
+    visual placeholders (`check_placeholders`; Tarsier's by default), and the bad-row policy and record
+    (`bad_rows_log`: a JSONL file of `BadRow`s, appended to). A subclass reads its datasets in `_load(specs)`.
+
+    Raises `ValueError` when a pooled prompt spells a placeholder (prompts join rows after their check).
+    """
 
     def __init__(
         self,
@@ -671,20 +727,36 @@ class _Mixture:
         resample_prompts: bool = False,
         seed: int = 0,
         fail_fast: bool = False,
+        bad_rows_log: str | os.PathLike | None = None,
+        placeholders: dict[str, str] = PLACEHOLDERS,
     ):
         if not specs:
             raise ValueError("no training dataset given")
         self.parts = []
         self.weights = dict(source_weights or {})
         self.prompt_pools = prompt_pools if prompt_pools is not None else load_prompt_pools(None)
+        self.placeholders = dict(placeholders)
+        for task, prompts in self.prompt_pools.items():
+            for prompt in prompts:
+                try:
+                    check_placeholders([{"role": "user", "content": [{"type": "text", "text": prompt}]}], placeholders)
+                except ValueError as error:
+                    raise ValueError(f"prompt pool of task {task!r}: {prompt!r}: {error}") from None
         self.resample_prompts = resample_prompts
         self.seed = seed
         self.fail_fast = fail_fast
+        self.bad_rows_log = bad_rows_log
         self.bad_rows: list[BadRow] = []
         self._load(specs)
 
     def _load(self, specs: Sequence[DatasetSpec]) -> None:
         raise NotImplementedError
+
+    def _record(self, bad: Sequence[BadRow]) -> None:
+        """Append bad rows to `bad_rows_log` (when set)."""
+        if self.bad_rows_log and bad:
+            with open(self.bad_rows_log, "a", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(asdict(row)) + "\n" for row in bad)
 
 
 class ConversationDataset(_Mixture, torch.utils.data.Dataset):
@@ -696,32 +768,32 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
 
     Every row of every layout is checked once when the dataset is built (`check_row`): rows that cannot train
     (unparsable JSON, no known layout, empty `messages`, a message without `role`, no assistant turn, an empty
-    answer, ...) are logged with their place (`file:line` for JSON Lines files, else `dataset row N`) and the
-    reason, kept in `bad_rows` and left out of the mixture, so no bad row reaches `__getitem__` mid-run; with
-    `fail_fast=True` building raises `BadRowsError` listing them all instead.
+    answer, a field of the wrong type, a text that spells a visual placeholder, ...) are logged with their place
+    (`file:line` for JSON Lines files, else `dataset row N`) and the reason, kept in `bad_rows`, written to
+    `bad_rows_log` and left out of the mixture (whose weights act on the trainable rows), so no bad row reaches
+    `__getitem__` mid-run; with `fail_fast=True` building raises `BadRowsError` listing them all instead.
     """
 
     def _load(self, specs: Sequence[DatasetSpec]) -> None:
-        sources: list[str | None] = []
+        sources: list[str | None] = []  # per flat row; None for a bad row
         self._offsets = [0]
-        bad_flat: list[int] = []
         for spec in specs:
             rows, places, bad = load_rows_with_places(spec)
             for position, raw in enumerate(rows):
-                reason = check_row(raw, spec, self.prompt_pools)
+                row, reason = check_row(raw, spec, self.prompt_pools, self.placeholders)
                 if reason is not None:
                     bad.append(BadRow(places[position], reason))
-                    bad_flat.append(self._offsets[-1] + position)
-                sources.append(row_source(raw, spec))
+                sources.append(None if row is None else row["source"])
             self.bad_rows += sorted(bad, key=lambda row: row.order)
             self.parts.append((rows, spec))
             self._offsets.append(self._offsets[-1] + len(rows))
         self.sources = sources
+        self._record(self.bad_rows)
         report_bad_rows(self.bad_rows, self.fail_fast)
-        indices = mixture_indices(sources, self.weights, self.seed)
-        self.indices = indices[~np.isin(indices, bad_flat)]
-        if not len(self.indices):
+        good = np.array([flat for flat, source in enumerate(sources) if source is not None], dtype=np.int64)
+        if not len(good):
             raise ValueError(f"no trainable rows: all {len(self.bad_rows)} rows of {[s.place for s in specs]} are bad")
+        self.indices = good[mixture_indices([sources[flat] for flat in good], self.weights, self.seed)]
         self._draws = 0
 
     def __len__(self) -> int:
@@ -737,9 +809,7 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
             raise IndexError(index)
         flat = int(self.indices[index])
         raw, spec = self.raw_row(flat)
-        row = normalize_row(raw, spec.video_root, origin=spec.label)
-        if row["source"] is None:
-            row["source"] = self.sources[flat]
+        row = {**normalize_row(raw, spec.video_root, origin=spec.label), "source": self.sources[flat]}
         # A fresh prompt per draw; seeded by index and draw count so runs are reproducible per worker.
         self._draws += 1
         rng = random.Random(hash((self.seed, index, self._draws)))
@@ -781,22 +851,18 @@ class StreamingConversationDataset(_Mixture):
     """
     `ConversationDataset` for data too big for disk: each dataset is read with `datasets.load_dataset(...,
     streaming=True)` (or given as an `IterableDataset`; local JSON Lines files are read line by line), the datasets
-    are interleaved row by row, and each row is checked (`check_row`), normalised and given a pooled prompt as it
-    streams past.
+    are interleaved row by row, and each row is checked and normalised (`check_row`) and given a pooled prompt as
+    it streams past.
 
     A bad row is skipped as it streams: logged with its place (`file:line`, or `dataset row N`) and reason,
-    appended to `bad_rows_log` (a JSONL file of `BadRow`s, shared by DataLoader workers and ranks) and kept in
-    `bad_rows` (of the process that read it); with `fail_fast=True` the first bad row raises `BadRowsError`.
+    appended to `bad_rows_log` (shared by DataLoader workers and ranks) and kept in `bad_rows` (of the process
+    that read it); with `fail_fast=True` the first bad row is recorded, then raises `BadRowsError`.
 
     Mixing weights act per row in expectation: weight `w` yields each row `floor(w)` times plus once more with
     probability `w - floor(w)` (so 0.3 keeps ~30 % of a source, 2.5 repeats it 2.5 times). There is no length
     (train with `max_steps`) and no random access (the collator drops unreadable samples instead of drawing
     replacements). Iterating gives the rows; `as_hf_dataset` gives the `datasets.IterableDataset` `SFTTrainer` takes.
     """
-
-    def __init__(self, specs: Sequence[DatasetSpec], *, bad_rows_log: str | os.PathLike | None = None, **options):
-        self.bad_rows_log = bad_rows_log
-        super().__init__(specs, **options)
 
     def _load(self, specs: Sequence[DatasetSpec]) -> None:
         for spec in specs:
@@ -816,13 +882,11 @@ class StreamingConversationDataset(_Mixture):
             yield f"{spec.place} row {position}", raw, None
 
     def _skip(self, bad: BadRow) -> None:
+        self.bad_rows.append(bad)
+        self._record([bad])
         if self.fail_fast:
             raise BadRowsError(f"bad training row (--fail_fast): {bad.where}: {bad.reason}")
         logger.warning("skipping bad training row %s: %s", bad.where, bad.reason)
-        self.bad_rows.append(bad)
-        if self.bad_rows_log:
-            with open(self.bad_rows_log, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(asdict(bad)) + "\n")
 
     def shard(self, index: int, num_shards: int):
         """Rows number `index`, `index + num_shards`, ... of the interleaved stream, checked, normalised and
@@ -842,13 +906,10 @@ class StreamingConversationDataset(_Mixture):
                     continue
                 place, raw, reason = item
                 if reason is None:
-                    reason = check_row(raw, spec, self.prompt_pools)
+                    row, reason = check_row(raw, spec, self.prompt_pools, self.placeholders)
                 if reason is not None:
                     self._skip(BadRow(place, reason))
                     continue
-                row = normalize_row(raw, spec.video_root, origin=spec.label)
-                if row["source"] is None:
-                    row["source"] = default_source(raw, spec)
                 weight = self.weights.get(row["source"], 1.0)
                 whole, frac = divmod(weight, 1.0)
                 for _ in range(int(whole) + (rng.random() < frac)):

@@ -1,16 +1,26 @@
-"""`SFTTrainer` for Tarsier: counts the samples the video collator skipped and logs them with the other metrics."""
+"""`SFTTrainer` for Tarsier: counts the samples the video collator skipped and logs them with the other metrics, and
+publishes a checkpoint folder only once it is complete."""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 from trl import SFTConfig, SFTTrainer
 
 from tarsier_hf.training.loss import labelled_logits
 
+logger = logging.getLogger(__name__)
+
 SKIP_KEYS = ("skipped_samples", "skipped_too_long")
+# Where a checkpoint is written before it is renamed to OUTPUT_DIR/checkpoint-N: a folder that neither the
+# Trainer's checkpoint patterns (`checkpoint-*`, rotation and `get_last_checkpoint`) nor publishing (`.*`) see.
+STAGING_DIR = ".checkpoint-in-progress"
 LOSS_HEADS = ("fused", "plain")
 VISUAL_PARTS = ("vision_tower.", "multi_modal_projector.")
 
@@ -48,11 +58,17 @@ class TarsierSFTTrainer(SFTTrainer):
     The collator reports per batch how many samples it replaced (unreadable media, or too long); those counts are
     popped here before the model sees the batch, summed over ranks and logged as running totals
     (`skipped_samples`, `skipped_too_long`) next to `loss` and `num_tokens`.
+
+    A checkpoint becomes visible only complete (`_save_checkpoint`): the Trainer writes it under `STAGING_DIR`
+    and it is renamed to `OUTPUT_DIR/checkpoint-N` once every process has written its part, so a run killed
+    mid-save leaves the previous checkpoints as they were and `last_complete_checkpoint` resumes from the newest.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skip_totals = {key: 0 for key in SKIP_KEYS}
+        self._staging_dir: str | None = None  # set while a checkpoint is being written (`_save_checkpoint`)
+        self._push_pending = False
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
         if plugin is not None and plugin.activation_checkpointing and hasattr(self.model, "peft_config"):
             # measured (peft 0.21, accelerate 1.15): the checkpoint wrappers rename the LoRA modules and
@@ -75,6 +91,67 @@ class TarsierSFTTrainer(SFTTrainer):
         if getattr(self.args, "loss_head", "fused") == "plain":
             return self._plain_head_loss(model, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _get_output_dir(self, trial) -> str:
+        """The run folder, or the staging folder while a checkpoint is being written (the Trainer puts its
+        `checkpoint-N` folder here)."""
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, written under `STAGING_DIR` and renamed into the run folder when complete.
+
+        Rename, not a marker file: the Trainer's save writes files from every process and rotates old checkpoints
+        before it returns, so only a folder that appears under its final name complete is safe for every reader
+        (resuming, `get_last_checkpoint`, rotation, loading a checkpoint as a model). Rotation and the push of a
+        checkpoint (`push_to_hub`) therefore run here, after the rename, on the published folder.
+        """
+        run_dir = self._get_output_dir(trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed save left
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every process has written its part
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        written, final = os.path.join(staging, name), os.path.join(run_dir, name)
+        best = self.state.best_model_checkpoint
+        if best is not None and os.path.abspath(best) == os.path.abspath(written):  # this checkpoint is the best
+            self.state.best_model_checkpoint = final
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(written, "trainer_state.json"))
+        if self.args.should_save:
+            self._publish_checkpoint(written, final)
+        self.accelerator.wait_for_everyone()
+        if self._push_pending:
+            self._push_pending = False
+            self._push_from_checkpoint(final)
+
+    def _publish_checkpoint(self, written: str, final: str) -> None:
+        """Rename the complete checkpoint folder `written` (in the staging folder) to `final`, remove the staging
+        folder, then rotate old checkpoints as the Trainer does."""
+        staging = os.path.dirname(written)
+        if os.path.exists(final):  # a checkpoint of this step from an earlier run: moved away, then replaced
+            replaced = os.path.join(staging, f"replaced-{os.path.basename(final)}")
+            os.replace(final, replaced)
+            os.replace(written, final)
+            shutil.rmtree(replaced)
+        else:
+            os.replace(written, final)
+        os.rmdir(staging)
+        rotate_checkpoints(output_dir=os.path.dirname(final), save_total_limit=self.args.save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """The Trainer's push of a checkpoint, deferred while it is staged (it uploads the folder in the
+        background, which must be the published one)."""
+        if self._staging_dir is not None:
+            self._push_pending = True
+            return
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer; with `vision_learning_rate`, the vision tower and projector get their own groups."""
@@ -168,3 +245,13 @@ class TarsierSFTTrainer(SFTTrainer):
         inputs = {k: v for k, v in inputs.items() if k not in SKIP_KEYS}
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` of `output_dir` (None if there is none), warning about a checkpoint that was
+    being written when a run stopped (left under `STAGING_DIR`, incomplete, not resumed from)."""
+    staging = os.path.join(output_dir, STAGING_DIR)
+    last = get_last_checkpoint(output_dir)
+    for name in sorted(os.listdir(staging)) if os.path.isdir(staging) else []:
+        logger.warning("%s is incomplete (a run stopped while writing it): resuming from %s instead",
+                       os.path.join(staging, name), last or "scratch")
+    return last
