@@ -1,7 +1,12 @@
 """Tarsier2's pixel path (issue #35): `processing_tarsier2` against transformers' Qwen2-VL image processor (PIL
 backend), an independent re-implementation of transformers 4.47's slow video path (the release's), and the release's
 sampling and resizing rules, on real frames of demo_test.mp4 (1920x800 H.264); token expansion, `mm_token_type_ids`,
-and the save -> AutoProcessor(trust_remote_code=True) round trip in a fresh interpreter."""
+and the save -> AutoProcessor(trust_remote_code=True) round trip in a fresh interpreter.
+
+Checked once outside CI (side environments, demo_test.mp4's 16 frames): the release's own chain (decord 0.6.0, its
+`resize2pixels`, transformers 4.47.0's `Qwen2VLImageProcessor(videos=...)`, Pillow 9.3.0) gives the same frames
+(0 levels) and the same `pixel_values_videos` (max abs diff 0.0) as this processor; transformers 5.23's torchvision
+`Qwen2VLVideoProcessor` gives the same grids and values within 0.030 (2 levels of bicubic resampling)."""
 
 import json
 import math
