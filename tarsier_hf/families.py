@@ -103,7 +103,8 @@ def load_model_and_processor(
 
     Returns `(model, processor, family)`. `model_kwargs` go to `from_pretrained` (e.g. `attn_implementation`,
     `quantization_config`). A Qwen2-VL folder whose config asks for flash-attention (what the release's code
-    saves) gets the default attention unless `attn_implementation` is given.
+    saves) gets sdpa unless `attn_implementation` is given, and its M-RoPE positions follow the release
+    (`tarsier_hf.mrope`).
     """
     family = detect_family(checkpoint)
     device = torch.device(device)
@@ -123,8 +124,11 @@ def load_model_and_processor(
     elif family is QWEN2_VL:
         from transformers import Qwen2VLForConditionalGeneration
 
+        from tarsier_hf.mrope import use_release_rope_index
+
         model_kwargs.setdefault("attn_implementation", "sdpa")
         model = Qwen2VLForConditionalGeneration.from_pretrained(checkpoint, **model_kwargs)
+        use_release_rope_index(model)  # text after a video where Qwen2-VL and the release put it (tarsier_hf/mrope.py)
         processor = load_processor(checkpoint, family, trust_remote_code)
     else:
         from transformers import AutoModelForCausalLM

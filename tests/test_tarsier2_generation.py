@@ -124,3 +124,29 @@ def test_the_video_tensors_the_engine_builds_are_the_release_layout(tarsier2_fol
     assert int(video_positions.sum()) == t * h * w // 4
     assert torch.equal(item["mm_token_type_ids"] == 2, video_positions)
     assert item["pixel_values_videos"].shape == (t * h * w, 3 * 2 * 14 * 14)
+
+
+def test_text_after_a_video_resumes_where_the_release_puts_it(tarsier2_folder):
+    """A video of t=5 temporal patches on a 1x2 merged grid: the release (and Qwen2-VL's own code, transformers
+    4.4x) resumes the text at the run's largest position + 1 (3 + max(5, 1, 2) = 8); transformers 5.23's
+    `get_rope_index` resumes at 3 + max(1, 2) = 5, inside the video's temporal positions. The loader gives the
+    release's positions in the forward and in generation; the plain class still gives 5.23's (if this assertion
+    fails, transformers changed its rule and tarsier_hf/mrope.py can go)."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+
+    from tarsier_hf.inference.engine import load_model_and_processor
+
+    model, _ = load_model_and_processor(tarsier2_folder)
+    video = (5 * 1 * 2)
+    ids = torch.tensor([[0] + [7, 8, 9] + [3] * video + [10, 11]])
+    types = torch.tensor([[0] + [0, 0, 0] + [2] * video + [0, 0]])
+    mask = torch.tensor([[0] + [1] * (3 + video + 2)])  # left padding is skipped
+    grid = torch.tensor([[5, 2, 4]])
+    positions, deltas = model.model.get_rope_index(ids, types, video_grid_thw=grid, attention_mask=mask)
+    temporal = [0, 1, 2] + [3 + t for t in range(5) for _ in range(2)]
+    assert positions[0, 0, 1:].tolist() == temporal + [8, 9]
+    assert positions[1, 0, 1:].tolist() == [0, 1, 2] + [3] * video + [8, 9]
+    assert positions[2, 0, 1:].tolist() == [0, 1, 2] + [3, 4] * 5 + [8, 9]
+    assert deltas.tolist() == [[10 - 15]]
+    library, _ = Qwen2VLModel.get_rope_index(model.model, ids, types, video_grid_thw=grid, attention_mask=mask)
+    assert library[0, 0, -2:].tolist() == [5, 6]
