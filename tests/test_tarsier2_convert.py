@@ -97,7 +97,8 @@ def test_converted_folder_is_standard_qwen2vl(released_tarsier2, converted):
 
     files = sorted(path.name for path in converted.iterdir())
     assert {"config.json", "model.safetensors.index.json", "generation_config.json", "tokenizer.json",
-            "tokenizer_config.json", "chat_template.jinja", "processor_config.json", "processing_tarsier2.py"} <= set(files)
+            "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
+            "processing_tarsier2.py"} <= set(files)
     assert (converted / "generation_config.json").read_bytes() == (
         released_tarsier2["path"] / "generation_config.json").read_bytes()
 
@@ -133,6 +134,20 @@ def test_converted_processor_files(released_tarsier2, converted):
     assert tokenizer.decode(marked) == "A red ball rolls."
 
 
+def test_template_kept_in_tokenizer_config(released_tarsier2, tmp_path):
+    """A release whose template lives in tokenizer_config.json (where transformers 4.47 tokenizers save theirs)
+    converts to the same ChatML template, and the converted tokenizer carries no other."""
+    folder = shutil.copytree(released_tarsier2["path"], tmp_path / "released")
+    (folder / "chat_template.json").unlink()
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["chat_template"] = RELEASED_CHAT_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    output = tarsier2.convert_released_tarsier2(folder, tmp_path / "hf")
+    assert "chat_template" not in json.loads((output / "tokenizer_config.json").read_text())
+    template = (output / "chat_template.jinja").read_text()
+    assert "<|video_pad|>" in template and AutoTokenizer.from_pretrained(output).chat_template == template
+
+
 def test_loads_without_remote_code_and_matches_qwen2vl(released_tarsier2, converted):
     """transformers' own classes load the folder (no trust_remote_code, no flash-attn) and give the logits of
     transformers' Qwen2-VL holding the same weights, on text with an image and with a video, in the checkpoint's
@@ -144,9 +159,8 @@ def test_loads_without_remote_code_and_matches_qwen2vl(released_tarsier2, conver
     with torch.no_grad():
         for dtype in (torch.bfloat16, torch.float32):
             reference = reference_model(released_tarsier2, dtype)
-            models = {"AutoModelForImageTextToText": AutoModelForImageTextToText.from_pretrained(converted, dtype=dtype),
-                      "Qwen2VLForConditionalGeneration": Qwen2VLForConditionalGeneration.from_pretrained(converted,
-                                                                                                         dtype=dtype)}
+            models = {cls.__name__: cls.from_pretrained(converted, dtype=dtype)
+                      for cls in (AutoModelForImageTextToText, Qwen2VLForConditionalGeneration)}
             for kind in ("image", "video"):
                 inputs = vision_inputs(released_tarsier2, kind, (2, 4, 4))
                 expected = reference(**inputs).logits
@@ -257,7 +271,8 @@ def test_flash_attention_request_is_dropped(attn_key, tmp_path, released_tarsier
     assert model.config._attn_implementation == model.config.vision_config._attn_implementation == "sdpa"
     if importlib.util.find_spec("flash_attn") is None:
         with pytest.raises(ImportError, match="FlashAttention2"):
-            Qwen2VLForConditionalGeneration.from_pretrained(output, config=Qwen2VLConfig.from_dict(config["text_config"]))
+            as_saved = Qwen2VLConfig.from_dict(config["text_config"])
+            Qwen2VLForConditionalGeneration.from_pretrained(output, config=as_saved)
 
 
 # ----------------------------------------------------------------------------------------------- bad input

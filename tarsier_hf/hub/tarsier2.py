@@ -1,4 +1,4 @@
-"""Convert a released Tarsier2 checkpoint (Tarsier2-Recap-7b, Tarsier2-7b-0115) into a standard Qwen2-VL folder, and back.
+"""Convert a released Tarsier2 checkpoint (Tarsier2-Recap-7b, Tarsier2-7b-0115) to a standard Qwen2-VL folder, and back.
 
     # released layout -> a Qwen2-VL folder: the model loads with transformers' own Qwen2VLForConditionalGeneration /
     # AutoModelForImageTextToText (no remote code) and serves as plain Qwen2-VL; the processor is Tarsier2Processor
@@ -320,8 +320,9 @@ def read_chat_template(folder: Path, tokenizer) -> tuple[str, str]:
         return template, str(folder / "chat_template.json")
     if isinstance(tokenizer.chat_template, str):
         return tokenizer.chat_template, f"{folder}: the tokenizer's chat_template"
-    raise CheckpointError(f"{folder}: no chat template (chat_template.jinja, chat_template.json or tokenizer_config.json "
-                          "'chat_template'); the release renders prompts with the checkpoint's own template")
+    raise CheckpointError(f"{folder}: no chat template (chat_template.jinja, chat_template.json or "
+                          "tokenizer_config.json 'chat_template'); the release renders prompts with the checkpoint's "
+                          "own template")
 
 
 def chatml_template(system_prompt: str | None, released_vision: bool) -> str:
