@@ -207,25 +207,37 @@ def test_mrope_after_long_videos_differs_from_release(released_tarsier2):
 # ----------------------------------------------------------------------------------------------- round trip
 
 
+def contains(outer: dict, inner: dict) -> bool:
+    """Every key of `inner` is in `outer` with the same value (nested objects compared the same way)."""
+    return all(key in outer and (contains(outer[key], value) if isinstance(value, dict) and
+                                 isinstance(outer[key], dict) else outer[key] == value)
+               for key, value in inner.items())
+
+
 def test_export_round_trip(released_tarsier2, converted, tmp_path):
-    """export writes the released layout back (same tensors byte for byte under the released names, the same
-    config facts, flash-attention requested again, the release's template form); converting the export again
-    reproduces the converted folder's shards byte for byte."""
-    exported = tarsier2.export_released_tarsier2(converted, tmp_path / "released")
+    """export writes the released layout back (the released config.json with every key and value, the same tensors
+    byte for byte under the released names and shards, the release's template form); without the kept released
+    config it rebuilds the config facts, flash-attention request included; converting the export again reproduces
+    the converted folder's shards byte for byte."""
     original = released_tarsier2["config"]
+    assert json.loads((converted / tarsier2.RELEASED_CONFIG_FILE).read_text()) == original
+    exported = tarsier2.export_released_tarsier2(converted, tmp_path / "released")
     config = json.loads((exported / "config.json").read_text())
-    assert config["model_type"] == "llava" and config["architectures"] == ["TarsierForConditionalGeneration"]
-    assert config["image_token_index"] == original["image_token_index"]
-    assert config["projection_head"] is None and config["torch_dtype"] == "bfloat16"
+    assert contains(config, original)
+
+    bare = shutil.copytree(converted, tmp_path / "bare")
+    (bare / tarsier2.RELEASED_CONFIG_FILE).unlink()
+    rebuilt = json.loads((tarsier2.export_released_tarsier2(bare, tmp_path / "rebuilt") / "config.json").read_text())
+    assert rebuilt["model_type"] == "llava" and rebuilt["architectures"] == ["TarsierForConditionalGeneration"]
+    assert rebuilt["image_token_index"] == original["image_token_index"]
+    assert rebuilt["projection_head"] is None and rebuilt["torch_dtype"] == "bfloat16"
     facts = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "rms_norm_eps", "rope_theta", "rope_scaling", "bos_token_id", "eos_token_id",
              "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id", "vision_token_id",
              "spatial_merge_size", "attn_implementation", "model_type", "tie_word_embeddings")
-    assert {k: config["text_config"][k] for k in facts} == {k: original["text_config"][k] for k in facts}
-    vision_facts = ("model_type", "depth", "embed_dim", "hidden_size", "hidden_act", "mlp_ratio", "num_heads",
-                    "in_channels", "patch_size", "spatial_merge_size", "temporal_patch_size", "attn_implementation")
-    for vision in (config["vision_config"], config["text_config"]["vision_config"]):
-        assert {k: vision[k] for k in vision_facts} == {k: original["vision_config"][k] for k in vision_facts}
+    assert {k: rebuilt["text_config"][k] for k in facts} == {k: original["text_config"][k] for k in facts}
+    for vision in (rebuilt["vision_config"], rebuilt["text_config"]["vision_config"]):
+        assert contains(vision, original["vision_config"])
 
     back = tensors_of(exported)
     assert {name: shard for name, (shard, _) in back.items()} == {
@@ -254,25 +266,38 @@ def test_export_round_trip(released_tarsier2, converted, tmp_path):
     assert json.loads((again / "config.json").read_text()) == json.loads((converted / "config.json").read_text())
 
 
-# ----------------------------------------------------------------------------------------------- flash-attention
+# ----------------------------------------------------------------------------------------------- the release's code
 
 
 @pytest.mark.parametrize("attn_key", ["attn_implementation", "_attn_implementation"])
-def test_flash_attention_request_is_dropped(attn_key, tmp_path, released_tarsier2, converted):
+def test_release_code_keys_are_dropped_and_restored(attn_key, tmp_path, released_tarsier2):
     """A config saved by the release's code asks for flash_attention_2 in its Qwen2-VL and vision configs
-    (`attn_key`); read as is, transformers refuses to load the model without flash-attn; converted, it loads."""
+    (`attn_key`), and its vision config needs an `auto_map` for the release's `AutoModel.from_config` (the value
+    here is made up: the released one is not readable). Read as is, transformers refuses to load the model without
+    flash-attn; converted, the folder names neither and loads with sdpa; exported, both come back."""
     released = write_released_tarsier2(tmp_path / "released", attn_key=attn_key, num_shards=1,
                                        tokenizer_source=released_tarsier2["path"])
     config = json.loads((released["path"] / "config.json").read_text())
     assert config["text_config"][attn_key] == config["text_config"]["vision_config"][attn_key] == "flash_attention_2"
+    auto_map = {"AutoConfig": "someone/tarsier2--modeling_vision.VisionConfig",
+                "AutoModel": "someone/tarsier2--modeling_vision.VisionModel"}
+    for vision in (config["vision_config"], config["text_config"]["vision_config"]):
+        vision["auto_map"] = auto_map
+    (released["path"] / "config.json").write_text(json.dumps(config))
+
     output = tarsier2.convert_released_tarsier2(released["path"], tmp_path / "hf")
-    assert "flash_attention" not in (output / "config.json").read_text()
+    saved = (output / "config.json").read_text()
+    assert "flash_attention" not in saved and "auto_map" not in saved
     model = Qwen2VLForConditionalGeneration.from_pretrained(output)
     assert model.config._attn_implementation == model.config.vision_config._attn_implementation == "sdpa"
     if importlib.util.find_spec("flash_attn") is None:
         with pytest.raises(ImportError, match="FlashAttention2"):
             as_saved = Qwen2VLConfig.from_dict(config["text_config"])
             Qwen2VLForConditionalGeneration.from_pretrained(output, config=as_saved)
+
+    exported = json.loads((tarsier2.export_released_tarsier2(output, tmp_path / "back") / "config.json").read_text())
+    for vision in (exported["vision_config"], exported["text_config"]["vision_config"]):
+        assert vision["auto_map"] == auto_map and vision[attn_key] == "flash_attention_2"
 
 
 # ----------------------------------------------------------------------------------------------- bad input

@@ -44,6 +44,14 @@ Read from the checkpoint, never assumed: every token id (`image_token_index`, th
 `image_token_id` / `video_token_id` / `vision_start_token_id` / `vision_end_token_id`, each checked against the
 tokenizer), the vocabulary size, the chat template (`chat_template.jinja`, `chat_template.json` or the tokenizer's),
 its default system prompt, `min_pixels` / `max_pixels` and the shard names.
+
+Not readable here (the Hub files are not public text), so kept rather than rebuilt: the released config.json
+itself. Under transformers 4.47, `AutoModel.from_config` maps a vision config of `model_type` "qwen2_vl" to the text
+model `Qwen2VLModel`, so the release's `TarsierForConditionalGeneration` can only build its vision tower from an
+`auto_map` the released vision config carries (`LlavaConfig` resolves `auto_map["AutoConfig"]` as
+"repo--module.Class"), whose value is unknown. The converted folder keeps the released config.json verbatim as
+`RELEASED_CONFIG_FILE` (transformers never reads it), and `--export` writes it back with every value that the
+Qwen2-VL config determines taken from the Qwen2-VL config (so a resized vocabulary is exported as resized).
 """
 
 from __future__ import annotations
@@ -89,6 +97,8 @@ TOKEN_KEYS = {
     "vision_end_token_id": "<|vision_end|>",
 }
 PREPROCESSOR_FILE = "preprocessor_config.json"
+# The released config.json, kept beside a converted folder's config.json for --export.
+RELEASED_CONFIG_FILE = "tarsier2_released_config.json"
 # Tokenizer files an export copies as they are (tokenizer_config.json is rewritten for transformers 4.47).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
 # Keys transformers 5.x writes into tokenizer_config.json that transformers 4.47 does not read (or misreads).
@@ -435,7 +445,7 @@ def convert_released_tarsier2(input_dir, output_dir, overwrite: bool = False) ->
     """Released Tarsier2 folder -> a standard Qwen2-VL folder: config.json (`qwen2_vl`, no attention request),
     `model.visual.*` / `model.language_model.*` / `lm_head.*` shards, the processor (`Tarsier2Processor`: the
     tokenizer, the checked ChatML template, the checkpoint's min / max pixels), the generation config and the
-    release's README. Returns the output path."""
+    release's README; the released config.json is kept as `RELEASED_CONFIG_FILE`. Returns the output path."""
     source, output = Path(input_dir), Path(output_dir)
     released = read_released_tarsier2_config(source)
     config = qwen2vl_config_from_released(released, str(source / "config.json"))
@@ -452,11 +462,22 @@ def convert_released_tarsier2(input_dir, output_dir, overwrite: bool = False) ->
     _prepare_output(output, overwrite, source)
     stream_shards(shards, output, released_to_qwen2vl, "converting shards")
     config.save_pretrained(output)
+    (output / RELEASED_CONFIG_FILE).write_text(json.dumps(released, indent=2, sort_keys=True) + "\n")
     processor.save_pretrained(output)
     for name in ("generation_config.json", "README.md"):
         if (source / name).is_file():
             shutil.copyfile(source / name, output / name)
     return output
+
+
+def overlay(kept: dict, derived: dict) -> dict:
+    """`kept` (a released config.json) with every value of `derived` (the config rebuilt from the Qwen2-VL config)
+    put in, nested objects merged key by key: keys only `kept` has survive, values both have come from `derived`."""
+    merged = dict(kept)
+    for key, value in derived.items():
+        both_objects = isinstance(value, dict) and isinstance(kept.get(key), dict)
+        merged[key] = overlay(kept[key], value) if both_objects else value
+    return merged
 
 
 def released_tokenizer_config(saved: dict) -> dict:
@@ -474,9 +495,10 @@ def released_tokenizer_config(saved: dict) -> dict:
 
 def export_released_tarsier2(input_dir, output_dir, overwrite: bool = False) -> Path:
     """A Qwen2-VL folder -> the released Tarsier2 layout: config.json (llava, flat 4.47 Qwen2-VL `text_config`,
-    `attn_implementation: "flash_attention_2"`), `vision_tower.*` / `language_model.*` shards, the tokenizer as 4.47
-    reads it, `chat_template.json` (the release's form of the folder's template), a 4.47 `Qwen2VLImageProcessor`
-    `preprocessor_config.json`, the generation config and README. Returns the output path."""
+    `attn_implementation: "flash_attention_2"`, over the kept `RELEASED_CONFIG_FILE` when the folder has one),
+    `vision_tower.*` / `language_model.*` shards, the tokenizer as 4.47 reads it, `chat_template.json` (the
+    release's form of the folder's template), a 4.47 `Qwen2VLImageProcessor` `preprocessor_config.json`, the
+    generation config and README. Returns the output path."""
     source, output = Path(input_dir), Path(output_dir)
     path = source / "config.json"
     saved = read_json(path)
@@ -488,6 +510,8 @@ def export_released_tarsier2(input_dir, output_dir, overwrite: bool = False) -> 
     except (ValueError, TypeError, StrictDataclassError) as error:
         raise CheckpointError(f"{path}: not a valid Qwen2-VL config ({error})") from None
     released = released_config_from_qwen2vl(config)
+    if (source / RELEASED_CONFIG_FILE).is_file():
+        released = overlay(read_json(source / RELEASED_CONFIG_FILE), released)
     shards = list_shards(source)
     check_qwen2vl_weights(config, tensor_shapes(shards, lambda name, _: name), str(source))
     tokenizer = load_tokenizer(source)
