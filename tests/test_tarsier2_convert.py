@@ -12,7 +12,6 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,6 @@ from tarsier_hf.hub.checkpoint import CheckpointError
 from tests.conftest import console_script
 from tests.tarsier2_release import RELEASED_CHAT_TEMPLATE, reference_model, write_released_tarsier2
 
-REPO = Path(__file__).resolve().parents[1]
 PATCH_DIM = 3 * 2 * 14 * 14  # channels * temporal_patch_size * patch_size**2 of the tiny vision tower
 
 
