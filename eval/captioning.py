@@ -10,6 +10,10 @@ Readers:
 - `generic`: `{video: [captions]}` or `[{"video", "captions"}]`.
 The reported CIDEr is the module's corpus score (document frequencies from the evaluated references, as
 coco-caption); Table 5b prints it x100.
+
+Before the model loads, the output folder and every video are checked (tarsier_hf.eval.common.preflight): missing
+videos are listed in one report (scored as empty captions), and a run none of whose videos exist stops. `--videos`
+may be left out when the annotations name video paths that resolve as they are.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from tarsier_hf.eval.common import (ModelArguments, find_video_file, generate_predictions, predictions_of, result_header,
+from tarsier_hf.eval.common import (LoggingArguments, ModelArguments, PreflightError, configure_logging, find_video_file,
+                                    generate_predictions, missing_videos, predictions_of, preflight, result_header,
                                     unreadable_videos)
 from tarsier_hf.inference.batch import get_state
 from tarsier_hf.eval.prompts import caption_prompt, frames_for
@@ -84,12 +89,13 @@ def load_references(fmt: str, annotations: str, split: str | None = "test") -> d
     return dict(refs)
 
 
-def load_samples(fmt: str, annotations: str, videos: str, split: str | None = "test") -> list[CaptionSample]:
+def load_samples(fmt: str, annotations: str, videos: str | None, split: str | None = "test") -> list[CaptionSample]:
     references = load_references(fmt, annotations, split)
     empty = [k for k, v in references.items() if not v]
     if empty:
         raise ValueError(f"{annotations}: videos without reference captions: {empty[:5]}")
-    return [CaptionSample(name, str(find_video_file(videos, name) or Path(videos) / f"{name}.mp4"), caps) for name, caps in references.items()]
+    return [CaptionSample(name, str(find_video_file(videos, name) or Path(videos or "") / f"{name}.mp4"), caps)
+            for name, caps in references.items()]
 
 
 def score_cider(samples: list[CaptionSample], predictions: dict[str, str], document_frequencies=None) -> dict:
@@ -109,8 +115,9 @@ def score_cider(samples: list[CaptionSample], predictions: dict[str, str], docum
 class CaptioningArguments:
     format: str = field(metadata={"help": f"One of {FORMATS}."})
     annotations: str = field(metadata={"help": "Reference caption file."})
-    videos: str = field(metadata={"help": "Video folder."})
     output_dir: str = field(metadata={"help": "Folder for predictions.jsonl and results.json."})
+    videos: str | None = field(default=None, metadata={
+        "help": "Video folder (not needed when the annotations' video names are paths that resolve)."})
     split: str | None = field(default="test", metadata={"help": "MSR-VTT split to keep."})
     prompt: str = field(default="caption-v1", metadata={"help": "tarsier_hf.eval.prompts template name or the prompt text."})
     document_frequencies: str | None = field(default=None, metadata={"help": "Saved CIDEr document frequencies."})
@@ -127,6 +134,8 @@ def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, m
     settings = model_args.inference_settings(frames)
     prompt = caption_prompt(data.prompt)
     requests = [VideoRequest(s.id, s.video, prompt) for s in samples]
+    missing = missing_videos(requests)
+    preflight(data.format, data.output_dir, len(requests), missing, data.videos, report=state.is_main_process)
     output_dir = Path(data.output_dir)
     outputs = generate_predictions(requests, output_dir, model_args, settings, model, processor, progress, state)
     if outputs is None:
@@ -138,6 +147,7 @@ def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, m
         "prompt": prompt, "judge": None, "metric": "CIDEr-D (eval/cider)",
         "cider": cider["cider"], "n": len(samples), "n_predictions": len(predictions),
         "document_frequency_source": cider.get("document_frequency_source"),
+        "missing_videos": missing,
         "unreadable_videos": unreadable_videos(outputs),
         "samples": [{"id": s.id, "prediction": predictions.get(s.id), "cider": score}
                     for s, score in zip(samples, cider["scores"])],
@@ -147,9 +157,13 @@ def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, m
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data, model_args = HfArgumentParser((CaptioningArguments, ModelArguments)).parse_args_into_dataclasses(args=argv)
-    results = evaluate_captioning(data, model_args)
+    parser = HfArgumentParser((CaptioningArguments, ModelArguments, LoggingArguments))
+    data, model_args, log_args = parser.parse_args_into_dataclasses(args=argv)
+    configure_logging(log_args)
+    try:
+        results = evaluate_captioning(data, model_args)
+    except PreflightError as error:
+        raise SystemExit(f"error: {error}") from None
     if results is not None:
         print(f"{data.format}: CIDEr {100 * results['cider']:.1f} (n={results['n']}, "
               f"{len(results['unreadable_videos'])} unreadable videos)")

@@ -1,18 +1,57 @@
-"""Shared by the benchmark runners: model/generation and judge options, finding video files, and the steps around
-generation."""
+"""Shared by the benchmark runners: model/generation, judge and logging options, finding video files, the checks
+made before the long work (`preflight`), and the steps around generation.
+
+A run can take hours; everything it needs is checked in its first seconds, before the model loads: the output
+folder is writable, every video of the annotations exists (the missing ones are listed in one report; a run none
+of whose videos exist stops), and the judge answers (`JudgeArguments.prepare`: key, endpoint reachable within
+`--judge_check_timeout` seconds, model listed). Everything wrong is reported at once in one `PreflightError`.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tarsier_hf.eval.autodq.judge import JudgeUnavailableError
 from tarsier_hf.eval.autodq.pipeline import build_judge
 from tarsier_hf.eval.autodq.scoring import get_config
 from tarsier_hf.eval.prompts import get_preset
 from tarsier_hf.inference.batch import get_state, run_inference
 from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, inference_sampling
 from video_processing_tarsier import VIDEO_EXTENSIONS, FrameSampling
+
+logger = logging.getLogger(__name__)
+
+# Loggers of the HTTP and Hub libraries: one INFO line per judge request buries the progress bar.
+LIBRARY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "urllib3", "filelock")
+
+
+class PreflightError(RuntimeError):
+    """What would stop a run, found before its long work: every problem, one per line."""
+
+
+@dataclass
+class LoggingArguments:
+    """How much the run says."""
+
+    log_level: str = field(default="info", metadata={"help": "Level of this run's messages: debug, info, warning."})
+    verbose: bool = field(default=False, metadata={
+        "help": "Also show the HTTP libraries' messages (httpx, openai, urllib3) at --log_level; they stay at "
+                "warning otherwise."})
+
+
+def configure_logging(args: LoggingArguments | None = None) -> None:
+    """Log at `args.log_level`, with the HTTP libraries at WARNING unless `args.verbose`."""
+    args = args or LoggingArguments()
+    level = logging.getLevelName(args.log_level.upper())
+    if not isinstance(level, int):
+        raise ValueError(f"--log_level {args.log_level!r}: expected debug, info, warning or error")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(level if args.verbose else max(level, logging.WARNING))
 
 
 @dataclass(kw_only=True)
@@ -54,7 +93,9 @@ class JudgeArguments:
     judge_max_retries: int | None = field(
         default=None, metadata={"help": "Attempts per judge request on transient errors (default 6; 2 locally)."})
     judge_device: str = field(default="cpu", metadata={"help": "Device of an in-process transformers judge."})
-    skip_scoring: bool = field(default=False, metadata={"help": "Only generate; score later."})
+    judge_check_timeout: float = field(
+        default=10.0, metadata={"help": "Seconds the judge has to answer the check made before generation."})
+    skip_scoring: bool = field(default=False, metadata={"help": "Only generate; score later (no judge check)."})
 
     def autodq_config(self):
         overrides = {}
@@ -73,16 +114,114 @@ class JudgeArguments:
             max_retries=self.judge_max_retries, cache_path=self.judge_cache, device=self.judge_device,
         )
 
+    def prepare(self, config=None, judge=None):
+        """The run's judge, checked before any generation; None with `skip_scoring`.
 
-def find_video_file(videos: str | os.PathLike, *names: str) -> Path | None:
+        An endpoint judge is built now (a missing key fails here) and asked for its model list within
+        `judge_check_timeout` seconds (`ChatJudge.check`). An in-process transformers judge is only checked here
+        (a generation bound, a model whose config loads) and returned as None: it is built after generation, so
+        that the judge and the video model are not in memory together. A judge passed in is checked as it is.
+
+        Raises:
+            JudgeUnavailableError: naming the cause and the fix.
+        """
+        if self.skip_scoring:
+            return None
+        config = config or self.autodq_config()
+        if judge is None and self.judge == "transformers":
+            from transformers import AutoConfig
+
+            if config.max_tokens is None:
+                raise JudgeUnavailableError("--judge transformers needs --judge_max_tokens (generation must be bounded)")
+            model = self.judge_model or config.judge_model
+            try:
+                AutoConfig.from_pretrained(model)
+            except (OSError, ValueError) as error:
+                raise JudgeUnavailableError(f"judge model {model!r} cannot be loaded: {error}") from None
+            return None
+        try:
+            judge = judge or self.build(config)
+        except ValueError as error:
+            raise JudgeUnavailableError(str(error)) from None
+        check = getattr(judge, "check", None)
+        if check is not None:
+            logger.info("%s", check(self.judge_check_timeout))
+        return judge
+
+
+def find_video_file(videos: str | os.PathLike | None, *names: str) -> Path | None:
     """The first file `videos/NAME`, else `videos/NAME.EXT` (EXT one of the processor's `VIDEO_EXTENSIONS`, in
-    sorted order), over `names` in order; None when no candidate exists."""
-    videos = Path(videos)
+    sorted order), over `names` in order; None when no candidate exists. Without `videos`, names are paths as
+    given (absolute, or relative to the working directory)."""
+    videos = Path(videos or "")
     for name in names:
         for candidate in [videos / name, *(videos / f"{name}{ext}" for ext in sorted(VIDEO_EXTENSIONS))]:
             if candidate.is_file():
                 return candidate
     return None
+
+
+# -- what every benchmark runner checks before generation -----------------------------------------------------------
+
+
+def media_exists(video) -> bool:
+    """True when a request's video source is there: a file or a frame folder (a `file://` URL: its path); inline
+    sources (`data:` URIs, frames) always are."""
+    if isinstance(video, os.PathLike):
+        video = os.fspath(video)
+    if not isinstance(video, str) or video[:5].lower() == "data:":
+        return True
+    if video[:7].lower() == "file://":
+        from urllib.parse import unquote, urlparse
+
+        video = unquote(urlparse(video).path)
+    return os.path.exists(video)
+
+
+def missing_videos(requests) -> list[dict]:
+    """`[{"id", "video"}]` of the requests whose video is not there (`media_exists`)."""
+    return [{"id": str(r.id), "video": str(r.video)} for r in requests if not media_exists(r.video)]
+
+
+def output_dir_problem(output_dir: str | os.PathLike) -> str | None:
+    """Why `output_dir` cannot take the run's files (created when missing), or None."""
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        return f"output folder {output_dir}: cannot write there ({error.strerror or error})"
+    return None
+
+
+def preflight(benchmark: str, output_dir, n_videos: int, missing: list[dict], videos=None, judge_args=None,
+              config=None, judge=None, report: bool = True):
+    """Check what the run needs before its long work; returns the judge to score with (see
+    `JudgeArguments.prepare`; None when scoring is skipped or the judge is built later).
+
+    `missing` (of `n_videos`) is logged as one report, every video named (with `report`: one process of several
+    reports); a run none of whose videos exist stops.
+
+    Raises:
+        PreflightError: every problem found (output folder, videos, judge), one per line.
+    """
+    problem = output_dir_problem(output_dir)
+    problems = [problem] if problem else []
+    if missing:
+        where = f"under {videos}" if videos else "(paths as given: pass --videos FOLDER if they are relative to one)"
+        listing = "\n".join(f"  {m['id']}: {m['video']}" for m in missing)
+        if report:
+            logger.warning("%s: %d of %d videos are missing %s:\n%s", benchmark, len(missing), n_videos, where, listing)
+        if len(missing) == n_videos:
+            problems.append(f"none of the {n_videos} videos was found {where} (listed above)")
+    if judge_args is not None:
+        try:
+            judge = judge_args.prepare(config, judge)
+        except JudgeUnavailableError as error:
+            problems.append(str(error))
+    if problems:
+        raise PreflightError(f"{benchmark}: stopped before generation:\n" + "\n".join(f"- {p}" for p in problems))
+    return judge
 
 
 # -- what every benchmark runner does around generation -------------------------------------------------------------

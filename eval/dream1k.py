@@ -12,8 +12,13 @@ whose user turn holds `{"type": "video", "video": {"video_file": ...}}` and the 
 item holds the reference in `reference`; events under `extra_info` in both). Category names follow the record's
 `dataset` (the later release renames `shorts` / `stock` to `vertical_video` / `videvo`; tarsier_hf.eval.report maps both).
 Videos are found in `--videos` by the record's `video_file` (when it is a real path) or by `idx` / `vid` with
-any video extension (`--video_template` overrides, e.g. `"{idx}.mp4"`). Videos that are missing or unreadable
-are listed in the results and left out of the scores; the run goes on.
+any video extension (`--video_template` overrides, e.g. `"{idx}.mp4"`); `--videos` may be left out when the
+records' `video_file` paths resolve as they are (absolute, or relative to the working directory).
+
+Before the model loads, the run checks what it needs (tarsier_hf.eval.common.preflight): the output folder is
+writable, every video is resolved (the missing ones are listed in one report; none found stops the run), and the
+judge answers within `--judge_check_timeout` seconds with the model listed (skipped with `--skip_scoring`).
+Missing videos are listed in the results and, like unreadable ones, left out of the scores; the run goes on.
 
 Output folder: `predictions.jsonl` (appended as generated; a re-run resumes), `autodq_samples.jsonl`
 (per-video events and labels), `results.json` (scores + checkpoint, frames, prompt, generation and judge
@@ -32,7 +37,8 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
-from tarsier_hf.eval.common import JudgeArguments, ModelArguments, find_video_file, predictions_of
+from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, PreflightError, configure_logging,
+                                    find_video_file, predictions_of, preflight)
 from tarsier_hf.inference.batch import get_state, run_inference
 from tarsier_hf.eval.prompts import get_preset
 from tarsier_hf.eval.report import plot_complexity, table3_markdown
@@ -49,9 +55,10 @@ REQUIRED_FIELDS = ("idx", "dataset", "text", "extra_info")
 class Dream1kArguments:
     """Where DREAM-1K and the outputs are."""
 
-    videos: str = field(metadata={"help": "Folder holding the DREAM-1K videos."})
     output_dir: str = field(metadata={"help": "Folder for predictions, scores, table and figure."})
     annotations: str = field(metadata={"help": "DREAM-1K annotations: a JSONL file, or a Hub dataset id / dataset folder."})
+    videos: str | None = field(default=None, metadata={
+        "help": "Folder holding the DREAM-1K videos (not needed when the annotations' video paths resolve)."})
     split: str = field(default="test", metadata={"help": "Split when --annotations is a dataset id."})
     video_template: str | None = field(default=None, metadata={"help": "Video path pattern, e.g. '{idx}.mp4'."})
     prompt: str | None = field(default=None, metadata={"help": "Override the preset's description prompt."})
@@ -109,9 +116,10 @@ def load_annotations(source: str | os.PathLike, split: str = "test") -> list[dic
     return records
 
 
-def find_video(record: dict, videos: str | os.PathLike, template: str | None = None) -> Path | None:
-    """The video file of a DREAM-1K record under `videos`, or None when no candidate exists."""
-    videos = Path(videos)
+def find_video(record: dict, videos: str | os.PathLike | None, template: str | None = None) -> Path | None:
+    """The video file of a DREAM-1K record under `videos` (None: its `video_file` as given), or None when no
+    candidate exists."""
+    videos = Path(videos or "")
     candidates = []
     if template:
         # the folder name of the release the videos came with, not the paper's name for it
@@ -126,13 +134,15 @@ def find_video(record: dict, videos: str | os.PathLike, template: str | None = N
     return find_video_file(videos, *(str(record[key]) for key in ("idx", "vid") if record.get(key) is not None))
 
 
-def build_requests(records: list[dict], videos: str, prompt: str, template: str | None = None):
+def build_requests(records: list[dict], videos: str | None, prompt: str, template: str | None = None):
     """`(requests, missing)`: one request per record whose video exists; `missing` lists the others."""
     requests, missing = [], []
     for record in records:
         video = find_video(record, videos, template)
         if video is None:
-            missing.append({"id": str(record["idx"]), "video_file": record.get("video_file"), "dataset": record["dataset"]})
+            video_file = record.get("video_file")
+            named = video_file if video_file and video_file != PLACEHOLDER else f"{record['idx']}.<any video extension>"
+            missing.append({"id": str(record["idx"]), "video": named, "video_file": video_file, "dataset": record["dataset"]})
             continue
         requests.append(VideoRequest(str(record["idx"]), str(video), prompt, {"dataset": record["dataset"]}))
     return requests, missing
@@ -181,8 +191,8 @@ def evaluate_dream1k(
     if model_args.limit is not None:
         records = records[: model_args.limit]
     requests, missing = build_requests(records, data.videos, prompt, data.video_template)
-    if missing and state.is_main_process:
-        logger.warning("%d of %d DREAM-1K videos are missing from %s (listed in results.json)", len(missing), len(records), data.videos)
+    judge = preflight("DREAM-1K", data.output_dir, len(records), missing, data.videos, judge_args, judge=judge,
+                      report=state.is_main_process)
 
     output_dir = Path(data.output_dir)
     predictions_path = output_dir / "predictions.jsonl"
@@ -231,10 +241,13 @@ def evaluate_dream1k(
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = HfArgumentParser((Dream1kArguments, ModelArguments, JudgeArguments))
-    data, model_args, judge_args = parser.parse_args_into_dataclasses(args=argv)
-    results = evaluate_dream1k(data, model_args, judge_args)
+    parser = HfArgumentParser((Dream1kArguments, ModelArguments, JudgeArguments, LoggingArguments))
+    data, model_args, judge_args, log_args = parser.parse_args_into_dataclasses(args=argv)
+    configure_logging(log_args)
+    try:
+        results = evaluate_dream1k(data, model_args, judge_args)
+    except PreflightError as error:
+        raise SystemExit(f"error: {error}") from None
     if results is None:
         return
     if "scores" in results:

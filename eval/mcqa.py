@@ -7,6 +7,10 @@ The model sees the question and lettered options (`tarsier_hf.eval.prompts.mcqa_
 maps the answer to an option: a letter (`B`, `(B)`, `Answer: B.`), an option's text, or a number. An answer that
 maps to no option, or to several, is **unparsable and counted wrong**: the released evaluation code drops such
 samples from the denominator, which inflates accuracy; the count of unparsable answers is reported beside it.
+
+Before the model loads, the output folder and every video are checked (tarsier_hf.eval.common.preflight): missing
+videos are listed in one report (and counted wrong), and a run none of whose videos exist stops. `--videos` may
+be left out when the annotations' video paths resolve as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Sequence
 
 from transformers import HfArgumentParser
 
-from tarsier_hf.eval.common import (ModelArguments, find_video_file, generate_predictions, predictions_of, result_header,
+from tarsier_hf.eval.common import (LoggingArguments, ModelArguments, PreflightError, configure_logging, find_video_file,
+                                    generate_predictions, missing_videos, predictions_of, preflight, result_header,
                                     unreadable_videos)
 from tarsier_hf.inference.batch import get_state
 from tarsier_hf.eval.prompts import frames_for, mcqa_prompt, option_letters
@@ -213,7 +218,7 @@ def score_choices(questions: Sequence[MCQuestion], predictions: dict[str, str], 
 
 def _video_path(videos: Path, name: str) -> str:
     """The video file of `name` under `videos` (`find_video_file`); `videos/name[.mp4]` when none exists (the
-    runner then reports it unreadable)."""
+    runner then reports it missing)."""
     found = find_video_file(videos, name)
     return str(found or (videos / name if Path(name).suffix else videos / f"{name}.mp4"))
 
@@ -224,11 +229,11 @@ def _require(record: dict, keys: Sequence[str], where: str) -> None:
         raise ValueError(f"{where}: missing field(s) {missing}")
 
 
-def load_mvbench(annotations: str | Path, videos: str | Path) -> list[MCQuestion]:
+def load_mvbench(annotations: str | Path, videos: str | Path | None) -> list[MCQuestion]:
     """MVBench: one JSON list per task (`{"video", "question", "candidates", "answer"[, "start", "end"]}`, the
     answer being the correct candidate's text). `annotations` is one such file or a folder of them (task = file
-    stem); videos are looked up under `videos/<task>/` first, then `videos/`."""
-    annotations, videos = Path(annotations), Path(videos)
+    stem); videos are looked up under `videos/<task>/` first, then `videos/` (None: paths as given)."""
+    annotations, videos = Path(annotations), Path(videos or "")
     files = sorted(annotations.glob("*.json")) if annotations.is_dir() else [annotations]
     if not files:
         raise FileNotFoundError(f"{annotations}: no MVBench *.json annotation files")
@@ -253,11 +258,11 @@ def load_mvbench(annotations: str | Path, videos: str | Path) -> list[MCQuestion
     return questions
 
 
-def load_nextqa(annotations: str | Path, videos: str | Path, video_map: str | Path | None = None) -> list[MCQuestion]:
+def load_nextqa(annotations: str | Path, videos: str | Path | None, video_map: str | Path | None = None) -> list[MCQuestion]:
     """NExT-QA multiple choice: a CSV with `video, question, answer, qid, type, a0..a4` (answer = option index).
 
     `video_map` is the optional `map_vid_vidorID.json` (`{video_id: "folder/video_id"}`) of the release."""
-    annotations, videos = Path(annotations), Path(videos)
+    annotations, videos = Path(annotations), Path(videos or "")
     mapping = json.loads(Path(video_map).read_text()) if video_map else {}
     questions = []
     with annotations.open(newline="", encoding="utf-8") as handle:
@@ -279,12 +284,12 @@ def load_nextqa(annotations: str | Path, videos: str | Path, video_map: str | Pa
 
 
 def load_egoschema(
-    annotations: str | Path, videos: str | Path, answers: str | Path | None = None, subset_only: bool = False
+    annotations: str | Path, videos: str | Path | None, answers: str | Path | None = None, subset_only: bool = False
 ) -> list[MCQuestion]:
     """EgoSchema: `questions.json` (`{"q_uid", "question", "option 0".."option 4"}`) and optionally
     `subset_answers.json` (`{q_uid: index}`). Questions without a public answer get `answer=None` (write a
     submission file for them); `subset_only` keeps the 500 answered ones."""
-    annotations, videos = Path(annotations), Path(videos)
+    annotations, videos = Path(annotations), Path(videos or "")
     items = json.loads(annotations.read_text(encoding="utf-8"))
     known = {k: int(v) for k, v in json.loads(Path(answers).read_text()).items()} if answers else {}
     questions = []
@@ -299,7 +304,7 @@ def load_egoschema(
     return questions
 
 
-def load_questions(fmt: str, annotations: str, videos: str, **kwargs) -> list[MCQuestion]:
+def load_questions(fmt: str, annotations: str, videos: str | None, **kwargs) -> list[MCQuestion]:
     fmt = fmt.lower().replace("-", "")
     if fmt == "mvbench":
         return load_mvbench(annotations, videos)
@@ -333,8 +338,9 @@ def egoschema_submission(questions: Sequence[MCQuestion], predictions: dict[str,
 class MCQAArguments:
     format: str = field(metadata={"help": f"One of {FORMATS}."})
     annotations: str = field(metadata={"help": "MVBench json file/folder, NExT-QA csv, or EgoSchema questions.json."})
-    videos: str = field(metadata={"help": "Video folder."})
     output_dir: str = field(metadata={"help": "Folder for predictions.jsonl and results.json."})
+    videos: str | None = field(default=None, metadata={
+        "help": "Video folder (not needed when the annotations' video paths resolve)."})
     answers: str | None = field(default=None, metadata={"help": "EgoSchema subset_answers.json."})
     subset_only: bool = field(default=False, metadata={"help": "EgoSchema: only the questions with public answers."})
     video_map: str | None = field(default=None, metadata={"help": "NExT-QA map_vid_vidorID.json."})
@@ -351,6 +357,8 @@ def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, p
     frames = model_args.num_frames or frames_for(model_args.model_preset, data.format)
     settings = model_args.inference_settings(frames)
     requests = [VideoRequest(q.id, q.video, q.prompt(data.prompt_template), {"task": q.task}) for q in questions]
+    missing = missing_videos(requests)
+    preflight(data.format, data.output_dir, len(requests), missing, data.videos, report=state.is_main_process)
     output_dir = Path(data.output_dir)
     outputs = generate_predictions(requests, output_dir, model_args, settings, model, processor, progress, state)
     if outputs is None:
@@ -362,6 +370,7 @@ def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, p
         "prompt": {"template": data.prompt_template, "example": requests[0].prompt if requests else None},
         "judge": None, "unparsable_policy": "counted wrong",
         **scores,
+        "missing_videos": missing,
         "unreadable_videos": unreadable_videos(outputs),
     }
     hidden = [q for q in questions if q.answer is None]
@@ -373,9 +382,13 @@ def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, p
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data, model_args = HfArgumentParser((MCQAArguments, ModelArguments)).parse_args_into_dataclasses(args=argv)
-    results = evaluate_mcqa(data, model_args)
+    parser = HfArgumentParser((MCQAArguments, ModelArguments, LoggingArguments))
+    data, model_args, log_args = parser.parse_args_into_dataclasses(args=argv)
+    configure_logging(log_args)
+    try:
+        results = evaluate_mcqa(data, model_args)
+    except PreflightError as error:
+        raise SystemExit(f"error: {error}") from None
     if results is not None:
         print(f"{data.format}: accuracy {100 * results['accuracy']:.1f} ({results['correct']}/{results['total']}, "
               f"{results['unparsable']} unparsable counted wrong, {results['missing']} without prediction)")

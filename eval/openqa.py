@@ -8,6 +8,10 @@ The model answers each question freely; an LLM judge then compares the answer wi
 `{'pred': 'yes'|'no', 'score': 0-5}` (Video-ChatGPT's prompt, the one the paper's Table 5c uses). Reported:
 accuracy = share of "yes", score = mean score. Judge calls go through `tarsier_hf.eval.autodq.judge` (persistent cache,
 bounded retries with backoff). A judge answer that stays unreadable counts as "no" with score 0 and is listed.
+
+Before the model loads, the output folder, every video (missing ones listed in one report, counted "no"; none
+found stops the run) and the judge (key, endpoint reachable, model listed; not with `--skip_scoring`) are checked
+(tarsier_hf.eval.common.preflight). `--videos` may be left out when the annotations' video paths resolve.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from transformers import HfArgumentParser
 
 from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
 from tarsier_hf.eval.autodq.pipeline import judge_defaults
-from tarsier_hf.eval.common import (JudgeArguments, ModelArguments, find_video_file, generate_predictions, predictions_of,
+from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, PreflightError, configure_logging,
+                                    find_video_file, generate_predictions, missing_videos, predictions_of, preflight,
                                     result_header, unreadable_videos)
 from tarsier_hf.inference.batch import get_state
 from tarsier_hf.eval.prompts import frames_for, openqa_prompt
@@ -171,7 +176,7 @@ def _read_table(path: Path) -> list[dict]:
     return data
 
 
-def load_questions(fmt: str, annotations: str, videos: str, answers: str | None = None,
+def load_questions(fmt: str, annotations: str, videos: str | None, answers: str | None = None,
                    video_map: str | None = None) -> list[OpenQuestion]:
     """Questions of one benchmark.
 
@@ -184,7 +189,7 @@ def load_questions(fmt: str, annotations: str, videos: str, answers: str | None 
     fmt = fmt.lower().replace("-", "_")
     if fmt not in FORMATS:
         raise ValueError(f"unknown open-QA format {fmt!r}; expected one of {FORMATS}")
-    path, videos_dir = Path(annotations), Path(videos)
+    path, videos_dir = Path(annotations), Path(videos or "")
     records = _read_table(path)
     if answers:
         by_id = {str(_pick(a, "id", f"{answers}[{i}]")): a for i, a in enumerate(_read_table(Path(answers)))}
@@ -225,8 +230,9 @@ def load_questions(fmt: str, annotations: str, videos: str, answers: str | None 
 class OpenQAArguments:
     format: str = field(metadata={"help": f"One of {FORMATS}."})
     annotations: str = field(metadata={"help": "Question file."})
-    videos: str = field(metadata={"help": "Video folder."})
     output_dir: str = field(metadata={"help": "Folder for predictions.jsonl and results.json."})
+    videos: str | None = field(default=None, metadata={
+        "help": "Video folder (not needed when the annotations' video paths resolve)."})
     answers: str | None = field(default=None, metadata={"help": "Separate answer file (ActivityNet-QA test_a.json)."})
     video_map: str | None = field(default=None, metadata={"help": "MSVD youtube_mapping.txt."})
     prompt_template: str = field(default="openqa-v1", metadata={"help": "tarsier_hf.eval.prompts template name or text."})
@@ -242,13 +248,16 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     frames = model_args.num_frames or frames_for(model_args.model_preset, data.format)
     settings = model_args.inference_settings(frames)
     requests = [VideoRequest(q.id, q.video, openqa_prompt(q.question, data.prompt_template)) for q in questions]
+    missing = missing_videos(requests)
+    config = judge_args.autodq_config()
+    judge = preflight(data.format, data.output_dir, len(requests), missing, data.videos, judge_args, config, judge,
+                      report=state.is_main_process)
     output_dir = Path(data.output_dir)
     outputs = generate_predictions(requests, output_dir, model_args, settings, model, processor, progress, state)
     if outputs is None:
         return None
     predictions = predictions_of(outputs)
-    config = judge_args.autodq_config()
-    judge = judge or judge_args.build(config)
+    judge = judge or judge_args.build(config)  # an in-process judge, built once the video model is done
     concurrency = judge_args.judge_concurrency or judge_defaults(judge)["concurrency"]
     scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency)
     results = {
@@ -258,6 +267,7 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
                   "max_parse_attempts": config.max_parse_attempts},
         "accuracy": scores["accuracy"], "score": scores["score"], "n": scores["n"],
         "n_failed": scores["n_failed"], "failed": scores["failed"],
+        "missing_videos": missing,
         "unreadable_videos": unreadable_videos(outputs),
         "samples": scores["samples"],
     }
@@ -266,9 +276,13 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data, model_args, judge_args = HfArgumentParser((OpenQAArguments, ModelArguments, JudgeArguments)).parse_args_into_dataclasses(args=argv)
-    results = evaluate_openqa(data, model_args, judge_args)
+    parser = HfArgumentParser((OpenQAArguments, ModelArguments, JudgeArguments, LoggingArguments))
+    data, model_args, judge_args, log_args = parser.parse_args_into_dataclasses(args=argv)
+    configure_logging(log_args)
+    try:
+        results = evaluate_openqa(data, model_args, judge_args)
+    except PreflightError as error:
+        raise SystemExit(f"error: {error}") from None
     if results is not None:
         print(f"{data.format}: accuracy {100 * results['accuracy']:.1f}  score {results['score']:.2f}  "
               f"(n={results['n']}, judge failures {results['n_failed']})", file=sys.stdout)

@@ -17,6 +17,12 @@ trickles bytes cannot hold a call (the client's own timeouts apply per read). An
 that is not JSON, an empty text) are asked again, up to `max_attempts` calls. A call that keeps failing raises
 `JudgeCallError` carrying every attempt's error, so callers can record it.
 
+Before a long run, `ChatJudge.check(seconds)` says within a short deadline whether the judge can answer at all
+(endpoint reachable, key accepted, model listed by `/v1/models` where the endpoint lists models) and raises
+`JudgeUnavailableError` with the cause and the fix otherwise; an api.openai.com endpoint without a key fails when the
+judge is built. `ChatJudge.on_answer`, when set, is called after every call (answered, cached or failed), which is
+how progress bars follow a judge that takes minutes per sample.
+
 Example (the Video-ChatGPT QA judge protocol or any other use)::
 
     judge = OpenAIChatJudge("gpt-3.5-turbo-0125", cache=JudgeCache("judge_cache.sqlite"))
@@ -37,6 +43,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
+from urllib.parse import urlparse
 
 T = TypeVar("T")
 
@@ -130,6 +137,22 @@ class JudgeCallError(RuntimeError):
         )
 
 
+# Hosts of judges on this machine (no key needed, one request at a time, long timeouts: see pipeline.judge_defaults).
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+def needs_openai_key(base_url: str | None) -> bool:
+    """True for OpenAI's own API (`base_url` None or a host under openai.com), which refuses every request
+    without a key."""
+    host = (urlparse(base_url).hostname or "") if base_url else "api.openai.com"
+    return host == "openai.com" or host.endswith(".openai.com")
+
+
+class JudgeUnavailableError(RuntimeError):
+    """The judge cannot answer (not reachable, key refused or missing, model unknown): raised by `ChatJudge.check`
+    and by `OpenAIChatJudge` when no key is given for an endpoint that needs one."""
+
+
 @dataclass
 class CallStats:
     requests: int = 0  # requests actually sent (each retry counts)
@@ -159,13 +182,21 @@ class ChatJudge:
         self.max_attempts = max_attempts
         self.stats = CallStats()
         self._stats_lock = threading.Lock()
+        self.on_answer: Callable[[], None] | None = None  # called after every call (see the module docstring)
 
     def _complete(self, messages: list[dict], settings: JudgeSettings) -> str:
         raise NotImplementedError
 
+    def check(self, seconds: float = 10.0) -> str:
+        """Raise `JudgeUnavailableError` when the judge cannot answer; a line saying what was checked otherwise.
+        An in-process judge is ready once built."""
+        return f"judge {self.settings.model!r} ({self.settings.endpoint_kind}) runs in this process"
+
     def _count(self, name: str) -> None:
         with self._stats_lock:
             setattr(self.stats, name, getattr(self.stats, name) + 1)
+        if name in ("completed", "cache_hits", "failed_calls") and self.on_answer is not None:
+            self.on_answer()
 
     def chat(self, messages: list[dict], *, tag: str | None = None, **overrides) -> str:
         """The judge's answer to `messages` (list of `{"role", "content"}` dicts), from the cache when known.
@@ -317,8 +348,9 @@ class OpenAIChatJudge(ChatJudge):
     Args:
         model: model name the endpoint expects (for `transformers serve`, the served folder or Hub id).
         base_url: e.g. `http://127.0.0.1:8000/v1`; None means api.openai.com.
-        api_key: defaults to `$OPENAI_API_KEY` (`$AZURE_OPENAI_API_KEY` for Azure), or "EMPTY" for a local
-            `base_url`.
+        api_key: defaults to `$OPENAI_API_KEY` (`$AZURE_OPENAI_API_KEY` for Azure); without either, api.openai.com
+            (`base_url` None or on openai.com) raises `JudgeUnavailableError` at once, and any other endpoint gets
+            "EMPTY" (a local server needs no key; `check` tells whether a remote one does).
         endpoint_kind: recorded label and client choice: "openai", "azure" (uses `AsyncAzureOpenAI`, `base_url` is
             the Azure endpoint), "vllm", "transformers-serve", "llama.cpp", "ollama", ...
         temperature, seed, max_tokens: sent when not None.
@@ -361,11 +393,15 @@ class OpenAIChatJudge(ChatJudge):
             options = {"azure_endpoint": base_url, "api_key": key,
                        "api_version": api_version or os.environ.get("OPENAI_API_VERSION", "2024-06-01")}
         else:
-            key = api_key or os.environ.get("OPENAI_API_KEY") or ("EMPTY" if base_url else None)
-            if not key:
-                raise ValueError("OpenAIChatJudge: no api_key given and $OPENAI_API_KEY is not set")
+            key = api_key or os.environ.get("OPENAI_API_KEY")
+            if not key and needs_openai_key(base_url):
+                raise JudgeUnavailableError(
+                    f"judge {model!r} on {base_url or 'api.openai.com'} needs an API key: set $OPENAI_API_KEY or pass "
+                    "one (eval runners: --judge_api_key), or point --judge_base_url at a local OpenAI-compatible "
+                    "server (vLLM, `transformers serve`), or generate now with --skip_scoring and score later")
             client_class = openai.AsyncOpenAI
-            options = {"base_url": base_url, "api_key": key}
+            options = {"base_url": base_url, "api_key": key or "EMPTY"}
+        self._client_options = (client_class, options)
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="judge-http", daemon=True).start()
         transport = _DeadlineTransport(timeout, lambda: self._count("requests"))
@@ -373,6 +409,52 @@ class OpenAIChatJudge(ChatJudge):
             **options, timeout=openai.Timeout(timeout), max_retries=max_attempts - 1,
             http_client=openai.DefaultAsyncHttpxClient(transport=transport, timeout=openai.Timeout(timeout)),
         )
+
+    def check(self, seconds: float = 10.0) -> str:
+        """Ask the endpoint for its model list, once, within `seconds` in all.
+
+        Raises `JudgeUnavailableError` when it cannot be reached, refuses the key, fails, or lists models without
+        this one. An endpoint without `/models` passes (the first request then tells), and so does a model that is
+        not listed by `transformers serve` (which lists its Hub cache but loads any model a request names) or that
+        is a folder on this machine served by a local endpoint.
+        """
+        import openai
+
+        where = self.settings.base_url or "api.openai.com"
+        advice = "start it, fix --judge_base_url, or generate now with --skip_scoring and score later"
+        client_class, options = self._client_options
+
+        async def list_models() -> list[str]:
+            async with client_class(**options, timeout=seconds, max_retries=0) as client:
+                page = await asyncio.wait_for(client.models.list(), seconds)
+                return [model.id for model in page.data]
+
+        try:
+            listed = asyncio.run_coroutine_threadsafe(list_models(), self._loop).result()
+        except (asyncio.TimeoutError, openai.APITimeoutError):
+            raise JudgeUnavailableError(f"judge endpoint {where} did not answer within {seconds:g} s: {advice}") from None
+        except openai.APIConnectionError as error:
+            raise JudgeUnavailableError(f"judge endpoint {where} is not reachable ({error.__cause__ or error}): "
+                                        f"{advice}") from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+            raise JudgeUnavailableError(
+                f"judge endpoint {where} refused the API key (HTTP {error.status_code}): set $OPENAI_API_KEY or "
+                "--judge_api_key") from None
+        except (openai.NotFoundError, openai.UnprocessableEntityError):
+            return f"judge endpoint {where} answers (it lists no models; the first request checks {self.settings.model!r})"
+        except openai.APIStatusError as error:
+            raise JudgeUnavailableError(f"judge endpoint {where} failed (HTTP {error.status_code}): {advice}") from None
+        model = self.settings.model
+        if model in listed:
+            return f"judge endpoint {where} serves {model!r}"
+        on_demand = self.settings.endpoint_kind == "transformers-serve" or (
+            urlparse(where).hostname in LOCAL_HOSTS and Path(model).is_dir())
+        if on_demand:
+            return f"judge endpoint {where} answers; it loads {model!r} on demand"
+        shown = ", ".join(repr(name) for name in listed[:10]) + (", ..." if len(listed) > 10 else "")
+        raise JudgeUnavailableError(
+            f"judge endpoint {where} does not list model {model!r} (it lists {shown or 'none'}): fix --judge_model, "
+            "or pass --judge_endpoint_kind transformers-serve for a server that loads models on demand")
 
     def _complete(self, messages: list[dict], settings: JudgeSettings) -> str:
         return asyncio.run_coroutine_threadsafe(self._acomplete(messages, settings), self._loop).result()

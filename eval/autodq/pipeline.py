@@ -7,7 +7,10 @@ directly::
     judge = build_judge("openai", get_config("robust"), base_url="http://127.0.0.1:8000/v1", judge_model="m")
     result = run_autodq(samples_from_dream1k(records, predictions), judge, get_config("robust"))
 
-Thousands of judge calls: `run_autodq` shows a tqdm bar (samples done, failures so far). A local judge (an
+Thousands of judge calls: `run_autodq` shows a tqdm bar over the samples whose postfix follows every judge answer
+(answers so far, how many from the cache, the judge's request rate, failed samples), so a judge that takes
+minutes per sample (each needs up to four steps: events of both descriptions, entailment both ways) still shows
+movement. A local judge (an
 endpoint on this machine, or `judge="transformers"`) answers far slower than a hosted API, so its unset defaults
 are scaled (`judge_defaults`: 1 sample in flight, 600 s per request, 2 attempts); and when the first samples all
 fail because the judge timed out, the run stops at once with advice (`JudgeTimeoutError`) instead of failing
@@ -17,16 +20,16 @@ every sample.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from urllib.parse import urlparse
 
 from .aggregate import bootstrap_ci, mean_std, summarize
-from .judge import ChatJudge, JudgeCache, OpenAIChatJudge, TransformersChatJudge
+from .judge import LOCAL_HOSTS, ChatJudge, JudgeCache, OpenAIChatJudge, TransformersChatJudge
 from .scoring import AutoDQConfig, AutoDQScorer, Sample
 
-
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 # Unset judge options per kind of judge: a hosted API takes many requests at once and answers in seconds; a judge
 # on this machine (often a CPU) generates one answer at a time, slowly, and a timed-out request will time out again.
 HOSTED_DEFAULTS = {"concurrency": 4, "timeout": 60.0, "max_retries": 6}
@@ -169,8 +172,53 @@ def _timed_out(score) -> bool:
     return score.failed and ("timeout" in error or "timed out" in error)
 
 
+def format_rate(count: float, seconds: float, unit: str) -> str:
+    """`count` per second as "2.5 req/s", or per minute ("4.0 req/min") when under one a second."""
+    rate = count / seconds if seconds > 0 else 0.0
+    return f"{rate:.2f} {unit}/s" if rate >= 1 else f"{60 * rate:.1f} {unit}/min"
+
+
+class JudgeProgress:
+    """The postfix of the AutoDQ bar, refreshed after every judge answer (through `ChatJudge.on_answer`) and every
+    finished sample: judge answers so far (cached ones counted apart), the request rate, samples per minute and
+    failed samples. Refreshes are at most one a second apart, except when a sample finishes."""
+
+    def __init__(self, bar, judge: ChatJudge):
+        self.bar, self.judge = bar, judge
+        self.before = judge.stats.to_dict()
+        self.start = self.last = time.monotonic()
+        self.done = self.failed = 0
+        self._lock = threading.Lock()
+
+    def text(self) -> str:
+        stats = self.judge.stats.to_dict()
+        answers = stats["completed"] - self.before["completed"]
+        cached = stats["cache_hits"] - self.before["cache_hits"]
+        elapsed = time.monotonic() - self.start
+        parts = [f"judge: {answers + cached} answers" + (f" ({cached} cached)" if cached else ""),
+                 format_rate(stats["requests"] - self.before["requests"], elapsed, "req"),
+                 format_rate(self.done, elapsed, "samples"), f"failed={self.failed}"]
+        return ", ".join(parts)
+
+    def on_answer(self) -> None:
+        with self._lock:
+            if time.monotonic() - self.last < 1.0:
+                return
+            self.last = time.monotonic()
+        self.bar.set_postfix_str(self.text())
+
+    def sample_done(self, failed: bool) -> None:
+        with self._lock:
+            self.done += 1
+            self.failed += failed
+            self.last = time.monotonic()
+        self.bar.set_postfix_str(self.text(), refresh=False)
+        self.bar.update(1)
+
+
 def _score_runs(scorer: AutoDQScorer, samples: list[Sample], repeats: int, progress: bool, fail_fast: bool):
-    """Every sample of every repeat, `scorer.concurrency` in flight, with a tqdm bar; `runs[r][i]` in input order.
+    """Every sample of every repeat, `scorer.concurrency` in flight, with a tqdm bar (`JudgeProgress`); `runs[r][i]`
+    in input order.
 
     With `fail_fast`, when the first `concurrency` finished samples all failed on judge timeouts, the pending ones
     are cancelled and `JudgeTimeoutError` is raised with advice (calls already in flight end on their own).
@@ -180,9 +228,11 @@ def _score_runs(scorer: AutoDQScorer, samples: list[Sample], repeats: int, progr
     runs = [[None] * len(samples) for _ in range(repeats)]
     probe = min(len(samples) * repeats, scorer.concurrency)
     first: list = []
-    failed = 0
     settings = scorer.judge.settings
     bar = tqdm(total=len(samples) * repeats, desc=f"AutoDQ ({settings.model})", unit="sample", disable=not progress)
+    tracker = JudgeProgress(bar, scorer.judge)
+    if progress:
+        scorer.judge.on_answer = tracker.on_answer
     pool = ThreadPoolExecutor(max_workers=scorer.concurrency)
     try:
         pending = {pool.submit(scorer.score, sample, r): (r, i)
@@ -192,9 +242,7 @@ def _score_runs(scorer: AutoDQScorer, samples: list[Sample], repeats: int, progr
             for future in done:
                 r, i = pending.pop(future)
                 score = runs[r][i] = future.result()
-                failed += score.failed
-                bar.update(1)
-                bar.set_postfix(failed=failed, refresh=False)
+                tracker.sample_done(score.failed)
                 if len(first) < probe:
                     first.append(score)
                     if fail_fast and len(first) == probe and all(_timed_out(s) for s in first):
@@ -210,6 +258,7 @@ def _score_runs(scorer: AutoDQScorer, samples: list[Sample], repeats: int, progr
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
+        scorer.judge.on_answer = None
         bar.close()
     pool.shutdown(wait=True)
     return runs
