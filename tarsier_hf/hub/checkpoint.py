@@ -26,16 +26,19 @@ CODE_DIR = Path(configuration_tarsier.__file__).resolve().parent
 
 INDEX_FILE = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
+TRAINER_STATE = "trainer_state.json"  # the Trainer's log history and step count, written next to the final weights
 # Both kinds of folder carry the processor (tokenizer, chat template, frame settings).
 PROCESSOR_FILES = ("processor_config.json", "chat_template.jinja", "tokenizer_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 REQUIRED_FILES = ("config.json", "generation_config.json", *PROCESSOR_FILES)
 ADAPTER_REQUIRED_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", *PROCESSOR_FILES)
 # Not part of a checkpoint: training by-products next to the final weights (intermediate checkpoints, logs, skip
-# logs, the base model / merged copy a LoRA run writes beside its adapter: publish those folders separately),
+# logs, the trainer's state and arguments, and in a `checkpoint-N` folder its optimizer, scheduler, scaler and RNG
+# states; the base model / merged copy a LoRA run writes beside its adapter: publish those folders separately),
 # caches and partial downloads.
 IGNORED = ("checkpoint-*", "runs", "base_model", "merged", "skipped_samples*.jsonl", "bad_rows.jsonl",
-           "training_args.bin", "__pycache__", ".*", "*.pyc", "*.lock", "*.tmp", "*.incomplete")
+           "training_args.bin", TRAINER_STATE, "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth",
+           "__pycache__", ".*", "*.pyc", "*.lock", "*.tmp", "*.incomplete")
 
 
 class CheckpointError(ValueError):

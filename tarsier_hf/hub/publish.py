@@ -5,17 +5,23 @@
 `push_to_hub` first builds the exact folder it will upload (`prepare_upload_folder`): it checks
 (`tarsier_hf.hub.checkpoint.check_checkpoint`) that the checkpoint is complete and loadable as remote code (config with `auto_map` and the code files it names, every
 shard of the weight index, tokenizer, processor config, chat template, generation config) and copies only the
-checkpoint's files into a staging folder, leaving out training by-products, caches and hidden files. A folder without a model card,
-or with only the placeholder card `push_to_hub` writes ("Model Card for Model ID"), gets a Tarsier card generated
-from its config (`tarsier_hf.hub.model_card`). Only then does it create the repository and upload that staging folder
-in one commit. `--dry_run` stops after the staging
-folder, so what would be uploaded can be inspected without a network connection or a token.
+checkpoint's files into a staging folder, leaving out training by-products (trainer state, optimizer, logs),
+caches and hidden files. The card is the one the folder carries (`save_pretrained` writes one, and so do
+train_sft.py and tarsier-convert), re-titled for the repository when it is the unedited generated card; a folder
+without a card, or with only the placeholder card `push_to_hub` writes ("Model Card for Model ID"), gets the same
+card generated from its config (`tarsier_hf.hub.model_card`). Only then does it create the repository and upload
+that staging folder, model and processor together, in one commit whose message says what the folder is
+(`describe_checkpoint`: trained by train_sft.py and how many steps, a LoRA adapter, a converted release).
+`--dry_run` stops after the staging folder, so what would be uploaded, and with which message, can be inspected
+without a network connection or a token.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -24,16 +30,11 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from transformers import HfArgumentParser
 
-from tarsier_hf.hub.checkpoint import CheckpointError, check_checkpoint
-from tarsier_hf.hub.model_card import card_details_from_folder, render_model_card
+from tarsier_hf.hub.checkpoint import ADAPTER_CONFIG, TRAINER_STATE, CheckpointError, check_checkpoint
+from tarsier_hf.hub.model_card import (CARD_FILE, card_details_from_folder, generated_card_title, is_placeholder_card,
+                                       render_model_card)
 
 logger = logging.getLogger(__name__)
-
-CARD_FILE = "README.md"
-# The heading of huggingface_hub's default card template (huggingface_hub/templates/modelcard_template.md) when no
-# model id is given, which is what transformers' `push_to_hub` uploads for a folder without a card
-# (transformers/utils/hub.py, `create_and_tag_model_card`).
-PLACEHOLDER_CARD_HEADING = "# Model Card for Model ID"
 
 
 @dataclass
@@ -49,10 +50,47 @@ class UploadPlan:
     commit_url: str | None = None
 
 
-def needs_model_card(folder: str | os.PathLike) -> bool:
-    """True when `folder` has no `README.md`, or only the placeholder card of `push_to_hub`."""
+def card_to_upload(folder: str | os.PathLike, model_name: str) -> str | None:
+    """The card to upload instead of the folder's own `README.md`, or None to upload the folder's own.
+
+    A folder without a card, or with only `push_to_hub`'s placeholder, gets the generated card titled
+    `model_name`; so does a folder whose card is the unedited generated card of another title (what
+    `save_pretrained` wrote, titled by the folder's name). Any other card (trained, converted, hand-written) is kept.
+    """
     card = Path(folder) / CARD_FILE
-    return not card.is_file() or PLACEHOLDER_CARD_HEADING in card.read_text(encoding="utf-8", errors="replace")
+    details = card_details_from_folder(folder)
+    if card.is_file() and not is_placeholder_card(card):
+        title = generated_card_title(card.read_text(encoding="utf-8", errors="replace"), details)
+        if title is None or title == model_name:
+            return None
+    return render_model_card(model_name, details=details)
+
+
+def _card_text(folder: Path) -> str:
+    card = folder / CARD_FILE
+    return card.read_text(encoding="utf-8", errors="replace") if card.is_file() else ""
+
+
+def describe_checkpoint(folder: str | os.PathLike) -> str:
+    """What the folder is, as a commit message: a LoRA adapter or full weights, trained by train_sft.py (with its
+    step count from `trainer_state.json`, or known from its card's `sft` tag), converted from a released
+    checkpoint (its card says so), or neither."""
+    folder = Path(folder)
+    what = "LoRA adapter" if (folder / ADAPTER_CONFIG).is_file() else "checkpoint"
+    card = _card_text(folder)
+    front = re.match(r"---\n(.*?)\n---\n", card, re.S)
+    state = folder / TRAINER_STATE
+    if state.is_file():
+        try:
+            steps = json.loads(state.read_text(encoding="utf-8")).get("global_step")
+        except json.JSONDecodeError:
+            steps = None
+        return f"Upload Tarsier {what} trained with train_sft.py" + (f" ({steps} steps)" if steps else "")
+    if front and re.search(r"^- sft$", front.group(1), re.M):
+        return f"Upload Tarsier {what} trained with train_sft.py"
+    if re.search(r"\bconverted\b", card[front.end() if front else 0:][:1000]):
+        return f"Upload Tarsier {what} converted from a released checkpoint with tarsier-convert"
+    return f"Upload Tarsier {what}"
 
 
 def prepare_upload_folder(
@@ -61,8 +99,8 @@ def prepare_upload_folder(
     """Check `folder` and copy exactly the files to upload into `staging_dir` (a new temporary folder if None).
 
     Files are hard-linked when the file system allows it (no extra disk for multi-GB shards), copied otherwise.
-    When the folder has no real model card, one is generated into the staging folder (the source folder is not
-    changed), titled `model_name` (default: the folder name).
+    The card is chosen by `card_to_upload` (a generated one is written into the staging folder, titled
+    `model_name`, default: the folder name; the source folder is not changed).
 
     Returns:
         The staging folder; its content is what `push_to_hub` uploads.
@@ -76,18 +114,17 @@ def prepare_upload_folder(
         if staging.exists() and any(staging.iterdir()):
             raise CheckpointError(f"{staging}: staging folder exists and is not empty")
         staging.mkdir(parents=True, exist_ok=True)
-    generate_card = needs_model_card(source)
+    card = card_to_upload(source, model_name or source.resolve().name)
     for name in files:
-        if name == CARD_FILE and generate_card:
+        if name == CARD_FILE and card is not None:
             continue
         try:
             os.link(source / name, staging / name)
         except OSError:
             shutil.copy2(source / name, staging / name)
-    if generate_card:
-        card = render_model_card(model_name or source.resolve().name, details=card_details_from_folder(source))
+    if card is not None:
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
-        logger.info("%s: no model card, generated %s", source, staging / CARD_FILE)
+        logger.info("%s: model card generated for %s", source, staging / CARD_FILE)
     return staging
 
 
@@ -99,17 +136,18 @@ def push_to_hub(
     private: bool | None = False,
     token: str | None = None,
     revision: str | None = None,
-    commit_message: str = "Upload Tarsier checkpoint (converted with tarsier_hf/hub/convert.py)",
+    commit_message: str | None = None,
     dry_run: bool = False,
     model_name: str | None = None,
 ) -> UploadPlan:
     """Prepare the upload folder, then create `repo_id` (if needed) and upload the folder in one commit.
 
     Args:
-        folder: a converted checkpoint folder.
+        folder: a checkpoint folder (trained, converted, or saved with `save_pretrained`), model and processor.
         repo_id: `"namespace/name"` on the Hub.
         staging_dir: where the upload folder is built (a temporary folder when None).
-        private, token, revision, commit_message: passed to `huggingface_hub` (`private=None`: the account's default).
+        private, token, revision: passed to `huggingface_hub` (`private=None`: the account's default).
+        commit_message: default: what the folder is (`describe_checkpoint`).
         dry_run: stop after preparing the folder (no network access).
         model_name: the title of a generated card (default: `repo_id`).
 
@@ -120,14 +158,15 @@ def push_to_hub(
         raise ValueError(f"repo_id {repo_id!r} must look like 'namespace/name'")
     staging = prepare_upload_folder(folder, staging_dir, model_name=model_name or repo_id)
     plan = UploadPlan(repo_id=repo_id, folder=staging, files=sorted(p.name for p in staging.iterdir()),
-                      private=private, revision=revision, commit_message=commit_message)
+                      private=private, revision=revision, commit_message=commit_message or describe_checkpoint(folder))
     if dry_run:
-        logger.info("dry run: %d files in %s would go to %s", len(plan.files), staging, repo_id)
+        logger.info("dry run: %d files in %s would go to %s in one commit: %r", len(plan.files), staging, repo_id,
+                    plan.commit_message)
         return plan
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = api.upload_folder(repo_id=repo_id, folder_path=str(staging), repo_type="model", revision=revision,
-                               commit_message=commit_message)
+                               commit_message=plan.commit_message)
     plan.commit_url = getattr(commit, "commit_url", None) or str(commit)
     return plan
 
@@ -136,7 +175,7 @@ def push_to_hub(
 class PublishArguments:
     """Command-line arguments of `python -m tarsier_hf.hub.publish`."""
 
-    folder: str = field(metadata={"help": "Converted checkpoint folder."})
+    folder: str = field(metadata={"help": "Checkpoint folder (trained, converted or saved with save_pretrained)."})
     repo_id: str = field(metadata={"help": "Hub repository, 'namespace/name'."})
     private: bool = field(default=False, metadata={"help": "Create the repository as private."})
     revision: str | None = field(default=None, metadata={"help": "Branch to commit to."})
