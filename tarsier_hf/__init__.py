@@ -17,14 +17,14 @@ import logging
 import sys
 from pathlib import Path
 
-# The remote-code modules are top-level (`modeling_tarsier`, ...: setup.cfg `py_modules`) and installed beside this
-# package: in site-packages, or at the repo root for an editable install.
+# The remote-code modules are the top-level `*_tarsier*` modules (`modeling_tarsier`, ...: setup.cfg `py_modules`),
+# installed beside this package: in site-packages, or at the repo root for an editable install.
 LIBRARY_DIR = Path(__file__).resolve().parent.parent
 
 
 class LibraryRemoteCode(importlib.abc.MetaPathFinder):
-    """Imports the remote-code modules (the top-level `*tarsier*` modules installed beside this package) from the
-    library's own files, whatever comes first on `sys.path`.
+    """Imports the remote-code modules (`LIBRARY_DIR/*_tarsier*.py`) from the library's own files, whatever comes
+    first on `sys.path`.
 
     `python -m tarsier_hf...` puts the working directory first on `sys.path`, so started inside a checkpoint folder
     it would import that folder's copies of `modeling_tarsier.py` & co. (code that came with downloaded weights)
@@ -34,7 +34,7 @@ class LibraryRemoteCode(importlib.abc.MetaPathFinder):
     """
 
     def find_spec(self, name, path=None, target=None):
-        if path is not None or "tarsier" not in name or name == __name__:
+        if path is not None or "_tarsier" not in name:
             return None
         own = LIBRARY_DIR / f"{name}.py"
         if not own.is_file():

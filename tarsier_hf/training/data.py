@@ -667,7 +667,9 @@ def trainable_row(raw: Any, spec: DatasetSpec, pools: dict[str, list[str]],
             if not isinstance(message, dict) or message.get("role") is None:
                 raise ValueError(f"message {number} has no 'role'")
     row = normalize_row(raw, spec.video_root, origin=spec.label)
-    apply_prompt_pool(copy.deepcopy(row), pools, random.Random(0), resample=False)  # the prompt is drawn per use
+    # on a copy of the turns (the prompt is drawn per use): the first user turn must get one
+    turns = [{**message, "content": list(message["content"])} for message in row["messages"]]
+    apply_prompt_pool({**row, "messages": turns}, pools, random.Random(0), resample=False)
     roles = [m["role"] for m in row["messages"] if m["role"] not in ("system", "user", "assistant")]
     if roles:
         raise ValueError(f"unknown role(s) {roles} (expected system, user, assistant)")
