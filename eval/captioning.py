@@ -135,7 +135,8 @@ def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, m
     prompt = caption_prompt(data.prompt)
     requests = [VideoRequest(s.id, s.video, prompt) for s in samples]
     missing = missing_videos(requests)
-    preflight(data.format, data.output_dir, len(requests), missing, data.videos, report=state.is_main_process)
+    preflight(data.format, data.output_dir, len(requests), missing, data.videos, report=state.is_main_process,
+              packages=("evaluate", "datasets"))
     output_dir = Path(data.output_dir)
     outputs = generate_predictions(requests, output_dir, model_args, settings, model, processor, progress, state)
     if outputs is None:

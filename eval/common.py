@@ -9,6 +9,7 @@ of whose videos exist stops), and the judge answers (`JudgeArguments.prepare`: k
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -195,18 +196,22 @@ def output_dir_problem(output_dir: str | os.PathLike) -> str | None:
 
 
 def preflight(benchmark: str, output_dir, n_videos: int, missing: list[dict], videos=None, judge_args=None,
-              config=None, judge=None, report: bool = True):
+              config=None, judge=None, report: bool = True, packages: tuple[str, ...] = ()):
     """Check what the run needs before its long work; returns the judge to score with (see
     `JudgeArguments.prepare`; None when scoring is skipped or the judge is built later).
 
     `missing` (of `n_videos`) is logged as one report, every video named (with `report`: one process of several
-    reports); a run none of whose videos exist stops.
+    reports); a run none of whose videos exist stops. `packages` are the modules the steps after generation
+    import (the `eval` extra: `evaluate` for CIDEr, `matplotlib` for figures).
 
     Raises:
-        PreflightError: every problem found (output folder, videos, judge), one per line.
+        PreflightError: every problem found (output folder, videos, packages, judge), one per line.
     """
     problem = output_dir_problem(output_dir)
     problems = [problem] if problem else []
+    absent = [name for name in packages if importlib.util.find_spec(name) is None]
+    if absent:
+        problems.append(f"not installed: {', '.join(absent)} (pip install 'tarsier-hf[eval]')")
     if missing:
         where = f"under {videos}" if videos else "(paths as given: pass --videos FOLDER if they are relative to one)"
         listing = "\n".join(f"  {m['id']}: {m['video']}" for m in missing)

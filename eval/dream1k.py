@@ -192,7 +192,7 @@ def evaluate_dream1k(
         records = records[: model_args.limit]
     requests, missing = build_requests(records, data.videos, prompt, data.video_template)
     judge = preflight("DREAM-1K", data.output_dir, len(records), missing, data.videos, judge_args, judge=judge,
-                      report=state.is_main_process)
+                      report=state.is_main_process, packages=() if judge_args.skip_scoring else ("matplotlib",))
 
     output_dir = Path(data.output_dir)
     predictions_path = output_dir / "predictions.jsonl"

@@ -10,8 +10,10 @@ accuracy = share of "yes", score = mean score. Judge calls go through `tarsier_h
 bounded retries with backoff). A judge answer that stays unreadable counts as "no" with score 0 and is listed.
 
 Before the model loads, the output folder, every video (missing ones listed in one report, counted "no"; none
-found stops the run) and the judge (key, endpoint reachable, model listed; not with `--skip_scoring`) are checked
+found stops the run) and the judge (key, endpoint reachable, model listed) are checked
 (tarsier_hf.eval.common.preflight). `--videos` may be left out when the annotations' video paths resolve.
+`--skip_scoring` only generates (no judge is checked or asked); the same command without it then scores the
+predictions already written.
 """
 
 from __future__ import annotations
@@ -257,20 +259,24 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     if outputs is None:
         return None
     predictions = predictions_of(outputs)
-    judge = judge or judge_args.build(config)  # an in-process judge, built once the video model is done
-    concurrency = judge_args.judge_concurrency or judge_defaults(judge)["concurrency"]
-    scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency)
     results = {
         **result_header(data.format, "openqa", data.model_name, model_args, settings),
         "prompt": {"template": data.prompt_template, "example": requests[0].prompt if requests else None},
-        "judge": {**judge.settings.to_dict(), "prompt_version": JUDGE_PROMPT_VERSION,
-                  "max_parse_attempts": config.max_parse_attempts},
-        "accuracy": scores["accuracy"], "score": scores["score"], "n": scores["n"],
-        "n_failed": scores["n_failed"], "failed": scores["failed"],
         "missing_videos": missing,
         "unreadable_videos": unreadable_videos(outputs),
-        "samples": scores["samples"],
     }
+    if judge_args.skip_scoring:  # the same command without --skip_scoring scores the predictions written here
+        results.update(judge={"skipped": True}, n=len(questions), n_predictions=len(predictions))
+    else:
+        judge = judge or judge_args.build(config)  # an in-process judge, built once the video model is done
+        concurrency = judge_args.judge_concurrency or judge_defaults(judge)["concurrency"]
+        scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency)
+        results.update(
+            judge={**judge.settings.to_dict(), "prompt_version": JUDGE_PROMPT_VERSION,
+                   "max_parse_attempts": config.max_parse_attempts},
+            accuracy=scores["accuracy"], score=scores["score"], n=scores["n"], n_failed=scores["n_failed"],
+            failed=scores["failed"], samples=scores["samples"],
+        )
     write_json(output_dir / "results.json", results)
     return results
 
@@ -283,9 +289,14 @@ def main(argv: list[str] | None = None) -> None:
         results = evaluate_openqa(data, model_args, judge_args)
     except PreflightError as error:
         raise SystemExit(f"error: {error}") from None
-    if results is not None:
+    if results is None:
+        return
+    if "accuracy" in results:
         print(f"{data.format}: accuracy {100 * results['accuracy']:.1f}  score {results['score']:.2f}  "
               f"(n={results['n']}, judge failures {results['n_failed']})", file=sys.stdout)
+    else:
+        print(f"{data.format}: {results['n_predictions']}/{results['n']} answers generated, not scored "
+              f"(--skip_scoring) -> {Path(data.output_dir) / 'results.json'}", file=sys.stdout)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,26 @@ def test_missing_videos_are_listed_before_the_model_loads(data_dir, tmp_path, ca
     assert "a-file/run: cannot write there" in str(stopped.value)
 
 
+def test_openqa_skip_scoring_generates_without_a_judge(tiny_tarsier, data_dir, tmp_path, no_openai_key):
+    """`--skip_scoring` needs no judge at all (it used to build one after generation, and fail there)."""
+    from tarsier_hf.eval.openqa import OpenQAArguments, evaluate_openqa
+
+    (tmp_path / "qa.jsonl").write_text(json.dumps(
+        {"video": str(data_dir / "videos" / "red.mp4"), "question": "What colour is the screen?", "answer": "red"}) + "\n")
+    data = OpenQAArguments(format="generic", annotations=str(tmp_path / "qa.jsonl"), output_dir=str(tmp_path / "run"))
+    model_args = ModelArguments(checkpoint=str(tiny_tarsier[0]), max_new_tokens=4)
+    results = evaluate_openqa(data, model_args, JudgeArguments(skip_scoring=True), progress=False)
+    assert results["judge"] == {"skipped": True} and results["n_predictions"] == 1 and "accuracy" not in results
+    assert (tmp_path / "run" / "predictions.jsonl").is_file()
+
+
+def test_packages_needed_after_generation_are_checked_before(tmp_path):
+    from tarsier_hf.eval.common import preflight
+
+    with pytest.raises(PreflightError, match=r"not installed: no_such_package_for_figures \(pip install"):
+        preflight("DREAM-1K", tmp_path / "run", 1, [], packages=("matplotlib", "no_such_package_for_figures"))
+
+
 def test_videos_folder_is_optional_when_paths_resolve(dream_records, data_dir, tmp_path):
     from transformers import HfArgumentParser
 
