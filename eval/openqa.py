@@ -30,7 +30,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
-from tarsier_hf.eval.autodq.pipeline import judge_defaults
+from tarsier_hf.eval.autodq.pipeline import JudgeProgress, judge_defaults
 from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, PreflightError, configure_logging,
                                     find_video_file, generate_predictions, missing_videos, predictions_of, preflight,
                                     result_header, unreadable_videos)
@@ -111,11 +111,14 @@ def parse_verdict(text: str) -> tuple[bool, float]:
 
 
 def judge_answers(questions: list[OpenQuestion], predictions: dict[str, str], judge, max_attempts: int = 3,
-                  concurrency: int = 4) -> dict:
-    """Judge every question; missing predictions and unreadable verdicts count as no / 0.
+                  concurrency: int = 4, progress: bool = True) -> dict:
+    """Judge every question; missing predictions and unreadable verdicts count as no / 0. `progress` shows a tqdm
+    bar over the questions that follows every judge answer (`JudgeProgress`).
 
     Returns `{"accuracy", "score", "n", "n_failed", "failed", "samples"}`.
     """
+    from tqdm.auto import tqdm
+
     def one(question: OpenQuestion) -> dict:
         prediction = predictions.get(question.id)
         record = {"id": question.id, "question": question.question, "answer": question.answer, "prediction": prediction}
@@ -130,8 +133,22 @@ def judge_answers(questions: list[OpenQuestion], predictions: dict[str, str], ju
         except Exception as error:  # noqa: BLE001 - judge failures are recorded per sample, never dropped
             return {**record, "yes": False, "score": 0.0, "failed": True, "error": f"{type(error).__name__}: {error}"[:500]}
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        samples = list(pool.map(one, questions))
+    bar = tqdm(total=len(questions), desc=f"QA judge ({judge.settings.model})", unit="question", disable=not progress)
+    tracker = JudgeProgress(bar, judge, unit="questions")
+
+    def judged(question: OpenQuestion) -> dict:
+        sample = one(question)
+        tracker.sample_done(sample["failed"])
+        return sample
+
+    if progress:
+        judge.on_answer = tracker.on_answer
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            samples = list(pool.map(judged, questions))
+    finally:
+        judge.on_answer = None
+        bar.close()
     n = len(samples)
     failed = [{"id": s["id"], "error": s["error"]} for s in samples if s["failed"]]
     return {
@@ -270,7 +287,7 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     else:
         judge = judge or judge_args.build(config)  # an in-process judge, built once the video model is done
         concurrency = judge_args.judge_concurrency or judge_defaults(judge)["concurrency"]
-        scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency)
+        scores = judge_answers(questions, predictions, judge, config.max_parse_attempts, concurrency, progress)
         results.update(
             judge={**judge.settings.to_dict(), "prompt_version": JUDGE_PROMPT_VERSION,
                    "max_parse_attempts": config.max_parse_attempts},

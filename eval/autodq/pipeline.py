@@ -179,12 +179,12 @@ def format_rate(count: float, seconds: float, unit: str) -> str:
 
 
 class JudgeProgress:
-    """The postfix of the AutoDQ bar, refreshed after every judge answer (through `ChatJudge.on_answer`) and every
-    finished sample: judge answers so far (cached ones counted apart), the request rate, samples per minute and
-    failed samples. Refreshes are at most one a second apart, except when a sample finishes."""
+    """The postfix of a judge's tqdm bar, refreshed after every judge answer (through `ChatJudge.on_answer`) and
+    every finished sample: judge answers so far (cached ones counted apart), the request rate, samples (`unit`) per
+    minute and failed samples. Refreshes are at most one a second apart, except when a sample finishes."""
 
-    def __init__(self, bar, judge: ChatJudge):
-        self.bar, self.judge = bar, judge
+    def __init__(self, bar, judge: ChatJudge, unit: str = "samples"):
+        self.bar, self.judge, self.unit = bar, judge, unit
         self.before = judge.stats.to_dict()
         self.start = self.last = time.monotonic()
         self.done = self.failed = 0
@@ -197,7 +197,7 @@ class JudgeProgress:
         elapsed = time.monotonic() - self.start
         parts = [f"judge: {answers + cached} answers" + (f" ({cached} cached)" if cached else ""),
                  format_rate(stats["requests"] - self.before["requests"], elapsed, "req"),
-                 format_rate(self.done, elapsed, "samples"), f"failed={self.failed}"]
+                 format_rate(self.done, elapsed, self.unit), f"failed={self.failed}"]
         return ", ".join(parts)
 
     def on_answer(self) -> None:
