@@ -247,3 +247,34 @@ def test_a_streamed_run_card_counts_the_skipped_samples_of_its_record(tiny_tarsi
     skipped = (output_dir / "skipped_samples.jsonl").read_text().splitlines()
     assert [json.loads(line)["idx"] for line in skipped] == [50]
     assert "| `skipped_samples` | `1` |" in (output_dir / "README.md").read_text()
+
+
+def test_a_checkpoint_is_pushed_from_its_published_folder(tiny_tarsier, data_dir, tmp_path, monkeypatch):
+    """With `push_to_hub`, the Trainer uploads each checkpoint folder in the background as it saves it: the upload
+    must start from the published `checkpoint-N`, complete, not from the folder being written."""
+    import copy
+
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from tarsier_hf.training.arguments import video_sft_config
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
+    from video_processing_tarsier import UniformSampling
+
+    _, model, processor = tiny_tarsier
+    rows = [normalize_row(conversation_row(f"videos/{c}.mp4", f"The screen stays {c}.", i), str(data_dir))
+            for i, c in enumerate(["red", "blue"])]
+    pushed = []
+    monkeypatch.setattr(SFTTrainer, "_push_from_checkpoint", lambda self, folder: pushed.append(
+        (folder, sorted(p.name for p in Path(folder).iterdir()))))
+    args = video_sft_config(TarsierSFTConfig, output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False,
+                            report_to="none", max_steps=2, save_steps=1, per_device_train_batch_size=2)
+    trainer = TarsierSFTTrainer(model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows),
+                                data_collator=TarsierVideoCollator(processor, UniformSampling(2)),
+                                processing_class=processor)
+    trainer.args.push_to_hub = True  # set after the Trainer is built, which would create the Hub repository
+    trainer.train()
+    assert [folder for folder, _ in pushed] == [str(tmp_path / "run" / f"checkpoint-{n}") for n in (1, 2)]
+    assert all("trainer_state.json" in files and "model.safetensors" in files for _, files in pushed)
