@@ -99,11 +99,12 @@ def test_judge_checks_fail_fast_and_name_the_cause(no_openai_key):
     assert JudgeArguments(skip_scoring=True).prepare() is None  # --skip_scoring: no judge, no check
 
 
-def test_a_refused_key_is_reported_before_generation(no_openai_key):
-    class Refusing(BaseHTTPRequestHandler):
+@pytest.mark.parametrize("status", [401, 404])
+def test_a_refused_key_fails_and_an_endpoint_without_a_model_list_passes(status, no_openai_key):
+    class Endpoint(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = b'{"error": {"message": "Incorrect API key provided"}}'
-            self.send_response(401)
+            body = json.dumps({"error": {"message": f"HTTP {status} on {self.path}"}}).encode()
+            self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -111,12 +112,16 @@ def test_a_refused_key_is_reported_before_generation(no_openai_key):
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    judge_args = JudgeArguments(judge_base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", judge_api_key="k",
+                                judge_cache="")
     try:
-        with pytest.raises(Exception, match=r"refused the API key \(HTTP 401\)"):
-            JudgeArguments(judge_base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", judge_api_key="wrong",
-                           judge_cache="").prepare()
+        if status == 401:
+            with pytest.raises(Exception, match=r"refused the API key \(HTTP 401\)"):
+                judge_args.prepare()
+        else:  # no /v1/models route: nothing to check the model against, the endpoint answers
+            assert judge_args.prepare().settings.base_url == judge_args.judge_base_url
     finally:
         server.shutdown()
         server.server_close()
