@@ -324,3 +324,29 @@ def test_publish_plan_of_a_trained_folder(tiny_tarsier, tmp_path, monkeypatch):
         "Upload Tarsier checkpoint converted from a released checkpoint with tarsier-convert")
     (folder / "README.md").write_text(render_model_card("me/x", training={"learning_rate": 1e-5}))
     assert hub_publish.describe_checkpoint(folder) == "Upload Tarsier checkpoint trained with train_sft.py"
+
+
+def test_publish_plan_of_a_lora_adapter_folder(tiny_tarsier, tmp_path):
+    """An adapter folder (no config.json) keeps train_sft.py's card; with only peft's placeholder it gets the
+    adapter card, loading on the base model its adapter_config.json names."""
+    from tarsier_hf.hub import publish as hub_publish
+    from tarsier_hf.hub.checkpoint import CODE_FILES
+    from tarsier_hf.hub.model_card import render_model_card
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for name in ("processor_config.json", "chat_template.jinja", "tokenizer_config.json", "tokenizer.json", *CODE_FILES):
+        shutil.copy(tiny_tarsier[0] / name, adapter / name)
+    shutil.copy(tiny_tarsier[0] / "model.safetensors", adapter / "adapter_model.safetensors")
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "org/base"}))
+    trained = render_model_card("me/adapter", "org/base", training={"use_peft": True}, is_adapter=True)
+    (adapter / "README.md").write_text(trained)
+    plan = hub_publish.push_to_hub(adapter, "me/adapter", staging_dir=tmp_path / "up", dry_run=True)
+    assert (plan.folder / "README.md").read_text() == trained
+    assert plan.commit_message == "Upload Tarsier LoRA adapter trained with train_sft.py"
+
+    (adapter / "README.md").write_text("---\nlibrary_name: peft\n---\n\n# Model Card for Model ID\n")
+    plan = hub_publish.push_to_hub(adapter, "me/adapter", staging_dir=tmp_path / "up2", dry_run=True)
+    card = (plan.folder / "README.md").read_text()
+    assert "library_name: peft" in card and 'PeftModel.from_pretrained(base, "me/adapter")' in card
+    assert 'AutoModelForImageTextToText.from_pretrained("org/base"' in card

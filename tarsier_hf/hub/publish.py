@@ -30,7 +30,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from transformers import HfArgumentParser
 
-from tarsier_hf.hub.checkpoint import ADAPTER_CONFIG, TRAINER_STATE, CheckpointError, check_checkpoint
+from tarsier_hf.hub.checkpoint import ADAPTER_CONFIG, TRAINER_STATE, CheckpointError, check_checkpoint, read_json
 from tarsier_hf.hub.model_card import (CARD_FILE, card_details_from_folder, generated_card_title, is_placeholder_card,
                                        render_model_card)
 
@@ -53,17 +53,23 @@ class UploadPlan:
 def card_to_upload(folder: str | os.PathLike, model_name: str) -> str | None:
     """The card to upload instead of the folder's own `README.md`, or None to upload the folder's own.
 
-    A folder without a card, or with only `push_to_hub`'s placeholder, gets the generated card titled
-    `model_name`; so does a folder whose card is the unedited generated card of another title (what
-    `save_pretrained` wrote, titled by the folder's name). Any other card (trained, converted, hand-written) is kept.
+    A folder without a card, or with only the placeholder of `push_to_hub` (or of peft's `save_pretrained`), gets
+    the generated card titled `model_name` (for a LoRA adapter: loading on the base model its `adapter_config.json`
+    names); so does a folder whose card is the unedited generated card of another title (what `save_pretrained`
+    wrote, titled by the folder's name). Any other card (trained, converted, hand-written) is kept.
     """
-    card = Path(folder) / CARD_FILE
-    details = card_details_from_folder(folder)
+    folder = Path(folder)
+    card, config = folder / CARD_FILE, folder / "config.json"
     if card.is_file() and not is_placeholder_card(card):
-        title = generated_card_title(card.read_text(encoding="utf-8", errors="replace"), details)
+        if not config.is_file():
+            return None
+        title = generated_card_title(card.read_text(encoding="utf-8", errors="replace"), card_details_from_folder(folder))
         if title is None or title == model_name:
             return None
-    return render_model_card(model_name, details=details)
+    if (folder / ADAPTER_CONFIG).is_file():
+        base = read_json(folder / ADAPTER_CONFIG).get("base_model_name_or_path")
+        return render_model_card(model_name, base_model=base, is_adapter=True)
+    return render_model_card(model_name, details=card_details_from_folder(folder))
 
 
 def _card_text(folder: Path) -> str:
