@@ -120,7 +120,8 @@ def prepare_upload_folder(
         if staging.exists() and any(staging.iterdir()):
             raise CheckpointError(f"{staging}: staging folder exists and is not empty")
         staging.mkdir(parents=True, exist_ok=True)
-    card = card_to_upload(source, model_name or source.resolve().name)
+    title = model_name or source.resolve().name
+    card = card_to_upload(source, title)
     for name in files:
         if name == CARD_FILE and card is not None:
             continue
@@ -130,7 +131,7 @@ def prepare_upload_folder(
             shutil.copy2(source / name, staging / name)
     if card is not None:
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
-        logger.info("%s: model card generated for %s", source, staging / CARD_FILE)
+        logger.info("%s: model card for %s generated into %s", source, title, staging / CARD_FILE)
     return staging
 
 
