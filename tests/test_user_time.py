@@ -350,3 +350,38 @@ def test_publish_plan_of_a_lora_adapter_folder(tiny_tarsier, tmp_path):
     card = (plan.folder / "README.md").read_text()
     assert "library_name: peft" in card and 'PeftModel.from_pretrained(base, "me/adapter")' in card
     assert 'AutoModelForImageTextToText.from_pretrained("org/base"' in card
+
+
+def test_autodq_stops_on_the_first_samples_when_the_endpoint_refuses_them():
+    """A judge whose model list is fine but whose chat endpoint refuses every request (an unknown model, a key
+    only checked there) stops after the first sample, not after scoring every sample 0."""
+    from tarsier_hf.eval.autodq.judge import JudgeUnavailableError, OpenAIChatJudge
+    from tarsier_hf.eval.autodq.pipeline import make_samples, run_autodq
+    from tarsier_hf.eval.autodq.scoring import get_config
+
+    posts = []
+
+    class UnknownModel(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posts.append(self.path)
+            body = b'{"error": {"message": "The model `judge-x` does not exist.", "code": 404}}'
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), UnknownModel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        judge = OpenAIChatJudge("judge-x", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1")
+        samples = make_samples([f"A man opens door {i}." for i in range(20)], [f"A man opens door {i}." for i in range(20)])
+        with pytest.raises(JudgeUnavailableError, match=r"first 2 sample\(s\) all failed.*HTTP 404.*'judge-x'"):
+            run_autodq(samples, judge, get_config("robust"), concurrency=2, bootstrap=0, progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(posts) <= 4  # the first wave only, of 20 samples

@@ -14,7 +14,8 @@ movement. A local judge (an
 endpoint on this machine, or `judge="transformers"`) answers far slower than a hosted API, so its unset defaults
 are scaled (`judge_defaults`: 1 sample in flight, 600 s per request, 2 attempts); and when the first samples all
 fail because the judge timed out, the run stops at once with advice (`JudgeTimeoutError`) instead of failing
-every sample.
+every sample; so it does when they all failed because the endpoint refused the key or does not know the model
+(HTTP 401, 403, 404: `JudgeUnavailableError`), which no later request would change.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .aggregate import bootstrap_ci, mean_std, summarize
-from .judge import LOCAL_HOSTS, ChatJudge, JudgeCache, OpenAIChatJudge, TransformersChatJudge
+from .judge import LOCAL_HOSTS, ChatJudge, JudgeCache, JudgeUnavailableError, OpenAIChatJudge, TransformersChatJudge
 from .scoring import AutoDQConfig, AutoDQScorer, Sample
 
 # Unset judge options per kind of judge: a hosted API takes many requests at once and answers in seconds; a judge
@@ -172,6 +173,14 @@ def _timed_out(score) -> bool:
     return score.failed and ("timeout" in error or "timed out" in error)
 
 
+# Answers no later request gets otherwise: the key is refused, or the endpoint knows neither the model nor the route.
+REFUSED_STATUSES = ("HTTP 401", "HTTP 403", "HTTP 404")
+
+
+def _refused(score) -> bool:
+    return score.failed and any(status in (score.error or "") for status in REFUSED_STATUSES)
+
+
 def format_rate(count: float, seconds: float, unit: str) -> str:
     """`count` per second as "2.5 req/s", or per minute ("4.0 req/min") when under one a second."""
     rate = count / seconds if seconds > 0 else 0.0
@@ -221,7 +230,8 @@ def _score_runs(scorer: AutoDQScorer, samples: list[Sample], repeats: int, progr
     in input order.
 
     With `fail_fast`, when the first `concurrency` finished samples all failed on judge timeouts, the pending ones
-    are cancelled and `JudgeTimeoutError` is raised with advice (calls already in flight end on their own).
+    are cancelled and `JudgeTimeoutError` is raised with advice (calls already in flight end on their own); when
+    they all failed because the endpoint refused them (`REFUSED_STATUSES`), `JudgeUnavailableError`.
     """
     from tqdm.auto import tqdm
 
@@ -254,6 +264,13 @@ def _score_runs(scorer: AutoDQScorer, samples: list[Sample], repeats: int, progr
                             "smaller max_tokens (e.g. 512), or a faster judge; fail_fast=False scores anyway (every "
                             "timed-out sample then counts as failed)."
                         )
+                    if fail_fast and len(first) == probe and all(_refused(s) for s in first):
+                        raise JudgeUnavailableError(
+                            f"AutoDQ stopped: the first {probe} sample(s) all failed because judge endpoint "
+                            f"{settings.base_url or settings.endpoint_kind} refused the requests ({first[-1].error}). "
+                            f"Check the key (eval runners: --judge_api_key or $OPENAI_API_KEY), the model name "
+                            f"({settings.model!r}, --judge_model) and the base URL; fail_fast=False scores anyway."
+                        )
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
@@ -279,7 +296,8 @@ def run_autodq(
     """Score `samples` `repeats` times (repeat r uses judge seed + 1000 r) and aggregate.
 
     `concurrency` (samples in flight) left None is 4, or 1 for a judge on this machine (`judge_defaults`).
-    `progress` shows a tqdm bar; `fail_fast` stops with `JudgeTimeoutError` when the first samples all time out.
+    `progress` shows a tqdm bar; `fail_fast` stops with `JudgeTimeoutError` when the first samples all time out,
+    and with `JudgeUnavailableError` when the endpoint refused them all (key, model or route unknown).
 
     Returns a dict: headline `recall`/`precision`/`f1` (macro when samples have categories, else micro; mean
     over repeats), `headline`, per-run `micro`/`macro`/`breakdowns` (of repeat 0) and `runs` (every repeat),
