@@ -10,9 +10,12 @@ extension vLLM and `transformers serve` use); a URL is a `data:` URI (`data:imag
 `--allowed_local_media_path`, a `file://` URL or a plain path. Frame sampling follows the checkpoint's processor;
 a request can override it with `"mm_processor_kwargs": {"num_frames": 16}` (also `fps`, or a whole
 `frame_sampling` object such as `{"policy": "fps", "fps": 2, "max_frames": 32}`), sent by the `openai` client
-through `extra_body`. A request that cannot be read (unknown fields,
-unreadable video, missing file, a video for a text-only model) gets a 400 with the reason in OpenAI's error format;
-requests are generated one at a time, in order, on one worker thread, while the next request's media decode.
+through `extra_body`. A request that cannot be read (unknown or malformed fields, unreadable video, missing file, a
+video for a text-only model, anything past a limit of `ServeLimits`) gets a 400 naming the field, in OpenAI's error
+format; a body over `--max_request_mb` gets a 413. Media are decoded by the server (`load_media`: one self-contained
+file each, allow-listed demuxers, bounded pixels), then encoded by the checkpoint's processor; up to
+`--max_concurrent_generations` requests generate at once, each on its own thread, and a client that leaves (streaming
+or not) stops its generation.
 
 Why not `transformers serve` (transformers 5.23, `transformers/cli/serving/model_manager.py`): it builds the model
 with `AutoModelForMultimodalLM` only when `config.model_type` is in the library's static
@@ -29,7 +32,9 @@ import asyncio
 import copy
 import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 import urllib.parse
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import torch
+from fastapi import Request
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
@@ -52,17 +58,57 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     HfArgumentParser,
+    LogitsProcessor,
+    LogitsProcessorList,
     ProcessorMixin,
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
 
+from video_processing_tarsier import (
+    DEFAULT_SEQUENCE_FPS,
+    FpsSampling,
+    FrameSampling,
+    MediaLimitError,
+    MediaLimits,
+    as_frame_sampling,
+    load_image,
+    load_video,
+    media_limits,
+)
+
 logger = logging.getLogger(__name__)
 
 MEDIA_PARTS = {"image_url": "image", "video_url": "video"}
-FRAME_OPTIONS = ("num_frames", "fps", "frame_sampling")
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for; each bound is the `tarsier-serve` flag of the same name. A request over a
+    bound gets a 400 naming the field and the flag, before any of its work starts (the pixel bounds are checked
+    while decoding, from stream and image headers first).
+
+    Attributes:
+        max_tokens: largest `max_tokens` / `max_completion_tokens`.
+        max_stop_strings: most `stop` strings; max_stop_length: longest one, in characters.
+        max_frames_per_video: most frames one video may be sampled to (the checkpoint's default included).
+        max_frames_per_request: most frames over all the request's videos and images (an image is one frame).
+        max_frame_pixels: width x height of any decoded frame or image (default 8K, 7680 x 4320).
+        max_request_pixels: width x height summed over every frame the request decodes, frames decoded only to
+            reach a sampled one included (10 gigapixels: about 4,800 frames of 1080p).
+        max_prompt_tokens: longest prompt, text and frame tokens together.
+    """
+
+    max_tokens: int = 4096
+    max_stop_strings: int = 16
+    max_stop_length: int = 256
+    max_frames_per_video: int = 64
+    max_frames_per_request: int = 128
+    max_frame_pixels: int = 7680 * 4320
+    max_request_pixels: int = 10_000_000_000
+    max_prompt_tokens: int = 32768
 
 
 class RequestError(Exception):
@@ -73,23 +119,40 @@ class RequestError(Exception):
         self.message, self.status, self.param, self.kind = message, status, param, kind
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool = False
+
+
+class FrameOptions(BaseModel):
+    """`mm_processor_kwargs`: this request's frame sampling (as `TarsierProcessor` takes it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_frames: int | None = Field(None, ge=1)
+    fps: float | None = Field(None, gt=0, allow_inf_nan=False)
+    frame_sampling: dict[str, Any] | None = None
+
+
 class ChatCompletionRequest(BaseModel):
-    """The chat-completions fields this server honours; any other field is refused (400), never ignored."""
+    """The chat-completions fields this server honours; any other field is refused (400), never ignored.
+    `messages` are checked field by field in `to_conversation`."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[Any] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.manual_seed takes
     stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream: bool = Field(False, strict=True)
+    stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
-    mm_processor_kwargs: dict[str, Any] | None = None
+    mm_processor_kwargs: FrameOptions | None = None
 
 
 @dataclass
@@ -100,8 +163,8 @@ class Prepared:
     inputs: Any
     generation_config: Any
     stop: list[str]
-    seed: int | None
     prompt_tokens: int
+    logits_processor: list = field(default_factory=list)
 
 
 def _local_media(url: str, allowed_root: Path | None, param: str) -> str:
@@ -109,52 +172,62 @@ def _local_media(url: str, allowed_root: Path | None, param: str) -> str:
     if url[:7].lower() == "file://":
         parsed = urllib.parse.urlparse(url)
         if parsed.netloc not in ("", "localhost"):
-            raise RequestError(f"{url}: a file URL on another host cannot be read", param=param)
+            raise RequestError(f"{param}: {url}: a file URL on another host cannot be read", param=param)
         path = urllib.request.url2pathname(parsed.path)
     else:
         path = url
     if allowed_root is None:
         raise RequestError(
-            f"{url}: local files are not served; start the server with --allowed_local_media_path DIR, "
+            f"{param}: {url}: local files are not served; start the server with --allowed_local_media_path DIR, "
             "or send the media as a data: URI", param=param)
+    if "\x00" in path:
+        raise RequestError(f"{param}: the path holds a NUL byte", param=param)
     resolved = Path(os.path.realpath(path))
     if not resolved.is_relative_to(allowed_root):
-        raise RequestError(f"{url}: outside the allowed local media path {allowed_root}", param=param)
+        raise RequestError(f"{param}: {url}: outside the allowed local media path {allowed_root}", param=param)
     return str(resolved)
 
 
-def to_conversation(messages: list[dict[str, Any]], multimodal: bool, allowed_root: Path | None) -> list[dict]:
-    """OpenAI chat messages -> a transformers conversation (content blocks `text` / `image` / `video`).
+def _expect(value: Any, kind: type | tuple[type, ...], param: str, what: str) -> Any:
+    if not isinstance(value, kind):
+        raise RequestError(f"{param}: expected {what}, got {type(value).__name__}", param=param)
+    return value
 
-    A text-only model gets string contents; media parts are refused for it.
+
+def to_conversation(messages: list[Any], multimodal: bool, allowed_root: Path | None) -> list[dict]:
+    """OpenAI chat messages -> a transformers conversation (content blocks `text`, and `image` / `video` blocks
+    holding `url` and the request field `param` they came from).
+
+    Every field is checked; a malformed one raises `RequestError` naming it (`messages[i].content[j]...`). A
+    text-only model gets string contents; media parts are refused for it.
     """
     conversation = []
     for i, message in enumerate(messages):
-        role = ROLES.get(message.get("role"))
+        _expect(message, dict, f"messages[{i}]", "an object")
+        role = ROLES.get(message.get("role")) if isinstance(message.get("role"), str) else None
         if role is None:
             raise RequestError(f"messages[{i}].role: {message.get('role')!r} is not one of {sorted(ROLES)}",
                                param=f"messages[{i}].role")
         content = message.get("content")
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
-        if not isinstance(parts, list):
-            raise RequestError(f"messages[{i}].content: expected a string or a list of parts",
-                               param=f"messages[{i}].content")
+        _expect(parts, list, f"messages[{i}].content", "a string or a list of parts")
         blocks = []
         for j, part in enumerate(parts):
             param = f"messages[{i}].content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                blocks.append({"type": "text", "text": part["text"]})
+            kind = _expect(part, dict, param, "an object").get("type")
+            if kind == "text":
+                blocks.append({"type": "text", "text": _expect(part.get("text"), str, f"{param}.text", "a string")})
             elif kind in MEDIA_PARTS:
                 if not multimodal:
                     raise RequestError(f"{param}: the served model is text-only and cannot take {kind}", param=param)
                 value = part.get(kind)
                 url = value.get("url") if isinstance(value, dict) else value
-                if not isinstance(url, str) or not url:
-                    raise RequestError(f"{param}.{kind}.url: missing", param=param)
+                param = f"{param}.{kind}.url"
+                if not _expect(url, str, param, "a URL string"):
+                    raise RequestError(f"{param}: missing", param=param)
                 if not url[:8].lower().startswith(("data:", "http://", "https://")):
                     url = _local_media(url, allowed_root, param)
-                blocks.append({"type": MEDIA_PARTS[kind], "url": url})
+                blocks.append({"type": MEDIA_PARTS[kind], "url": url, "param": param})
             else:
                 raise RequestError(f"{param}: unsupported content part {kind!r} (expected text, image_url or "
                                    "video_url)", param=param)
@@ -165,8 +238,97 @@ def to_conversation(messages: list[dict[str, Any]], multimodal: bool, allowed_ro
     return conversation
 
 
+def frame_sampling_for(default: Any, options: FrameOptions | None) -> FrameSampling:
+    """The request's frame sampling: `default` (the processor's) adjusted by `mm_processor_kwargs` the way
+    `TarsierProcessor` adjusts it (`frame_sampling` replaces it, `fps` switches to `FpsSampling`, `num_frames`
+    changes its count)."""
+    param = "mm_processor_kwargs"
+    try:
+        sampling = as_frame_sampling(default)
+        if options is None:
+            return sampling
+        if options.frame_sampling is not None:
+            param = "mm_processor_kwargs.frame_sampling"
+            sampling = as_frame_sampling(options.frame_sampling)
+        if options.fps is not None:
+            param = "mm_processor_kwargs.fps"
+            sampling = FpsSampling(options.fps, sampling.max_frames if isinstance(sampling, FpsSampling) else 64)
+        elif options.num_frames is not None:
+            param = "mm_processor_kwargs.num_frames"
+            sampling = sampling.with_num_frames(options.num_frames)
+        return sampling
+    except (TypeError, ValueError) as error:
+        raise RequestError(f"{param}: {error}", param=param) from None
+
+
+def load_media(conversation: list[dict], sampling: FrameSampling, resize, limits: ServeLimits) -> list[int]:
+    """Decode every `image` / `video` block of `conversation` in place, under `limits`, into the frames the model
+    sees: a video block's `url` becomes `video`, its sampled frames resized by `resize` (`(S, S, 3)` uint8 each);
+    an image block's becomes `image`, its `(H, W, 3)` uint8 pixels. Media are read by this installation's
+    `video_processing_tarsier` (allow-listed demuxers, one self-contained file each), never by a checkpoint's copy
+    of it. Returns the frame count of every video, in order.
+
+    A source that cannot be read, or that would pass `max_frame_pixels` / `max_request_pixels`, raises
+    `RequestError` naming its field.
+    """
+    blocks = [block for message in conversation for block in message["content"] if block["type"] != "text"]
+    per_video = sampling.max_frames_per_video()
+    videos = sum(block["type"] == "video" for block in blocks)
+    if videos and (per_video is None or per_video > limits.max_frames_per_video):
+        raise RequestError(f"mm_processor_kwargs: frame sampling {sampling.to_dict()} takes up to {per_video} frames "
+                           f"per video; the limit is {limits.max_frames_per_video} (--max_frames_per_video)",
+                           param="mm_processor_kwargs")
+    frames = videos * (per_video or 0) + len(blocks) - videos
+    if frames > limits.max_frames_per_request:
+        raise RequestError(f"messages: {videos} videos of up to {per_video} frames and {len(blocks) - videos} images "
+                           f"make up to {frames} frames; the limit is {limits.max_frames_per_request} "
+                           "(--max_frames_per_request)", param="messages")
+    counts = []
+    with media_limits(MediaLimits(limits.max_frame_pixels, limits.max_request_pixels)):
+        for block in blocks:
+            url, param = block.pop("url"), block.pop("param")
+            try:
+                if block["type"] == "image":
+                    block["image"] = load_image(url)
+                else:
+                    block["video"] = list(load_video(url, sampling, transform=lambda frame: resize([frame])[0]).frames)
+                    counts.append(len(block["video"]))
+            except MediaLimitError as error:
+                flag = "--max_frame_pixels" if error.bound == "max_frame_pixels" else "--max_request_pixels"
+                raise RequestError(f"{param}: {error} ({flag})", param=param) from None
+            except (ValueError, OSError, IndexError) as error:  # VideoReadError is a ValueError
+                raise RequestError(f"{param}: {error}", param=param) from None
+    return counts
+
+
+def encode_tarsier(processor, conversation: list[dict], video_frame_counts: list[int]):
+    """A conversation whose media are decoded (`load_media`) -> model inputs `(1, L)` through the Tarsier
+    processor. Each video is given as its sampled frames and sampled again with a policy that keeps every frame
+    once (`FpsSampling` at the rate frame sequences are given), so the frames are exactly `load_media`'s."""
+    keep_all = {"policy": "fps", "fps": DEFAULT_SEQUENCE_FPS, "max_frames": max(video_frame_counts, default=1)}
+    return processor.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"frame_sampling": keep_all} if video_frame_counts else {},
+    )
+
+
+def load_model(model_name_or_path: str, device: str, dtype: str, trust_remote_code: bool):
+    """`(processor_or_tokenizer, tokenizer, model, multimodal)`: a Tarsier (`AutoModelForImageTextToText` +
+    its processor) or a plain causal LM (`AutoModelForCausalLM` + its tokenizer), in eval mode on `device`."""
+    processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
+    multimodal = isinstance(processor, ProcessorMixin)
+    model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = model_class.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code,
+                                        dtype=torch_dtype).eval()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return processor, processor.tokenizer if multimodal else processor, model.to(device), multimodal
+
+
 class Engine:
-    """One loaded model with its processor (Tarsier) or tokenizer (a causal LM), and one generation thread.
+    """One loaded model with its processor (Tarsier) or tokenizer (a causal LM), generating on a bounded pool of
+    threads.
 
     Args:
         model_name_or_path: a checkpoint folder or Hub id.
@@ -176,6 +338,9 @@ class Engine:
         trust_remote_code: needed for Tarsier checkpoints (their code travels with the weights).
         max_new_tokens: the default when a request gives no `max_tokens`.
         allowed_local_media_path: folder under which `file://` URLs and plain paths may be read (None: none).
+        limits: what one request may ask for (`ServeLimits`).
+        max_concurrent_generations: generations that run at once, each on its own thread; later ones wait for a
+            free thread.
     """
 
     def __init__(
@@ -187,72 +352,95 @@ class Engine:
         trust_remote_code: bool = False,
         max_new_tokens: int = 512,
         allowed_local_media_path: str | None = None,
+        limits: ServeLimits = ServeLimits(),
+        max_concurrent_generations: int = 4,
     ):
         self.name = served_model_name or model_name_or_path
-        self.processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-        self.multimodal = isinstance(self.processor, ProcessorMixin)
-        self.tokenizer = self.processor.tokenizer if self.multimodal else self.processor
-        model_class = AutoModelForImageTextToText if self.multimodal else AutoModelForCausalLM
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.model = model_class.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code,
-                                                 dtype=torch_dtype).eval()
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model.to(device)
+        self.processor, self.tokenizer, self.model, self.multimodal = load_model(
+            model_name_or_path, device, dtype, trust_remote_code)
         self.max_new_tokens = max_new_tokens
         self.allowed_root = Path(os.path.realpath(allowed_local_media_path)) if allowed_local_media_path else None
+        self.limits = limits
+        if max_new_tokens > limits.max_tokens:
+            raise ValueError(f"--max_new_tokens {max_new_tokens} is above --max_tokens {limits.max_tokens}")
+        if self.multimodal:
+            per_video = as_frame_sampling(self.processor.frame_sampling).max_frames_per_video()
+            if per_video is None or per_video > limits.max_frames_per_video:
+                raise ValueError(f"the checkpoint samples up to {per_video} frames per video, above "
+                                 f"--max_frames_per_video {limits.max_frames_per_video}")
         self.created = int(time.time())
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrent_generations, thread_name_prefix="generate")
 
     # -- request -> inputs (runs on a request thread, beside the generation of earlier requests) ---------------
 
     def prepare(self, request: ChatCompletionRequest) -> Prepared:
+        """Check the request against `limits`, read its media and encode it; `RequestError` names what is wrong."""
+        limits = self.limits
+        max_tokens = request.max_completion_tokens or request.max_tokens or self.max_new_tokens
+        if max_tokens > limits.max_tokens:
+            param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+            raise RequestError(f"{param}: {max_tokens} is above the limit of {limits.max_tokens} (--max_tokens)",
+                               param=param)
+        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+        if len(stop) > limits.max_stop_strings:
+            raise RequestError(f"stop: {len(stop)} strings; the limit is {limits.max_stop_strings} "
+                               "(--max_stop_strings)", param="stop")
+        if any(len(s) > limits.max_stop_length for s in stop):
+            raise RequestError(f"stop: a string of {max(map(len, stop))} characters; the limit is "
+                               f"{limits.max_stop_length} (--max_stop_length)", param="stop")
         conversation = to_conversation(request.messages, self.multimodal, self.allowed_root)
-        frame_options = dict(request.mm_processor_kwargs or {})
-        unknown = sorted(set(frame_options) - set(FRAME_OPTIONS))
-        if unknown or (frame_options and not self.multimodal):
-            raise RequestError(f"mm_processor_kwargs: unsupported {unknown or sorted(frame_options)} (this model "
-                               f"takes {list(FRAME_OPTIONS) if self.multimodal else 'none'})",
+        if request.mm_processor_kwargs is not None and not self.multimodal:
+            raise RequestError("mm_processor_kwargs: this model is text-only and takes none",
                                param="mm_processor_kwargs")
-        try:
-            if self.multimodal:
-                inputs = self.processor.apply_chat_template(
-                    conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-                    processor_kwargs=frame_options,
-                )
-            else:
-                inputs = self.tokenizer.apply_chat_template(
-                    conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-                )
-        except (ValueError, OSError) as error:  # unreadable or missing media (VideoReadError is a ValueError)
-            raise RequestError(f"cannot read the request's media or options: {error}") from None
+        inputs = self.encode(conversation, request.mm_processor_kwargs)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        if prompt_tokens > limits.max_prompt_tokens:
+            raise RequestError(f"messages: the prompt is {prompt_tokens} tokens; the limit is "
+                               f"{limits.max_prompt_tokens} (--max_prompt_tokens)", param="messages")
         config = copy.deepcopy(self.model.generation_config)
-        config.max_new_tokens = request.max_completion_tokens or request.max_tokens or self.max_new_tokens
+        config.max_new_tokens = max_tokens
         if request.temperature is not None:
             config.do_sample = request.temperature > 0
             if config.do_sample:
                 config.temperature = request.temperature
         if request.top_p is not None:
             config.top_p = request.top_p
-        stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-        if stop:
-            config.stop_strings = stop
-        return Prepared(inputs.to(self.model.device), config, stop, request.seed, int(inputs["input_ids"].shape[1]))
+        processors = []
+        if request.seed is not None and config.do_sample:
+            processors.append(_SeededSampler(config, request.seed, self.model.device))
+        return Prepared(inputs.to(self.model.device), config, stop, prompt_tokens, processors)
 
-    # -- generation (one request at a time, in arrival order, on the engine's thread) --------------------------
+    def encode(self, conversation: list[dict], frame_options: FrameOptions | None):
+        """A checked conversation -> model inputs `(1, L)`: media decoded by `load_media`, then the processor (or
+        the tokenizer of a text-only model)."""
+        if not self.multimodal:
+            return self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        sampling = frame_sampling_for(self.processor.frame_sampling, frame_options)
+        counts = load_media(conversation, sampling, self.processor.resize_frames, self.limits)
+        try:
+            return encode_tarsier(self.processor, conversation, counts)
+        except ValueError as error:  # e.g. literal <image> strings in the text
+            raise RequestError(f"messages: {error}", param="messages") from None
+
+    # -- generation (at most `max_concurrent_generations` at once, each on a thread of the engine's pool) -------
 
     def _generate(self, prepared: Prepared, streamer=None, cancelled: threading.Event | None = None):
-        if prepared.seed is not None:
-            torch.manual_seed(prepared.seed)
+        if cancelled is not None and cancelled.is_set():  # the client left while the request waited for a thread
+            return torch.zeros(0, dtype=torch.long)
         with torch.inference_mode():
             out = self.model.generate(
                 **prepared.inputs, generation_config=prepared.generation_config, tokenizer=self.tokenizer,
-                streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)] if cancelled else []),
+                streamer=streamer, logits_processor=LogitsProcessorList(prepared.logits_processor),
+                stopping_criteria=StoppingCriteriaList(
+                    ([_Cancelled(cancelled)] if cancelled else [])
+                    + ([_StopStrings(self.tokenizer, prepared.stop, prepared.prompt_tokens)] if prepared.stop else [])),
             )
         return out[0, prepared.prompt_tokens:]
 
     def generate(self, prepared: Prepared, streamer=None, cancelled: threading.Event | None = None) -> Future:
-        """Queue generation; the future's result is the new token ids `(T,)`."""
+        """Queue generation; the future's result is the new token ids `(T,)`. Setting `cancelled` stops it at the
+        next token (or before it starts)."""
         return self._pool.submit(self._generate, prepared, streamer, cancelled)
 
     def finish(self, prepared: Prepared, new_ids) -> tuple[str, str, int]:
@@ -265,6 +453,59 @@ class Engine:
         ended = bool(ids) and ids[-1] in _eos_ids(self.model)
         reason = "length" if len(ids) >= prepared.generation_config.max_new_tokens and not ended else "stop"
         return text, reason, len(ids)
+
+
+class _SeededSampler(LogitsProcessor):
+    """Sampling with a request's own random generator, so a `seed` gives the same tokens whatever generates beside
+    it (torch's global generator is shared by every generation thread).
+
+    Takes the sampling settings out of `config` (temperature, top-k, top-p, min-p, applied as `generate` applies
+    them) and turns it to greedy decoding: each step this processor draws the token and leaves only it possible.
+    """
+
+    def __init__(self, config, seed: int, device):
+        from transformers.generation.logits_process import (
+            MinPLogitsWarper,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        warpers = []
+        if config.temperature is not None and config.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k:
+            warpers.append(TopKLogitsWarper(config.top_k))
+        if config.top_p is not None and config.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(config.top_p))
+        if config.min_p is not None:
+            warpers.append(MinPLogitsWarper(config.min_p))
+        self.warpers = LogitsProcessorList(warpers)
+        self.generator = torch.Generator(device).manual_seed(seed % 2**64)
+        config.do_sample, config.temperature, config.top_k, config.top_p, config.min_p = False, None, None, None, None
+
+    def __call__(self, input_ids, scores):
+        probs = torch.softmax(self.warpers(input_ids, scores).float(), dim=-1)
+        chosen = torch.multinomial(probs, 1, generator=self.generator)
+        return torch.full_like(scores, -float("inf")).scatter_(1, chosen, 0.0)
+
+
+class _StopStrings(StoppingCriteria):
+    """Stops generation once the decoded answer holds one of `stop`. Each step decodes only the last
+    `longest stop + 4` new tokens (every token decodes to at least one character, so a stop string the newest token
+    completes lies inside them): a few microseconds a step for any stop list, where transformers' `stop_strings`
+    first builds tables over the whole vocabulary (measured with SmolLM2's tokenizer: 0.6 s for one 8-character
+    string, 7.5 s for eight of 64, 75 s for 300 of 8)."""
+
+    def __init__(self, tokenizer, stop: list[str], prompt_tokens: int):
+        self.tokenizer, self.stop, self.prompt_tokens = tokenizer, stop, prompt_tokens
+        self.window = max(len(s) for s in stop) + 4
+
+    def __call__(self, input_ids, scores, **kwargs):
+        tail = input_ids[0, max(self.prompt_tokens, input_ids.shape[1] - self.window):]
+        text = self.tokenizer.decode(tail, skip_special_tokens=True)
+        return torch.full((input_ids.shape[0],), any(s and s in text for s in self.stop), dtype=torch.bool,
+                          device=input_ids.device)
 
 
 class _Cancelled(StoppingCriteria):
@@ -299,16 +540,87 @@ def _first_stop(text: str, stop: list[str]) -> int | None:
     return min(hits) if hits else None
 
 
+def _error_body(message: str, param: str | None = None, kind: str = "invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+# pydantic's names for the members of a union in an error location (`stop.str`, `stop.list[str][0]`)
+_UNION_MEMBER = re.compile(r"^(str|int|float|bool|dict|list|none)$|\[")
+
+
+def _field_name(loc: tuple) -> str:
+    """A pydantic error location `("body", "messages", 0, "role")` -> `"messages[0].role"`."""
+    name = ""
+    for part in loc[1:]:
+        if isinstance(part, str) and _UNION_MEMBER.search(part):
+            continue
+        name += f"[{part}]" if isinstance(part, int) else f".{part}" if name else str(part)
+    return name or "body"
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets a 413, however it is sent (a `Content-Length` over
+    the limit is refused before reading; a chunked or understated body is counted as it arrives and reading stops
+    at the limit)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"the request body exceeds the limit of {self.limit} bytes (--max_request_mb)"
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            return await self._refuse(send, message if length.isdigit() else "Content-Length is not a number")
+        received, over = 0, False
+
+        async def counted_receive():
+            nonlocal received, over
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.limit:
+                    over = True
+                    return {"type": "http.disconnect"}  # the application stops reading; this middleware answers
+            return event
+
+        response_started = False
+
+        async def guarded_send(event):
+            nonlocal response_started
+            if over:  # the application answers a body it could not finish reading: the answer is the 413
+                return
+            response_started = response_started or event["type"] == "http.response.start"
+            await send(event)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:  # noqa: BLE001 - a read cut short surfaces as whatever the framework makes of it
+            if not over:
+                raise
+        if over and not response_started:
+            await self._refuse(send, message)
+
+    @staticmethod
+    async def _refuse(send, message: str) -> None:
+        body = json.dumps(_error_body(message)).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
-    """The FastAPI application serving `engine`."""
-    from fastapi import FastAPI, Request  # optional: the `serve` extra
+    """The FastAPI application serving `engine`; bodies over `max_request_bytes` get a 413."""
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
 
     app = FastAPI(title="Tarsier OpenAI-compatible server")
+    app.add_middleware(_BodyLimit, limit=max_request_bytes)
 
     def error_response(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-        return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
+        return JSONResponse(_error_body(message, param, kind), status)
 
     @app.exception_handler(RequestError)
     async def _request_error(_request: Request, error: RequestError):
@@ -316,16 +628,9 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, error: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in error.errors())
-        return error_response(400, problems)
-
-    @app.middleware("http")
-    async def _limit_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > max_request_bytes:
-            return error_response(413, f"request body of {int(length)} bytes exceeds the limit of "
-                                       f"{max_request_bytes} bytes (--max_request_mb)")
-        return await call_next(request)
+        errors = error.errors()
+        problems = "; ".join(f"{_field_name(e['loc'])}: {e['msg']}" for e in errors)
+        return error_response(400, problems, _field_name(errors[0]["loc"]) if errors else None)
 
     @app.get("/health")
     async def health():
@@ -337,23 +642,28 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
                                             "owned_by": "tarsier-hf"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatCompletionRequest):
+    async def chat_completions(request: ChatCompletionRequest, http_request: Request):
         if request.model != engine.name:
             raise RequestError(f"model {request.model!r} is not served here; this server serves {engine.name!r}",
                                status=404, param="model", kind="not_found_error")
         prepared = await asyncio.to_thread(engine.prepare, request)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+        cancelled = threading.Event()
         if request.stream:
-            include_usage = bool((request.stream_options or {}).get("include_usage"))
-            cancelled = threading.Event()
+            include_usage = request.stream_options is not None and request.stream_options.include_usage
             return _StreamThatCancels(_stream(prepared, request_id, created, include_usage, cancelled), cancelled,
                                       media_type="text/event-stream")
+        future = engine.generate(prepared, cancelled=cancelled)
         try:
-            new_ids = await asyncio.wrap_future(engine.generate(prepared))
+            new_ids = await _result_while_connected(future, http_request, cancelled)
+        except RequestError:
+            raise
         except Exception as error:  # noqa: BLE001 - a failed generation is the server's fault: 500 with the reason
             logger.exception("generation failed")
             raise RequestError(f"generation failed: {type(error).__name__}: {error}", 500, kind="server_error")
+        finally:
+            cancelled.set()  # a no-op once generation has ended; stops it when this handler is cancelled
         text, reason, completion_tokens = engine.finish(prepared, new_ids)
         completion = ChatCompletion(
             id=request_id, object="chat.completion", created=created, model=engine.name,
@@ -363,6 +673,19 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
                                   total_tokens=prepared.prompt_tokens + completion_tokens),
         )
         return completion.model_dump(exclude_none=True)
+
+    async def _result_while_connected(future: Future, http_request: Request, cancelled: threading.Event,
+                                      poll_s: float = 0.2):
+        """The generation's result; a client that disconnects first sets `cancelled` (the generation stops at its
+        next token) and gets a 499 nobody reads."""
+        waiting = asyncio.wrap_future(future)
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=poll_s)
+            if done:
+                return waiting.result()
+            if await http_request.is_disconnected():
+                cancelled.set()
+                raise RequestError("the client closed the request; its generation was stopped", 499)
 
     class _StreamThatCancels(StreamingResponse):
         """Sets `cancelled` however the response ends: sent in full, the client gone, or the task cancelled.
@@ -445,7 +768,24 @@ class ServeArguments:
     max_new_tokens: int = field(default=512, metadata={"help": "Default when a request has no max_tokens."})
     allowed_local_media_path: str | None = field(
         default=None, metadata={"help": "Folder whose files requests may name by path or file:// URL."})
-    max_request_mb: float = field(default=256, metadata={"help": "Largest request body (data: URIs included)."})
+    max_request_mb: float = field(default=256, metadata={
+        "help": "Largest request body (data: URIs included), however it is sent (chunked too)."})
+    max_concurrent_generations: int = field(default=4, metadata={
+        "help": "Generations that run at once, each on its own thread; more wait for a free one."})
+    max_tokens: int = field(default=ServeLimits.max_tokens, metadata={"help": "Largest max_tokens a request may ask."})
+    max_stop_strings: int = field(default=ServeLimits.max_stop_strings, metadata={"help": "Most stop strings."})
+    max_stop_length: int = field(default=ServeLimits.max_stop_length, metadata={
+        "help": "Longest stop string (characters)."})
+    max_frames_per_video: int = field(default=ServeLimits.max_frames_per_video, metadata={
+        "help": "Most frames a video may be sampled to."})
+    max_frames_per_request: int = field(default=ServeLimits.max_frames_per_request, metadata={
+        "help": "Most frames over a request's videos and images (an image is one frame)."})
+    max_frame_pixels: int = field(default=ServeLimits.max_frame_pixels, metadata={
+        "help": "Largest width x height of a decoded frame or image (default 8K)."})
+    max_request_pixels: int = field(default=ServeLimits.max_request_pixels, metadata={
+        "help": "Most pixels a request may decode, over all its frames (frames decoded to reach a sampled one too)."})
+    max_prompt_tokens: int = field(default=ServeLimits.max_prompt_tokens, metadata={
+        "help": "Longest prompt in tokens (text and frames)."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level."})
 
 
@@ -456,8 +796,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="checkpoint folder or Hub id (a Tarsier, or any causal LM)")
     args, positional = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    limits = ServeLimits(**{name: getattr(args, name) for name in ServeLimits.__dataclass_fields__})
     engine = Engine(positional.model, args.served_model_name, args.device, args.dtype, args.trust_remote_code,
-                    args.max_new_tokens, args.allowed_local_media_path)
+                    args.max_new_tokens, args.allowed_local_media_path, limits, args.max_concurrent_generations)
     logger.info("serving %s (%s) on http://%s:%d/v1", engine.name,
                 "video/image/text" if engine.multimodal else "text", args.host, args.port)
     uvicorn.run(create_app(engine, int(args.max_request_mb * 2**20)), host=args.host, port=args.port,
