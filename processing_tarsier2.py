@@ -1,8 +1,29 @@
 """Tarsier2 (Qwen2-VL underneath) processing without torchvision: videos -> `pixel_values_videos`, `video_grid_thw`.
 
-Remote code that travels with a converted Tarsier2 checkpoint (a standard Qwen2-VL folder): `save_pretrained` copies
-this file and `video_processing_tarsier.py` (imported relatively: the PyAV reader and the `FrameSampling` policies)
-next to `processor_config.json`, and `AutoProcessor.from_pretrained(folder, trust_remote_code=True)` loads it.
+A converted Tarsier2 checkpoint is a plain Qwen2-VL folder that carries this file as optional remote code.
+`Tarsier2Processor.save_pretrained` writes (issue #35):
+
+- `processor_config.json`: `processor_class` "Qwen2VLProcessor"; `image_processor` and `video_processor`, the
+  configs of transformers' `Qwen2VLImageProcessor` / `Qwen2VLVideoProcessor` with the checkpoint's pixel bounds
+  (`size`), the video one with the Tarsier2-only options in its `tarsier2` block (sampling, frame duplication, the
+  first resize), which Qwen2-VL keeps as an unused attribute; one `auto_map`, at the top level only:
+  `{"AutoProcessor": "processing_tarsier2.Tarsier2Processor"}`. No sub-processor config and no
+  `tokenizer_config.json` carries an `auto_map`. (Measured with the layout this replaced: a nested video config
+  with `auto_map.AutoVideoProcessor` and `video_processor_type` Tarsier2VideoProcessor, a class transformers does
+  not have, makes `AutoVideoProcessor`, hence `Qwen2VLProcessor.from_pretrained` (vLLM's way) and `AutoProcessor`,
+  ask for `trust_remote_code`; so does `processor_class` Tarsier2Processor for `AutoProcessor`.)
+- this file and `video_processing_tarsier.py` (imported relatively: the PyAV reader, the `FrameSampling` policies).
+
+transformers 5.23 then resolves: `AutoProcessor.from_pretrained(folder)` -> its own `Qwen2VLProcessor` (a local
+`processor_class` wins without `trust_remote_code`; its video processor needs torchvision);
+`AutoProcessor.from_pretrained(folder, trust_remote_code=True)` -> this file's `Tarsier2Processor` (a top-level
+`auto_map` wins over a class of transformers' own when remote code is allowed); `Tarsier2Processor.from_pretrained`
+-> this class without remote code (`tarsier_hf.families.load_processor`).
+
+Matching the release with plain Qwen2-VL (measured with benchmarks/compare_qwen2vl_processor.py): give the 16
+frames of the release's v1 rule (`Tarsier2Sampling`), each resized first with PIL bicubic to at most 460,800 pixels
+(`frame_sizes(...)[0]`), each twice (`[f0, f0, f1, f1, ...]`), with `do_sample_frames=False`: the same grid and
+`input_ids`, pixels within 0.03 (bicubic rounding of torchvision against PIL).
 
 - `Tarsier2VideoProcessor` (a `VideoProcessorMixin`, the light base class of transformers' video processors that
   does not need torchvision): samples, decodes and patchifies videos the way Qwen2-VL expects, with the release's
@@ -18,12 +39,12 @@ PIL bicubic resize of uint8 RGB, `float32(float64(x) * rescale_factor)`, `(x - m
 ordered `(t, h / m, w / m, m, m, channel, temporal, patch, patch)`.
 
 Why a `VideoProcessorMixin` and not a `BaseVideoProcessor`: `ProcessorMixin` accepts any `VideoProcessorMixin` as
-`video_processor`, and the Auto classes load one from `auto_map`; `BaseVideoProcessor` adds the torchvision backend.
-transformers exports `VideoProcessorMixin` (and `AutoVideoProcessor`) at its top level only when torchvision is
-installed, so `Tarsier2Processor` checks its video processor against the class itself, and without torchvision
-`AutoVideoProcessor` is imported from `transformers.models.auto.video_processing_auto`.
+`video_processor`; `BaseVideoProcessor` adds the torchvision backend. transformers exports `VideoProcessorMixin` at
+its top level only when torchvision is installed, so `Tarsier2Processor` checks its video processor against the
+class itself, and loads its sub-processors with its own classes (`_get_arguments_from_pretrained`).
 """
 
+import json
 import math
 import os
 from typing import Any
@@ -108,6 +129,17 @@ _SAVED_OPTIONS = (
     "do_sample_frames", "patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels",
     "duplicate_frames", "frame_pre_resize_max_pixels", "frame_pre_resize_min_pixels", "max_pixels_per_sample",
 )
+# The saved form (see `Tarsier2VideoProcessor.to_dict`): transformers' Qwen2-VL video processor config, whose class
+# plain Qwen2-VL loads, with the options only Tarsier2 has in one block under this key (an attribute to Qwen2-VL).
+TARSIER2_OPTIONS_KEY = "tarsier2"
+TARSIER2_ONLY_OPTIONS = ("do_sample_frames", "duplicate_frames", "frame_pre_resize_max_pixels",
+                         "frame_pre_resize_min_pixels", "max_pixels_per_sample")
+QWEN2VL_PROCESSOR = "Qwen2VLProcessor"
+QWEN2VL_VIDEO_PROCESSOR = "Qwen2VLVideoProcessor"
+# Keys of a Qwen2-VL (or image) processor config that set Qwen2-VL's own frame sampling and budget: Tarsier2's
+# sampling (`frame_sampling`, `do_sample_frames` of the block) replaces them, so they are not read from such a config.
+QWEN2VL_SAMPLING_KEYS = ("do_sample_frames", "num_frames", "fps", "min_frames", "max_frames", "cap_pixels_per_frame",
+                         "max_video_tokens")
 
 
 class Tarsier2VideoProcessor(VideoProcessorMixin):
@@ -159,6 +191,16 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
     model_input_names = ["pixel_values_videos", "video_grid_thw"]
 
     def __init__(self, frame_sampling: FrameSampling | dict | str | None = None, **kwargs):
+        own = dict(kwargs.pop(TARSIER2_OPTIONS_KEY, None) or {})  # the saved form's Tarsier2-only block
+        saved_types = (kwargs.pop("video_processor_type", None), kwargs.pop("image_processor_type", None))
+        saved_type = saved_types[0] or saved_types[1]
+        if saved_type is not None and saved_type != type(self).__name__:
+            for key in QWEN2VL_SAMPLING_KEYS:  # a Qwen2-VL config's sampling is not Tarsier2's
+                kwargs.pop(key, None)
+        for key in ("return_metadata", "do_convert_rgb", "processor_class"):  # call options / always RGB here
+            kwargs.pop(key, None)
+        frame_sampling = own.pop("frame_sampling", frame_sampling)
+        kwargs.update(own)
         size = kwargs.pop("size", None)  # transformers' spelling of the pixel bounds
         if isinstance(size, dict):
             kwargs.setdefault("min_pixels", size.get("shortest_edge", size.get("min_pixels")))
@@ -180,10 +222,20 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
         return {"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels}
 
     def to_dict(self) -> dict[str, Any]:
-        output = super().to_dict()
-        output["frame_sampling"] = self.frame_sampling.to_dict()
-        output.pop("_valid_kwargs_names", None)
-        return output
+        """The saved form: transformers' `Qwen2VLVideoProcessor` config with this processor's pixel settings (what a
+        plain Qwen2-VL loader builds: frames taken as given, `do_sample_frames` false, no total pixel cap, no frame
+        duplication) and, under `TARSIER2_OPTIONS_KEY`, the options only Tarsier2 has (its sampling, duplication and
+        first resize), which `__init__` reads back. No `auto_map`: a plain loader must not be sent to remote code."""
+        return {
+            "video_processor_type": QWEN2VL_VIDEO_PROCESSOR,
+            "do_convert_rgb": True, "do_resize": True, "do_rescale": True, "do_normalize": True,
+            "do_sample_frames": False, "cap_pixels_per_frame": False,
+            "size": self.size, "patch_size": self.patch_size, "temporal_patch_size": self.temporal_patch_size,
+            "merge_size": self.merge_size, "resample": self.resample, "rescale_factor": self.rescale_factor,
+            "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+            TARSIER2_OPTIONS_KEY: {"frame_sampling": self.frame_sampling.to_dict(),
+                                   **{name: getattr(self, name) for name in TARSIER2_ONLY_OPTIONS}},
+        }
 
     # -- sampling and decoding ----------------------------------------------------------------------------------
 
@@ -437,8 +489,8 @@ class Tarsier2Processor(ProcessorMixin):
 
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """Load the sub-processors with this module's classes: the Auto classes would look the video processor up
-        through the folder's `auto_map` and ask for `trust_remote_code` to run the folder's copy of this file."""
+        """Load the sub-processors with this module's classes: the saved video config names transformers'
+        torchvision `Qwen2VLVideoProcessor` (the plain Qwen2-VL reading), which the Auto classes would build."""
         from transformers import AutoTokenizer
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -476,6 +528,49 @@ class Tarsier2Processor(ProcessorMixin):
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
         merge_length = self.video_processor.merge_size**2
         return self.video_token * int(video_inputs["video_grid_thw"][video_idx].prod() // merge_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        """`processor_config.json`: a plain Qwen2-VL processor config (`processor_class` Qwen2VLProcessor, transformers'
+        Qwen2-VL image and video processor configs nested, neither with an `auto_map`) whose one top-level `auto_map`
+        names this class for `AutoProcessor` with `trust_remote_code=True`; see `save_pretrained`."""
+        output = super().to_dict()
+        output["processor_class"] = QWEN2VL_PROCESSOR
+        output["auto_map"] = {"AutoProcessor": f"{type(self).__module__.split('.')[-1]}.{type(self).__name__}"}
+        for name in ("image_processor", "video_processor"):
+            if isinstance(output.get(name), dict):
+                output[name].pop("auto_map", None)
+        return output
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """Write a folder that is plain Qwen2-VL to transformers and Tarsier2 with remote code.
+
+        Files: the tokenizer's (`tokenizer_config.json` with `processor_class` Qwen2VLProcessor, no `auto_map`),
+        `chat_template.jinja`, `processor_config.json` (`to_dict`), and this module with `video_processing_tarsier.py`
+        (the remote code). transformers' own saving of a registered class would put an `auto_map` into every nested
+        sub-processor config and into `tokenizer_config.json` and name this class as `processor_class`; a plain
+        loader without `trust_remote_code` then refuses (module docstring). Here only the top level names the remote
+        class: `AutoProcessor` takes it with `trust_remote_code=True`, and otherwise the local `processor_class`.
+        """
+        from transformers.dynamic_module_utils import custom_object_save
+
+        if push_to_hub:
+            raise NotImplementedError("Tarsier2Processor.save_pretrained writes a local folder: upload it with "
+                                      "processor.push_to_hub(repo_id) or tarsier-publish")
+        self._auto_class = None  # transformers' saving then marks no sub-processor and copies no code
+        try:
+            files = super().save_pretrained(save_directory, **kwargs)
+        finally:
+            del self._auto_class
+        custom_object_save(self, save_directory)  # this module and the modules it imports relatively
+        path = os.path.join(save_directory, "tokenizer_config.json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                tokenizer_config = json.load(handle)
+            tokenizer_config.pop("auto_map", None)
+            tokenizer_config["processor_class"] = QWEN2VL_PROCESSOR
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(tokenizer_config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        return files
 
     def _process_videos(self, videos, **kwargs):
         processed = self.video_processor(videos, **kwargs)
@@ -523,9 +618,6 @@ def build_tarsier2_processor(
     return Tarsier2Processor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
                              chat_template=chat_template)
 
-
-Tarsier2VideoProcessor.register_for_auto_class("AutoVideoProcessor")
-Tarsier2Processor.register_for_auto_class("AutoProcessor")
 
 __all__ = ["Tarsier2Processor", "Tarsier2ProcessorKwargs", "Tarsier2VideoProcessor", "Tarsier2VideosKwargs",
            "build_tarsier2_processor", "flatten_videos", "smart_resize"]

@@ -96,18 +96,44 @@ def test_converted_folder_is_standard_qwen2vl(released_tarsier2, converted):
     files = sorted(path.name for path in converted.iterdir())
     assert {"config.json", "model.safetensors.index.json", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-            "processing_tarsier2.py"} <= set(files)
+            "processing_tarsier2.py", "video_processing_tarsier.py"} <= set(files)
     assert (converted / "generation_config.json").read_bytes() == (
         released_tarsier2["path"] / "generation_config.json").read_bytes()
 
 
+def auto_maps(value, path=""):
+    """`(path, auto_map)` of every `auto_map` in a JSON value."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "auto_map":
+                yield path or "<top>", item
+            yield from auto_maps(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for item in value:
+            yield from auto_maps(item, path)
+
+
 def test_converted_processor_files(released_tarsier2, converted):
-    """The processor: the checkpoint's tokenizer (same ids), its min / max pixels, Tarsier2Processor's auto_map, and a
-    ChatML template that renders what the released template renders, a video's run as `<|video_pad|>`."""
+    """The processor: a plain Qwen2-VL processor config (`processor_class` Qwen2VLProcessor, transformers' Qwen2-VL
+    image and video processor configs with the checkpoint's min / max pixels) whose only `auto_map` is the top-level
+    one naming Tarsier2Processor for AutoProcessor (a nested one would make a plain loader ask for remote code);
+    the release's video options in the video config's `tarsier2` block; the checkpoint's tokenizer (same ids, no
+    `auto_map`) and a ChatML template that renders what the released template renders, a video's run as
+    `<|video_pad|>`."""
     processor = json.loads((converted / "processor_config.json").read_text())
-    assert processor["auto_map"]["AutoProcessor"] == "processing_tarsier2.Tarsier2Processor"
-    assert processor["image_processor"]["size"] == {"shortest_edge": released_tarsier2["min_pixels"],
-                                                    "longest_edge": released_tarsier2["max_pixels"]}
+    assert processor["processor_class"] == "Qwen2VLProcessor"
+    assert list(auto_maps(processor)) == [("<top>", {"AutoProcessor": "processing_tarsier2.Tarsier2Processor"})]
+    bounds = {"shortest_edge": released_tarsier2["min_pixels"], "longest_edge": released_tarsier2["max_pixels"]}
+    assert processor["image_processor"]["image_processor_type"] == "Qwen2VLImageProcessor"
+    assert processor["image_processor"]["size"] == processor["video_processor"]["size"] == bounds
+    assert processor["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
+    assert processor["video_processor"]["tarsier2"] == {
+        "frame_sampling": {"policy": "tarsier2", "num_frames": 16}, "do_sample_frames": True, "duplicate_frames": True,
+        "frame_pre_resize_max_pixels": 460800, "frame_pre_resize_min_pixels": 0,
+        "max_pixels_per_sample": 128 * 384 * 384}
+    tokenizer_config = json.loads((converted / "tokenizer_config.json").read_text())
+    assert list(auto_maps(tokenizer_config)) == [] and tokenizer_config["processor_class"] == "Qwen2VLProcessor"
+    assert not (converted / "preprocessor_config.json").exists()
     assert tarsier2.read_pixel_bounds(converted) == (released_tarsier2["min_pixels"], released_tarsier2["max_pixels"])
 
     tokenizer = AutoTokenizer.from_pretrained(converted)

@@ -1,7 +1,8 @@
 """Tarsier2's pixel path (issue #35): `processing_tarsier2` against transformers' Qwen2-VL image processor (PIL
 backend), an independent re-implementation of transformers 4.47's slow video path (the release's), and the release's
 sampling and resizing rules, on real frames of demo_test.mp4 (1920x800 H.264); token expansion, `mm_token_type_ids`,
-and the save -> AutoProcessor(trust_remote_code=True) round trip in a fresh interpreter.
+the saved folder (plain Qwen2-VL processor files with one top-level `auto_map`) and its round trips: AutoProcessor
+with trust_remote_code=True in a fresh interpreter, `Tarsier2Processor.from_pretrained` on demo_test.mp4.
 
 Checked once outside CI (side environments, demo_test.mp4's 16 frames): the release's own chain (decord 0.6.0, its
 `resize2pixels`, transformers 4.47.0's `Qwen2VLImageProcessor(videos=...)`, Pillow 9.3.0) gives the same frames
@@ -287,59 +288,148 @@ def test_chat_template_expands_video_tokens(tokenizer, demo_video):
         processor(text=text, videos=[small], frames=3)
 
 
-def test_save_and_load_in_a_fresh_interpreter(tokenizer, tmp_path):
-    """`save_pretrained` writes processor_config.json with auto_map and the remote code; AutoProcessor and
-    AutoVideoProcessor load it with trust_remote_code from transformers' module cache, without this repository."""
-    processor = build_tarsier2_processor(tokenizer, TEMPLATE, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS,
-                                         frame_pre_resize_max_pixels=30000, duplicate_frames=True)
+def nested_auto_maps(value, path="") -> list[str]:
+    """The paths of every `auto_map` in a JSON value below its top level."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "auto_map" and path:
+                found.append(f"{path}.auto_map")
+            found += nested_auto_maps(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += nested_auto_maps(item, f"{path}[{index}]")
+    return found
+
+
+RELEASE_VIDEO_OPTIONS = {"frame_sampling": {"policy": "tarsier2", "num_frames": 16}, "do_sample_frames": True,
+                         "duplicate_frames": True, "frame_pre_resize_max_pixels": 460800,
+                         "frame_pre_resize_min_pixels": 0, "max_pixels_per_sample": 128 * 384 * 384}
+
+
+def test_saved_folder_is_plain_qwen2vl_with_tarsier2_remote_code(tokenizer, tmp_path):
+    """`save_pretrained` writes a plain Qwen2-VL processor config (`processor_class` Qwen2VLProcessor, transformers'
+    Qwen2-VL image / video processor configs nested, the Tarsier2-only options in the video config's `tarsier2`
+    block) with one `auto_map`, at the top level: AutoProcessor without trust_remote_code goes to transformers'
+    Qwen2VLProcessor (here, without torchvision, to its video processor's torchvision requirement, not to a remote
+    code refusal), with trust_remote_code=True to the folder's Tarsier2Processor with the release's video options,
+    in a fresh `python -I` interpreter without this repository, from transformers' module cache."""
+    processor = build_tarsier2_processor(tokenizer, TEMPLATE, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
     assert {"processing_tarsier2.py", "video_processing_tarsier.py", "processor_config.json",
             "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
+    assert not {"preprocessor_config.json", "video_preprocessor_config.json"} & {p.name for p in folder.iterdir()}
     config = json.loads((folder / "processor_config.json").read_text())
+    assert config["processor_class"] == "Qwen2VLProcessor"
     assert config["auto_map"] == {"AutoProcessor": "processing_tarsier2.Tarsier2Processor"}
-    video_config = config["video_processor"]
-    assert video_config["auto_map"]["AutoVideoProcessor"] == "processing_tarsier2.Tarsier2VideoProcessor"
-    assert video_config["frame_sampling"] == {"policy": "tarsier2", "num_frames": 16}
-    assert (video_config["frame_pre_resize_max_pixels"], video_config["duplicate_frames"]) == (30000, True)
-    assert (video_config["min_pixels"], video_config["max_pixels"]) == (MIN_PIXELS, MAX_PIXELS)
+    assert nested_auto_maps(config) == []
+    bounds = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
+    image_config, video_config = config["image_processor"], config["video_processor"]
+    assert image_config["image_processor_type"] == "Qwen2VLImageProcessor" and image_config["size"] == bounds
+    assert video_config["video_processor_type"] == "Qwen2VLVideoProcessor" and video_config["size"] == bounds
+    assert video_config["do_sample_frames"] is False and video_config["cap_pixels_per_frame"] is False
+    assert video_config["tarsier2"] == RELEASE_VIDEO_OPTIONS
+    assert {k: video_config[k] for k in ("patch_size", "temporal_patch_size", "merge_size", "resample")} == {
+        "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2, "resample": 3}
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert "auto_map" not in tokenizer_config and tokenizer_config["processor_class"] == "Qwen2VLProcessor"
+    assert json.loads(processor.to_json_string()) == config  # saving leaves the processor as it was
+    assert getattr(processor.image_processor, "auto_map", None) is None
 
     frames = np.random.default_rng(1).integers(0, 256, (3, 90, 160, 3), dtype=np.uint8)
     np.save(tmp_path / "frames.npy", frames)
     expected = processor(text="<|vision_start|><|video_pad|><|vision_end|>Hi", videos=[frames], return_tensors="np")
     script = textwrap.dedent(f"""
-        import sys
+        import importlib.util, json, sys
         import numpy as np
-        from transformers import AutoProcessor
-        from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+        from transformers import AutoProcessor, Qwen2VLProcessor
+        plain = {{}}
+        for name, load in (("AutoProcessor", AutoProcessor.from_pretrained), ("Qwen2VLProcessor",
+                                                                            Qwen2VLProcessor.from_pretrained)):
+            try:
+                plain[name] = type(load("{folder}")).__name__
+            except Exception as error:
+                plain[name] = f"{{type(error).__name__}}: {{error}}"
         processor = AutoProcessor.from_pretrained("{folder}", trust_remote_code=True)
-        video_processor = AutoVideoProcessor.from_pretrained("{folder}", trust_remote_code=True)
-        assert type(video_processor).__name__ == type(processor.video_processor).__name__ == "Tarsier2VideoProcessor"
         assert "processing_tarsier2" not in sys.modules and "video_processing_tarsier" not in sys.modules
-        module = sys.modules[type(processor).__module__]
-        print(type(processor).__name__, module.__file__)
+        video = processor.video_processor
+        options = {{name: getattr(video, name) for name in {sorted(RELEASE_VIDEO_OPTIONS)!r}}}
+        options["frame_sampling"] = video.frame_sampling.to_dict()
         out = processor(text="<|vision_start|><|video_pad|><|vision_end|>Hi", videos=[np.load("frames.npy")],
                         return_tensors="np")
         np.save("pixels.npy", out["pixel_values_videos"])
         np.save("ids.npy", out["input_ids"])
         np.save("grid.npy", out["video_grid_thw"])
+        print(json.dumps({{"class": type(processor).__name__, "video_class": type(video).__name__,
+                          "module": sys.modules[type(processor).__module__].__file__, "options": options,
+                          "plain": plain, "torchvision": importlib.util.find_spec("torchvision") is not None}}))
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
     result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    name, module_file = result.stdout.split()[-2:]
-    assert name == "Tarsier2Processor" and Path(module_file).is_relative_to(tmp_path / "modules")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["class"], report["video_class"]) == ("Tarsier2Processor", "Tarsier2VideoProcessor")
+    assert Path(report["module"]).is_relative_to(tmp_path / "modules")
+    assert report["options"] == RELEASE_VIDEO_OPTIONS
+    for name, outcome in report["plain"].items():  # never a request for trust_remote_code
+        if report["torchvision"]:
+            assert outcome == "Qwen2VLProcessor", name
+        else:
+            assert outcome.startswith("ImportError") and "Qwen2VLVideoProcessor requires the Torchvision" in outcome
     assert np.load(tmp_path / "grid.npy").tolist() == expected["video_grid_thw"].tolist() == [[3, 6, 12]]
     assert np.array_equal(np.load(tmp_path / "ids.npy"), expected["input_ids"])
     assert max_abs_diff(np.load(tmp_path / "pixels.npy"), expected["pixel_values_videos"]) == 0.0
-    # this repository's own class loads it too, without trust_remote_code (tarsier_hf.families.load_processor)
-    loaded = type(processor).from_pretrained(folder)
+
+
+def test_from_pretrained_keeps_the_release_path_on_a_real_clip(tokenizer, demo_video, tmp_path):
+    """`Tarsier2Processor.from_pretrained` (tarsier_hf.families.load_processor, no remote code) reads the saved
+    folder back into the release's path: the same options and, on demo_test.mp4 (16 frames by the v1 rule, each
+    resized first to 438x1051 and given twice), the same tensors as the processor that saved it."""
+    from processing_tarsier2 import Tarsier2Processor
+
+    processor = build_tarsier2_processor(tokenizer, TEMPLATE, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    processor.save_pretrained(tmp_path / "saved")
+    loaded = Tarsier2Processor.from_pretrained(tmp_path / "saved")
     assert type(loaded.video_processor) is Tarsier2VideoProcessor
     assert loaded.video_processor.to_dict() == processor.video_processor.to_dict()
-    again = loaded(text="<|vision_start|><|video_pad|><|vision_end|>Hi", videos=[frames], return_tensors="np")
+    assert {name: getattr(loaded.video_processor, name) for name in RELEASE_VIDEO_OPTIONS if name != "frame_sampling"
+            } == {k: v for k, v in RELEASE_VIDEO_OPTIONS.items() if k != "frame_sampling"}
+    assert loaded.video_processor.frame_sampling == Tarsier2Sampling(16)
+    assert (loaded.image_processor.size.shortest_edge, loaded.image_processor.size.longest_edge) == (
+        MIN_PIXELS, MAX_PIXELS)
+    assert loaded.chat_template == TEMPLATE
+    text = "<|vision_start|><|video_pad|><|vision_end|>Describe the video."
+    expected = processor(text=text, videos=[str(demo_video)], return_tensors="np", return_metadata=True)
+    again = loaded(text=text, videos=[str(demo_video)], return_tensors="np", return_metadata=True)
+    assert again["video_grid_thw"].tolist() == expected["video_grid_thw"].tolist() == [[16, 32, 76]]
+    assert again["video_metadata"][0].frames_indices == [0, 6, 11, 17, 22, 28, 33, 39, 44, 50, 55, 61, 66, 72, 77, 83]
+    assert np.array_equal(again["input_ids"], expected["input_ids"])
     assert max_abs_diff(again["pixel_values_videos"], expected["pixel_values_videos"]) == 0.0
+
+
+def test_saved_video_configs_read_back():
+    """The video processor reads its own saved form, a folder saved before the `tarsier2` block (flat options,
+    `video_processor_type` Tarsier2VideoProcessor), and a plain Qwen2-VL video config, whose frame sampling
+    (`do_sample_frames` false, fps) is Qwen2-VL's and gives way to the release's sampling."""
+    saved = video_processor(frame_pre_resize_max_pixels=30000, duplicate_frames=False, frame_sampling="uniform")
+    assert Tarsier2VideoProcessor(**saved.to_dict()).to_dict() == saved.to_dict()
+    legacy = {"video_processor_type": "Tarsier2VideoProcessor", "do_sample_frames": False, "duplicate_frames": False,
+              "frame_pre_resize_max_pixels": None, "frame_sampling": {"policy": "uniform", "num_frames": 8},
+              "min_pixels": MIN_PIXELS, "max_pixels": 200_000, "auto_map": {"AutoVideoProcessor": "x.Y"}}
+    loaded = Tarsier2VideoProcessor(**legacy)
+    assert (loaded.do_sample_frames, loaded.duplicate_frames, loaded.frame_pre_resize_max_pixels) == (False, False, None)
+    assert loaded.frame_sampling.to_dict() == {"policy": "uniform", "num_frames": 8} and loaded.max_pixels == 200_000
+    plain = {"video_processor_type": "Qwen2VLVideoProcessor", "do_sample_frames": False, "fps": 2.0,
+             "max_frames": 768, "size": {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS},
+             "return_metadata": False}
+    loaded = Tarsier2VideoProcessor(**plain)
+    assert (loaded.min_pixels, loaded.max_pixels) == (MIN_PIXELS, MAX_PIXELS)
+    assert {name: getattr(loaded, name) for name in RELEASE_VIDEO_OPTIONS if name != "frame_sampling"} == {
+        k: v for k, v in RELEASE_VIDEO_OPTIONS.items() if k != "frame_sampling"}
+    assert loaded.frame_sampling == Tarsier2Sampling(16) and not hasattr(loaded, "fps")
 
 
 def test_processor_refuses_a_tokenizer_without_qwen2vl_tokens(smollm2_dir):

@@ -1,7 +1,9 @@
 """Convert a released Tarsier2 checkpoint (Tarsier2-Recap-7b, Tarsier2-7b-0115) to a standard Qwen2-VL folder, and back.
 
     # released layout -> a Qwen2-VL folder: the model loads with transformers' own Qwen2VLForConditionalGeneration /
-    # AutoModelForImageTextToText (no remote code) and serves as plain Qwen2-VL; the processor is Tarsier2Processor
+    # AutoModelForImageTextToText and the processor with AutoProcessor as Qwen2VLProcessor (no remote code; it
+    # serves as plain Qwen2-VL); AutoProcessor with trust_remote_code=True, or this repository, gives the
+    # torchvision-free, release-exact Tarsier2Processor that travels with the folder
     tarsier-convert --input Tarsier2-Recap-7b --output tarsier2-recap-7b-hf
     # the Qwen2-VL folder -> the released layout (loadable by bytedance/tarsier's own code)
     tarsier-convert --input tarsier2-recap-7b-hf --output Tarsier2-Recap-7b-released --export
@@ -443,9 +445,11 @@ def read_pixel_bounds(folder: Path) -> tuple[int, int]:
 
 def convert_released_tarsier2(input_dir, output_dir, overwrite: bool = False) -> Path:
     """Released Tarsier2 folder -> a standard Qwen2-VL folder: config.json (`qwen2_vl`, no attention request),
-    `model.visual.*` / `model.language_model.*` / `lm_head.*` shards, the processor (`Tarsier2Processor`: the
-    tokenizer, the checked ChatML template, the checkpoint's min / max pixels), the generation config and the
-    release's README; the released config.json is kept as `RELEASED_CONFIG_FILE`. Returns the output path."""
+    `model.visual.*` / `model.language_model.*` / `lm_head.*` shards, the processor (the tokenizer, the checked
+    ChatML template, the checkpoint's min / max pixels; written by `Tarsier2Processor.save_pretrained` as a plain
+    Qwen2-VL processor config whose top-level `auto_map` alone names the travelling `Tarsier2Processor`, see
+    `processing_tarsier2`), the generation config and the release's README; the released config.json is kept as
+    `RELEASED_CONFIG_FILE`. Returns the output path."""
     source, output = Path(input_dir), Path(output_dir)
     released = read_released_tarsier2_config(source)
     config = qwen2vl_config_from_released(released, str(source / "config.json"))
