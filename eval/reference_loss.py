@@ -101,7 +101,7 @@ def score_references(
     for start in range(0, len(rows), batch_size):
         batch = processor.apply_chat_template(
             conversations[start : start + batch_size], tokenize=True, return_dict=True,
-            return_assistant_tokens_mask=True,
+            return_assistant_tokens_mask=True, return_tensors="pt",
             processor_kwargs={"frame_sampling": UniformSampling(num_frames), "padding_side": "right"},
         )
         labels = torch.where(batch["assistant_masks"].bool(), batch["input_ids"], IGNORE_INDEX)

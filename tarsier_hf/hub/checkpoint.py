@@ -3,7 +3,9 @@ publishing.
 
 A full checkpoint loads with `trust_remote_code=True`: `config.json` and `processor_config.json` carry an
 `auto_map` naming the remote-code files, which travel with the weights together with the files those import
-(`CODE_FILES`: `processing_tarsier.py` imports `video_processing_tarsier.py`, which no `auto_map` names). A LoRA run of
+(`CODE_FILES`: `processing_tarsier.py` imports `video_processing_tarsier.py`, which no `auto_map` names). A Tarsier2
+(Qwen2-VL) folder needs no model `auto_map` (transformers' own class loads it); its processor's remote code is
+checked alike. A LoRA run of
 `train_sft.py` writes an adapter folder instead (`adapter_config.json` + `adapter_model.safetensors`, with the
 processor), which loads on its base model with peft.
 """
@@ -17,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from transformers.dynamic_module_utils import get_relative_imports
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 import configuration_tarsier
 
@@ -141,8 +144,11 @@ def check_checkpoint(folder: str | os.PathLike) -> list[str]:
         raise CheckpointError(f"{folder / 'processor_config.json'}: no auto_map['AutoProcessor']")
     code = _module_files(processor_map, folder / "processor_config.json")
     if not adapter:
-        auto_map = read_json(folder / "config.json").get("auto_map")
-        if not isinstance(auto_map, dict) or not auto_map:
+        config = read_json(folder / "config.json")
+        auto_map = config.get("auto_map")
+        if config.get("model_type") in CONFIG_MAPPING_NAMES:  # a transformers model (Qwen2-VL): its own class loads it
+            auto_map = auto_map or {}
+        elif not isinstance(auto_map, dict) or not auto_map:
             raise CheckpointError(f"{folder / 'config.json'}: no auto_map, so the model cannot load with "
                                   "trust_remote_code")
         code |= _module_files(auto_map, folder / "config.json")

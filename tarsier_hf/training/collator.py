@@ -102,8 +102,8 @@ class TarsierVideoCollator:
         if "generation" not in template:
             raise ValueError(
                 "the processor's chat template has no {% generation %} markers, so assistant tokens cannot be told "
-                "apart; give the checkpoint a template that wraps assistant turns in them (building Tarsier from parts: "
-                "--chat_template vicuna|mistral|yi|chatml)"
+                "apart; give the checkpoint a template that wraps assistant turns in them (building Tarsier from "
+                "parts: --chat_template vicuna|mistral|yi|chatml)"
             )
         video_options = self.processor.valid_processor_kwargs.__annotations__["videos_kwargs"].__annotations__
         self._takes_complex_clip = "complex_clip" in video_options

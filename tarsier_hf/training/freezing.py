@@ -89,7 +89,9 @@ def set_trainable_parts(
         if layers is None:
             raise ValueError(f"{type(language_model).__name__} has no `layers`; cannot train only the top layers")
         if not 0 < train_language_model <= len(layers):
-            raise ValueError(f"train_language_model={train_language_model}: expected 1..{len(layers)} layers (or a bool)")
+            raise ValueError(
+                f"train_language_model={train_language_model}: expected 1..{len(layers)} layers (or a bool)"
+            )
         language_model.requires_grad_(False)
         for layer in layers[-train_language_model:]:
             layer.requires_grad_(True)

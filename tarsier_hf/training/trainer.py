@@ -22,7 +22,8 @@ SKIP_KEYS = ("skipped_samples", "skipped_too_long")
 # Trainer's checkpoint patterns (`checkpoint-*`, rotation and `get_last_checkpoint`) nor publishing (`.*`) see.
 STAGING_DIR = ".checkpoint-in-progress"
 LOSS_HEADS = ("fused", "plain")
-VISUAL_PARTS = ("vision_tower.", "multi_modal_projector.")
+# Parameter names of the vision tower and projector: Tarsier's, and Qwen2-VL's `visual.` (blocks and merger).
+VISUAL_PARTS = ("vision_tower.", "multi_modal_projector.", "visual.")
 
 
 @dataclass
