@@ -22,6 +22,7 @@ import time
 import urllib.parse
 import uuid
 import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -35,7 +36,8 @@ from tests.test_serving import start_server, stop_server
 NAME = "tiny-tarsier"
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = {"max_request_mb": 0.5, "max_tokens": 3000, "max_concurrent_generations": 2, "max_frame_pixels": 96 * 96,
-          "max_request_pixels": 300_000, "max_frames_per_video": 16, "max_frames_per_request": 24, "max_stop_strings": 4, "max_stop_length": 32}
+          "max_request_pixels": 300_000, "max_frames_per_video": 16, "max_frames_per_request": 24,
+          "max_stop_strings": 4, "max_stop_length": 32}
 TIMEOUT = 60  # seconds, for every request of these tests
 
 
@@ -284,6 +286,27 @@ def test_frames_over_the_pixel_limits_are_refused(server, tmp_path):
         assert_refused(status, body, url, *words)
 
 
+def test_a_video_claiming_a_billion_seconds_sampled_by_fps(server, tmp_path):
+    """A 700-byte mkv whose second frame is at 10^9 s, sampled at 1 fps: refused at once (sampling by rate looked
+    at every second of it: 10^9 instants, 8 GB)."""
+    path = tmp_path / "forever.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=1)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i, pts in enumerate((0, 10**12)):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 60 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    by_rate = {"frame_sampling": {"policy": "fps", "fps": 1, "max_frames": 8}}
+    status, body = post(server, chat([video(data_uri(path.read_bytes(), "video/x-matroska"))],
+                                     mm_processor_kwargs=by_rate), timeout=20)
+    assert_refused(status, body, "messages[0].content[0].video_url.url", "1e+09 instants", "1000000000 s")
+
+
 def test_a_decompression_bomb_png_is_a_400_naming_the_field(server):
     """A 60-byte PNG whose header says 16000 x 16000 (768 MB of RGB): refused from its header, never decoded
     (before: PIL's DecompressionBombError escaped as a bare 500)."""
@@ -372,6 +395,10 @@ def test_a_seed_gives_the_same_answer_beside_other_sampling(server):
 
 
 # -- 3. malformed fields ---------------------------------------------------------------------------------------
+
+
+def test_a_body_that_is_not_json_is_a_400(server):
+    assert_refused(*post(server, b'{"model": "tiny-tarsier", "messages": [}'), "body", "JSON")
 
 
 @pytest.mark.parametrize("change, param", [

@@ -72,6 +72,7 @@ from video_processing_tarsier import (
     FrameSampling,
     MediaLimitError,
     MediaLimits,
+    VideoReadError,
     as_frame_sampling,
     load_image,
     load_video,
@@ -87,8 +88,8 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 @dataclass(frozen=True)
 class ServeLimits:
     """What one request may ask for; each bound is the `tarsier-serve` flag of the same name. A request over a
-    bound gets a 400 naming the field and the flag, before any of its work starts (the pixel bounds are checked
-    while decoding, from stream and image headers first).
+    bound gets a 400 naming the field and the flag, as early as it can be told: counts before anything is decoded,
+    pixels from stream and image headers before decoding (and per decoded frame), the prompt once encoded.
 
     Attributes:
         max_tokens: largest `max_tokens` / `max_completion_tokens`.
@@ -261,6 +262,30 @@ def frame_sampling_for(default: Any, options: FrameOptions | None) -> FrameSampl
         raise RequestError(f"{param}: {error}", param=param) from None
 
 
+# `FpsSampling` looks at every instant 1/fps apart over a video's duration, which a 700-byte file can claim to be
+# 10^9 s (gigabytes of instants); a request may make it look at this many (a 2-hour video at 100 fps is 720,000).
+MAX_SAMPLING_INSTANTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class _InstantBound(FrameSampling):
+    """`sampling`, refusing an fps rate that would look at more than `MAX_SAMPLING_INSTANTS` instants of a video."""
+
+    sampling: FrameSampling
+
+    def indices(self, timestamps, complex_clip=False, rng=None):
+        if isinstance(self.sampling, FpsSampling) and len(timestamps) > 1:
+            instants = (timestamps[-1] - timestamps[0]) * self.sampling.fps
+            if instants > MAX_SAMPLING_INSTANTS:
+                raise VideoReadError(f"the video claims to last {timestamps[-1] - timestamps[0]:.0f} s: sampling it "
+                                     f"at {self.sampling.fps} fps would look at {instants:.3g} instants, more than "
+                                     f"{MAX_SAMPLING_INSTANTS}")
+        return self.sampling.indices(timestamps, complex_clip=complex_clip, rng=rng)
+
+    def max_frames_per_video(self, complex_clip=False):
+        return self.sampling.max_frames_per_video(complex_clip)
+
+
 def load_media(conversation: list[dict], sampling: FrameSampling, resize, limits: ServeLimits) -> list[int]:
     """Decode every `image` / `video` block of `conversation` in place, under `limits`, into the frames the model
     sees: a video block's `url` becomes `video`, its sampled frames resized by `resize` (`(S, S, 3)` uint8 each);
@@ -291,7 +316,8 @@ def load_media(conversation: list[dict], sampling: FrameSampling, resize, limits
                 if block["type"] == "image":
                     block["image"] = load_image(url)
                 else:
-                    block["video"] = list(load_video(url, sampling, transform=lambda frame: resize([frame])[0]).frames)
+                    sample = load_video(url, _InstantBound(sampling), transform=lambda frame: resize([frame])[0])
+                    block["video"] = list(sample.frames)
                     counts.append(len(block["video"]))
             except MediaLimitError as error:
                 flag = "--max_frame_pixels" if error.bound == "max_frame_pixels" else "--max_request_pixels"
@@ -549,7 +575,10 @@ _UNION_MEMBER = re.compile(r"^(str|int|float|bool|dict|list|none)$|\[")
 
 
 def _field_name(loc: tuple) -> str:
-    """A pydantic error location `("body", "messages", 0, "role")` -> `"messages[0].role"`."""
+    """A pydantic error location `("body", "messages", 0, "role")` -> `"messages[0].role"`; `"body"` for the body
+    itself (not JSON: `("body", position)`)."""
+    if len(loc) < 2 or isinstance(loc[1], int):
+        return "body"
     name = ""
     for part in loc[1:]:
         if isinstance(part, str) and _UNION_MEMBER.search(part):
@@ -691,8 +720,9 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
         """Sets `cancelled` however the response ends: sent in full, the client gone, or the task cancelled.
 
         Starlette stops iterating the body when a send fails and leaves the generator to be closed by the garbage
-        collector, which can be late enough for the abandoned generation to run to its `max_tokens` and hold up
-        the requests queued behind it (measured with the collector off: 4 of 48 cancels missed before this class, 0 of 48 after)."""
+        collector, which can be late enough for the abandoned generation to run to its `max_tokens` and hold a
+        generation thread (measured with the collector off: 4 of 48 cancels missed before this class, 0 of 48
+        after)."""
 
         def __init__(self, content, cancelled: threading.Event, **kwargs):
             super().__init__(content, **kwargs)
