@@ -242,6 +242,14 @@ def test_build_model_loads_qwen2vl_and_lora_targets_only_language_model_projecti
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def recap_item(row: dict) -> dict:
+    """A colour-clip row in the layout of Tarsier2-Recap-585K's `metadata.json` items (recipes/README.md)."""
+    video, prompt = row["messages"][0]["content"]
+    return {"idx": f"colors_{row['idx']}", "dataset": "colors", "task": "video/caption", "messages": [
+        {"role": "user", "content": [{"type": "video", "video": {"video_file": video["path"]}}, prompt]},
+        {"role": "assistant", "content": row["messages"][1]["content"]}]}
+
+
 def _state_dict(folder: Path) -> dict:
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -283,11 +291,17 @@ def test_full_and_lora_runs_reload_with_transformers_class(tarsier2_folder, tars
         assert encoded.keys() == expected.keys() and all(torch.equal(encoded[k], expected[k]) for k in expected)
     check_checkpoint(full)
 
+    # the LoRA run reads the colour clips written as Tarsier2-Recap-585K items
+    recap = tmp_path / "tarsier2_recap.jsonl"
+    recap.write_text("".join(json.dumps(recap_item(json.loads(line))) + "\n"
+                             for line in (data_dir / "good.jsonl").read_text().splitlines()))
     lora = tmp_path / "lora"
+    args = sft_args(data_dir, lora)
+    args[args.index("--dataset_paths") + 1] = str(recap)
     run_checked([sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(tarsier2_folder),
                  "--use_peft", "true", "--lora_r", "4", "--merge_lora_on_save", "true", "--max_steps", "3",
-                 "--save_steps", "100", "--learning_rate", "1e-2", "--warmup_steps", "0",
-                 *sft_args(data_dir, lora, data="good.jsonl")], cwd=tmp_path)
+                 "--save_steps", "100", "--learning_rate", "1e-2", "--warmup_steps", "0", *args], cwd=tmp_path)
+    assert not (lora / "bad_rows.jsonl").exists() or not (lora / "bad_rows.jsonl").read_text()
     assert json.loads((lora / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tarsier2_folder)
     from safetensors.torch import load_file
 
