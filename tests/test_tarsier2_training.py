@@ -322,6 +322,27 @@ def test_full_and_lora_runs_reload_with_transformers_class(tarsier2_folder, tars
 
 
 @pytest.mark.slow
+def test_two_process_run_trains_the_merger_and_keeps_the_vision_blocks(tarsier2_folder, data_dir, tmp_path):
+    """`accelerate launch` with two CPU processes (DDP over gloo, TRL's fused head) and `--train_projector`: the
+    merger and the language model change, the ViT blocks stay as they were, bad clips are skipped on both ranks."""
+    output_dir = tmp_path / "ddp"
+    run_checked([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+                 str(REPO / "train_sft.py"), "--model_name_or_path", str(tarsier2_folder), "--train_projector", "true",
+                 "--max_steps", "4", "--save_strategy", "no", "--learning_rate", "5e-3", "--warmup_steps", "0",
+                 "--gradient_checkpointing", "true", *sft_args(data_dir, output_dir)], cwd=tmp_path)
+    logs = [entry for entry in trainer_state(output_dir)["log_history"] if "loss" in entry]
+    assert len(logs) == 4 and logs[-1]["skipped_samples"] >= 2
+    before, after = _state_dict(tarsier2_folder), _state_dict(output_dir)
+    for key in before:
+        changed = not torch.equal(before[key], after[key])
+        if key.startswith(("model.visual.merger.", "model.language_model.layers.")):
+            assert changed, key
+        elif key.startswith("model.visual."):
+            assert not changed, key
+
+
+@pytest.mark.slow
 def test_training_teaches_tarsier2_to_read_the_video(tarsier2_folder, tarsier2, data_dir, tmp_path):
     """Issue #35.5, the video reaches the model: `accelerate launch train_sft.py` trains the converted tiny
     Tarsier2 (the paper's recipe: vision tower and merger frozen, the language model trained) for 300 steps on the
