@@ -575,8 +575,8 @@ def _refused_format(path: str) -> str:
                     f"extension ({', '.join(sorted(IMAGE_EXTENSIONS))}) to use it as a one-frame input")
     except (OSError, SyntaxError, Image.DecompressionBombError):
         pass
-    return ("is not in an accepted video container (FFmpeg reads it with a demuxer outside the allow-list: "
-            f"{', '.join(_ALLOWED_DEMUXERS)})")
+    return ("not a readable video file: FFmpeg takes it for a format outside the accepted containers and streams "
+            f"({', '.join(_ALLOWED_DEMUXERS)})")
 
 
 class VideoReader:
