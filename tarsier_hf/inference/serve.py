@@ -32,7 +32,6 @@ import asyncio
 import copy
 import json
 import logging
-import math
 import os
 import re
 import threading
