@@ -231,6 +231,14 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_arrives(server):
                 break
             reply += data
     assert reply.startswith(b"HTTP/1.1 413") and b"--max_request_mb" in reply, reply[:400]
+    connection = http.client.HTTPConnection(server.hostname, server.port, timeout=TIMEOUT)
+    try:  # a chunked body under the limit is answered as usual
+        body = json.dumps(chat("Say hello.")).encode()
+        connection.request("POST", "/v1/chat/completions", iter([body[:10], body[10:]]),
+                           {"Content-Type": "application/json"}, encode_chunked=True)
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
 
 
 def test_a_declared_body_over_the_limit_is_refused_unread(server):
