@@ -218,8 +218,8 @@ class VideoTextGenerator:
         with 0) and concatenate every other tensor along its first axis (frames, patches, grids, frame counts)."""
         length = max(len(e["input_ids"]) for e in encoded)
         batch = {}
-        for key in encoded[0]:
-            if key == "frame_indices":
+        for key, value in encoded[0].items():
+            if not isinstance(value, torch.Tensor):  # frame indices and other per-sample facts
                 continue
             if key in SEQUENCE_KEYS:
                 fill = self.pad_token_id if key == "input_ids" else 0
