@@ -170,11 +170,15 @@ def load_processor(checkpoint: str | os.PathLike, family: ModelFamily | None = N
     return Tarsier2Processor.from_pretrained(checkpoint)
 
 
+def frame_sampling_of(processor):
+    """The default `FrameSampling` of a loaded processor (Tarsier's own, or its video processor's)."""
+    owner = processor if hasattr(processor, "frame_sampling") else getattr(processor, "video_processor", None)
+    if owner is None or not hasattr(owner, "frame_sampling"):
+        raise UnsupportedCheckpointError(f"{type(processor).__name__} samples no video frames")
+    return owner.frame_sampling
+
+
 def default_frame_sampling(checkpoint: str | os.PathLike, trust_remote_code: bool = False):
     """The `FrameSampling` a checkpoint's processor uses when a run names none (Tarsier: 8 uniform frames; a
     converted Tarsier2 folder: the release's 16-frame `tarsier2` policy)."""
-    processor = load_processor(checkpoint, trust_remote_code=trust_remote_code)
-    owner = processor if hasattr(processor, "frame_sampling") else getattr(processor, "video_processor", None)
-    if owner is None or not hasattr(owner, "frame_sampling"):
-        raise UnsupportedCheckpointError(f"{checkpoint}: its processor samples no video frames")
-    return owner.frame_sampling
+    return frame_sampling_of(load_processor(checkpoint, trust_remote_code=trust_remote_code))

@@ -150,3 +150,33 @@ def test_text_after_a_video_resumes_where_the_release_puts_it(tarsier2_folder):
     assert deltas.tolist() == [[10 - 15]]
     library, _ = Qwen2VLModel.get_rope_index(model.model, ids, types, video_grid_thw=grid, attention_mask=mask)
     assert library[0, 0, -2:].tolist() == [5, 6]
+
+
+@pytest.mark.slow
+def test_tarsier_serve_answers_with_the_engine_s_description(tarsier2_folder, clips, tmp_path):
+    """`tarsier-serve` on the converted folder (no --trust_remote_code): a video by path under the allowed folder
+    and the same video as a data: URI get the greedy description the engine writes for that video."""
+    import base64
+
+    import openai
+
+    from tarsier_hf.inference.describe import DescribeArguments, describe
+    from tests.test_serving import start_server, stop_server
+
+    video = str(clips["long"])
+    args = DescribeArguments(checkpoint=str(tarsier2_folder), output=str(tmp_path / "d.jsonl"), batch_size=1,
+                             max_new_tokens=MAX_NEW_TOKENS, num_workers=0, no_progress=True)
+    expected = describe([video], args)[video]["prediction"]
+    server, url = start_server([str(tarsier2_folder), "--served_model_name", "t2", "--device", "cpu",
+                                "--allowed_local_media_path", str(clips["long"].parent)], tmp_path / "serve.log")
+    try:
+        client = openai.OpenAI(base_url=url, api_key="EMPTY", timeout=120, max_retries=0)
+        data_uri = "data:video/mp4;base64," + base64.b64encode(clips["long"].read_bytes()).decode()
+        for source in (video, data_uri):
+            response = client.chat.completions.create(
+                model="t2", max_tokens=MAX_NEW_TOKENS, temperature=0,
+                messages=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": source}},
+                                                       {"type": "text", "text": "Describe the video in detail."}]}])
+            assert response.choices[0].message.content.strip() == expected
+    finally:
+        stop_server(server)

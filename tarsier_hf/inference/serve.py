@@ -1,6 +1,6 @@
-"""Serve a Tarsier checkpoint (or any plain causal LM) on the OpenAI chat-completions protocol.
+"""Serve a Tarsier or Tarsier2 (Qwen2-VL) checkpoint, or any plain causal LM, on the OpenAI chat-completions protocol.
 
-    python -m tarsier_hf.inference.serve FOLDER_OR_HUB_ID --trust_remote_code [--host 127.0.0.1] [--port 8000] \\
+    python -m tarsier_hf.inference.serve FOLDER_OR_HUB_ID [--host 127.0.0.1] [--port 8000] \\
         [--allowed_local_media_path DIR] [--device auto] [--dtype auto] [--max_new_tokens 512]
 
 Endpoints: `POST /v1/chat/completions` (streaming with `"stream": true`), `GET /v1/models`, `GET /health`.
@@ -53,18 +53,15 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoProcessor,
     HfArgumentParser,
     LogitsProcessor,
     LogitsProcessorList,
-    ProcessorMixin,
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
 
+from tarsier_hf import families
 from video_processing_tarsier import (
     DEFAULT_SEQUENCE_FPS,
     FpsSampling,
@@ -287,7 +284,8 @@ class _InstantBound(FrameSampling):
 
 def load_media(conversation: list[dict], sampling: FrameSampling, resize, limits: ServeLimits) -> list[int]:
     """Decode every `image` / `video` block of `conversation` in place, under `limits`, into the frames the model
-    sees: a video block's `url` becomes `video`, its sampled frames resized by `resize` (`(S, S, 3)` uint8 each);
+    sees: a video block's `url` becomes `video`, its sampled frames resized by `resize` (Tarsier: `(S, S, 3)` uint8
+    each) or, with `resize=None`, as decoded (Qwen2-VL's processor resizes them itself);
     an image block's becomes `image`, its `(H, W, 3)` uint8 pixels. Media are read by this installation's
     `video_processing_tarsier` (allow-listed demuxers, one self-contained file each), never by a checkpoint's copy
     of it. Returns the frame count of every video, in order.
@@ -315,7 +313,8 @@ def load_media(conversation: list[dict], sampling: FrameSampling, resize, limits
                 if block["type"] == "image":
                     block["image"] = load_image(url)
                 else:
-                    sample = load_video(url, _InstantBound(sampling), transform=lambda frame: resize([frame])[0])
+                    transform = None if resize is None else (lambda frame: resize([frame])[0])
+                    sample = load_video(url, _InstantBound(sampling), transform=transform)
                     block["video"] = list(sample.frames)
                     counts.append(len(block["video"]))
             except MediaLimitError as error:
@@ -337,18 +336,27 @@ def encode_tarsier(processor, conversation: list[dict], video_frame_counts: list
     )
 
 
+def encode_qwen2_vl(processor, conversation: list[dict], video_frame_counts: list[int]):
+    """A conversation whose media are decoded (`load_media`) -> model inputs `(1, L)` through the Qwen2-VL
+    (Tarsier2) processor, which takes every given frame (`do_sample_frames=False`) and applies its own resizes and
+    frame duplication."""
+    return processor.apply_chat_template(
+        conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"do_sample_frames": False} if video_frame_counts else {},
+    )
+
+
+ENCODERS = {families.TARSIER: encode_tarsier, families.QWEN2_VL: encode_qwen2_vl}
+
+
 def load_model(model_name_or_path: str, device: str, dtype: str, trust_remote_code: bool):
-    """`(processor_or_tokenizer, tokenizer, model, multimodal)`: a Tarsier (`AutoModelForImageTextToText` +
-    its processor) or a plain causal LM (`AutoModelForCausalLM` + its tokenizer), in eval mode on `device`."""
-    processor = AutoProcessor.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code)
-    multimodal = isinstance(processor, ProcessorMixin)
-    model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = model_class.from_pretrained(model_name_or_path, trust_remote_code=trust_remote_code,
-                                        dtype=torch_dtype).eval()
+    """`(processor_or_tokenizer, tokenizer, model, family)` through the one loader (`tarsier_hf.families`): a
+    Tarsier, a Qwen2-VL (Tarsier2) or a plain causal LM, in eval mode on `device` (`auto`: CUDA when available)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return processor, processor.tokenizer if multimodal else processor, model.to(device), multimodal
+    model, processor, family = families.load_model_and_processor(model_name_or_path, dtype, device,
+                                                                 trust_remote_code)
+    return processor, processor.tokenizer if family.multimodal else processor, model, family
 
 
 class Engine:
@@ -360,7 +368,7 @@ class Engine:
         served_model_name: the `model` name requests must use (default: `model_name_or_path`).
         device: `"auto"` (CUDA when available), `"cpu"`, `"cuda:0"`, ...
         dtype: `"auto"` (the checkpoint's) or a torch dtype name.
-        trust_remote_code: needed for Tarsier checkpoints (their code travels with the weights).
+        trust_remote_code: load the checkpoint's own code files instead of this repository's classes.
         max_new_tokens: the default when a request gives no `max_tokens`.
         allowed_local_media_path: folder under which `file://` URLs and plain paths may be read (None: none).
         limits: what one request may ask for (`ServeLimits`).
@@ -381,15 +389,16 @@ class Engine:
         max_concurrent_generations: int = 4,
     ):
         self.name = served_model_name or model_name_or_path
-        self.processor, self.tokenizer, self.model, self.multimodal = load_model(
+        self.processor, self.tokenizer, self.model, self.family = load_model(
             model_name_or_path, device, dtype, trust_remote_code)
+        self.multimodal = self.family.multimodal
         self.max_new_tokens = max_new_tokens
         self.allowed_root = Path(os.path.realpath(allowed_local_media_path)) if allowed_local_media_path else None
         self.limits = limits
         if max_new_tokens > limits.max_tokens:
             raise ValueError(f"--max_new_tokens {max_new_tokens} is above --max_tokens {limits.max_tokens}")
         if self.multimodal:
-            per_video = as_frame_sampling(self.processor.frame_sampling).max_frames_per_video()
+            per_video = as_frame_sampling(families.frame_sampling_of(self.processor)).max_frames_per_video()
             if per_video is None or per_video > limits.max_frames_per_video:
                 raise ValueError(f"the checkpoint samples up to {per_video} frames per video, above "
                                  f"--max_frames_per_video {limits.max_frames_per_video}")
@@ -441,10 +450,11 @@ class Engine:
         if not self.multimodal:
             return self.tokenizer.apply_chat_template(
                 conversation, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-        sampling = frame_sampling_for(self.processor.frame_sampling, frame_options)
-        counts = load_media(conversation, sampling, self.processor.resize_frames, self.limits)
+        sampling = frame_sampling_for(families.frame_sampling_of(self.processor), frame_options)
+        resize = self.processor.resize_frames if self.family is families.TARSIER else None
+        counts = load_media(conversation, sampling, resize, self.limits)
         try:
-            return encode_tarsier(self.processor, conversation, counts)
+            return ENCODERS[self.family](self.processor, conversation, counts)
         except ValueError as error:  # e.g. literal <image> strings in the text
             raise RequestError(f"messages: {error}", param="messages") from None
 
@@ -791,7 +801,8 @@ class ServeArguments:
     host: str = field(default="127.0.0.1", metadata={"help": "Listen address."})
     port: int = field(default=8000, metadata={"help": "Listen port."})
     served_model_name: str | None = field(default=None, metadata={"help": "Name requests use (default: MODEL)."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Load the checkpoint's own code (Tarsier)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run the checkpoint's own code files instead of this repository's classes."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's), float32, bfloat16, float16."})
     max_new_tokens: int = field(default=512, metadata={"help": "Default when a request has no max_tokens."})
