@@ -9,6 +9,8 @@ Supervised fine-tuning of Tarsier with TRL's `SFTTrainer`: both stages of the pa
     python train_sft.py --model_name_or_path ./tarsier-7b --dataset_name lmms-lab/LLaVA-Video-178K \\
         --dataset_config 0_30_s_academic_v0_1 --dataset_train_split caption --video_roots data/llava-video \\
         --frame_sampling instruction --output_dir runs/stage2 --max_steps 10000 --use_peft --lora_r 16
+    # Tarsier2: a converted (Qwen2-VL) folder trains the same way (recipes/README.md, "Tarsier2 (Qwen2-VL)")
+    accelerate launch train_sft.py --model_name_or_path tarsier2-recap-7b-hf --frame_sampling tarsier2 --num_frames 16 ...
 
 Arguments (tarsier_hf/training/arguments.py): TRL's `ScriptArguments` (dataset), `ModelConfig` (model, dtype, attention, PEFT),
 `TarsierSFTConfig` (TRL's `SFTConfig` plus `--loss_head` and `--vision_learning_rate`) and `TarsierArguments`
