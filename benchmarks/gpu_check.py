@@ -19,6 +19,14 @@ Rows (every check catches its own failure, e.g. out of memory, and reports it in
 * `generate 7B`: the same weights, 8 frames, greedy `max_new_tokens` at batch 1 / 8 / 32: new tokens/s.
 * `fsdp2 step`: torch's `fully_shard` on one process, one unit per layer class listed in
   recipes/accelerate/fsdp.yaml; loss and gradients of one step equal to the unsharded model.
+* `tarsier2 train` / `tarsier2 generate`: Qwen2-VL-7B shapes (the Tarsier2-7b model: a 32 x 1280 vision
+  transformer with 2x2 merging + 28 x 3584 Qwen2 LM, vocab 152,064) in transformers' own
+  `Qwen2VLForConditionalGeneration`, random bf16 weights, loaded positions as the release computes them
+  (`tarsier_hf.mrope`). The video is the release's default input: 16 frames, each given twice (one temporal patch
+  per frame), 16:9 frames at 460,800 pixels -> a 16 x 36 x 64 patch grid = 9,216 LM positions. Training: vision
+  tower, embeddings and LM head frozen (AdamW's states of the rest fit one 80 GB GPU), gradient checkpointing,
+  fused AdamW on the LM's layers; step time, tokens/s, MFU, peak memory. Generation:
+  greedy at batch 1 and 4, new tokens/s.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from configuration_tarsier import TarsierConfig
 from modeling_tarsier import TarsierForConditionalGeneration
+from tarsier_hf.mrope import use_release_rope_index
 from tarsier_hf.training.freezing import set_trainable_parts
 
 # Dense bf16 tensor-core peak (no sparsity) by device-name substring, from the vendors' data sheets; first match wins.
@@ -53,6 +62,22 @@ TINY_VISION = dict(model_type="clip_vision_model", hidden_size=32, intermediate_
 TINY_TEXT = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=32064, max_position_embeddings=4096)
 PROMPT = 40  # text positions around the frames (system + instruction + answer)
+
+# Qwen2-VL-7B-Instruct's shapes (Tarsier2-Recap-7b is a fine-tune of it) and a CPU-sized twin.
+QWEN2VL_7B_TEXT = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, rms_norm_eps=1e-6, max_position_embeddings=32768,
+                       rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6})
+QWEN2VL_7B_VISION = dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14,
+                         spatial_merge_size=2, temporal_patch_size=2)
+QWEN2VL_TINY_TEXT = dict(vocab_size=152064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1e6})
+QWEN2VL_TINY_VISION = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2)
+# The release's default video: 16 frames at 460,800 pixels of a 16:9 clip (504 x 896 after Qwen2-VL's rounding to
+# multiples of 28) = 36 x 64 patches per frame; each frame given twice, so 16 temporal patches.
+TARSIER2_GRID = (16, 36, 64)
+TARSIER2_TINY_GRID = (2, 4, 4)
 
 
 def peak_tflops(device: torch.device) -> tuple[str, float | None]:
@@ -217,6 +242,126 @@ def check_generation(model, config, device, frames, batches, new_tokens) -> list
     return rows
 
 
+def build_qwen2_vl(text: dict, vision: dict, device, dtype, seed=0):
+    """A random `Qwen2VLForConditionalGeneration` with the release's M-RoPE positions (`tarsier_hf.mrope`)."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision)
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=dtype)
+    use_release_rope_index(model)
+    return model
+
+
+def make_qwen2_vl_inputs(config, batch: int, grid: tuple[int, int, int], device, seed=0, labels=True) -> dict:
+    """`prompt[:8] + <|vision_start|> + video tokens + <|vision_end|> + prompt[8:]` per row: `input_ids (B, L)`,
+    `mm_token_type_ids (B, L)` (2 on video tokens), `pixel_values_videos (B*t*h*w, 3*2*14*14)`,
+    `video_grid_thw (B, 3)`."""
+    generator = torch.Generator().manual_seed(seed)
+    t, h, w = grid
+    merge = config.vision_config.spatial_merge_size
+    video = t * h * w // merge**2
+    text = torch.randint(1, 150000, (batch, PROMPT), generator=generator)
+    ids = torch.cat([text[:, :8], torch.full((batch, 1), config.vision_start_token_id),
+                     torch.full((batch, video), config.video_token_id), torch.full((batch, 1), config.vision_end_token_id),
+                     text[:, 8:]], dim=1)
+    patch = 3 * config.vision_config.temporal_patch_size * config.vision_config.patch_size ** 2
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "mm_token_type_ids": (ids == config.video_token_id).long() * 2,
+              "pixel_values_videos": torch.randn(batch * t * h * w, patch, generator=generator),
+              "video_grid_thw": torch.tensor([grid] * batch)}
+    if labels:
+        inputs["labels"] = torch.where(torch.arange(ids.shape[1]) >= ids.shape[1] - (PROMPT - 8), ids, -100)
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def check_qwen2_vl(device, text, vision, grid, steps, batches, new_tokens, label) -> list[dict]:
+    """The Tarsier2-shaped training step and generation (module docstring); each failure reported in its row."""
+    rows = []
+    try:
+        model = build_qwen2_vl(text, vision, device, torch.bfloat16)
+    except torch.OutOfMemoryError as error:
+        return [dict(check="tarsier2 build", ok=False, error=f"out of memory: {str(error)[:120]}", config=label)]
+    config = model.config
+    try:
+        # the vision tower and the 152k-row embedding and head stay frozen, so that AdamW's states fit one 80 GB GPU
+        model.model.visual.requires_grad_(False)
+        model.get_input_embeddings().requires_grad_(False)
+        model.get_output_embeddings().requires_grad_(False)
+        model.model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        lm_params = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "embed_tokens" not in n)
+        vision_params = sum(p.numel() for p in model.model.visual.parameters())
+        optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+        inputs = make_qwen2_vl_inputs(config, 1, grid, device)
+        tokens = inputs["input_ids"].numel()
+        patches = inputs["pixel_values_videos"].shape[0]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for step in range(steps + 1):  # the first step warms up
+            synchronize(device)
+            start = time.perf_counter()
+            loss = model(**inputs).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
+            if step:
+                times.append(time.perf_counter() - start)
+        step_time = sorted(times)[len(times) // 2]
+        text_config = config.text_config
+        # LM 6 N T + causal attention 6 L d T^2; vision forward 2 N_v P + attention 4 L_v d_v (P / t)^2 per frame
+        flops = (6 * lm_params * tokens + 6 * text_config.num_hidden_layers * text_config.hidden_size * tokens**2
+                 + 2 * vision_params * patches
+                 + 4 * config.vision_config.depth * config.vision_config.embed_dim * patches * (patches // grid[0]))
+        name, peak = peak_tflops(device)
+        rows.append(dict(check="tarsier2 train step (grad ckpt, frozen tower + embeddings)", ok=bool(math.isfinite(float(loss))),
+                         device=name, lm_positions=tokens, video_grid=list(grid), trainable_params=sum(
+                             p.numel() for p in params), step_s=step_time, tokens_per_s=tokens / step_time,
+                         tflops=flops / step_time / 1e12, mfu=None if peak is None else flops / step_time / 1e12 / peak,
+                         peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                         config=label))
+        del optimizer
+    except torch.OutOfMemoryError as error:
+        rows.append(dict(check="tarsier2 train step (grad ckpt, frozen tower + embeddings)", ok=False,
+                         error=f"out of memory: {str(error)[:120]}", config=label))
+    finally:
+        model.model.language_model.gradient_checkpointing_disable()
+        for p in model.parameters():
+            p.grad = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    model.eval()
+    for batch in batches:
+        name = f"tarsier2 generate batch {batch}"
+        try:
+            with torch.inference_mode():
+                inputs = make_qwen2_vl_inputs(config, batch, grid, device, labels=False)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                synchronize(device)
+                start = time.perf_counter()
+                out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=0)
+                synchronize(device)
+                elapsed = time.perf_counter() - start
+            made = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
+            rows.append(dict(check=name, ok=made == batch * new_tokens, new_tokens_per_s=made / elapsed,
+                             seconds=elapsed, prompt_positions=inputs["input_ids"].shape[1],
+                             peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30
+                             if device.type == "cuda" else None, config=label))
+        except torch.OutOfMemoryError as error:
+            rows.append(dict(check=name, ok=False, error=f"out of memory: {str(error)[:120]}", config=label))
+        finally:
+            inputs = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
 def recipe_layer_classes() -> list[str]:
     """`fsdp_transformer_layer_cls_to_wrap` of recipes/accelerate/fsdp.yaml (the one FSDP definition)."""
     import yaml
@@ -284,6 +429,8 @@ class CheckArgs:
     steps: int = field(default=3, metadata={"help": "timed training steps (after one warm-up)"})
     new_tokens: int = 64
     batches: list[int] = field(default_factory=lambda: [1, 8, 32], metadata={"help": "generation batch sizes"})
+    tarsier2_batches: list[int] = field(default_factory=lambda: [1, 4],
+                                        metadata={"help": "Tarsier2 generation batch sizes"})
     json: str | None = field(default=None, metadata={"help": "also write the rows to this file"})
 
 
@@ -305,6 +452,12 @@ def main(argv=None) -> int:
                                                                    args.new_tokens)]
     except torch.OutOfMemoryError as error:
         rows.append(dict(check=f"train/generate {label}", ok=False, error=f"out of memory: {str(error)[:120]}"))
+    model = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    text, vision, grid = ((QWEN2VL_TINY_TEXT, QWEN2VL_TINY_VISION, TARSIER2_TINY_GRID) if args.tiny
+                          else (QWEN2VL_7B_TEXT, QWEN2VL_7B_VISION, TARSIER2_GRID))
+    rows += check_qwen2_vl(device, text, vision, grid, args.steps, args.tarsier2_batches, args.new_tokens, label)
     print(f"device: {peak_tflops(device)[0]}, torch {torch.__version__}")
     print(table(rows))
     if args.json:

@@ -17,6 +17,7 @@ def test_gpu_check_runs_every_check_at_tiny_shapes(tmp_path):
     out = tmp_path / "rows.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--tiny", "--device", "cpu", "--frames", "2",
            "--steps", "1", "--new_tokens", "4", "--batches", "1", "2", "--json", str(out)]
+    cmd += ["--tarsier2_batches", "1", "2"]
     result = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = {row["check"]: row for row in json.loads(out.read_text())}
@@ -38,6 +39,11 @@ def test_gpu_check_runs_every_check_at_tiny_shapes(tmp_path):
     assert train["tokens_per_s"] > 0 and train["tflops"] > 0 and train["mfu"] is None  # no peak known for a CPU
     for batch in (1, 2):
         assert rows[f"generate batch {batch}"]["ok"] and rows[f"generate batch {batch}"]["new_tokens_per_s"] > 0
+    # Tarsier2 (Qwen2-VL) shapes: 2 temporal patches of 4x4 patches = 8 video tokens + 40 text + 2 vision markers
+    tarsier2 = rows["tarsier2 train step (grad ckpt, frozen tower + embeddings)"]
+    assert tarsier2["ok"] and tarsier2["lm_positions"] == 2 * 4 * 4 // 4 + 2 + 40 and tarsier2["video_grid"] == [2, 4, 4]
+    for batch in (1, 2):
+        assert rows[f"tarsier2 generate batch {batch}"]["ok"]
 
 
 def test_mfu_formula_and_peak_lookup():
