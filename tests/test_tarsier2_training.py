@@ -259,8 +259,9 @@ def _state_dict(folder: Path) -> dict:
 def test_full_and_lora_runs_reload_with_transformers_class(tarsier2_folder, tarsier2, data_dir, tmp_path):
     """`train_sft.py` on the converted folder: full SFT (bad videos skipped) saves checkpoints and a final folder
     that transformers' `Qwen2VLForConditionalGeneration` and this repo's `Tarsier2Processor` reload (the
-    language model changed, the frozen vision tower and merger did not); `--use_peft` saves a language-model-only
-    adapter whose merged folder reloads with the same class and reproduces the adapter's logits."""
+    language model changed, the frozen vision tower and merger did not); `--use_peft` on Tarsier2-Recap-585K items
+    (a bad row recorded) saves a language-model-only adapter whose merged folder reloads with the same class and
+    reproduces the adapter's logits."""
     from peft import PeftModel
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -291,17 +292,21 @@ def test_full_and_lora_runs_reload_with_transformers_class(tarsier2_folder, tars
         assert encoded.keys() == expected.keys() and all(torch.equal(encoded[k], expected[k]) for k in expected)
     check_checkpoint(full)
 
-    # the LoRA run reads the colour clips written as Tarsier2-Recap-585K items
+    # the LoRA run reads the colour clips written as Tarsier2-Recap-585K items, plus one item that selects part of a
+    # clip (refused: a bad row, recorded and skipped)
+    items = [recap_item(json.loads(line)) for line in (data_dir / "good.jsonl").read_text().splitlines()]
+    part = json.loads(json.dumps(items[0]))
+    part["idx"], part["messages"][0]["content"][0]["video"]["start_time"] = "colors_part", 1.0
     recap = tmp_path / "tarsier2_recap.jsonl"
-    recap.write_text("".join(json.dumps(recap_item(json.loads(line))) + "\n"
-                             for line in (data_dir / "good.jsonl").read_text().splitlines()))
+    recap.write_text("".join(json.dumps(item) + "\n" for item in items + [part]))
     lora = tmp_path / "lora"
     args = sft_args(data_dir, lora)
     args[args.index("--dataset_paths") + 1] = str(recap)
     run_checked([sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(tarsier2_folder),
                  "--use_peft", "true", "--lora_r", "4", "--merge_lora_on_save", "true", "--max_steps", "3",
                  "--save_steps", "100", "--learning_rate", "1e-2", "--warmup_steps", "0", *args], cwd=tmp_path)
-    assert not (lora / "bad_rows.jsonl").exists() or not (lora / "bad_rows.jsonl").read_text()
+    bad_rows = (lora / "bad_rows.jsonl").read_text().splitlines()
+    assert len(bad_rows) == 1 and "tarsier2_recap.jsonl:5" in bad_rows[0] and "start_time" in bad_rows[0]
     assert json.loads((lora / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tarsier2_folder)
     from safetensors.torch import load_file
 
