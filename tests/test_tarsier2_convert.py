@@ -155,7 +155,7 @@ def test_converted_processor_files(released_tarsier2, converted):
               {"role": "assistant", "content": [{"type": "text", "text": "A red ball rolls."}]}]
     encoded = tokenizer.apply_chat_template(answer, return_assistant_tokens_mask=True, return_dict=True)
     marked = [token for token, mask in zip(encoded["input_ids"], encoded["assistant_masks"]) if mask]
-    assert tokenizer.decode(marked) == "A red ball rolls."
+    assert tokenizer.decode(marked) == "A red ball rolls.<|im_end|>"  # the end of turn is trained: the model stops
 
 
 def test_template_kept_in_tokenizer_config(released_tarsier2, tmp_path):

@@ -339,7 +339,8 @@ def read_chat_template(folder: Path, tokenizer) -> tuple[str, str]:
 
 def chatml_template(system_prompt: str | None, released_vision: bool) -> str:
     """Qwen2-VL's ChatML chat template: a first system turn of `system_prompt` when the conversation has none (no
-    system turn for None), the assistant's text inside `{% generation %}` (for `return_assistant_tokens_mask`).
+    system turn for None), the assistant's text and its closing `<|im_end|>` inside `{% generation %}` (for
+    `return_assistant_tokens_mask`: training labels the end of turn, so a fine-tuned model stops).
 
     `released_vision=False` (standard Qwen2-VL): an image item becomes `<|vision_start|><|image_pad|><|vision_end|>`,
     a video item `<|vision_start|><|video_pad|><|vision_end|>`; the processor expands the pad to the item's count.
@@ -367,7 +368,9 @@ def chatml_template(system_prompt: str | None, released_vision: bool) -> str:
         "{%- if message['role'] == 'assistant' -%}{% generation %}{{ item['text'] }}{% endgeneration %}"
         "{%- else -%}{{ item['text'] }}{%- endif -%}"
         "{%- endif -%}{%- endfor -%}{%- endif -%}"
-        "{{ '<|im_end|>\\n' }}"
+        # the assistant's end of turn is trained too (inside the mask), so a fine-tuned model learns to stop
+        "{%- if message['role'] == 'assistant' -%}{% generation %}{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+        "{%- else -%}{{ '<|im_end|>\\n' }}{%- endif -%}"
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
     )
