@@ -416,7 +416,8 @@ def card_details(config: dict) -> dict[str, Any]:
     vision, text = config.get("vision_config") or {}, config.get("text_config") or {}
     details = {
         "vision tower": vision.get("model_type"),
-        "vision image_size / patch_size": f"{vision.get('image_size')} / {vision.get('patch_size')}",
+        "vision image_size / patch_size": (f"{vision.get('image_size')} / {vision.get('patch_size')}"
+                                           if vision.get("image_size") else None),
         "language model": text.get("model_type"),
         "language model hidden_size / layers": f"{text.get('hidden_size')} / {text.get('num_hidden_layers')}",
         "use_frame_separators": config.get("use_frame_separators"),
@@ -434,6 +435,7 @@ def render_model_card(
     license: str | None = None,
     origin: str | None = None,
     notes: str | None = None,
+    qwen2_vl: bool = False,
 ) -> str:
     """
     Markdown model card with Hub YAML metadata: what the model is, how to load it, how it was trained.
@@ -449,6 +451,7 @@ def render_model_card(
         license: the Hub license id (e.g. a released checkpoint's own); None leaves it out.
         origin: how the weights came to be, ending the card's first sentence (default: from `training`).
         notes: a closing Markdown paragraph (e.g. how to export a converted checkpoint back).
+        qwen2_vl: a Tarsier2 / Qwen2-VL checkpoint: transformers' own model class loads it without remote code.
     """
     from huggingface_hub import ModelCardData
 
@@ -462,17 +465,26 @@ def render_model_card(
         datasets=hub_datasets or None,
         license=license,
     )
+    remote = "" if qwen2_vl else ", trust_remote_code=True"
     load = (
         "from peft import PeftModel\n"
         "from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-        f'base = AutoModelForImageTextToText.from_pretrained("{base_model}", trust_remote_code=True)\n'
+        f'base = AutoModelForImageTextToText.from_pretrained("{base_model}"{remote})\n'
         f'model = PeftModel.from_pretrained(base, "{model_name}").merge_and_unload()\n'
         f'processor = AutoProcessor.from_pretrained("{base_model}", trust_remote_code=True)'
         if is_adapter
         else "from transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
-        f'model = AutoModelForImageTextToText.from_pretrained("{model_name}", trust_remote_code=True)\n'
+        f'model = AutoModelForImageTextToText.from_pretrained("{model_name}"{remote})\n'
         f'processor = AutoProcessor.from_pretrained("{model_name}", trust_remote_code=True)'
     )
+    what = ("A Tarsier2 video description model (Qwen2-VL: a vision transformer over 2-frame temporal patches whose "
+            "merged patches the language model reads with multimodal rotary positions)" if qwen2_vl else
+            "A Tarsier video description model (frames encoded one by one by a vision tower, projected by an MLP,\n"
+            "and modelled over time by the language model)")
+    use = ("The model is transformers' own `Qwen2VLForConditionalGeneration`; the processor's torchvision-free code\n"
+           "(`processing_tarsier2.py`) travels with the weights and loads with `trust_remote_code=True`:" if qwen2_vl
+           else "The model and processor code travel with the weights (the `*_tarsier.py` files), so loading needs\n"
+           "`trust_remote_code=True`:")
     if origin is None:
         origin = "fine-tuned with TRL's `SFTTrainer` by `train_sft.py`" if training is not None else "in transformers format"
     facts = [f"- Started from: {base_model}"] if base_model else []
@@ -481,14 +493,12 @@ def render_model_card(
     body = f"""
 # {model_name}
 
-A Tarsier video description model (frames encoded one by one by a vision tower, projected by an MLP,
-and modelled over time by the language model), {origin}.
+{what}, {origin}.
 {"".join(chr(10) + fact for fact in facts)}
 
 ## Use
 
-The model and processor code travel with the weights (the `*_tarsier.py` files), so loading needs
-`trust_remote_code=True`:
+{use}
 
 ```python
 {load}

@@ -314,7 +314,7 @@ def main(
                       "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
                       "world_size": training_args.world_size, "use_peft": model_args.use_peft,
                       "skipped_rows": count_lines(bad_rows_path), "skipped_samples": count_lines(skip_log)},
-            is_adapter=model_args.use_peft,
+            is_adapter=model_args.use_peft, qwen2_vl=model.config.model_type == families.QWEN2_VL.model_type,
         )
         (Path(output_dir) / "README.md").write_text(card, encoding="utf-8")
         check_checkpoint(output_dir)

@@ -279,6 +279,8 @@ def test_full_and_lora_runs_reload_with_transformers_class(tarsier2_folder, tars
     base_weights = _state_dict(tarsier2_folder)
     row = normalize_row(conversation_row("videos/red.mp4", ANSWER, 0), str(data_dir))
     expected = TarsierVideoCollator(tarsier2[1], UniformSampling(4)).encode(row)
+    card = (full / "README.md").read_text()  # the card loads the model without remote code
+    assert "A Tarsier2 video description model" in card and f'from_pretrained("{full.name}")' in card
     for folder in (full, full / "checkpoint-2"):
         assert json.loads((folder / "config.json").read_text())["model_type"] == "qwen2_vl"
         assert not (folder / "modeling_tarsier.py").exists()

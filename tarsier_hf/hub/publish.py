@@ -69,7 +69,8 @@ def card_to_upload(folder: str | os.PathLike, model_name: str) -> str | None:
     if (folder / ADAPTER_CONFIG).is_file():
         base = read_json(folder / ADAPTER_CONFIG).get("base_model_name_or_path")
         return render_model_card(model_name, base_model=base, is_adapter=True)
-    return render_model_card(model_name, details=card_details_from_folder(folder))
+    qwen2_vl = read_json(config).get("model_type") == "qwen2_vl"  # a Tarsier2: transformers' own model class
+    return render_model_card(model_name, details=card_details_from_folder(folder), qwen2_vl=qwen2_vl)
 
 
 def _card_text(folder: Path) -> str:
