@@ -278,3 +278,27 @@ def test_a_checkpoint_is_pushed_from_its_published_folder(tiny_tarsier, data_dir
     trainer.train()
     assert [folder for folder, _ in pushed] == [str(tmp_path / "run" / f"checkpoint-{n}") for n in (1, 2)]
     assert all("trainer_state.json" in files and "model.safetensors" in files for _, files in pushed)
+
+
+def test_a_streamed_batch_of_only_bad_samples_does_not_stop_training(tiny_tarsier, data_dir):
+    """No dataset to draw replacements from (a streamed run): a batch whose samples are all unreadable repeats the
+    last usable sample of the worker instead of raising mid-run; only a worker's very first batch can fail."""
+    import torch
+
+    from tarsier_hf.training.collator import TarsierVideoCollator
+    from tarsier_hf.training.data import normalize_row
+    from tests.colour_clips import BAD_FILES
+    from video_processing_tarsier import UniformSampling
+
+    _, _, processor = tiny_tarsier
+    good = normalize_row(conversation_row("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
+    bad = [normalize_row(conversation_row(path, "Never trained.", 100 + i), str(data_dir))
+           for i, path in enumerate(BAD_FILES)]
+    collator = TarsierVideoCollator(processor, UniformSampling(2))
+    with pytest.raises(RuntimeError, match="first batch of this worker"):
+        collator(bad)
+    first = collator([good, bad[0]])
+    assert int(first["skipped_samples"]) == 1 and first["input_ids"].shape[0] == 1
+    again = collator(bad)
+    assert int(again["skipped_samples"]) == 2
+    assert torch.equal(again["input_ids"], first["input_ids"]) and torch.equal(again["labels"], first["labels"])

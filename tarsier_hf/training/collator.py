@@ -94,6 +94,9 @@ class TarsierVideoCollator:
     max_replacements: int = 64
     rank: int = 0
     _known_bad: set = field(default_factory=set, init=False, repr=False)
+    # The last sample this process (DataLoader worker) encoded, repeated when a whole batch is skipped and no dataset
+    # is set to draw replacements from (a streamed dataset), so that a run of bad rows never stops training.
+    _last_good: dict | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if self.on_too_long not in ("skip", "error"):
@@ -253,8 +256,14 @@ class TarsierVideoCollator:
         missing = sum(e is None for e in encoded)
         encoded = [e for e in encoded if e is not None]
         encoded += [e for e in (self._replacement(rng, counts) for _ in range(missing)) if e is not None]
+        if not encoded and self._last_good is not None:
+            logger.warning("every sample of the batch was skipped and no dataset is set to draw replacements: "
+                           "repeating the last usable sample of this worker")
+            encoded = [self._last_good]
         if not encoded:
-            raise RuntimeError("every sample of the batch was skipped and no dataset is set to draw replacements")
+            raise RuntimeError("every sample of the first batch of this worker was skipped and no dataset is set to "
+                               "draw replacements: nothing to train on (the skipped files are logged above)")
+        self._last_good = encoded[-1]
         batch = self.pad(encoded)
         batch.update({
             "skipped_samples": torch.tensor(counts["skipped_samples"]),
