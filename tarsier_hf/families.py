@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,26 @@ import torch
 
 class UnsupportedCheckpointError(ValueError):
     """A checkpoint no family here can load; the message names the file, what it holds and what to do."""
+
+
+class RemoteCodeRequiredError(UnsupportedCheckpointError):
+    """A checkpoint that loads only with its own code files, asked for without `trust_remote_code`; the commands
+    print the message (which names `--trust_remote_code true`) and exit 2 (`tarsier_hf.cli.consent_boundary`)."""
+
+    def __init__(self, checkpoint):
+        super().__init__(f"{checkpoint} loads only with the code files it ships, which run only with consent: "
+                         "pass --trust_remote_code true (trust_remote_code=True in Python) to run them")
+
+
+@contextmanager
+def _consent(checkpoint):
+    """transformers' refusal to run a checkpoint's code without `trust_remote_code` as `RemoteCodeRequiredError`."""
+    try:
+        yield
+    except ValueError as error:
+        if "contains custom code which must be executed" in str(error):
+            raise RemoteCodeRequiredError(checkpoint) from None
+        raise
 
 
 @dataclass(frozen=True)
@@ -77,8 +98,8 @@ def detect_family(checkpoint: str | os.PathLike) -> ModelFamily:
             "differently and is not supported here)")
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        return CAUSAL_LM
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in (config.get("auto_map") or {}):
+        return CAUSAL_LM  # the latter a causal LM whose code ships with it (loads with trust_remote_code)
     raise UnsupportedCheckpointError(
         f"{where}: model_type {model_type!r} is neither a Tarsier, a Qwen2-VL nor a causal LM checkpoint")
 
@@ -148,9 +169,11 @@ def load_processor(checkpoint: str | os.PathLike, family: ModelFamily | None = N
     family = family or detect_family(checkpoint)
     checkpoint = str(checkpoint)
     if family is CAUSAL_LM:
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+        with _consent(checkpoint):  # the config is where transformers refuses a model whose code ships with it
+            AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+            return AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     if trust_remote_code:
         from transformers import AutoProcessor
 
