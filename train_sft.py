@@ -29,6 +29,7 @@ from transformers import set_seed
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from tarsier_hf import families
+from tarsier_hf.cli import help_text
 from tarsier_hf.hub.checkpoint import check_checkpoint, copy_code_files
 from tarsier_hf.hub.model_card import render_model_card
 from tarsier_hf.hub.publish import push_to_hub as publish
@@ -341,7 +342,12 @@ HELP = {
 
 def make_parser() -> TrlParser:
     """TRL's parser over `(ScriptArguments, TarsierSFTConfig, ModelConfig, TarsierArguments)`, as `trl sft` orders them."""
-    parser = TrlParser((ScriptArguments, TarsierSFTConfig, ModelConfig, TarsierArguments))
+    parser = TrlParser((ScriptArguments, TarsierSFTConfig, ModelConfig, TarsierArguments), **help_text(
+        "Fine-tune a Tarsier or Tarsier2 checkpoint with TRL's SFTTrainer (the paper's stage 1 or 2); --config YAML "
+        "sets any option below, and the command line overrides it.",
+        "python train_sft.py --config recipes/stage1.yaml",
+        "accelerate launch train_sft.py --config recipes/stage2.yaml --output_dir runs/stage2",
+        usage="%(prog)s [--config YAML] [--model_name_or_path MODEL] [--output_dir DIR] [options]"))
     for action in parser._actions:
         if action.dest in REFUSED_SFT_OPTIONS:  # listed, but not as if they worked
             action.help = refused_help(action.dest)

@@ -1,6 +1,6 @@
 """Zero-shot video captioning (MSVD, MSR-VTT, VATEX) scored with the CIDEr module (`eval/cider`).
 
-    python -m tarsier_hf.eval.captioning --checkpoint path/to/tarsier --format msrvtt --annotations MSRVTT/test_videodatainfo.json \
+    python -m tarsier_hf.eval.captioning --model_name_or_path path/to/tarsier --format msrvtt --annotations MSRVTT/test_videodatainfo.json \
         --videos MSRVTT/videos --output_dir runs/msrvtt_caption
 
 Readers:
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from tarsier_hf.cli import consent_boundary, help_text
 from tarsier_hf.eval.common import (LoggingArguments, ModelArguments, PreflightError, configure_logging, find_video_file,
                                     generate_predictions, missing_videos, predictions_of, preflight, result_header,
                                     unreadable_videos)
@@ -157,8 +158,15 @@ def evaluate_captioning(data: CaptioningArguments, model_args: ModelArguments, m
     return results
 
 
+@consent_boundary
 def main(argv: list[str] | None = None) -> None:
-    parser = HfArgumentParser((CaptioningArguments, ModelArguments, LoggingArguments))
+    parser = HfArgumentParser((CaptioningArguments, ModelArguments, LoggingArguments), **help_text(
+        "Caption every video of a captioning benchmark (MSVD, MSR-VTT, VATEX) with a checkpoint and write "
+        "predictions and CIDEr into --output_dir.",
+        "tarsier-captioning --model_name_or_path tarsier-7b --format msrvtt "
+        "--annotations MSRVTT/test_videodatainfo.json --videos MSRVTT/videos "
+        "--output_dir runs/msrvtt",
+        usage="%(prog)s --model_name_or_path MODEL --format FORMAT --annotations PATH --output_dir DIR [options]"))
     data, model_args, log_args = parser.parse_args_into_dataclasses(args=argv)
     configure_logging(log_args)
     try:

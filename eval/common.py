@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tarsier_hf.cli import renamed
 from tarsier_hf.eval.autodq.judge import JudgeUnavailableError
 from tarsier_hf.eval.autodq.pipeline import build_judge
 from tarsier_hf.eval.autodq.scoring import get_config
@@ -59,7 +60,8 @@ def configure_logging(args: LoggingArguments | None = None) -> None:
 class ModelArguments(GenerationArguments):
     """Which checkpoint runs and how it generates."""
 
-    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
+    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id.",
+                                      **renamed("--model_name_or_path", "--checkpoint")})
     model_preset: str = field(default="tarsier-7b", metadata={"help": "Frames/prompt preset of tarsier_hf.eval.prompts (§5.1)."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames per video (default: the preset's)."})
     limit: int | None = field(default=None, metadata={"help": "Only the first N samples (smoke runs)."})

@@ -1,6 +1,6 @@
 """DREAM-1K (Tarsier paper §4.1, §5.1): describe every video, score with AutoDQ, report Table 3 and Figure 5.
 
-    python -m tarsier_hf.eval.dream1k --checkpoint path/to/tarsier --annotations ../shared/data/DREAM-1K.jsonl \
+    python -m tarsier_hf.eval.dream1k --model_name_or_path path/to/tarsier --annotations ../shared/data/DREAM-1K.jsonl \
         --videos DREAM-1K/video --output_dir runs/tarsier-7b-dream1k \
         --judge openai --judge_base_url http://127.0.0.1:8000/v1 --judge_model my-judge
     accelerate launch --multi_gpu --num_processes 8 -m tarsier_hf.eval.dream1k ...   # sharded generation
@@ -38,6 +38,7 @@ from transformers import HfArgumentParser
 
 from tarsier_hf.eval.autodq.judge import JudgeUnavailableError
 from tarsier_hf.eval.autodq.pipeline import JudgeTimeoutError, run_autodq, samples_from_dream1k
+from tarsier_hf.cli import consent_boundary, help_text
 from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, PreflightError, configure_logging,
                                     find_video_file, predictions_of, preflight)
 from tarsier_hf.inference.batch import get_state, run_inference
@@ -241,8 +242,15 @@ def evaluate_dream1k(
     return results
 
 
+@consent_boundary
 def main(argv: list[str] | None = None) -> None:
-    parser = HfArgumentParser((Dream1kArguments, ModelArguments, JudgeArguments, LoggingArguments))
+    parser = HfArgumentParser((Dream1kArguments, ModelArguments, JudgeArguments, LoggingArguments), **help_text(
+        "Describe every DREAM-1K video with a checkpoint and score the descriptions with AutoDQ (an LLM "
+        "judge), writing predictions, scores, Table 3 and Figure 5 into --output_dir.",
+        "tarsier-dream1k --model_name_or_path tarsier-7b "
+        "--annotations DREAM-1K/DREAM-1K.jsonl --videos DREAM-1K/video "
+        "--output_dir runs/dream1k --judge_base_url http://127.0.0.1:8000/v1",
+        usage="%(prog)s --model_name_or_path MODEL --annotations PATH --output_dir DIR [options]"))
     data, model_args, judge_args, log_args = parser.parse_args_into_dataclasses(args=argv)
     configure_logging(log_args)
     try:

@@ -1,7 +1,7 @@
 """Multiple-choice video QA (MVBench, NExT-QA, EgoSchema): data readers, the answer parser and accuracy.
 
-    python -m tarsier_hf.eval.mcqa --checkpoint path/to/tarsier --format mvbench --annotations mvbench/json \
-        --videos mvbench/video --output runs/mvbench
+    python -m tarsier_hf.eval.mcqa --model_name_or_path path/to/tarsier --format mvbench --annotations mvbench/json \
+        --videos mvbench/video --output_dir runs/mvbench
 
 The model sees the question and lettered options (`tarsier_hf.eval.prompts.mcqa_prompt`) and answers freely. `parse_choice`
 maps the answer to an option: a letter (`B`, `(B)`, `Answer: B.`), an option's text, or a number. An answer that
@@ -27,6 +27,7 @@ from typing import Sequence
 
 from transformers import HfArgumentParser
 
+from tarsier_hf.cli import consent_boundary, help_text
 from tarsier_hf.eval.common import (LoggingArguments, ModelArguments, PreflightError, configure_logging, find_video_file,
                                     generate_predictions, missing_videos, predictions_of, preflight, result_header,
                                     unreadable_videos)
@@ -381,8 +382,15 @@ def evaluate_mcqa(data: MCQAArguments, model_args, model=None, processor=None, p
     return results
 
 
+@consent_boundary
 def main(argv: list[str] | None = None) -> None:
-    parser = HfArgumentParser((MCQAArguments, ModelArguments, LoggingArguments))
+    parser = HfArgumentParser((MCQAArguments, ModelArguments, LoggingArguments), **help_text(
+        "Answer a multiple-choice video QA benchmark (MVBench, NExT-QA, EgoSchema) with a checkpoint and "
+        "write predictions and accuracy into --output_dir.",
+        "tarsier-mcqa --model_name_or_path tarsier-7b --format mvbench "
+        "--annotations mvbench/json --videos mvbench/video "
+        "--output_dir runs/mvbench",
+        usage="%(prog)s --model_name_or_path MODEL --format FORMAT --annotations PATH --output_dir DIR [options]"))
     data, model_args, log_args = parser.parse_args_into_dataclasses(args=argv)
     configure_logging(log_args)
     try:

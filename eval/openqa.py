@@ -1,6 +1,6 @@
 """Open-ended video QA (MSVD-QA, MSR-VTT-QA, ActivityNet-QA, TGIF-QA) with the Video-ChatGPT judge protocol.
 
-    python -m tarsier_hf.eval.openqa --checkpoint path/to/tarsier --format msvd_qa --annotations MSVD-QA/test_qa.json \
+    python -m tarsier_hf.eval.openqa --model_name_or_path path/to/tarsier --format msvd_qa --annotations MSVD-QA/test_qa.json \
         --video_map MSVD-QA/youtube_mapping.txt --videos MSVD/videos --output_dir runs/msvd_qa \
         --judge openai --judge_model gpt-3.5-turbo-0125
 
@@ -31,6 +31,7 @@ from transformers import HfArgumentParser
 
 from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
 from tarsier_hf.eval.autodq.pipeline import JudgeProgress, judge_defaults
+from tarsier_hf.cli import consent_boundary, help_text
 from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, PreflightError, configure_logging,
                                     find_video_file, generate_predictions, missing_videos, predictions_of, preflight,
                                     result_header, unreadable_videos)
@@ -298,8 +299,15 @@ def evaluate_openqa(data: OpenQAArguments, model_args: ModelArguments, judge_arg
     return results
 
 
+@consent_boundary
 def main(argv: list[str] | None = None) -> None:
-    parser = HfArgumentParser((OpenQAArguments, ModelArguments, JudgeArguments, LoggingArguments))
+    parser = HfArgumentParser((OpenQAArguments, ModelArguments, JudgeArguments, LoggingArguments), **help_text(
+        "Answer an open-ended video QA benchmark (MSVD-QA, MSR-VTT-QA, ActivityNet-QA, TGIF-QA) with a "
+        "checkpoint, judge the answers with an LLM and write accuracy and score into --output_dir.",
+        "tarsier-openqa --model_name_or_path tarsier-7b --format msvd_qa "
+        "--annotations MSVD-QA/test_qa.json --video_map MSVD-QA/youtube_mapping.txt "
+        "--videos MSVD/videos --output_dir runs/msvd_qa",
+        usage="%(prog)s --model_name_or_path MODEL --format FORMAT --annotations PATH --output_dir DIR [options]"))
     data, model_args, judge_args, log_args = parser.parse_args_into_dataclasses(args=argv)
     configure_logging(log_args)
     try:

@@ -13,6 +13,8 @@ from typing import Sequence
 
 from transformers import HfArgumentParser
 
+from tarsier_hf.cli import help_text
+
 # DREAM-1K `dataset` values -> Table 3 column titles, in the paper's order.
 DREAM_CATEGORIES = (
     ("movie_live_action", "Live-action"),
@@ -143,7 +145,12 @@ class ReportArguments:
 
 
 def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(ReportArguments).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(ReportArguments, **help_text(
+        "Turn eval runners' results.json files into the paper's layouts: Table 3 (DREAM-1K), Figure 5 and Table 5 "
+        "(printed: Table 3).",
+        "tarsier-report --results runs/a/results.json runs/b/results.json --table table3.md --figure fig5.png",
+        usage="%(prog)s --results FILE [FILE ...] [--table FILE] [--figure FILE] [--table5 FILE]"))
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
     loaded = [json.loads(Path(p).read_text()) for p in args.results]
     dream = [(r.get("model") or r["run"]["checkpoint"], r) for r in loaded if r.get("benchmark") == "dream1k"]
     if args.table:

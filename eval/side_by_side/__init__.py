@@ -1,6 +1,6 @@
 """Blind side-by-side (A/B) human evaluation of two models' video descriptions (Tarsier paper §5.1.2, App. D).
 
-`python -m tarsier_hf.eval.side_by_side serve RESULTS_1 RESULTS_2 --videos DIR --out OUT` samples videos present in both
+`python -m tarsier_hf.eval.side_by_side serve --results RESULTS_1 RESULTS_2 --videos DIR --output_dir OUT` samples videos present in both
 result files, records a random A/B order per pair in `OUT/session.json` and serves a labelling page on
 127.0.0.1; every label is appended and fsynced to `OUT/labels/<annotator>.jsonl` as it is made.
 `python -m tarsier_hf.eval.side_by_side report OUT [OUT ...]` prints win / same / loss, the advantage rate with a

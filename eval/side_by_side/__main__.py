@@ -1,7 +1,7 @@
 """Command line (`tarsier-side-by-side`, or `python -m tarsier_hf.eval.side_by_side`):
 
-    tarsier-side-by-side serve --results tarsier.jsonl baseline.jsonl --videos DIR --out runs/sbs
-    tarsier-side-by-side report --out runs/sbs [runs/other ...]
+    tarsier-side-by-side serve --results tarsier.jsonl baseline.jsonl --videos DIR --output_dir runs/sbs
+    tarsier-side-by-side report --input_dir runs/sbs [runs/other ...]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from tarsier_hf.cli import help_text, renamed
+
 from .labels import LabelError
 from .report import report
 from .results import ResultsError
@@ -23,11 +25,12 @@ from .session import SessionError, open_session
 
 @dataclass
 class ServeArgs:
-    """Sample pairs (once per --out folder) and serve the labelling page on 127.0.0.1."""
+    """Sample pairs (once per --output_dir folder) and serve the labelling page on 127.0.0.1."""
 
     results: list[str] = field(metadata={"help": "the two models' result JSONL files (scores are from the first's side)"})
     videos: str = field(default=".", metadata={"help": "folder that relative video paths are resolved against"})
-    out: str = field(default="side_by_side_run", metadata={"help": "session folder: session.json and labels/<annotator>.jsonl"})
+    out: str = field(default="side_by_side_run", metadata={"help": "session folder: session.json and labels/<annotator>.jsonl",
+                                                           **renamed("--output_dir", "--out")})
     num: int = field(default=100, metadata={"help": "videos to sample from the ids present in both files (0 = all)"})
     seed: int = field(default=0, metadata={"help": "seed of the sample and of the A/B order"})
     name_1: str | None = field(default=None, metadata={"help": "display name of model 1 (default: its 'model' field or file name)"})
@@ -43,20 +46,27 @@ class ServeArgs:
 class ReportArgs:
     """Print win / same / loss, advantage with a bootstrap interval, and agreement, as markdown."""
 
-    out: list[str] = field(metadata={"help": "session folder(s), one comparison each"})
+    out: list[str] = field(metadata={"help": "session folder(s) written by serve, one comparison each",
+                                     **renamed("--input_dir", "--out")})
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples"})
     confidence: float = field(default=0.95, metadata={"help": "interval level"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
-    output: str | None = field(default=None, metadata={"help": "also write the markdown here"})
+    output: str | None = field(default=None, metadata={"help": "also write the markdown here",
+                                                       **renamed("--output_file", "--output")})
     json: str | None = field(default=None, metadata={"help": "write all numbers as JSON here"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tarsier-side-by-side", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="tarsier-side-by-side", **help_text(
+        "Blind A/B comparison of two models' descriptions (the paper's Table 4): serve the labelling page, then "
+        "report who won.",
+        "tarsier-side-by-side serve --results a.jsonl b.jsonl --videos clips/ --output_dir runs/sbs",
+        "tarsier-side-by-side report --input_dir runs/sbs --output_file table4.md"))
     commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
+    examples = {"serve": "tarsier-side-by-side serve --results a.jsonl b.jsonl --videos clips/ --output_dir runs/sbs",
+                "report": "tarsier-side-by-side report --input_dir runs/sbs --output_file table4.md"}
     for name, cls in (("serve", ServeArgs), ("report", ReportArgs)):
-        commands.add_parser(name, dataclass_types=cls, help=cls.__doc__, description=cls.__doc__)
+        commands.add_parser(name, dataclass_types=cls, help=cls.__doc__, **help_text(cls.__doc__, examples[name]))
     namespace = vars(parser.parse_args(argv))
     command = namespace.pop("command")
     try:

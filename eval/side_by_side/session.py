@@ -243,7 +243,7 @@ def open_session(out_dir: str | os.PathLike, *args, **kwargs) -> Session:
             if getattr(stored, name) != getattr(fresh, name):
                 raise SessionError(
                     f"{out_dir / SESSION_FILE}: this folder holds a session with a different {name} "
-                    f"({getattr(stored, name)!r} there, {getattr(fresh, name)!r} now); use another --out folder"
+                    f"({getattr(stored, name)!r} there, {getattr(fresh, name)!r} now); use another --output_dir folder"
                 )
         return stored
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ in / out, and a clip may cut once to another shot. Everything is drawn with nump
 (`grammar.py`), so `parse_events` recovers the events of any description exactly and `event_scores` computes
 AutoDQ-style precision / recall / F1 without an LLM judge (`metric.py`).
 
-Build: `python -m tarsier_hf.dream_s --out DIR --seed 0 --num-train 300 --num-test 60`
+Build: `python -m tarsier_hf.dream_s --output_dir DIR --seed 0 --num-train 300 --num-test 60`
 (options: `--num-frames 16 --size 64 --fps 8 --heldout-fraction 0.1 --num-workers 1 ...`).
 
 Files under DIR (every path inside a row is relative to DIR):

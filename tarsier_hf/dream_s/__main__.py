@@ -1,4 +1,4 @@
-"""Command line: `python -m tarsier_hf.dream_s --out DIR --seed S --num-train N --num-test M`."""
+"""Command line: `python -m tarsier_hf.dream_s --output_dir DIR --seed S --num-train N --num-test M`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import sys
 from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser
+
+from tarsier_hf.cli import help_text
 
 from .build import BuildConfig, build_dataset
 
@@ -17,7 +19,11 @@ class DisplayArguments:
 
 def parse_args(argv: list[str] | None = None) -> tuple[BuildConfig, bool]:
     """Returns the build options and whether to show the progress bar (options as `--num_train` or `--num-train`)."""
-    parser = HfArgumentParser((BuildConfig, DisplayArguments), prog="python -m tarsier_hf.dream_s", description=__doc__)
+    parser = HfArgumentParser((BuildConfig, DisplayArguments), prog="python -m tarsier_hf.dream_s", **help_text(
+        "Generate DREAM-S, synthetic motion clips with exact event ground truth, and its stage-0/1/2 and test JSONL "
+        "files into --output_dir.",
+        "tarsier-dream-s --output_dir data/dream_s --seed 0 --num_train 300 --num_test 60",
+        usage="%(prog)s --output_dir DIR [--seed N] [--num_train N] [--num_test N] [options]"))
     config, display = parser.parse_args_into_dataclasses(args=argv)
     return config, not display.no_progress
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from tarsier_hf.cli import renamed
+
 from .video_writer import write_video
 from .grammar import camera_description, detailed_description, frame_caption, frame_labels, short_description
 from .render import compute_boxes, compute_tracks, render_frames
@@ -26,7 +28,8 @@ GRAMMAR_VERSION = 2
 class BuildConfig:
     """Options of `python -m tarsier_hf.dream_s` (every field is a `--flag`)."""
 
-    out: str = field(metadata={"help": "output folder (created; files in it are overwritten)"})
+    out: str = field(metadata={"help": "output folder (created; files in it are overwritten)",
+                               **renamed("--output_dir", "--out")})
     seed: int = field(default=0, metadata={"help": "everything (scenes, prompts, held-out combinations) follows from it"})
     num_train: int = field(default=300, metadata={"help": "train clips (5 stage-1 rows and 3 stage-2 rows each)"})
     num_test: int = field(default=60, metadata={"help": "held-out test clips (one test row each)"})

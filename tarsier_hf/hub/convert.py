@@ -1,9 +1,9 @@
 """Convert a released Tarsier checkpoint (Tarsier-7b / Tarsier-34b) into this repository's format, and back.
 
     # released layout -> ours (loads with AutoModelForImageTextToText / AutoProcessor, trust_remote_code=True)
-    python -m tarsier_hf.hub.convert --input Tarsier-7b --output tarsier-7b-hf
+    python -m tarsier_hf.hub.convert --model_name_or_path Tarsier-7b --output_dir tarsier-7b-hf
     # ours -> released layout (for engines that serve the released layout, e.g. vLLM's Tarsier support)
-    python -m tarsier_hf.hub.convert --input tarsier-7b-hf --output Tarsier-7b-released --export
+    python -m tarsier_hf.hub.convert --model_name_or_path tarsier-7b-hf --output_dir Tarsier-7b-released --export
 
 Tarsier2 folders (Qwen2-VL underneath) go to `tarsier_hf/hub/tarsier2.py` (a standard Qwen2-VL folder and back):
 `main` tells the families apart from the input's config.json, with the same flags.
@@ -110,6 +110,7 @@ from processing_tarsier import (
     TarsierProcessor,
 )
 
+from tarsier_hf.cli import help_text, renamed
 from tarsier_hf.hub.checkpoint import INDEX_FILE, CheckpointError, copy_code_files, read_json
 from tarsier_hf.hub.model_card import render_model_card
 
@@ -629,7 +630,7 @@ def model_card(config: TarsierConfig, chat_format: str, token_ids: dict, source_
         origin="a released checkpoint (the weights are the released ones, renamed only) converted to the Hugging "
                "Face-native Tarsier classes",
         notes="Export back to the released layout (for engines that serve it, e.g. vLLM's Tarsier support) with "
-              "`tarsier-convert --input THIS_FOLDER --output OUT --export`.",
+              "`tarsier-convert --model_name_or_path THIS_FOLDER --output_dir OUT --export`.",
     )
 
 
@@ -792,8 +793,10 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
 class ConvertArguments:
     """Command-line arguments of `python -m tarsier_hf.hub.convert`."""
 
-    input: str = field(metadata={"help": "Checkpoint folder: the released layout (or ours with --export)."})
-    output: str = field(metadata={"help": "Destination folder (created; must be empty unless --overwrite)."})
+    input: str = field(metadata={"help": "Checkpoint folder: the released layout (or ours with --export).",
+                                 **renamed("--model_name_or_path", "--input")})
+    output: str = field(metadata={"help": "Destination folder (created; must be empty unless --overwrite).",
+                                  **renamed("--output_dir", "--output")})
     export: bool = field(default=False, metadata={"help": "Convert our format back to the released layout."})
     chat_template: str = field(
         default="auto",
@@ -804,7 +807,12 @@ class ConvertArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = HfArgumentParser(ConvertArguments).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(ConvertArguments, **help_text(
+        "Convert a released Tarsier or Tarsier2 checkpoint folder into this repository's format (or back with "
+        "--export).",
+        "tarsier-convert --model_name_or_path Tarsier-7b --output_dir tarsier-7b-hf",
+        usage="%(prog)s --model_name_or_path FOLDER --output_dir FOLDER [--export] [--overwrite] [options]"))
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from tarsier_hf.hub import tarsier2  # imports this module, so not at its top
 

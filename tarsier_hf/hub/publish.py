@@ -1,6 +1,6 @@
 """Publish a Tarsier checkpoint folder (converted, or trained by `train_sft.py`) to the Hugging Face Hub.
 
-    python -m tarsier_hf.hub.publish --folder tarsier-7b-hf --repo_id me/tarsier-7b-hf [--private] [--dry_run]
+    python -m tarsier_hf.hub.publish --model_name_or_path tarsier-7b-hf --repo_id me/tarsier-7b-hf [--private] [--dry_run]
 
 `push_to_hub` first builds the exact folder it will upload (`prepare_upload_folder`): it checks
 (`tarsier_hf.hub.checkpoint.check_checkpoint`) that the checkpoint is complete and loadable as remote code (config with `auto_map` and the code files it names, every
@@ -30,6 +30,7 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from transformers import HfArgumentParser
 
+from tarsier_hf.cli import help_text, renamed
 from tarsier_hf.hub.checkpoint import ADAPTER_CONFIG, TRAINER_STATE, CheckpointError, check_checkpoint, read_json
 from tarsier_hf.hub.model_card import (CARD_FILE, card_details_from_folder, generated_card_title, is_placeholder_card,
                                        render_model_card)
@@ -183,7 +184,8 @@ def push_to_hub(
 class PublishArguments:
     """Command-line arguments of `python -m tarsier_hf.hub.publish`."""
 
-    folder: str = field(metadata={"help": "Checkpoint folder (trained, converted or saved with save_pretrained)."})
+    folder: str = field(metadata={"help": "Checkpoint folder (trained, converted or saved with save_pretrained).",
+                                  **renamed("--model_name_or_path", "--folder")})
     repo_id: str = field(metadata={"help": "Hub repository, 'namespace/name'."})
     private: bool = field(default=False, metadata={"help": "Create the repository as private."})
     revision: str | None = field(default=None, metadata={"help": "Branch to commit to."})
@@ -194,7 +196,11 @@ class PublishArguments:
 def main(argv: list[str] | None = None) -> int:
     """`tarsier-publish`: checks and uploads the folder (`push_to_hub`), prints the files and the commit URL;
     returns the exit status."""
-    (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(PublishArguments, **help_text(
+        "Check a checkpoint folder and upload it, with its model card, to a Hugging Face Hub repository in one commit.",
+        "tarsier-publish --model_name_or_path tarsier-7b-hf --repo_id me/tarsier-7b-hf --dry_run",
+        usage="%(prog)s --model_name_or_path FOLDER --repo_id NAMESPACE/NAME [--private] [--dry_run] [options]"))
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         plan = push_to_hub(args.folder, args.repo_id, staging_dir=args.staging_dir, private=args.private,

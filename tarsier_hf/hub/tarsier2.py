@@ -4,9 +4,9 @@
     # AutoModelForImageTextToText and the processor with AutoProcessor as Qwen2VLProcessor (no remote code; it
     # serves as plain Qwen2-VL); AutoProcessor with trust_remote_code=True, or this repository, gives the
     # torchvision-free, release-exact Tarsier2Processor that travels with the folder
-    tarsier-convert --input Tarsier2-Recap-7b --output tarsier2-recap-7b-hf
+    tarsier-convert --model_name_or_path Tarsier2-Recap-7b --output_dir tarsier2-recap-7b-hf
     # the Qwen2-VL folder -> the released layout (loadable by bytedance/tarsier's own code)
-    tarsier-convert --input tarsier2-recap-7b-hf --output Tarsier2-Recap-7b-released --export
+    tarsier-convert --model_name_or_path tarsier2-recap-7b-hf --output_dir Tarsier2-Recap-7b-released --export
 
 Tarsier2 is Qwen2-VL-7B-Instruct fine-tuned: the weights are Qwen2-VL's tensors under other names, so both
 directions rename them shard by shard (`convert.stream_shards`: one shard in memory, same partition, dtype and

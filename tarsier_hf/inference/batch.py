@@ -1,9 +1,9 @@
 """Batched, sharded, resumable video -> text generation with a Tarsier checkpoint.
 
     # one process
-    python -m tarsier_hf.inference.batch --checkpoint path/to/tarsier --requests requests.jsonl --output predictions.jsonl
+    python -m tarsier_hf.inference.batch --model_name_or_path path/to/tarsier --requests requests.jsonl --output_file predictions.jsonl
     # several processes (GPUs, or CPU processes with the gloo backend)
-    accelerate launch --multi_gpu --num_processes 2 -m tarsier_hf.inference.batch --checkpoint ... --output ...
+    accelerate launch --multi_gpu --num_processes 2 -m tarsier_hf.inference.batch --model_name_or_path ... --output_file ...
 
 `requests.jsonl` holds one `{"id": ..., "video": path, "prompt": text}` per line. Results are appended to
 `--output` as they are produced (one JSON object per sample, see `RESULT_FIELDS`), so a killed run started again
@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from tarsier_hf.cli import consent_boundary, help_text, renamed
 from tarsier_hf.jsonl import append_jsonl, first_by_id, read_jsonl
 from tarsier_hf.families import default_frame_sampling
 from tarsier_hf.inference.engine import (
@@ -85,7 +86,7 @@ def check_same_run(path: str | os.PathLike, done: dict[str, dict], run: dict) ->
             raise ValueError(
                 f"{path}: holds results made with different settings (record id={record.get('id')!r}: "
                 f"{', '.join(keys)} differ, e.g. {keys[0]}={previous.get(keys[0])!r} there vs {run.get(keys[0])!r} "
-                "now); write to a new --output file or delete this one"
+                "now); write to a new --output_file or delete this one"
             )
 
 
@@ -195,9 +196,11 @@ def read_requests(path: str | os.PathLike) -> list[VideoRequest]:
 class InferenceArguments(GenerationArguments):
     """Command-line arguments of `python -m tarsier_hf.inference.batch`."""
 
-    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
+    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id.",
+                                      **renamed("--model_name_or_path", "--checkpoint")})
     requests: str = field(metadata={"help": "JSONL of {id, video, prompt}."})
-    output: str = field(metadata={"help": "JSONL to append results to (resumed when it exists)."})
+    output: str = field(metadata={"help": "JSONL to append results to (resumed when it exists).",
+                                  **renamed("--output_file", "--output")})
     num_frames: int | None = field(default=None, metadata={
         "help": "Frames per video under the checkpoint's own sampling policy (Tarsier: 8 uniform frames, first and last included, §5.1; Tarsier2: 16 by the release's rule)."})
     fps: float | None = field(default=None, metadata={"help": "Sample at this rate instead (capped by --max_frames)."})
@@ -216,13 +219,19 @@ class InferenceArguments(GenerationArguments):
         )
 
 
+@consent_boundary
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit status: 0 when at least one request has a prediction (failures are
     counted and listed), 1 when none has."""
     from transformers import HfArgumentParser
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (args,) = HfArgumentParser(InferenceArguments).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(InferenceArguments, **help_text(
+        "Answer a JSONL of {id, video, prompt} requests with a checkpoint, appending one result line per request "
+        "(resumable, sharded over accelerate processes).",
+        "tarsier-infer --model_name_or_path tarsier-7b --requests requests.jsonl --output_file predictions.jsonl",
+        usage="%(prog)s --model_name_or_path MODEL --requests FILE --output_file FILE [options]"))
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
     requests = read_requests(args.requests)
     start = time.perf_counter()
     results = run_inference(

@@ -1,9 +1,9 @@
 """Describe videos in batch with a Tarsier checkpoint: files, folders or lists of paths -> JSONL.
 
-    python -m tarsier_hf.inference.describe clip.mp4 more_clips/ list.txt --checkpoint path/to/tarsier --output descriptions.jsonl
-    python -m tarsier_hf.inference.describe videos/ --checkpoint ... --num_frames 16 --prompt "Describe the camera motion." \
+    python -m tarsier_hf.inference.describe clip.mp4 more_clips/ list.txt --model_name_or_path path/to/tarsier --output_file descriptions.jsonl
+    python -m tarsier_hf.inference.describe videos/ --model_name_or_path ... --num_frames 16 --prompt "Describe the camera motion." \
         --max_new_tokens 256 --do_sample --temperature 0.7
-    accelerate launch --multi_gpu --num_processes 4 -m tarsier_hf.inference.describe videos/ --checkpoint ... --output out.jsonl
+    accelerate launch --multi_gpu --num_processes 4 -m tarsier_hf.inference.describe videos/ --model_name_or_path ... --output_file out.jsonl
 
 Inputs: a video file, a folder (its video files, `--recursive` for sub-folders) or a `.txt` list with one path
 per line (relative paths are relative to the list). Each output line is
@@ -23,6 +23,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from tarsier_hf.cli import consent_boundary, help_text, renamed
 from tarsier_hf.inference.batch import get_state, run_inference
 from tarsier_hf.families import default_frame_sampling
 from tarsier_hf.inference.engine import (
@@ -37,8 +38,10 @@ LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 class DescribeArguments(GenerationArguments):
     """Arguments of `python -m tarsier_hf.inference.describe`."""
 
-    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id."})
-    output: str = field(default="descriptions.jsonl", metadata={"help": "JSONL file (appended; resumed if present)."})
+    checkpoint: str = field(metadata={"help": "Tarsier checkpoint folder or Hub id.",
+                                      **renamed("--model_name_or_path", "--checkpoint")})
+    output: str = field(default="descriptions.jsonl", metadata={"help": "JSONL file (appended; resumed if present).",
+                                                                **renamed("--output_file", "--output")})
     num_frames: int | None = field(default=None, metadata={
         "help": "Frames per video under the checkpoint's own sampling policy (Tarsier: 8 uniform frames, first and last included, §5.1; Tarsier2: 16 by the release's rule)."})
     fps: float | None = field(default=None, metadata={"help": "Sample by rate instead (capped by max_frames)."})
@@ -108,10 +111,15 @@ def describe(inputs: list[str], args: DescribeArguments, model=None, processor=N
     )
 
 
+@consent_boundary
 def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = HfArgumentParser(DescribeArguments, description="Describe videos with a Tarsier checkpoint.")
+    parser = HfArgumentParser(DescribeArguments, **help_text(
+        "Describe videos (files, folders or .txt lists of paths) with a Tarsier or Tarsier2 checkpoint, one JSONL "
+        "line per video.",
+        "tarsier-describe clips/ --model_name_or_path tarsier-7b --output_file descriptions.jsonl",
+        usage="%(prog)s --model_name_or_path MODEL [--output_file FILE] [options] INPUT [INPUT ...]"))
     parser.add_argument("inputs", nargs="+", help="video files, folders, or .txt lists of paths")
     args, positional = parser.parse_args_into_dataclasses(args=argv)
     try:

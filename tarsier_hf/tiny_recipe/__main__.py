@@ -48,6 +48,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 
 import tarsier_hf.eval as tarsier_eval
 from processing_tarsier import CHAT_TEMPLATES
+from tarsier_hf.cli import help_text
 from tarsier_hf.dream_s import (BuildConfig, build_dataset, corpus_event_scores, corpus_event_scores_by, event_scores,
                                 word_classes)
 from tarsier_hf.eval.reference_loss import own_vs_other_video
@@ -318,9 +319,9 @@ def evaluate_run(spec: RunSpec, checkpoint: Path, args: TinyRecipeArguments, out
     frames = spec.num_frames or args.num_frames
     log(f"{spec.name}: generating {len(rows)} test descriptions ({frames} frames) with tarsier_hf.inference.batch")
     with timer.phase(f"{spec.name}/eval"):
-        run_logged([sys.executable, "-m", "tarsier_hf.inference.batch", "--checkpoint", str(checkpoint), "--requests",
-                    str(requests), "--output", str(predictions_file), "--num_frames", str(frames), "--batch_size",
-                    str(args.eval_batch_size), "--max_new_tokens", str(args.max_new_tokens)],
+        run_logged([sys.executable, "-m", "tarsier_hf.inference.batch", "--model_name_or_path", str(checkpoint),
+                    "--requests", str(requests), "--output_file", str(predictions_file), "--num_frames", str(frames),
+                    "--batch_size", str(args.eval_batch_size), "--max_new_tokens", str(args.max_new_tokens)],
                    eval_dir / "inference.log")
     records = {}
     for _, record in read_jsonl_objects(predictions_file, RuntimeError):
@@ -364,8 +365,8 @@ def describe_one(checkpoint: Path, args: TinyRecipeArguments, out: Path) -> dict
     video = data_dir / row["messages"][0]["content"][0]["path"]
     target = out / "description.jsonl"
     target.unlink(missing_ok=True)
-    run_logged([sys.executable, "-m", "tarsier_hf.inference.describe", str(video), "--checkpoint", str(checkpoint), "--output",
-                str(target), "--num_frames", str(args.num_frames), "--max_new_tokens", str(args.max_new_tokens),
+    run_logged([sys.executable, "-m", "tarsier_hf.inference.describe", str(video), "--model_name_or_path", str(checkpoint),
+                "--output_file", str(target), "--num_frames", str(args.num_frames), "--max_new_tokens", str(args.max_new_tokens),
                 "--no_progress"], out / "logs" / "describe.log")
     _, record = next(read_jsonl_objects(target, RuntimeError))
     if "prediction" not in record:
@@ -500,7 +501,12 @@ def run_recipe(args: TinyRecipeArguments) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
 
-    (args,) = HfArgumentParser(TinyRecipeArguments).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(TinyRecipeArguments, **help_text(
+        "Run the tiny Tarsier recipe end to end on a CPU (DREAM-S data, stages 0, 1 and 2, held-out evaluation) "
+        "into --output_dir.",
+        "tarsier-tiny-recipe --output_dir runs/tiny",
+        usage="%(prog)s [--output_dir DIR] [--seed N] [--quick] [--ablations] [options]"))
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
     try:
         run_recipe(args)
     except (RuntimeError, ValueError, FileNotFoundError) as error:

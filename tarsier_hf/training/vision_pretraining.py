@@ -34,6 +34,7 @@ from transformers import (CLIPConfig, CLIPForImageClassification, CLIPVisionConf
                           set_seed)
 
 from video_processing_tarsier import _build_image_processor, load_video, preprocess_frames
+from tarsier_hf.cli import help_text
 from tarsier_hf.jsonl import read_jsonl_objects
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,11 @@ def pretrain_vision_tower(
 def main(argv: list[str] | None = None) -> int:
     from trl import TrlParser  # YAML config (`--config`) with CLI overrides, as train_sft.py
 
-    parser = TrlParser((VisionPretrainingArguments, TrainingArguments))
+    parser = TrlParser((VisionPretrainingArguments, TrainingArguments), **help_text(
+        "Pre-train a CLIP vision tower on single video frames and their facts (stage 0 of the tiny recipe) and save "
+        "it as a clip_vision_model folder in --output_dir; --config YAML sets any option below.",
+        "tarsier-pretrain-vision --config recipes/tiny/stage0.yaml",
+        usage="%(prog)s [--config YAML] --frames_file FILE --vision_config JSON --output_dir DIR [options]"))
     args, training_args = parser.parse_args_and_config(args=argv)
     logging.basicConfig(level=logging.INFO)
     frames, labels = read_frame_labels(args.frames_file, args.video_root)
