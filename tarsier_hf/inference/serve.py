@@ -1,6 +1,6 @@
 """Serve a Tarsier or Tarsier2 (Qwen2-VL) checkpoint, or any plain causal LM, on the OpenAI chat-completions protocol.
 
-    python -m tarsier_hf.inference.serve FOLDER_OR_HUB_ID [--host 127.0.0.1] [--port 8000] \\
+    python -m tarsier_hf.inference.serve --model_name_or_path FOLDER_OR_HUB_ID [--host 127.0.0.1] [--port 8000] \\
         [--allowed_local_media_path DIR] [--device auto] [--dtype auto] [--max_new_tokens 512]
 
 Endpoints: `POST /v1/chat/completions` (streaming with `"stream": true`), `GET /v1/models`, `GET /health`.
@@ -28,6 +28,7 @@ video. It serves plain causal LMs well (the AutoDQ judge tests use it for SmolLM
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import copy
 import json
@@ -62,6 +63,7 @@ from transformers import (
 )
 
 from tarsier_hf import families
+from tarsier_hf.cli import consent_boundary, help_text, take_positional
 from video_processing_tarsier import (
     DEFAULT_SEQUENCE_FPS,
     FpsSampling,
@@ -798,9 +800,12 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
 class ServeArguments:
     """Command-line arguments of `python -m tarsier_hf.inference.serve`."""
 
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Checkpoint folder or Hub id: a Tarsier, a Tarsier2 (Qwen2-VL) or any causal LM (required; formerly "
+                "the positional MODEL)."})
     host: str = field(default="127.0.0.1", metadata={"help": "Listen address."})
     port: int = field(default=8000, metadata={"help": "Listen port."})
-    served_model_name: str | None = field(default=None, metadata={"help": "Name requests use (default: MODEL)."})
+    served_model_name: str | None = field(default=None, metadata={"help": "Name requests use (default: the model path)."})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Run the checkpoint's own code files instead of this repository's classes."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
@@ -829,15 +834,20 @@ class ServeArguments:
     log_level: str = field(default="info", metadata={"help": "uvicorn log level."})
 
 
+@consent_boundary
 def main(argv: list[str] | None = None) -> None:
     import uvicorn  # optional: the `serve` extra
 
-    parser = HfArgumentParser(ServeArguments, description="Serve a Tarsier (or causal LM) on the OpenAI API.")
-    parser.add_argument("model", help="checkpoint folder or Hub id (a Tarsier, or any causal LM)")
+    parser = HfArgumentParser(ServeArguments, **help_text(
+        "Serve a Tarsier, a Tarsier2 or any causal LM checkpoint on the OpenAI chat-completions API.",
+        "tarsier-serve --model_name_or_path tarsier-7b --port 8000 --allowed_local_media_path clips/",
+        usage="%(prog)s --model_name_or_path MODEL [--host HOST] [--port PORT] [options]"))
+    parser.add_argument("model", nargs="?", help=argparse.SUPPRESS)  # the positional form, deprecated
     args, positional = parser.parse_args_into_dataclasses(args=argv)
+    model = take_positional(parser, args.model_name_or_path, positional.model, "--model_name_or_path")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     limits = ServeLimits(**{name: getattr(args, name) for name in ServeLimits.__dataclass_fields__})
-    engine = Engine(positional.model, args.served_model_name, args.device, args.dtype, args.trust_remote_code,
+    engine = Engine(model, args.served_model_name, args.device, args.dtype, args.trust_remote_code,
                     args.max_new_tokens, args.allowed_local_media_path, limits, args.max_concurrent_generations)
     logger.info("serving %s (%s) on http://%s:%d/v1", engine.name,
                 "video/image/text" if engine.multimodal else "text", args.host, args.port)
