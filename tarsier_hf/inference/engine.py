@@ -149,6 +149,27 @@ def load_model_and_processor(
     return model, processor
 
 
+def collate_left_padded(encoded: list[dict], pad_token_id: int) -> dict:
+    """The batching rule of every generation here (the describe engine, `tarsier-serve`): left-pad the per-token
+    tensors (`SEQUENCE_KEYS`, each `(L_i,)`) of encoded samples to `(B, max L_i)` (`input_ids` with `pad_token_id`,
+    the others with 0) and concatenate every other tensor along its first axis (frames, patches, grids, frame
+    counts). Keys are those of the first sample; values that are not tensors (per-sample facts) are left out."""
+    length = max(len(e["input_ids"]) for e in encoded)
+    batch = {}
+    for key, value in encoded[0].items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if key in SEQUENCE_KEYS:
+            fill = pad_token_id if key == "input_ids" else 0
+            padded = torch.full((len(encoded), length), fill, dtype=value.dtype)
+            for row, item in enumerate(encoded):
+                padded[row, length - len(item[key]):] = item[key]
+            batch[key] = padded
+        else:
+            batch[key] = torch.cat([e[key] for e in encoded])
+    return batch
+
+
 class VideoTextGenerator:
     """Turns batches of `VideoRequest`s into text with a Tarsier model and processor.
 
@@ -214,22 +235,8 @@ class VideoTextGenerator:
         return item
 
     def collate(self, encoded: list[dict]) -> dict:
-        """Left-pad the per-token tensors of encoded samples to `(B, L)` (`input_ids` with the pad id, the others
-        with 0) and concatenate every other tensor along its first axis (frames, patches, grids, frame counts)."""
-        length = max(len(e["input_ids"]) for e in encoded)
-        batch = {}
-        for key, value in encoded[0].items():
-            if not isinstance(value, torch.Tensor):  # frame indices and other per-sample facts
-                continue
-            if key in SEQUENCE_KEYS:
-                fill = self.pad_token_id if key == "input_ids" else 0
-                padded = torch.full((len(encoded), length), fill, dtype=encoded[0][key].dtype)
-                for row, item in enumerate(encoded):
-                    padded[row, length - len(item[key]):] = item[key]
-                batch[key] = padded
-            else:
-                batch[key] = torch.cat([e[key] for e in encoded])
-        return batch
+        """`collate_left_padded` with the tokenizer's pad id."""
+        return collate_left_padded(encoded, self.pad_token_id)
 
     @torch.inference_mode()
     def generate(self, batch: dict, seed: int) -> list[str]:

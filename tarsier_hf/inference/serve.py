@@ -10,12 +10,16 @@ extension vLLM and `transformers serve` use); a URL is a `data:` URI (`data:imag
 `--allowed_local_media_path`, a `file://` URL or a plain path. Frame sampling follows the checkpoint's processor;
 a request can override it with `"mm_processor_kwargs": {"num_frames": 16}` (also `fps`, or a whole
 `frame_sampling` object such as `{"policy": "fps", "fps": 2, "max_frames": 32}`), sent by the `openai` client
-through `extra_body`. A request that cannot be read (unknown or malformed fields, unreadable video, missing file, a
-video for a text-only model, anything past a limit of `ServeLimits`) gets a 400 naming the field, in OpenAI's error
-format; a body over `--max_request_mb` gets a 413. Media are decoded by the server (`load_media`: one self-contained
-file each, allow-listed demuxers, bounded pixels), then encoded by the checkpoint's processor; up to
-`--max_concurrent_generations` requests generate at once, each on its own thread, and a client that leaves (streaming
-or not) stops its generation.
+through `extra_body`. Also honoured: `n` (with sampling), `logprobs` / `top_logprobs`, `frequency_penalty` /
+`presence_penalty` (OpenAI's additive penalties), `seed`, `stop`. A request that cannot be read (unknown or
+malformed fields, unreadable video, missing file, a video for a text-only model, anything past a limit of
+`ServeLimits`) gets a 400 naming the field, in OpenAI's error format; a body over `--max_request_mb` gets a 413.
+Media are decoded by the server (`load_media`: one self-contained file each, allow-listed demuxers, bounded
+pixels), then encoded by the checkpoint's processor. Requests that arrive together are batched into one
+left-padded `generate` (`Engine`: `--max_batch_size` rows, waiting at most `--batch_window_ms` for requests still
+being read); up to `--max_concurrent_generations` batches run at once, each on its own thread; each request is
+answered when its own rows are done, and a client that leaves (streaming or not) ends its rows without stopping
+the rest of the batch.
 
 Why not `transformers serve` (transformers 5.23, `transformers/cli/serving/model_manager.py`): it builds the model
 with `AutoModelForMultimodalLM` only when `config.model_type` is in the library's static
@@ -30,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import time
@@ -43,14 +49,15 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import torch
 from fastapi import Request
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
-from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
@@ -59,11 +66,12 @@ from transformers import (
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
-    TextIteratorStreamer,
+    TextStreamer,
 )
 
 from tarsier_hf import families
 from tarsier_hf.cli import consent_boundary, help_text, take_positional
+from tarsier_hf.inference.engine import SEQUENCE_KEYS, collate_left_padded
 from video_processing_tarsier import (
     DEFAULT_SEQUENCE_FPS,
     FpsSampling,
@@ -98,6 +106,7 @@ class ServeLimits:
         max_request_pixels: width x height summed over every frame the request decodes, frames decoded only to
             reach a sampled one included (10 gigapixels: about 4,800 frames of 1080p).
         max_prompt_tokens: longest prompt, text and frame tokens together.
+        max_n: most answers (`n`) one request may ask; each is a row of a batch.
     """
 
     max_tokens: int = 4096
@@ -108,6 +117,7 @@ class ServeLimits:
     max_frame_pixels: int = 7680 * 4320
     max_request_pixels: int = 10_000_000_000
     max_prompt_tokens: int = 32768
+    max_n: int = 8
 
 
 class RequestError(Exception):
@@ -150,20 +160,56 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = Field(False, strict=True)
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1)
+    logprobs: bool | None = Field(None, strict=True)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: float | None = Field(None, ge=-2, le=2, allow_inf_nan=False)
     mm_processor_kwargs: FrameOptions | None = None
 
 
 @dataclass
 class Prepared:
-    """A request turned into model inputs: `inputs` holds `input_ids` `(1, L)` (and `pixel_values`
-    `(F, 3, S, S)`, `num_frames` `(1,)` for Tarsier) on the model's device."""
+    """A request turned into model inputs and decoding settings.
 
-    inputs: Any
-    generation_config: Any
+    Attributes:
+        inputs: the processor's tensors of the one sample, on the CPU: the per-token ones (`SEQUENCE_KEYS`:
+            `input_ids`, `attention_mask`, ...) `(L,)`, the media ones as the processor returns them (Tarsier's
+            `pixel_values` `(F, 3, S, S)` and `num_frames` `(1,)`; Qwen2-VL's `pixel_values_videos` `(P, D)` and
+            `video_grid_thw` `(1, 3)`).
+        max_tokens: most new tokens of each answer.
+        stop: stop strings (left out of the answer).
+        prompt_tokens: `L`.
+        n: answers asked; each is one row of a batch.
+        sampler: the request's sampling settings and random generator; None for greedy decoding.
+        top_logprobs: None when no log-probabilities are asked, else the alternatives wanted per token (0-20).
+        frequency_penalty, presence_penalty: OpenAI's additive penalties (0: none).
+    """
+
+    inputs: dict[str, torch.Tensor]
+    max_tokens: int
     stop: list[str]
     prompt_tokens: int
-    logits_processor: list = field(default_factory=list)
+    n: int = 1
+    sampler: _RequestSampler | None = None
+    top_logprobs: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+    @property
+    def batch_key(self) -> tuple[str, ...]:
+        """Requests batch together when their inputs have the same tensors (a text-only prompt and a video one, or
+        Qwen2-VL images and videos, have different ones); decoding settings are per row and never split a batch."""
+        return tuple(sorted(self.inputs))
+
+
+@dataclass
+class Answer:
+    """One generated answer (a row of a batch): its new token ids and, when asked, per token
+    `(token id, log-probability, [(alternative id, log-probability)] * top_logprobs)`."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
 
 
 def _local_media(url: str, allowed_root: Path | None, param: str) -> str:
@@ -362,8 +408,15 @@ def load_model(model_name_or_path: str, device: str, dtype: str, trust_remote_co
 
 
 class Engine:
-    """One loaded model with its processor (Tarsier) or tokenizer (a causal LM), generating on a bounded pool of
-    threads.
+    """One loaded model with its processor (Tarsier, Qwen2-VL) or tokenizer (a causal LM), generating batches.
+
+    Requests queue at a scheduler (`_BatchScheduler`): a waiting request waits for requests still arriving (being
+    prepared), at most `batch_window_ms`, and those that fit (up to `max_batch_size` rows) are left-padded into one
+    batch (`collate_left_padded`, the describe engine's rule) and generated by one `model.generate`; up to
+    `max_concurrent_generations` batches run at once, each on its own thread, so a request that arrives while a
+    long batch runs starts in a new one. Each row keeps
+    its own stop strings, `max_tokens`, sampling settings and random generator, penalties, stream and cancellation
+    (`_RowLogits`, `_RowProgress`), and a request is answered as soon as its rows are done.
 
     Args:
         model_name_or_path: a checkpoint folder or Hub id.
@@ -374,8 +427,9 @@ class Engine:
         max_new_tokens: the default when a request gives no `max_tokens`.
         allowed_local_media_path: folder under which `file://` URLs and plain paths may be read (None: none).
         limits: what one request may ask for (`ServeLimits`).
-        max_concurrent_generations: generations that run at once, each on its own thread; later ones wait for a
-            free thread.
+        max_concurrent_generations: batches that generate at once, each on its own thread.
+        max_batch_size: most rows in one batch (a request asking `n` answers takes `n` rows).
+        batch_window_ms: longest a waiting request waits for requests still arriving, to batch with them.
     """
 
     def __init__(
@@ -389,6 +443,8 @@ class Engine:
         allowed_local_media_path: str | None = None,
         limits: ServeLimits = ServeLimits(),
         max_concurrent_generations: int = 4,
+        max_batch_size: int = 8,
+        batch_window_ms: float = 20.0,
     ):
         self.name = served_model_name or model_name_or_path
         self.processor, self.tokenizer, self.model, self.family = load_model(
@@ -399,15 +455,33 @@ class Engine:
         self.limits = limits
         if max_new_tokens > limits.max_tokens:
             raise ValueError(f"--max_new_tokens {max_new_tokens} is above --max_tokens {limits.max_tokens}")
+        if limits.max_n > max_batch_size:
+            raise ValueError(f"--max_n {limits.max_n} is above --max_batch_size {max_batch_size}: the answers of "
+                             "one request are rows of one batch")
         if self.multimodal:
             per_video = as_frame_sampling(families.frame_sampling_of(self.processor)).max_frames_per_video()
             if per_video is None or per_video > limits.max_frames_per_video:
                 raise ValueError(f"the checkpoint samples up to {per_video} frames per video, above "
                                  f"--max_frames_per_video {limits.max_frames_per_video}")
         self.created = int(time.time())
-        self._pool = ThreadPoolExecutor(max_workers=max_concurrent_generations, thread_name_prefix="generate")
+        self.eos_ids = _eos_ids(self.model)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else min(self.eos_ids, default=0)
+        # What every batch decodes with: the checkpoint's settings, one token chosen by argmax (a sampled row's
+        # `_RowLogits` leaves only its drawn token possible), padding with `pad_token_id`.
+        self._decoding = copy.deepcopy(self.model.generation_config)
+        self._decoding.do_sample = False
+        self._decoding.temperature = self._decoding.top_k = self._decoding.top_p = self._decoding.min_p = None
+        self._decoding.pad_token_id = self.pad_token_id
+        self._scheduler = _BatchScheduler(self._generate_batch, max_batch_size, batch_window_ms / 1000,
+                                          max_concurrent_generations)
 
     # -- request -> inputs (runs on a request thread, beside the generation of earlier requests) ---------------
+
+    def arriving(self) -> contextlib.AbstractContextManager:
+        """A context in which a request is on its way (being prepared, then submitted to `generate`): a batch
+        that would start meanwhile waits for it, at most `batch_window_ms` after its oldest request."""
+        return self._scheduler.arriving()
 
     def prepare(self, request: ChatCompletionRequest) -> Prepared:
         """Check the request against `limits`, read its media and encode it; `RequestError` names what is wrong."""
@@ -417,6 +491,8 @@ class Engine:
             param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
             raise RequestError(f"{param}: {max_tokens} is above the limit of {limits.max_tokens} (--max_tokens)",
                                param=param)
+        if request.n > limits.max_n:
+            raise RequestError(f"n: {request.n} answers; the limit is {limits.max_n} (--max_n)", param="n")
         stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         if len(stop) > limits.max_stop_strings:
             raise RequestError(f"stop: {len(stop)} strings; the limit is {limits.max_stop_strings} "
@@ -424,27 +500,41 @@ class Engine:
         if any(len(s) > limits.max_stop_length for s in stop):
             raise RequestError(f"stop: a string of {max(map(len, stop))} characters; the limit is "
                                f"{limits.max_stop_length} (--max_stop_length)", param="stop")
+        if request.top_logprobs is not None and not request.logprobs:
+            raise RequestError("top_logprobs: needs \"logprobs\": true", param="top_logprobs")
+        if request.logprobs and request.stream:
+            raise RequestError("logprobs: not sent in streamed answers by this server; ask without \"stream\"",
+                               param="logprobs")
+        sampler = self._sampler(request)
+        if request.n > 1 and sampler is None:
+            raise RequestError(f"n: {request.n} answers of greedy decoding would all be the same; ask with a "
+                               "temperature above 0", param="n")
         conversation = to_conversation(request.messages, self.multimodal, self.allowed_root)
         if request.mm_processor_kwargs is not None and not self.multimodal:
             raise RequestError("mm_processor_kwargs: this model is text-only and takes none",
                                param="mm_processor_kwargs")
-        inputs = self.encode(conversation, request.mm_processor_kwargs)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
+        encoded = self.encode(conversation, request.mm_processor_kwargs)
+        prompt_tokens = int(encoded["input_ids"].shape[1])
         if prompt_tokens > limits.max_prompt_tokens:
             raise RequestError(f"messages: the prompt is {prompt_tokens} tokens; the limit is "
                                f"{limits.max_prompt_tokens} (--max_prompt_tokens)", param="messages")
-        config = copy.deepcopy(self.model.generation_config)
-        config.max_new_tokens = max_tokens
-        if request.temperature is not None:
-            config.do_sample = request.temperature > 0
-            if config.do_sample:
-                config.temperature = request.temperature
-        if request.top_p is not None:
-            config.top_p = request.top_p
-        processors = []
-        if request.seed is not None and config.do_sample:
-            processors.append(_SeededSampler(config, request.seed, self.model.device))
-        return Prepared(inputs.to(self.model.device), config, stop, prompt_tokens, processors)
+        inputs = {key: value[0] if key in SEQUENCE_KEYS else value
+                  for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+        return Prepared(inputs, max_tokens, stop, prompt_tokens, request.n, sampler,
+                        (request.top_logprobs or 0) if request.logprobs else None,
+                        request.frequency_penalty or 0.0, request.presence_penalty or 0.0)
+
+    def _sampler(self, request: ChatCompletionRequest) -> _RequestSampler | None:
+        """The request's sampling (the checkpoint's settings, changed by `temperature` and `top_p`), or None for
+        greedy decoding. A request without a `seed` gets a random one."""
+        config = self.model.generation_config
+        do_sample = bool(config.do_sample) if request.temperature is None else request.temperature > 0
+        if not do_sample:
+            return None
+        temperature = request.temperature if request.temperature is not None else config.temperature
+        top_p = request.top_p if request.top_p is not None else config.top_p
+        seed = request.seed if request.seed is not None else int.from_bytes(os.urandom(8), "little")
+        return _RequestSampler(temperature, config.top_k, top_p, config.min_p, seed, self.model.device)
 
     def encode(self, conversation: list[dict], frame_options: FrameOptions | None):
         """A checked conversation -> model inputs `(1, L)`: media decoded by `load_media`, then the processor (or
@@ -460,47 +550,177 @@ class Engine:
         except ValueError as error:  # e.g. literal <image> strings in the text
             raise RequestError(f"messages: {error}", param="messages") from None
 
-    # -- generation (at most `max_concurrent_generations` at once, each on a thread of the engine's pool) -------
+    # -- generation: batches of requests, one `model.generate` each --------------------------------------------
 
-    def _generate(self, prepared: Prepared, streamer=None, cancelled: threading.Event | None = None):
-        if cancelled is not None and cancelled.is_set():  # the client left while the request waited for a thread
-            return torch.zeros(0, dtype=torch.long)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **prepared.inputs, generation_config=prepared.generation_config, tokenizer=self.tokenizer,
-                streamer=streamer, logits_processor=LogitsProcessorList(prepared.logits_processor),
-                stopping_criteria=StoppingCriteriaList(
-                    ([_Cancelled(cancelled)] if cancelled else [])
-                    + ([_StopStrings(self.tokenizer, prepared.stop, prepared.prompt_tokens)] if prepared.stop else [])),
-            )
-        return out[0, prepared.prompt_tokens:]
+    def generate(self, prepared: Prepared, sink: Callable[[int, str], None] | None = None,
+                 cancelled: threading.Event | None = None) -> Future:
+        """Queue a request for batching; the future's result is its `n` `Answer`s, set as soon as its rows are
+        done (other rows of the batch may go on). `sink(choice, text)` receives each answer's text as it is
+        generated. Setting `cancelled` ends the request's rows at their next token (or drops it before it starts)
+        and leaves the other rows of its batch running."""
+        request = _QueuedRequest(prepared, Future(), cancelled or threading.Event(), sink)
+        self._scheduler.submit(request)
+        return request.future
 
-    def generate(self, prepared: Prepared, streamer=None, cancelled: threading.Event | None = None) -> Future:
-        """Queue generation; the future's result is the new token ids `(T,)`. Setting `cancelled` stops it at the
-        next token (or before it starts)."""
-        return self._pool.submit(self._generate, prepared, streamer, cancelled)
+    def _generate_batch(self, requests: list[_QueuedRequest]) -> None:
+        """Generate the rows of `requests` (each request's `n` rows next to each other) in one `model.generate`;
+        a failure fails every request of the batch that is not answered yet, with the reason."""
+        try:
+            rows = [_Row(request, choice) for request in requests for choice in range(request.prepared.n)]
+            for row in rows:
+                row.request.rows.append(row)
+                if row.request.sink is not None:
+                    row.streamer = _RowStreamer(self.tokenizer, row.request.sink, row.choice)
+            batch = collate_left_padded([row.request.prepared.inputs for row in rows], self.pad_token_id)
+            logits = _RowLogits(rows, batch["input_ids"].shape[1])
+            progress = _RowProgress(rows, logits, self.tokenizer, self.eos_ids)
+            config = copy.deepcopy(self._decoding)
+            config.max_new_tokens = max(request.prepared.max_tokens for request in requests)
+            with torch.inference_mode():
+                self.model.generate(
+                    **{key: value.to(self.model.device) for key, value in batch.items()}, generation_config=config,
+                    logits_processor=LogitsProcessorList([logits] if logits.active else []),
+                    stopping_criteria=StoppingCriteriaList([progress]))
+            for row in rows:  # ended by a criterion of the checkpoint's own (e.g. max_time) before any of ours
+                if not row.done:
+                    progress.finish(row)
+        except Exception as error:  # noqa: BLE001 - every request of the batch fails with the reason
+            for request in requests:
+                if not request.future.done():
+                    request.future.set_exception(error)
 
-    def finish(self, prepared: Prepared, new_ids) -> tuple[str, str, int]:
-        """New token ids -> `(text, finish_reason, completion_tokens)`; OpenAI leaves the stop string out."""
-        ids = [int(t) for t in new_ids]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+    def finish(self, prepared: Prepared, new_ids: list[int]) -> tuple[str, str, int]:
+        """An answer's new token ids -> `(text, finish_reason, completion_tokens)`; OpenAI leaves the stop string
+        out."""
+        text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
         cut = _first_stop(text, prepared.stop)
         if cut is not None:
-            return text[:cut], "stop", len(ids)
-        ended = bool(ids) and ids[-1] in _eos_ids(self.model)
-        reason = "length" if len(ids) >= prepared.generation_config.max_new_tokens and not ended else "stop"
-        return text, reason, len(ids)
+            return text[:cut], "stop", len(new_ids)
+        ended = bool(new_ids) and new_ids[-1] in self.eos_ids
+        reason = "length" if len(new_ids) >= prepared.max_tokens and not ended else "stop"
+        return text, reason, len(new_ids)
+
+    def choice_logprobs(self, answer: Answer) -> ChoiceLogprobs:
+        """An answer's log-probabilities in OpenAI's shape: one `content` entry per generated token, with its text,
+        UTF-8 bytes and `top_logprobs` alternatives (a token that is part of a multi-byte character reads U+FFFD)."""
+
+        def described(token: int, logprob: float) -> dict:
+            text = self.tokenizer.decode([token])
+            return {"token": text, "bytes": list(text.encode()), "logprob": max(logprob, -9999.0)}
+
+        return ChoiceLogprobs(content=[
+            ChatCompletionTokenLogprob(**described(token, logprob),
+                                       top_logprobs=[TopLogprob(**described(*other)) for other in alternatives])
+            for token, logprob, alternatives in answer.logprobs])
 
 
-class _SeededSampler(LogitsProcessor):
-    """Sampling with a request's own random generator, so a `seed` gives the same tokens whatever generates beside
-    it (torch's global generator is shared by every generation thread).
+@dataclass(eq=False)
+class _QueuedRequest:
+    """A prepared request waiting for (or in) a batch; `rows` are filled when its batch starts."""
 
-    Takes the sampling settings out of `config` (temperature, top-k, top-p, min-p, applied as `generate` applies
-    them) and turns it to greedy decoding: each step this processor draws the token and leaves only it possible.
+    prepared: Prepared
+    future: Future
+    cancelled: threading.Event
+    sink: Callable[[int, str], None] | None
+    arrived: float = field(default_factory=time.monotonic)
+    rows: list[_Row] = field(default_factory=list)
+
+
+class _BatchScheduler:
+    """Forms batches from submitted requests and runs each on a bounded pool of threads.
+
+    Loop: wait for a free generation thread and a waiting request; let the oldest waiting request wait while
+    other requests are still being read (`arriving`), at most until `window_s` after it was submitted and only
+    until `max_batch_size` rows of its kind wait (a request alone, with nothing arriving, starts at once); then
+    batch, in submission order, the waiting requests with the oldest's `batch_key` whose rows fit in
+    `max_batch_size`. Requests whose client left while waiting are dropped (their future gets no answers). While
+    every thread is busy, requests gather, so the next batch takes all that fit.
     """
 
-    def __init__(self, config, seed: int, device):
+    def __init__(self, run: Callable[[list[_QueuedRequest]], None], max_batch_size: int, window_s: float,
+                 max_batches: int):
+        self.run, self.max_batch_size, self.window_s = run, max_batch_size, window_s
+        self.changed = threading.Condition()  # guards `waiting` and `reading`
+        self.waiting: list[_QueuedRequest] = []
+        self.reading = 0
+        self.slots = threading.Semaphore(max_batches)
+        self.pool = ThreadPoolExecutor(max_workers=max_batches, thread_name_prefix="generate")
+        threading.Thread(target=self._loop, name="batcher", daemon=True).start()
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Marks a request being read: the next batch may wait for it (up to the window)."""
+        with self.changed:
+            self.reading += 1
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.reading -= 1
+                self.changed.notify()
+
+    def submit(self, request: _QueuedRequest) -> None:
+        with self.changed:
+            self.waiting.append(request)
+            self.changed.notify()
+
+    def _loop(self) -> None:
+        while True:
+            self.slots.acquire()
+            with self.changed:
+                self.changed.wait_for(lambda: self.waiting)
+                deadline = self.waiting[0].arrived + self.window_s
+                self.changed.wait_for(lambda: self.reading == 0 or self._rows_like_oldest() >= self.max_batch_size,
+                                      timeout=max(0.0, deadline - time.monotonic()))
+                batch = self._take_batch()
+            if batch:
+                self.pool.submit(self._run, batch)
+            else:
+                self.slots.release()
+
+    def _rows_like_oldest(self) -> int:
+        key = self.waiting[0].prepared.batch_key
+        return sum(r.prepared.n for r in self.waiting if r.prepared.batch_key == key)
+
+    def _take_batch(self) -> list[_QueuedRequest]:
+        for request in [r for r in self.waiting if r.cancelled.is_set()]:
+            self.waiting.remove(request)
+            request.future.set_result([])
+        if not self.waiting:
+            return []
+        key, batch, rows = self.waiting[0].prepared.batch_key, [], 0
+        for request in self.waiting:
+            if request.prepared.batch_key == key and rows + request.prepared.n <= self.max_batch_size:
+                batch.append(request)
+                rows += request.prepared.n
+        self.waiting = [r for r in self.waiting if r not in batch]
+        return batch
+
+    def _run(self, batch: list[_QueuedRequest]) -> None:
+        try:
+            self.run(batch)
+        finally:
+            self.slots.release()
+
+
+@dataclass(eq=False)
+class _Row:
+    """One answer of a batch: answer `choice` of `request`, generated so far into `answer`."""
+
+    request: _QueuedRequest
+    choice: int
+    answer: Answer = field(default_factory=Answer)
+    streamer: _RowStreamer | None = None
+    done: bool = False
+
+
+class _RequestSampler:
+    """Sampling with a request's own random generator, so a `seed` gives the same tokens whatever is generated
+    beside it (in its batch or on other threads). The warpers are `generate`'s own (temperature, top-k, top-p,
+    min-p, applied in its order)."""
+
+    def __init__(self, temperature: float | None, top_k: int | None, top_p: float | None, min_p: float | None,
+                 seed: int, device):
         from transformers.generation.logits_process import (
             MinPLogitsWarper,
             TemperatureLogitsWarper,
@@ -509,62 +729,129 @@ class _SeededSampler(LogitsProcessor):
         )
 
         warpers = []
-        if config.temperature is not None and config.temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(config.temperature))
-        if config.top_k:
-            warpers.append(TopKLogitsWarper(config.top_k))
-        if config.top_p is not None and config.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(config.top_p))
-        if config.min_p is not None:
-            warpers.append(MinPLogitsWarper(config.min_p))
+        if temperature is not None and temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k))
+        if top_p is not None and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+        if min_p is not None:
+            warpers.append(MinPLogitsWarper(min_p))
         self.warpers = LogitsProcessorList(warpers)
         self.generator = torch.Generator(device).manual_seed(seed % 2**64)
-        config.do_sample, config.temperature, config.top_k, config.top_p, config.min_p = False, None, None, None, None
 
-    def __call__(self, input_ids, scores):
+    def draw(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Scores `(r, V)` of the request's rows -> the drawn token of each row `(r, 1)`."""
         probs = torch.softmax(self.warpers(input_ids, scores).float(), dim=-1)
-        chosen = torch.multinomial(probs, 1, generator=self.generator)
-        return torch.full_like(scores, -float("inf")).scatter_(1, chosen, 0.0)
+        return torch.multinomial(probs, 1, generator=self.generator)
 
 
-class _StopStrings(StoppingCriteria):
-    """Stops generation once the decoded answer holds one of `stop`. Each step decodes only the last
-    `longest stop + 4` new tokens (every token decodes to at least one character, so a stop string the newest token
-    completes lies inside them): a few microseconds a step for any stop list, where transformers' `stop_strings`
-    first builds tables over the whole vocabulary (measured with SmolLM2's tokenizer: 0.6 s for one 8-character
-    string, 7.5 s for eight of 64, 75 s for 300 of 8)."""
+class _RowLogits(LogitsProcessor):
+    """The per-row part of each step's scores `(B, V)`, in OpenAI's order: records the log-probabilities of rows
+    that asked for them (the model's distribution, before penalties and sampling), subtracts
+    `frequency_penalty * count + presence_penalty * (count > 0)` from each token's logit (`count`: how often the
+    row has generated it), and for a sampled request draws each of its rows' token with its own generator and
+    leaves only that token possible (the batch then decodes by argmax)."""
 
-    def __init__(self, tokenizer, stop: list[str], prompt_tokens: int):
-        self.tokenizer, self.stop, self.prompt_tokens = tokenizer, stop, prompt_tokens
-        self.window = max(len(s) for s in stop) + 4
+    def __init__(self, rows: list[_Row], prompt_length: int):
+        self.prompt_length = prompt_length
+        self.logged = {i: k for k, i in enumerate(i for i, row in enumerate(rows)
+                                                  if row.request.prepared.top_logprobs is not None)}
+        penalised = [i for i, row in enumerate(rows)
+                     if row.request.prepared.frequency_penalty or row.request.prepared.presence_penalty]
+        self.penalised = torch.tensor(penalised, dtype=torch.long)
+        self.frequency = torch.tensor([rows[i].request.prepared.frequency_penalty for i in penalised])[:, None]
+        self.presence = torch.tensor([rows[i].request.prepared.presence_penalty for i in penalised])[:, None]
+        self.counts: torch.Tensor | None = None  # (len(penalised), V)
+        self.sampled = []  # (row indices of a sampled request, its sampler)
+        for request in dict.fromkeys(row.request for row in rows):
+            if request.prepared.sampler is not None:
+                indices = [i for i, row in enumerate(rows) if row.request is request]
+                self.sampled.append((torch.tensor(indices), request.prepared.sampler))
+        self.active = bool(self.logged or penalised or self.sampled)
+        self.step_logprobs: torch.Tensor | None = None  # (len(logged), V) of the latest step
 
-    def __call__(self, input_ids, scores, **kwargs):
-        tail = input_ids[0, max(self.prompt_tokens, input_ids.shape[1] - self.window):]
-        text = self.tokenizer.decode(tail, skip_special_tokens=True)
-        return torch.full((input_ids.shape[0],), any(s and s in text for s in self.stop), dtype=torch.bool,
-                          device=input_ids.device)
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.logged:
+            self.step_logprobs = torch.log_softmax(scores[list(self.logged)].float(), dim=-1)
+        if len(self.penalised):
+            penalised = self.penalised.to(scores.device)
+            if self.counts is None:
+                self.counts = torch.zeros(len(penalised), scores.shape[1], device=scores.device)
+                self.frequency, self.presence = self.frequency.to(scores), self.presence.to(scores)
+            if input_ids.shape[1] > self.prompt_length:
+                newest = input_ids[penalised, -1]
+                self.counts[torch.arange(len(penalised), device=scores.device), newest] += 1
+            scores[penalised] -= self.frequency * self.counts + self.presence * (self.counts > 0)
+        for indices, sampler in self.sampled:
+            indices = indices.to(scores.device)
+            drawn = sampler.draw(input_ids[indices], scores[indices])
+            scores[indices] = torch.full_like(scores[indices], -float("inf")).scatter_(1, drawn, 0.0)
+        return scores
 
 
-class _Cancelled(StoppingCriteria):
-    """Stops generation once `event` is set (a streaming client went away)."""
+class _RowProgress(StoppingCriteria):
+    """After each step: appends every live row's new token to its answer (with its log-probabilities when asked)
+    and stream, and ends a row at its end-of-sequence token, its own `max_tokens`, a stop string, or when its
+    client has left. An ended row is padded by `generate` from then on; the others go on. A request's future is
+    set when its last row ends.
 
-    def __init__(self, event: threading.Event):
-        self.event = event
+    Stop strings: each step decodes only the last `longest stop + 4` new tokens of a row (every token decodes to at
+    least one character, so a stop string the newest token completes lies inside them): a few microseconds a step
+    for any stop list, where transformers' `stop_strings` first builds tables over the whole vocabulary (measured
+    with SmolLM2's tokenizer: 0.6 s for one 8-character string, 7.5 s for eight of 64, 75 s for 300 of 8)."""
 
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+    def __init__(self, rows: list[_Row], logits: _RowLogits, tokenizer, eos_ids: set[int]):
+        self.rows, self.logits, self.tokenizer, self.eos_ids = rows, logits, tokenizer, eos_ids
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        newest = input_ids[:, -1].tolist()
+        for i, row in enumerate(self.rows):
+            if row.done:
+                continue
+            prepared = row.request.prepared
+            if row.request.cancelled.is_set():
+                self.finish(row)
+                continue
+            token = newest[i]
+            row.answer.ids.append(token)
+            if prepared.top_logprobs is not None:
+                logprobs = self.logits.step_logprobs[self.logits.logged[i]]
+                top = torch.topk(logprobs, prepared.top_logprobs)
+                row.answer.logprobs.append((token, float(logprobs[token]),
+                                            list(zip(top.indices.tolist(), top.values.tolist()))))
+            if row.streamer is not None:
+                row.streamer.put(torch.tensor([token]))
+            if (token in self.eos_ids or len(row.answer.ids) >= prepared.max_tokens
+                    or (prepared.stop and self._stopped(row.answer.ids, prepared.stop))):
+                self.finish(row)
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    def _stopped(self, ids: list[int], stop: list[str]) -> bool:
+        tail = self.tokenizer.decode(ids[-(max(map(len, stop)) + 4):], skip_special_tokens=True)
+        return any(s and s in tail for s in stop)
+
+    def finish(self, row: _Row) -> None:
+        """End `row`: flush its stream; answer its request when this was its last live row."""
+        row.done = True
+        if row.streamer is not None:
+            row.streamer.end()
+        request = row.request
+        if all(r.done for r in request.rows) and not request.future.done():
+            request.future.set_result([r.answer for r in request.rows])
 
 
-class _EndOnceStreamer(TextIteratorStreamer):
-    """A `TextIteratorStreamer` that may be ended twice: by `generate`, and by the server when `generate` failed
-    (the stream then ends instead of waiting forever)."""
+class _RowStreamer(TextStreamer):
+    """Turns one row's tokens into text as `TextStreamer` does (whole words, complete characters) and hands each
+    piece to `sink(choice, text)`."""
 
-    ended = False
+    def __init__(self, tokenizer, sink: Callable[[int, str], None], choice: int):
+        super().__init__(tokenizer, skip_special_tokens=True)
+        self.sink, self.choice = sink, choice
 
-    def end(self):
-        if not self.ended:
-            self.ended = True
-            super().end()
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.sink(self.choice, text)
 
 
 def _eos_ids(model) -> set[int]:
@@ -686,17 +973,20 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
         if request.model != engine.name:
             raise RequestError(f"model {request.model!r} is not served here; this server serves {engine.name!r}",
                                status=404, param="model", kind="not_found_error")
-        prepared = await asyncio.to_thread(engine.prepare, request)
+        cancelled = threading.Event()
+        pieces: queue.Queue[tuple[int, str] | None] = queue.Queue()  # streamed (answer, text); None once all are done
+        with engine.arriving():
+            prepared = await asyncio.to_thread(engine.prepare, request)
+            sink = (lambda index, text: pieces.put((index, text))) if request.stream else None
+            future = engine.generate(prepared, sink, cancelled)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        cancelled = threading.Event()
         if request.stream:
             include_usage = request.stream_options is not None and request.stream_options.include_usage
-            return _StreamThatCancels(_stream(prepared, request_id, created, include_usage, cancelled), cancelled,
-                                      media_type="text/event-stream")
-        future = engine.generate(prepared, cancelled=cancelled)
+            return _StreamThatCancels(_stream(prepared, future, pieces, request_id, created, include_usage, cancelled),
+                                      cancelled, media_type="text/event-stream")
         try:
-            new_ids = await _result_while_connected(future, http_request, cancelled)
+            answers = await _result_while_connected(future, http_request, cancelled)
         except RequestError:
             raise
         except Exception as error:  # noqa: BLE001 - a failed generation is the server's fault: 500 with the reason
@@ -704,11 +994,15 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
             raise RequestError(f"generation failed: {type(error).__name__}: {error}", 500, kind="server_error")
         finally:
             cancelled.set()  # a no-op once generation has ended; stops it when this handler is cancelled
-        text, reason, completion_tokens = engine.finish(prepared, new_ids)
+        choices, completion_tokens = [], 0
+        for index, answer in enumerate(answers):
+            text, reason, tokens = engine.finish(prepared, answer.ids)
+            completion_tokens += tokens
+            logprobs = engine.choice_logprobs(answer) if prepared.top_logprobs is not None else None
+            choices.append(Choice(index=index, finish_reason=reason, logprobs=logprobs,
+                                  message=ChatCompletionMessage(role="assistant", content=text)))
         completion = ChatCompletion(
-            id=request_id, object="chat.completion", created=created, model=engine.name,
-            choices=[Choice(index=0, finish_reason=reason,
-                            message=ChatCompletionMessage(role="assistant", content=text))],
+            id=request_id, object="chat.completion", created=created, model=engine.name, choices=choices,
             usage=CompletionUsage(prompt_tokens=prepared.prompt_tokens, completion_tokens=completion_tokens,
                                   total_tokens=prepared.prompt_tokens + completion_tokens),
         )
@@ -745,36 +1039,37 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
             finally:
                 self.cancelled.set()
 
-    async def _stream(prepared: Prepared, request_id: str, created: int, include_usage: bool,
-                      cancelled: threading.Event) -> AsyncIterator[str]:
-        def chunk(delta: ChoiceDelta | None, reason: str | None = None, usage: CompletionUsage | None = None) -> str:
-            choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=reason)]
+    async def _stream(prepared: Prepared, future: Future, pieces: queue.Queue, request_id: str, created: int,
+                      include_usage: bool, cancelled: threading.Event) -> AsyncIterator[str]:
+        """Server-sent chunks of every answer (`choices[0].index` tells which) from `pieces` (what the rows of
+        `future`'s request put there), each answer's text held back by as many characters as a stop string could
+        still need, so no part of one is ever sent."""
+
+        def chunk(index: int | None, delta: ChoiceDelta | None = None, reason: str | None = None,
+                  usage: CompletionUsage | None = None) -> str:
+            choices = [] if index is None else [ChunkChoice(index=index, delta=delta, finish_reason=reason)]
             body = ChatCompletionChunk(id=request_id, object="chat.completion.chunk", created=created,
                                        model=engine.name, choices=choices, usage=usage)
             return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
 
-        streamer = _EndOnceStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        future = engine.generate(prepared, streamer, cancelled)
-        future.add_done_callback(lambda _: streamer.end())
+        future.add_done_callback(lambda _: pieces.put(None))
+        hold = max((len(s) for s in prepared.stop), default=1) - 1
+        texts, sent, stopped = [""] * prepared.n, [0] * prepared.n, [False] * prepared.n
         try:
-            yield chunk(ChoiceDelta(role="assistant", content=""))
-            # Hold back as many characters as a stop string could still need, so no part of one is ever sent.
-            hold = max((len(s) for s in prepared.stop), default=1) - 1
-            text, sent = "", 0
-            pieces = iter(streamer)
-            while True:
-                piece = await asyncio.to_thread(next, pieces, None)
-                if piece is None:
-                    break
-                text += piece
-                cut = _first_stop(text, prepared.stop)
-                end = cut if cut is not None else max(sent, len(text) - hold)
-                if end > sent:
-                    yield chunk(ChoiceDelta(content=text[sent:end]))
-                    sent = end
-                if cut is not None:
-                    break
-            new_ids = await asyncio.wrap_future(future)
+            for index in range(prepared.n):
+                yield chunk(index, ChoiceDelta(role="assistant", content=""))
+            while (piece := await asyncio.to_thread(pieces.get)) is not None:
+                index, text = piece
+                if stopped[index]:
+                    continue
+                texts[index] += text
+                cut = _first_stop(texts[index], prepared.stop)
+                end = cut if cut is not None else max(sent[index], len(texts[index]) - hold)
+                if end > sent[index]:
+                    yield chunk(index, ChoiceDelta(content=texts[index][sent[index]:end]))
+                    sent[index] = end
+                stopped[index] = cut is not None
+            answers = await asyncio.wrap_future(future)
         except (asyncio.CancelledError, GeneratorExit):
             cancelled.set()
             raise
@@ -783,10 +1078,13 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
             message = f"generation failed: {type(error).__name__}: {error}"
             yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
             return
-        final_text, reason, completion_tokens = engine.finish(prepared, new_ids)
-        if final_text[sent:]:
-            yield chunk(ChoiceDelta(content=final_text[sent:]))
-        yield chunk(ChoiceDelta(), reason)
+        completion_tokens = 0
+        for index, answer in enumerate(answers):
+            final_text, reason, tokens = engine.finish(prepared, answer.ids)
+            completion_tokens += tokens
+            if final_text[sent[index]:]:
+                yield chunk(index, ChoiceDelta(content=final_text[sent[index]:]))
+            yield chunk(index, ChoiceDelta(), reason)
         if include_usage:
             yield chunk(None, usage=CompletionUsage(prompt_tokens=prepared.prompt_tokens,
                                                     completion_tokens=completion_tokens,
@@ -831,6 +1129,12 @@ class ServeArguments:
         "help": "Most pixels a request may decode, over all its frames (frames decoded to reach a sampled one too)."})
     max_prompt_tokens: int = field(default=ServeLimits.max_prompt_tokens, metadata={
         "help": "Longest prompt in tokens (text and frames)."})
+    max_n: int = field(default=ServeLimits.max_n, metadata={
+        "help": "Most answers (n) one request may ask; at most --max_batch_size."})
+    max_batch_size: int = field(default=8, metadata={
+        "help": "Most rows (a request's n answers are n rows) generated together in one batch."})
+    batch_window_ms: float = field(default=20.0, metadata={
+        "help": "Longest a request waits for requests still being read, to batch with them (milliseconds)."})
     log_level: str = field(default="info", metadata={"help": "uvicorn log level."})
 
 
@@ -848,7 +1152,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     limits = ServeLimits(**{name: getattr(args, name) for name in ServeLimits.__dataclass_fields__})
     engine = Engine(model, args.served_model_name, args.device, args.dtype, args.trust_remote_code,
-                    args.max_new_tokens, args.allowed_local_media_path, limits, args.max_concurrent_generations)
+                    args.max_new_tokens, args.allowed_local_media_path, limits, args.max_concurrent_generations,
+                    args.max_batch_size, args.batch_window_ms)
     logger.info("serving %s (%s) on http://%s:%d/v1", engine.name,
                 "video/image/text" if engine.multimodal else "text", args.host, args.port)
     uvicorn.run(create_app(engine, int(args.max_request_mb * 2**20)), host=args.host, port=args.port,
