@@ -91,7 +91,8 @@ def detect_family(checkpoint: str | os.PathLike) -> ModelFamily:
         kind = "Tarsier2 (Qwen2-VL)" if text_type == "qwen2_vl" else "Tarsier"
         raise UnsupportedCheckpointError(
             f"{where}: a {kind} checkpoint in the release's layout (model_type 'llava', text_config.model_type "
-            f"{text_type!r}); convert it first: tarsier-convert --input {checkpoint} --output {checkpoint}-hf")
+            f"{text_type!r}); convert it first: tarsier-convert --model_name_or_path {checkpoint} "
+            f"--output_dir {checkpoint}-hf")
     if model_type in ("qwen2_5_vl", "qwen3_vl"):
         raise UnsupportedCheckpointError(
             f"{where}: model_type {model_type!r} is not Qwen2-VL (Tarsier2 is Qwen2-VL; {model_type} samples time "
@@ -156,7 +157,9 @@ def load_model_and_processor(
 
         processor = load_processor(checkpoint, family, trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, **model_kwargs)
-    return model.to(device).eval(), processor, family
+    if "quantization_config" not in model_kwargs and "device_map" not in model_kwargs:
+        model = model.to(device)  # a quantised or dispatched model is already placed where it runs
+    return model.eval(), processor, family
 
 
 def load_processor(checkpoint: str | os.PathLike, family: ModelFamily | None = None, trust_remote_code: bool = False):

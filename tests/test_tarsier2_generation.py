@@ -47,7 +47,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 def test_the_family_comes_from_the_checkpoint(tarsier2_folder, released_tarsier2, tiny_tarsier):
     assert families.detect_family(tarsier2_folder) is families.QWEN2_VL
     assert families.detect_family(tiny_tarsier[0]) is families.TARSIER
-    with pytest.raises(families.UnsupportedCheckpointError, match="tarsier-convert --input"):
+    with pytest.raises(families.UnsupportedCheckpointError, match="tarsier-convert --model_name_or_path"):
         families.detect_family(released_tarsier2["path"])
     # each family's own frame policy when a run names none
     assert families.default_frame_sampling(tarsier2_folder).to_dict() == {"policy": "tarsier2", "num_frames": 16}
