@@ -294,3 +294,21 @@ def test_what_cannot_be_honoured_is_a_400_naming_it(client, fields, param, words
         ask(client, "Say hello.", **fields)
     assert error.value.body["param"] == param, error.value.body
     assert all(word in error.value.body["message"] for word in words), error.value.body
+
+
+def test_batches_side_by_side_answer_as_alone(tarsier2_engine, clips):
+    """A video batch and a text batch generating at once on their own threads answer as alone (Qwen2-VL stores the
+    latest generation's rope deltas on the model object; this checks that batches beside each other, whose deltas
+    differ, do not disturb each other)."""
+    first = [video_request(clips, colour, max_tokens=40) for colour in COLOURS[:2]]
+    second = [chat_request("Say hello.", max_tokens=30)]  # no video: other rope deltas
+    alone = run(tarsier2_engine, first + second, together=False)
+    prepared = [tarsier2_engine.prepare(r) for r in first + second]
+    tarsier2_engine.batches.clear()
+    with tarsier2_engine.arriving():
+        futures = [tarsier2_engine.generate(p) for p in prepared[:2]]
+    while not tarsier2_engine.batches:  # the first batch has started
+        threading.Event().wait(0.001)
+    futures.append(tarsier2_engine.generate(prepared[2]))
+    answers = [[tarsier2_engine.finish(p, a.ids) for a in f.result(timeout=300)] for p, f in zip(prepared, futures)]
+    assert tarsier2_engine.batches == [2, 1] and answers == alone
