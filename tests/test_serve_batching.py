@@ -264,6 +264,7 @@ def test_n_answers_streamed_and_whole(client):
 
 
 def test_logprobs_in_openai_s_shape(client):
+    """`choices[i].logprobs.content`, whole and streamed, one entry per completion token."""
     response = ask(client, "Say hello.", logprobs=True, top_logprobs=2)
     content = response.choices[0].logprobs.content
     assert len(content) == response.usage.completion_tokens
@@ -273,6 +274,11 @@ def test_logprobs_in_openai_s_shape(client):
         assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy: the chosen one is the top
     assert ask(client, "Say hello.", logprobs=True).choices[0].logprobs.content[0].top_logprobs == []
     assert ask(client, "Say hello.").choices[0].logprobs is None
+    chunks = list(ask(client, "Say hello.", logprobs=True, top_logprobs=2, stream=True))
+    streamed = [entry for c in chunks if c.choices and c.choices[0].logprobs for entry in c.choices[0].logprobs.content]
+    assert streamed == content  # the streamed entries together are the whole answer's
+    sampled = ask(client, "Say hello.", n=2, temperature=1.0, seed=3, logprobs=True)
+    assert sum(len(c.logprobs.content) for c in sampled.choices) == sampled.usage.completion_tokens
 
 
 def test_penalties_change_the_answer(client):
@@ -284,7 +290,6 @@ def test_penalties_change_the_answer(client):
     ({"n": 2}, "n", ["greedy", "temperature"]),
     ({"n": 4, "temperature": 1.0}, "n", ["--max_n"]),
     ({"top_logprobs": 2}, "top_logprobs", ["logprobs"]),
-    ({"logprobs": True, "stream": True}, "logprobs", ["stream"]),
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", ["20"]),
     ({"frequency_penalty": 2.5}, "frequency_penalty", ["2"]),
     ({"presence_penalty": -3}, "presence_penalty", ["-2"]),

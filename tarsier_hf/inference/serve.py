@@ -57,7 +57,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletio
 from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
-from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
+from openai.types.chat.chat_completion_chunk import ChoiceLogprobs as ChunkLogprobs
 from openai.types.completion_usage import CompletionUsage
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
@@ -504,9 +504,6 @@ class Engine:
                                f"{limits.max_stop_length} (--max_stop_length)", param="stop")
         if request.top_logprobs is not None and not request.logprobs:
             raise RequestError("top_logprobs: needs \"logprobs\": true", param="top_logprobs")
-        if request.logprobs and request.stream:
-            raise RequestError("logprobs: not sent in streamed answers by this server; ask without \"stream\"",
-                               param="logprobs")
         sampler = self._sampler(request)
         if request.n > 1 and sampler is None:
             raise RequestError(f"n: {request.n} answers of greedy decoding would all be the same; ask with a "
@@ -554,12 +551,12 @@ class Engine:
 
     # -- generation: batches of requests, one `model.generate` each --------------------------------------------
 
-    def generate(self, prepared: Prepared, sink: Callable[[int, str], None] | None = None,
+    def generate(self, prepared: Prepared, sink: Callable[[int, str, list], None] | None = None,
                  cancelled: threading.Event | None = None) -> Future:
         """Queue a request for batching; the future's result is its `n` `Answer`s, set as soon as its rows are
-        done (other rows of the batch may go on). `sink(choice, text)` receives each answer's text as it is
-        generated. Setting `cancelled` ends the request's rows at their next token (or drops it before it starts)
-        and leaves the other rows of its batch running."""
+        done (other rows of the batch may go on). `sink(choice, text, logprobs)` receives each answer's text as it
+        is generated, with the `Answer.logprobs` entries of its tokens. Setting `cancelled` ends the request's rows
+        at their next token (or drops it before it starts) and leaves the other rows of its batch running."""
         request = _QueuedRequest(prepared, Future(), cancelled or threading.Event(), sink)
         self._scheduler.submit(request)
         return request.future
@@ -572,7 +569,7 @@ class Engine:
             for row in rows:
                 row.request.rows.append(row)
                 if row.request.sink is not None:
-                    row.streamer = _RowStreamer(self.tokenizer, row.request.sink, row.choice)
+                    row.streamer = _RowStreamer(self.tokenizer, row.request.sink, row)
             batch = collate_left_padded([row.request.prepared.inputs for row in rows], self.pad_token_id)
             logits = _RowLogits(rows, batch["input_ids"].shape[1])
             progress = _RowProgress(rows, logits, self.tokenizer, self.eos_ids)
@@ -602,18 +599,17 @@ class Engine:
         reason = "length" if len(new_ids) >= prepared.max_tokens and not ended else "stop"
         return text, reason, len(new_ids)
 
-    def choice_logprobs(self, answer: Answer) -> ChoiceLogprobs:
-        """An answer's log-probabilities in OpenAI's shape: one `content` entry per generated token, with its text,
-        UTF-8 bytes and `top_logprobs` alternatives (a token that is part of a multi-byte character reads U+FFFD)."""
+    def token_logprobs(self, entries: list[tuple[int, float, list[tuple[int, float]]]]) -> list[dict]:
+        """`Answer.logprobs` entries in OpenAI's shape (`choices[i].logprobs.content`): per generated token its
+        text, UTF-8 bytes, log-probability and `top_logprobs` alternatives (a token that is part of a multi-byte
+        character reads U+FFFD; a log-probability of -inf reads -9999, as OpenAI writes it)."""
 
         def described(token: int, logprob: float) -> dict:
             text = self.tokenizer.decode([token])
             return {"token": text, "bytes": list(text.encode()), "logprob": max(logprob, -9999.0)}
 
-        return ChoiceLogprobs(content=[
-            ChatCompletionTokenLogprob(**described(token, logprob),
-                                       top_logprobs=[TopLogprob(**described(*other)) for other in alternatives])
-            for token, logprob, alternatives in answer.logprobs])
+        return [{**described(token, logprob), "top_logprobs": [described(*other) for other in alternatives]}
+                for token, logprob, alternatives in entries]
 
 
 @dataclass(eq=False)
@@ -623,7 +619,7 @@ class _QueuedRequest:
     prepared: Prepared
     future: Future
     cancelled: threading.Event
-    sink: Callable[[int, str], None] | None
+    sink: Callable[[int, str, list], None] | None
     arrived: float = field(default_factory=time.monotonic)
     rows: list[_Row] = field(default_factory=list)
 
@@ -845,15 +841,18 @@ class _RowProgress(StoppingCriteria):
 
 class _RowStreamer(TextStreamer):
     """Turns one row's tokens into text as `TextStreamer` does (whole words, complete characters) and hands each
-    piece to `sink(choice, text)`."""
+    piece to `sink(choice, text, logprobs)`, with the row's log-probability entries (`Answer.logprobs`) added since
+    the previous piece; `end` hands over the rest, text or not."""
 
-    def __init__(self, tokenizer, sink: Callable[[int, str], None], choice: int):
+    def __init__(self, tokenizer, sink: Callable[[int, str, list], None], row: _Row):
         super().__init__(tokenizer, skip_special_tokens=True)
-        self.sink, self.choice = sink, choice
+        self.sink, self.row, self.given = sink, row, 0
 
     def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.sink(self.choice, text)
+        logprobs = self.row.answer.logprobs[self.given:]
+        if text or logprobs or stream_end:
+            self.given += len(logprobs)
+            self.sink(self.row.choice, text, logprobs)
 
 
 def _eos_ids(model) -> set[int]:
@@ -976,10 +975,11 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
             raise RequestError(f"model {request.model!r} is not served here; this server serves {engine.name!r}",
                                status=404, param="model", kind="not_found_error")
         cancelled = threading.Event()
-        pieces: queue.Queue[tuple[int, str] | None] = queue.Queue()  # streamed (answer, text); None once all are done
+        # streamed (answer, text, log-probability entries); None once all answers are done
+        pieces: queue.Queue[tuple[int, str, list] | None] = queue.Queue()
         with engine.arriving():
             prepared = await asyncio.to_thread(engine.prepare, request)
-            sink = (lambda index, text: pieces.put((index, text))) if request.stream else None
+            sink = (lambda index, text, logprobs: pieces.put((index, text, logprobs))) if request.stream else None
             future = engine.generate(prepared, sink, cancelled)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -1000,7 +1000,8 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
         for index, answer in enumerate(answers):
             text, reason, tokens = engine.finish(prepared, answer.ids)
             completion_tokens += tokens
-            logprobs = engine.choice_logprobs(answer) if prepared.top_logprobs is not None else None
+            logprobs = (ChoiceLogprobs(content=engine.token_logprobs(answer.logprobs))
+                        if prepared.top_logprobs is not None else None)
             choices.append(Choice(index=index, finish_reason=reason, logprobs=logprobs,
                                   message=ChatCompletionMessage(role="assistant", content=text)))
         completion = ChatCompletion(
@@ -1045,11 +1046,18 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
                       include_usage: bool, cancelled: threading.Event) -> AsyncIterator[str]:
         """Server-sent chunks of every answer (`choices[0].index` tells which) from `pieces` (what the rows of
         `future`'s request put there), each answer's text held back by as many characters as a stop string could
-        still need, so no part of one is ever sent."""
+        still need, so no part of one is ever sent. Log-probability entries, when asked, ride on the answer's next
+        chunk (text may follow them later); all chunks together carry the non-streamed answer's entries."""
 
         def chunk(index: int | None, delta: ChoiceDelta | None = None, reason: str | None = None,
                   usage: CompletionUsage | None = None) -> str:
-            choices = [] if index is None else [ChunkChoice(index=index, delta=delta, finish_reason=reason)]
+            choices = []
+            if index is not None:
+                logprobs = None
+                if prepared.top_logprobs is not None and pending[index]:
+                    logprobs = ChunkLogprobs(content=engine.token_logprobs(pending[index]))
+                    pending[index] = []
+                choices = [ChunkChoice(index=index, delta=delta, finish_reason=reason, logprobs=logprobs)]
             body = ChatCompletionChunk(id=request_id, object="chat.completion.chunk", created=created,
                                        model=engine.name, choices=choices, usage=usage)
             return f"data: {body.model_dump_json(exclude_none=True)}\n\n"
@@ -1057,11 +1065,13 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
         future.add_done_callback(lambda _: pieces.put(None))
         hold = max((len(s) for s in prepared.stop), default=1) - 1
         texts, sent, stopped = [""] * prepared.n, [0] * prepared.n, [False] * prepared.n
+        pending: list[list] = [[] for _ in range(prepared.n)]  # log-probability entries not sent yet, per answer
         try:
             for index in range(prepared.n):
                 yield chunk(index, ChoiceDelta(role="assistant", content=""))
             while (piece := await asyncio.to_thread(pieces.get)) is not None:
-                index, text = piece
+                index, text, logprobs = piece
+                pending[index] += logprobs
                 if stopped[index]:
                     continue
                 texts[index] += text
