@@ -168,7 +168,7 @@ def build_dataset(
         options["placeholders"] = {"video": processor.video_token, "image": processor.image_token}
     if script_args.dataset_streaming:
         return StreamingConversationDataset(specs, **options)
-    return ConversationDataset(specs, **options)
+    return ConversationDataset(specs, check_media=True, **options)
 
 
 def count_lines(path: str) -> int:
@@ -244,12 +244,6 @@ def main(
     check_data_arguments(script_args, training_args, tarsier_args)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once at the end, below
 
-    # the parts' fresh weights (vision tower, projector, new token rows) come from the global RNG: seed it first,
-    # or the same --seed builds a different model every run (the Trainer only seeds once the model exists)
-    set_seed(training_args.seed)
-    model, processor, peft_config, base_name = build_model(
-        model_args, tarsier_args, training_args.output_dir, is_main_process=training_args.process_index == 0
-    )
     # The records of this run, which the model card counts: the bad rows (found anew, before or while training) and
     # the samples the collator skipped; a resumed map-style run keeps the latter (the Trainer skips the batches
     # before the checkpoint without collating them; a stream is read and collated again up to it)
@@ -262,15 +256,27 @@ def main(
             if os.path.exists(record):
                 os.remove(record)
     os.makedirs(training_args.output_dir, exist_ok=True)
-    # every process streams its own rows; a map-style mixture is checked alike by every process, recorded by one
+    # The data is checked before the model loads (every row, and whether its media exist), so a run that cannot
+    # train stops in seconds; rows are checked against the visual placeholders of the processor to be trained
+    # (a checkpoint's; a model built from parts uses Tarsier's). Every process streams its own rows; a map-style
+    # mixture is checked alike by every process, recorded by one.
+    set_seed(training_args.seed)
+    checking = families.load_processor(model_args.model_name_or_path) if model_args.model_name_or_path else None
     train_dataset = build_dataset(
-        script_args, tarsier_args, training_args.seed, processor=processor,
+        script_args, tarsier_args, training_args.seed, processor=checking,
         bad_rows_log=bad_rows_path if script_args.dataset_streaming or training_args.process_index == 0 else None,
     )
     eval_dataset = None
     if training_args.eval_strategy != "no":
         eval_dataset = build_dataset(script_args, tarsier_args, training_args.seed, split=script_args.dataset_test_split,
-                                     processor=processor)
+                                     processor=checking)
+    # the parts' fresh weights (vision tower, projector, new token rows) come from the global RNG: seed it (again,
+    # after the data) or the same --seed builds a different model every run (the Trainer only seeds once the model
+    # exists)
+    set_seed(training_args.seed)
+    model, processor, peft_config, base_name = build_model(
+        model_args, tarsier_args, training_args.output_dir, is_main_process=training_args.process_index == 0
+    )
     warn_if_max_length_too_short(tarsier_args, processor, training_args.max_length)
     streaming = isinstance(train_dataset, StreamingConversationDataset)
     collator = TarsierVideoCollator(

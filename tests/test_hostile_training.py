@@ -302,3 +302,21 @@ def test_a_streamed_batch_of_only_bad_samples_does_not_stop_training(tiny_tarsie
     again = collator(bad)
     assert int(again["skipped_samples"]) == 2
     assert torch.equal(again["input_ids"], first["input_ids"]) and torch.equal(again["labels"], first["labels"])
+
+
+def test_media_that_do_not_exist_stop_the_run_before_the_model_loads(tiny_tarsier, data_dir, tmp_path):
+    """Relative video paths without --video_roots: train_sft.py stops with one error naming the cause and the first
+    missing files, before it loads the model (no model load in the log); with the right root it would train."""
+    rows = [conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i)
+            for i, name in enumerate(("red", "green", "blue"))]
+    data = tmp_path / "relative.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(tiny_tarsier[0]),
+           "--dataset_paths", str(data), "--num_frames", "2", "--output_dir", str(tmp_path / "out"),
+           "--max_steps", "2", "--use_cpu", "true", "--report_to", "none", "--bf16", "false"]
+    result = _run(cmd, tmp_path)
+    assert result.returncode != 0
+    log = result.stdout + result.stderr
+    assert "none of the 3 rows with media has its files on disk" in log and "--video_roots" in log
+    assert "videos/red.mp4" in log
+    assert "Loading weights" not in log  # stopped before the model

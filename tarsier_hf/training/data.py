@@ -713,10 +713,40 @@ def report_bad_rows(bad: Sequence[BadRow], fail_fast: bool) -> None:
     logger.warning("skipping %d bad training row(s):\n%s", len(bad), lines)
 
 
+class MissingMediaError(ValueError):
+    """No trainable row of a mixture has its media on disk (wrong `--video_roots`?), found before the model loads."""
+
+
+def media_paths(row: dict) -> list[str]:
+    """The files a normalised row reads: every item's `path` and every frame of its `paths`."""
+    paths = []
+    for message in row["messages"]:
+        for item in message["content"]:
+            paths += [item["path"]] if "path" in item else list(item.get("paths", ()))
+    return paths
+
+
+def report_missing_media(missing: Sequence[tuple[str, str]], rows_with_media: int, roots: Sequence[str | None]) -> None:
+    """Before training: raise `MissingMediaError` when no row with media has them all on disk, else warn once with
+    the count and the first places (those samples are skipped by the collator as they come)."""
+    if not missing:
+        return
+    examples = "\n".join(f"  {place}: {path}" for place, path in missing[:5])
+    hint = ("relative paths are resolved against the dataset's video root (--video_roots), "
+            + (f"here {sorted({str(r) for r in roots})}" if any(roots) else "and none was given"))
+    if len(missing) == rows_with_media:
+        raise MissingMediaError(f"none of the {rows_with_media} rows with media has its files on disk ({hint}); "
+                                f"the first missing:\n{examples}")
+    logger.warning("%d of %d rows name a media file that does not exist (%s); they will be skipped:\n%s",
+                   len(missing), rows_with_media, hint, examples)
+
+
 class _Mixture:
     """What both mixtures share: their datasets (`parts`), mixing weights per source, prompt pools, the processor's
     visual placeholders (`check_placeholders`; Tarsier's by default), and the bad-row policy and record
     (`bad_rows_log`: a JSONL file of `BadRow`s, appended to). A subclass reads its datasets in `_load(specs)`.
+    With `check_media`, a map-style mixture also looks up every row's media files up front (`report_missing_media`:
+    an error when none exists, a warning listing the first absent ones otherwise); `train_sft.py` turns it on.
 
     Raises `ValueError` when a pooled prompt spells a placeholder (prompts join rows after their check).
     """
@@ -731,6 +761,7 @@ class _Mixture:
         fail_fast: bool = False,
         bad_rows_log: str | os.PathLike | None = None,
         placeholders: dict[str, str] = PLACEHOLDERS,
+        check_media: bool = False,
     ):
         if not specs:
             raise ValueError("no training dataset given")
@@ -748,6 +779,7 @@ class _Mixture:
         self.seed = seed
         self.fail_fast = fail_fast
         self.bad_rows_log = bad_rows_log
+        self.check_media = check_media
         self.bad_rows: list[BadRow] = []
         self._load(specs)
 
@@ -778,6 +810,8 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
 
     def _load(self, specs: Sequence[DatasetSpec]) -> None:
         sources: list[str | None] = []  # per flat row; None for a bad row
+        missing: list[tuple[str, str]] = []  # (place, first absent file) of trainable rows
+        rows_with_media = 0
         self._offsets = [0]
         for spec in specs:
             rows, places, bad = load_rows_with_places(spec)
@@ -785,6 +819,11 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
                 row, reason = check_row(raw, spec, self.prompt_pools, self.placeholders)
                 if reason is not None:
                     bad.append(BadRow(places[position], reason))
+                elif self.check_media and (paths := media_paths(row)):
+                    rows_with_media += 1
+                    absent = next((path for path in paths if not os.path.exists(path)), None)
+                    if absent is not None:
+                        missing.append((str(places[position]), absent))
                 sources.append(None if row is None else row["source"])
             self.bad_rows += sorted(bad, key=lambda row: row.order)
             self.parts.append((rows, spec))
@@ -795,6 +834,7 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
         good = np.array([flat for flat, source in enumerate(sources) if source is not None], dtype=np.int64)
         if not len(good):
             raise ValueError(f"no trainable rows: all {len(self.bad_rows)} rows of {[s.place for s in specs]} are bad")
+        report_missing_media(missing, rows_with_media, [spec.video_root for spec in specs])
         self.indices = good[mixture_indices([sources[flat] for flat in good], self.weights, self.seed)]
         self._draws = 0
 
