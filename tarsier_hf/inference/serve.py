@@ -469,10 +469,11 @@ class Engine:
         self.eos_ids = _eos_ids(self.model)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else min(self.eos_ids, default=0)
-        # What every batch decodes with: the checkpoint's settings, one token chosen by argmax (a sampled row's
-        # `_RowLogits` leaves only its drawn token possible), padding with `pad_token_id`.
+        # What every batch decodes with: the checkpoint's settings, one beam (each row is one answer), one token
+        # chosen by argmax (a sampled row's `_RowLogits` leaves only its drawn token possible), padding with
+        # `pad_token_id`.
         self._decoding = copy.deepcopy(self.model.generation_config)
-        self._decoding.do_sample = False
+        self._decoding.do_sample, self._decoding.num_beams = False, 1
         self._decoding.temperature = self._decoding.top_k = self._decoding.top_p = self._decoding.min_p = None
         self._decoding.pad_token_id = self.pad_token_id
         self._scheduler = _BatchScheduler(self._generate_batch, max_batch_size, batch_window_ms / 1000,
@@ -746,7 +747,8 @@ class _RequestSampler:
 
 class _RowLogits(LogitsProcessor):
     """The per-row part of each step's scores `(B, V)`, in OpenAI's order: records the log-probabilities of rows
-    that asked for them (the model's distribution, before penalties and sampling), subtracts
+    that asked for them (the model's distribution, before penalties and sampling; after the processors the
+    checkpoint's own generation config adds, such as its `repetition_penalty`, if it sets any), subtracts
     `frequency_penalty * count + presence_penalty * (count > 0)` from each token's logit (`count`: how often the
     row has generated it), and for a sampled request draws each of its rows' token with its own generator and
     leaves only that token possible (the batch then decodes by argmax)."""
