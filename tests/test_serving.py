@@ -244,8 +244,8 @@ def test_bad_video_is_a_400_with_the_reason(client, media, tmp_path):
 def test_request_errors(client):
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-    with pytest.raises(openai.BadRequestError, match="frequency_penalty"):  # refused, never silently ignored
-        ask(client, "hi", frequency_penalty=0.5)
+    with pytest.raises(openai.BadRequestError, match="logit_bias"):  # refused, never silently ignored
+        ask(client, "hi", logit_bias={"1": 5})
     with pytest.raises(openai.BadRequestError, match="input_audio"):
         ask(client, [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}])
     with pytest.raises(openai.BadRequestError, match="mm_processor_kwargs"):

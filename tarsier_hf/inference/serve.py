@@ -1128,7 +1128,7 @@ class ServeArguments:
     max_request_mb: float = field(default=256, metadata={
         "help": "Largest request body (data: URIs included), however it is sent (chunked too)."})
     max_concurrent_generations: int = field(default=4, metadata={
-        "help": "Generations that run at once, each on its own thread; more wait for a free one."})
+        "help": "Batches that generate at once, each on its own thread; more wait for a free one."})
     max_tokens: int = field(default=ServeLimits.max_tokens, metadata={"help": "Largest max_tokens a request may ask."})
     max_stop_strings: int = field(default=ServeLimits.max_stop_strings, metadata={"help": "Most stop strings."})
     max_stop_length: int = field(default=ServeLimits.max_stop_length, metadata={
