@@ -213,6 +213,23 @@ def check_training(model, config, device, frames, steps) -> dict:
 
 
 @torch.inference_mode()
+def timed_generation(model, inputs: dict, device, batch: int, new_tokens: int) -> dict:
+    """Greedy `generate` of exactly `new_tokens` per row: `{ok, new_tokens_per_s, seconds, prompt_positions,
+    peak_mem_gib}` (peak memory on CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    start = time.perf_counter()
+    out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    made = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
+    return dict(ok=made == batch * new_tokens, new_tokens_per_s=made / elapsed, seconds=elapsed,
+                prompt_positions=inputs["input_ids"].shape[1],
+                peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None)
+
+
+@torch.inference_mode()
 def check_generation(model, config, device, frames, batches, new_tokens) -> list[dict]:
     model.eval()
     rows = []
@@ -221,18 +238,7 @@ def check_generation(model, config, device, frames, batches, new_tokens) -> list
         try:
             inputs = make_inputs(config, batch, frames, device, labels=False)
             inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            synchronize(device)
-            start = time.perf_counter()
-            out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=0)
-            synchronize(device)
-            elapsed = time.perf_counter() - start
-            made = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
-            peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-            rows.append(dict(check=name, ok=made == batch * new_tokens, new_tokens_per_s=made / elapsed,
-                             seconds=elapsed, prompt_positions=inputs["input_ids"].shape[1], peak_mem_gib=peak))
+            rows.append(dict(check=name, **timed_generation(model, inputs, device, batch, new_tokens)))
         except torch.OutOfMemoryError as error:
             rows.append(dict(check=name, ok=False, error=f"out of memory: {str(error)[:120]}"))
         finally:
@@ -338,21 +344,8 @@ def check_qwen2_vl(device, text, vision, grid, steps, batches, new_tokens, label
     for batch in batches:
         name = f"tarsier2 generate batch {batch}"
         try:
-            with torch.inference_mode():
-                inputs = make_qwen2_vl_inputs(config, batch, grid, device, labels=False)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                synchronize(device)
-                start = time.perf_counter()
-                out = model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                     pad_token_id=0)
-                synchronize(device)
-                elapsed = time.perf_counter() - start
-            made = (out.shape[1] - inputs["input_ids"].shape[1]) * batch
-            rows.append(dict(check=name, ok=made == batch * new_tokens, new_tokens_per_s=made / elapsed,
-                             seconds=elapsed, prompt_positions=inputs["input_ids"].shape[1],
-                             peak_mem_gib=torch.cuda.max_memory_allocated(device) / 2**30
-                             if device.type == "cuda" else None, config=label))
+            inputs = make_qwen2_vl_inputs(config, batch, grid, device, labels=False)
+            rows.append(dict(check=name, **timed_generation(model, inputs, device, batch, new_tokens), config=label))
         except torch.OutOfMemoryError as error:
             rows.append(dict(check=name, ok=False, error=f"out of memory: {str(error)[:120]}", config=label))
         finally:

@@ -378,7 +378,7 @@ def test_bad_inputs_name_the_file_and_cause(released_tarsier2, converted, tmp_pa
 
     small = copy_release(released_tarsier2, tmp_path / "small_vocab")
     edit_config(small, lambda c: c["text_config"].update(vocab_size=released_tarsier2["vocab_size"] - 64))
-    refused(small, r"the weights do not fit the Qwen2-VL config: shape mismatches .*embed_tokens")
+    refused(small, r"the weights do not fit the Qwen2VLForConditionalGeneration config: shape mismatches .*embed_tokens")
 
     other_template = copy_release(released_tarsier2, tmp_path / "other_template")
     (other_template / "chat_template.json").write_text(json.dumps(

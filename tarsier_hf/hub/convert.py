@@ -261,11 +261,13 @@ def stream_shards(
     return weight_map
 
 
-def check_weights_fit(config: TarsierConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
-    """Compare renamed tensor names/shapes with those of `TarsierForConditionalGeneration(config)` (built on the
-    meta device, so no memory is used) and raise on any missing, unexpected or mis-shaped tensor."""
+def check_weights_fit(config, shapes: dict[str, tuple[int, ...]], source: str,
+                      model_class=TarsierForConditionalGeneration) -> None:
+    """Compare renamed tensor names/shapes with those of `model_class(config)` (built on the meta device, so no
+    memory is used) and raise on any missing, unexpected or mis-shaped tensor. Tarsier by default; the Tarsier2
+    converter passes transformers' `Qwen2VLForConditionalGeneration`."""
     with torch.device("meta"):
-        model = TarsierForConditionalGeneration(config)
+        model = model_class(config)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight", None)
@@ -283,7 +285,8 @@ def check_weights_fit(config: TarsierConfig, shapes: dict[str, tuple[int, ...]],
             "shape mismatches " + ", ".join(f"{n}: checkpoint {shapes[n]} vs config {expected[n]}" for n in wrong[:8])
         )
     if problems:
-        raise CheckpointError(f"{source}: the weights do not fit the config: " + "; ".join(problems))
+        raise CheckpointError(f"{source}: the weights do not fit the {model_class.__name__} config: "
+                              + "; ".join(problems))
 
 
 # ----------------------------------------------------------------------------------------------------------------

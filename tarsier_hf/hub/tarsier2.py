@@ -72,7 +72,8 @@ from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGene
 from processing_tarsier2 import build_tarsier2_processor
 
 from tarsier_hf.hub.checkpoint import CheckpointError, read_json
-from tarsier_hf.hub.convert import _prepare_output, _swap_prefix, list_shards, stream_shards, tensor_shapes
+from tarsier_hf.hub.convert import (_prepare_output, _swap_prefix, check_weights_fit, list_shards, stream_shards,
+                                     tensor_shapes)
 
 RELEASED_MODEL_TYPE = "llava"
 RELEASED_ARCHITECTURE = "TarsierForConditionalGeneration"
@@ -268,30 +269,6 @@ def qwen2vl_to_released(name: str, source: str = "checkpoint") -> str | None:
     return _swap_prefix(name, tuple((new, old) for old, new in RELEASED_TO_QWEN2VL), source)
 
 
-def check_qwen2vl_weights(config: Qwen2VLConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
-    """Compare (renamed) tensor names and shapes with those of `Qwen2VLForConditionalGeneration(config)`, built on
-    the meta device (no memory); raise naming what is missing, unexpected or mis-shaped."""
-    with torch.device("meta"):
-        model = Qwen2VLForConditionalGeneration(config)
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
-        shapes = {name: shape for name, shape in shapes.items() if name != "lm_head.weight"}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(name for name in set(expected) & set(shapes) if expected[name] != shapes[name])
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    if wrong:
-        problems.append("shape mismatches " + ", ".join(
-            f"{name}: checkpoint {shapes[name]} vs config {expected[name]}" for name in wrong[:8]))
-    if problems:
-        raise CheckpointError(f"{source}: the weights do not fit the Qwen2-VL config: " + "; ".join(problems))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Tokenizer, chat template, pixel bounds
 # ----------------------------------------------------------------------------------------------------------------
@@ -457,7 +434,7 @@ def convert_released_tarsier2(input_dir, output_dir, overwrite: bool = False) ->
     released = read_released_tarsier2_config(source)
     config = qwen2vl_config_from_released(released, str(source / "config.json"))
     shards = list_shards(source)
-    check_qwen2vl_weights(config, tensor_shapes(shards, released_to_qwen2vl), str(source))
+    check_weights_fit(config, tensor_shapes(shards, released_to_qwen2vl), str(source), Qwen2VLForConditionalGeneration)
     tokenizer = load_tokenizer(source)
     check_token_ids(config, tokenizer, str(source / "config.json"))
     template, template_source = read_chat_template(source, tokenizer)
@@ -520,7 +497,8 @@ def export_released_tarsier2(input_dir, output_dir, overwrite: bool = False) -> 
     if (source / RELEASED_CONFIG_FILE).is_file():
         released = overlay(read_json(source / RELEASED_CONFIG_FILE), released)
     shards = list_shards(source)
-    check_qwen2vl_weights(config, tensor_shapes(shards, lambda name, _: name), str(source))
+    check_weights_fit(config, tensor_shapes(shards, lambda name, _: name), str(source),
+                      Qwen2VLForConditionalGeneration)
     tokenizer = load_tokenizer(source)
     check_token_ids(config, tokenizer, str(path))
     template, template_source = read_chat_template(source, tokenizer)
