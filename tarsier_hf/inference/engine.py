@@ -7,6 +7,7 @@ training and the reference loss use), and the batch through `model.generate` wit
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from dataclasses import dataclass, field, make_dataclass
@@ -185,6 +186,10 @@ class VideoTextGenerator:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_token_id = tokenizer.pad_token_id
+        # the run's decoding options plus the pad id of left-padded batches, in one config (transformers warns when
+        # generation arguments come beside a generation_config)
+        self._generation_config = copy.deepcopy(settings.generation)
+        self._generation_config.pad_token_id = self.pad_token_id
 
     @property
     def device(self) -> torch.device:
@@ -246,7 +251,7 @@ class VideoTextGenerator:
         inputs = {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in batch.items()}
         torch.manual_seed(seed)
         output = self.model.generate(
-            **inputs, pad_token_id=self.pad_token_id, generation_config=self.settings.generation
+            **inputs, generation_config=self._generation_config
         )
         new_tokens = output[:, batch["input_ids"].shape[1] :]
         return [t.strip() for t in self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
