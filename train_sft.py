@@ -237,6 +237,8 @@ def main(
     tarsier_args: TarsierArguments,
 ) -> str:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not torch.cuda.is_available():  # DeepSpeed, when installed, would warn on every save that it fell back to CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     check_sft_config(training_args)
     # TRL has no video support: keep our columns, skip its tokenisation, feed batches through our collator.
     training_args.remove_unused_columns = False
