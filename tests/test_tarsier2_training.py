@@ -162,6 +162,12 @@ def test_plain_and_fused_loss_heads_agree_and_the_vision_tower_gets_its_own_rate
     for name, param in copy_.named_parameters():
         assert rate_of[id(param)] == (3e-3 if name.startswith("model.visual.") else 1e-4), name
 
+    # the card Trainer.push_to_hub would upload is this project's, not TRL's
+    trainer.create_model_card(dataset_name="omni-research/Tarsier2-Recap-585K")
+    card = (tmp_path / "plain" / "README.md").read_text()
+    assert "A Tarsier2 video description model" in card and 'from_pretrained("plain")' in card
+    assert "omni-research/Tarsier2-Recap-585K" in card
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # What trains

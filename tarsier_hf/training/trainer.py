@@ -93,6 +93,29 @@ class TarsierSFTTrainer(SFTTrainer):
             return self._plain_head_loss(model, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
+        """The card `Trainer.push_to_hub` uploads: this project's (`tarsier_hf.hub.model_card`, the one
+        `save_pretrained`, `train_sft.py` and `tarsier-publish` write) instead of TRL's, in `OUTPUT_DIR/README.md`."""
+        from tarsier_hf.hub.model_card import card_details, render_model_card
+
+        if not self.is_world_process_zero():
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        adapter = hasattr(model, "peft_config")
+        base = model.get_base_model() if adapter else model
+        config = base.config
+        name = model_name or self.args.hub_model_id or os.path.basename(os.path.normpath(self.args.output_dir))
+        card = render_model_card(
+            name, base_model=getattr(config, "_name_or_path", None) or None,
+            datasets=[dataset_name] if isinstance(dataset_name, str) else list(dataset_name or ()),
+            training={"learning_rate": self.args.learning_rate, "max_steps": self.args.max_steps,
+                      "per_device_train_batch_size": self.args.per_device_train_batch_size,
+                      "world_size": self.args.world_size},
+            is_adapter=adapter, details=card_details(config.to_dict()), qwen2_vl=config.model_type == "qwen2_vl",
+        )
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(card)
+
     def _get_output_dir(self, trial) -> str:
         """The run folder, or the staging folder while a checkpoint is being written (the Trainer puts its
         `checkpoint-N` folder here)."""
