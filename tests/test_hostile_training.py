@@ -320,3 +320,25 @@ def test_media_that_do_not_exist_stop_the_run_before_the_model_loads(tiny_tarsie
     assert "none of the 3 rows with media has its files on disk" in log and "--video_roots" in log
     assert "videos/red.mp4" in log
     assert "Loading weights" not in log  # stopped before the model
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_reports_only_its_own_records(tiny_tarsier, data_dir, tmp_path):
+    """A run over bad rows and unreadable files, then a corrected run into the same folder: the second run's
+    `bad_rows.jsonl`, `skipped_samples.jsonl` and card hold only what it met itself (none of either)."""
+    output_dir = tmp_path / "run"
+    hostile = tmp_path / "hostile.jsonl"
+    hostile.write_text((data_dir / "with_bad.jsonl").read_text() + "not json\n")
+    first = _run(_sft(tiny_tarsier, data_dir, hostile, output_dir, "--max_steps", "2", "--save_strategy", "no"),
+                 tmp_path)
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert (output_dir / "bad_rows.jsonl").read_text().strip()
+    assert (output_dir / "skipped_samples.jsonl").read_text().strip()
+    second = _run(_sft(tiny_tarsier, data_dir, data_dir / "good.jsonl", output_dir, "--max_steps", "2",
+                       "--save_strategy", "no"), tmp_path)
+    assert second.returncode == 0, second.stderr[-4000:]
+    for record in ("bad_rows.jsonl", "skipped_samples.jsonl"):
+        path = output_dir / record
+        assert not path.exists() or not path.read_text().strip(), record
+    card = (output_dir / "README.md").read_text()
+    assert "| `skipped_rows` | `0` |" in card and "| `skipped_samples` | `0` |" in card
