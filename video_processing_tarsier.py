@@ -882,7 +882,9 @@ class VideoReader:
             yield frame
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        array = frame.to_ndarray(format="rgb24")
+        # one swscale thread: with FFmpeg's automatic thread pool, a reader in a forked DataLoader worker could wait
+        # forever on pool threads that only exist in the parent (seen as an idle worker in `to_ndarray`)
+        array = frame.to_ndarray(format="rgb24", threads=1)
         if self.apply_rotation:
             self.rotation = frame.rotation or 0
             array = _apply_rotation(array, self.rotation)
