@@ -71,7 +71,6 @@ except ImportError:  # installed as top-level modules of this repo
 # The release's inference settings (configs/tarser2_default_config.yaml and dataset/tarsier_processor.py).
 RELEASE_FRAME_PRE_RESIZE_MAX_PIXELS = 460800  # max_pixels: 1280 * 720 // 2
 RELEASE_MAX_PIXELS_PER_SAMPLE = 128 * 384 * 384  # TarsierProcessor.max_pixels_per_sample
-RELEASE_NUM_FRAMES = 16
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:

@@ -132,17 +132,15 @@ def load_model_and_processor(
     device = torch.device(device)
     checkpoint = str(checkpoint)
     model_kwargs["dtype"] = resolve_dtype(dtype, device)
-    if family is TARSIER:
-        if trust_remote_code:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
+    processor = load_processor(checkpoint, family, trust_remote_code)
+    if family is TARSIER and not trust_remote_code:
+        from modeling_tarsier import TarsierForConditionalGeneration
 
-            processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=True)
-            model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True, **model_kwargs)
-        else:
-            from modeling_tarsier import TarsierForConditionalGeneration
+        model = TarsierForConditionalGeneration.from_pretrained(checkpoint, **model_kwargs)
+    elif family is TARSIER:
+        from transformers import AutoModelForImageTextToText
 
-            processor = load_processor(checkpoint, family)
-            model = TarsierForConditionalGeneration.from_pretrained(checkpoint, **model_kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint, trust_remote_code=True, **model_kwargs)
     elif family is QWEN2_VL:
         from transformers import Qwen2VLForConditionalGeneration
 
@@ -151,11 +149,9 @@ def load_model_and_processor(
         model_kwargs.setdefault("attn_implementation", "sdpa")
         model = Qwen2VLForConditionalGeneration.from_pretrained(checkpoint, **model_kwargs)
         use_release_rope_index(model)  # text after a video where Qwen2-VL and the release put it (tarsier_hf/mrope.py)
-        processor = load_processor(checkpoint, family, trust_remote_code)
     else:
         from transformers import AutoModelForCausalLM
 
-        processor = load_processor(checkpoint, family, trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=trust_remote_code, **model_kwargs)
     if "quantization_config" not in model_kwargs and "device_map" not in model_kwargs:
         model = model.to(device)  # a quantised or dispatched model is already placed where it runs

@@ -69,7 +69,7 @@ ENGINE = textwrap.dedent(
     from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
     from tarsier_hf.training.freezing import set_trainable_parts
-    from tarsier_hf.training.model_builder import load_tarsier
+    from tarsier_hf.families import load_model_and_processor
     from video_processing_tarsier import UniformSampling
 
     recipe, folder, data_dir, out = sys.argv[1:5]
@@ -78,7 +78,8 @@ ENGINE = textwrap.dedent(
     config = deepspeed_config(Path(recipe), micro_batch=2, accumulation=1, world_size=2, clipping=1.0)
     config.pop("bf16", None)  # float32 on CPU
     torch.manual_seed(0)
-    model, processor = load_tarsier(folder)
+    model, processor, _ = load_model_and_processor(folder, dtype="float32")
+    model.train()
     set_trainable_parts(model, train_vision_tower=False, train_projector=False, train_language_model=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)

@@ -52,10 +52,10 @@ from tarsier_hf.cli import help_text
 from tarsier_hf.dream_s import (BuildConfig, build_dataset, corpus_event_scores, corpus_event_scores_by, event_scores,
                                 word_classes)
 from tarsier_hf.eval.reference_loss import own_vs_other_video
+from tarsier_hf.families import load_model_and_processor
 from tarsier_hf.jsonl import read_jsonl_objects
 from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 from tarsier_hf.tiny_recipe.vocabulary import cut_vocabulary
-from tarsier_hf.training.model_builder import load_tarsier
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes" / "tiny"
@@ -354,7 +354,7 @@ def video_reliance(checkpoint: Path, rows: list[dict], data_dir: Path, num_frame
     """Reference loss (nats per token) with each clip's own video and with the next clip's video, overall and per
     word class of the grammar: how much the model reads the frames, and for which content."""
 
-    model, processor = load_tarsier(str(checkpoint))
+    model, processor, _ = load_model_and_processor(checkpoint, dtype="float32")
     return own_vs_other_video(model, processor, rows, word_classes, video_root=str(data_dir), num_frames=num_frames)
 
 

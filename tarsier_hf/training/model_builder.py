@@ -35,16 +35,6 @@ logger = logging.getLogger(__name__)
 VISION_KINDS = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
 
 
-def load_tarsier(model_name_or_path: str, dtype: torch.dtype | str | None = None, **kwargs):
-    """Load a saved Tarsier checkpoint and its processor. Returns `(model, processor)`."""
-    model = TarsierForConditionalGeneration.from_pretrained(model_name_or_path, dtype=dtype or "float32", **kwargs)
-    # The tokenizer loader reads config.json through AutoConfig; with model_type "tarsier" registered to our class it
-    # resolves without running (or trusting) the checkpoint's own configuration_tarsier.py.
-    AutoConfig.register("tarsier", TarsierConfig, exist_ok=True)
-    processor = TarsierProcessor.from_pretrained(model_name_or_path)
-    return model, processor
-
-
 def _vision_config_and_weights(vision: str | dict) -> tuple[Any, dict | None]:
     """`(vision_config, state_dict or None)` from a model folder / Hub id, a JSON config file, or a dict."""
     if isinstance(vision, dict):
