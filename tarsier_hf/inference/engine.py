@@ -11,7 +11,6 @@ import copy
 import os
 import re
 from dataclasses import dataclass, field, make_dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -150,6 +149,14 @@ def load_model_and_processor(
     return model, processor
 
 
+def one_sample(encoded) -> dict:
+    """A processor output of a batch of one -> the tensors `collate_left_padded` batches: the per-token ones
+    (`SEQUENCE_KEYS`) without the batch axis, `(L,)`, the others as they are; values that are not tensors are left
+    out."""
+    return {key: value[0] if key in SEQUENCE_KEYS else value
+            for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+
+
 def collate_left_padded(encoded: list[dict], pad_token_id: int) -> dict:
     """The batching rule of every generation here (the describe engine, `tarsier-serve`): left-pad the per-token
     tensors (`SEQUENCE_KEYS`, each `(L_i,)`) of encoded samples to `(B, max L_i)` (`input_ids` with `pad_token_id`,
@@ -233,10 +240,8 @@ class VideoTextGenerator:
             return_tensors="pt", processor_kwargs={"frame_sampling": self.settings.frame_sampling,
                                                    "return_metadata": True, "padding": False},
         )
-        metadata = encoded.pop("video_metadata")
-        item = {key: value[0] if key in SEQUENCE_KEYS else value
-                for key, value in encoded.items() if isinstance(value, torch.Tensor)}
-        item["frame_indices"] = [int(i) for i in metadata[0].frames_indices]
+        item = one_sample(encoded)
+        item["frame_indices"] = [int(i) for i in encoded["video_metadata"][0].frames_indices]
         return item
 
     def collate(self, encoded: list[dict]) -> dict:

@@ -71,7 +71,7 @@ from transformers import (
 
 from tarsier_hf import families
 from tarsier_hf.cli import consent_boundary, help_text, take_positional
-from tarsier_hf.inference.engine import SEQUENCE_KEYS, collate_left_padded
+from tarsier_hf.inference.engine import collate_left_padded, one_sample
 from video_processing_tarsier import (
     DEFAULT_SEQUENCE_FPS,
     FpsSampling,
@@ -518,9 +518,7 @@ class Engine:
         if prompt_tokens > limits.max_prompt_tokens:
             raise RequestError(f"messages: the prompt is {prompt_tokens} tokens; the limit is "
                                f"{limits.max_prompt_tokens} (--max_prompt_tokens)", param="messages")
-        inputs = {key: value[0] if key in SEQUENCE_KEYS else value
-                  for key, value in encoded.items() if isinstance(value, torch.Tensor)}
-        return Prepared(inputs, max_tokens, stop, prompt_tokens, request.n, sampler,
+        return Prepared(one_sample(encoded), max_tokens, stop, prompt_tokens, request.n, sampler,
                         (request.top_logprobs or 0) if request.logprobs else None,
                         request.frequency_penalty or 0.0, request.presence_penalty or 0.0)
 
