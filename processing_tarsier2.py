@@ -45,7 +45,6 @@ class itself, and loads its sub-processors with its own classes (`_get_arguments
 """
 
 import json
-import math
 import os
 from typing import Any
 
@@ -54,6 +53,9 @@ from PIL import Image
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+# Qwen2-VL's target size (sides multiples of `factor`, pixels within bounds, aspect kept), the arithmetic of the
+# release's transformers 4.47; `factor=1` is the release's frame pre-resize. The PIL module needs no torchvision.
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack, VideosKwargs
 from transformers.video_processing_utils import VideoProcessorMixin
 from transformers.video_utils import VideoMetadata
@@ -71,30 +73,6 @@ except ImportError:  # installed as top-level modules of this repo
 # The release's inference settings (configs/tarser2_default_config.yaml and dataset/tarsier_processor.py).
 RELEASE_FRAME_PRE_RESIZE_MAX_PIXELS = 460800  # max_pixels: 1280 * 720 // 2
 RELEASE_MAX_PIXELS_PER_SAMPLE = 128 * 384 * 384  # TarsierProcessor.max_pixels_per_sample
-
-
-def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
-    """Qwen2-VL's target size: both sides multiples of `factor`, `min_pixels <= h * w <= max_pixels`, aspect kept.
-
-    Same arithmetic as transformers 4.47 and 5.23 (`round` halves to even; too many pixels: `floor` of the sides
-    scaled by `sqrt(h * w / max_pixels)`; too few: `ceil` of the sides scaled up). 4.47 refused sides shorter than
-    `factor`; like 5.23 this rounds them up to `factor` instead. `factor=1` is the release's frame pre-resize.
-    """
-    if min(height, width) < 1:
-        raise ValueError(f"frame of {height}x{width} pixels has no area")
-    if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
-    h_bar = round(height / factor) * factor
-    w_bar = round(width / factor) * factor
-    if h_bar * w_bar > max_pixels:
-        beta = math.sqrt((height * width) / max_pixels)
-        h_bar = max(factor, math.floor(height / beta / factor) * factor)
-        w_bar = max(factor, math.floor(width / beta / factor) * factor)
-    elif h_bar * w_bar < min_pixels:
-        beta = math.sqrt(min_pixels / (height * width))
-        h_bar = math.ceil(height * beta / factor) * factor
-        w_bar = math.ceil(width * beta / factor) * factor
-    return h_bar, w_bar
 
 
 class Tarsier2VideosKwargs(VideosKwargs, total=False):
@@ -259,6 +237,8 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
         for key in ("frame_pre_resize_max_pixels", "max_pixels_per_sample"):  # None may be asked for explicitly
             if key in kwargs and kwargs[key] is None:
                 options[key] = None
+        if min(height, width) < 1:
+            raise ValueError(f"frame of {height}x{width} pixels has no area")
         pre_max, pre_min = options["frame_pre_resize_max_pixels"], options["frame_pre_resize_min_pixels"]
         h1, w1 = height, width
         if pre_max:  # the release resizes only when its max_pixels is set

@@ -22,7 +22,9 @@ import pytest
 import torch
 from PIL import Image
 
-from processing_tarsier2 import Tarsier2VideoProcessor, build_tarsier2_processor, smart_resize
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # the reference arithmetic
+
+from processing_tarsier2 import Tarsier2VideoProcessor, build_tarsier2_processor
 from video_processing_tarsier import Tarsier2Sampling, as_frame_sampling, load_video, sample_tarsier2, sample_uniform
 
 # Qwen2-VL-7B-Instruct's preprocessor_config.json bounds, the checkpoint's (second) resize
@@ -199,6 +201,8 @@ def test_frames_over_max_pixels(demo_frames):
     assert max_abs_diff(out["pixel_values_videos"], ref["pixel_values"]) == 0.0
     with pytest.raises(ValueError, match="aspect ratio must be smaller than 200"):
         video_processor()(np.zeros((1, 2, 500, 3), np.uint8), do_sample_frames=False)
+    with pytest.raises(ValueError, match="has no area"):
+        video_processor()(np.zeros((1, 0, 5, 3), np.uint8), do_sample_frames=False)
 
 
 def test_release_pixel_budget_per_sample():
