@@ -179,7 +179,6 @@ class Prepared:
             `video_grid_thw` `(1, 3)`).
         max_tokens: most new tokens of each answer.
         stop: stop strings (left out of the answer).
-        prompt_tokens: `L`.
         n: answers asked; each is one row of a batch.
         sampler: the request's sampling settings and random generator; None for greedy decoding.
         top_logprobs: None when no log-probabilities are asked, else the alternatives wanted per token (0-20).
@@ -189,12 +188,16 @@ class Prepared:
     inputs: dict[str, torch.Tensor]
     max_tokens: int
     stop: list[str]
-    prompt_tokens: int
     n: int = 1
     sampler: _RequestSampler | None = None
     top_logprobs: int | None = None
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """`L`, the prompt's tokens (text and frames)."""
+        return len(self.inputs["input_ids"])
 
     @property
     def batch_key(self) -> tuple[str, ...]:
@@ -518,7 +521,7 @@ class Engine:
         if prompt_tokens > limits.max_prompt_tokens:
             raise RequestError(f"messages: the prompt is {prompt_tokens} tokens; the limit is "
                                f"{limits.max_prompt_tokens} (--max_prompt_tokens)", param="messages")
-        return Prepared(one_sample(encoded), max_tokens, stop, prompt_tokens, request.n, sampler,
+        return Prepared(one_sample(encoded), max_tokens, stop, request.n, sampler,
                         (request.top_logprobs or 0) if request.logprobs else None,
                         request.frequency_penalty or 0.0, request.presence_penalty or 0.0)
 
