@@ -573,7 +573,7 @@ class Engine:
                 if row.request.sink is not None:
                     row.streamer = _RowStreamer(self.tokenizer, row.request.sink, row)
             batch = collate_left_padded([row.request.prepared.inputs for row in rows], self.pad_token_id)
-            logits = _RowLogits(rows, batch["input_ids"].shape[1])
+            logits = _RowLogits(rows, batch["input_ids"].shape[1], self.model.device)
             progress = _RowProgress(rows, logits, self.tokenizer, self.eos_ids)
             config = copy.deepcopy(self._decoding)
             config.max_new_tokens = max(request.prepared.max_tokens for request in requests)
@@ -754,38 +754,39 @@ class _RowLogits(LogitsProcessor):
     row has generated it), and for a sampled request draws each of its rows' token with its own generator and
     leaves only that token possible (the batch then decodes by argmax)."""
 
-    def __init__(self, rows: list[_Row], prompt_length: int):
+    def __init__(self, rows: list[_Row], prompt_length: int, device: torch.device):
         self.prompt_length = prompt_length
-        self.logged = {i: k for k, i in enumerate(i for i, row in enumerate(rows)
-                                                  if row.request.prepared.top_logprobs is not None)}
+        logged = [i for i, row in enumerate(rows) if row.request.prepared.top_logprobs is not None]
+        self.logged = {i: k for k, i in enumerate(logged)}  # row -> its row of `step_logprobs`
+        self.logged_rows = torch.tensor(logged, dtype=torch.long, device=device)
         penalised = [i for i, row in enumerate(rows)
                      if row.request.prepared.frequency_penalty or row.request.prepared.presence_penalty]
-        self.penalised = torch.tensor(penalised, dtype=torch.long)
-        self.frequency = torch.tensor([rows[i].request.prepared.frequency_penalty for i in penalised])[:, None]
-        self.presence = torch.tensor([rows[i].request.prepared.presence_penalty for i in penalised])[:, None]
+        self.penalised = torch.tensor(penalised, dtype=torch.long, device=device)
+        self.counted = torch.arange(len(penalised), device=device)  # the rows of `counts`
+        self.frequency = torch.tensor([rows[i].request.prepared.frequency_penalty for i in penalised],
+                                      device=device)[:, None]
+        self.presence = torch.tensor([rows[i].request.prepared.presence_penalty for i in penalised],
+                                     device=device)[:, None]
         self.counts: torch.Tensor | None = None  # (len(penalised), V)
         self.sampled = []  # (row indices of a sampled request, its sampler)
         for request in dict.fromkeys(row.request for row in rows):
             if request.prepared.sampler is not None:
                 indices = [i for i, row in enumerate(rows) if row.request is request]
-                self.sampled.append((torch.tensor(indices), request.prepared.sampler))
+                self.sampled.append((torch.tensor(indices, device=device), request.prepared.sampler))
         self.active = bool(self.logged or penalised or self.sampled)
         self.step_logprobs: torch.Tensor | None = None  # (len(logged), V) of the latest step
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.logged:
-            self.step_logprobs = torch.log_softmax(scores[list(self.logged)].float(), dim=-1)
+            self.step_logprobs = torch.log_softmax(scores[self.logged_rows].float(), dim=-1)
         if len(self.penalised):
-            penalised = self.penalised.to(scores.device)
             if self.counts is None:
-                self.counts = torch.zeros(len(penalised), scores.shape[1], device=scores.device)
+                self.counts = torch.zeros(len(self.penalised), scores.shape[1], device=scores.device)
                 self.frequency, self.presence = self.frequency.to(scores), self.presence.to(scores)
             if input_ids.shape[1] > self.prompt_length:
-                newest = input_ids[penalised, -1]
-                self.counts[torch.arange(len(penalised), device=scores.device), newest] += 1
-            scores[penalised] -= self.frequency * self.counts + self.presence * (self.counts > 0)
+                self.counts[self.counted, input_ids[self.penalised, -1]] += 1
+            scores[self.penalised] -= self.frequency * self.counts + self.presence * (self.counts > 0)
         for indices, sampler in self.sampled:
-            indices = indices.to(scores.device)
             drawn = sampler.draw(input_ids[indices], scores[indices])
             scores[indices] = torch.full_like(scores[indices], -float("inf")).scatter_(1, drawn, 0.0)
         return scores
