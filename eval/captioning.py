@@ -27,7 +27,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from tarsier_hf.cli import consent_boundary, help_text
-from tarsier_hf.eval.common import (LoggingArguments, ModelArguments, PreflightError, configure_logging, find_video_file,
+from tarsier_hf.eval.common import (LoggingArguments, ModelArguments, configure_logging, find_video_file,
                                     generate_predictions, missing_videos, predictions_of, preflight, result_header,
                                     unreadable_videos)
 from tarsier_hf.inference.batch import get_state
@@ -169,10 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         usage="%(prog)s --model_name_or_path MODEL --format FORMAT --annotations PATH --output_dir DIR [options]"))
     data, model_args, log_args = parser.parse_args_into_dataclasses(args=argv)
     configure_logging(log_args)
-    try:
-        results = evaluate_captioning(data, model_args)
-    except PreflightError as error:
-        raise SystemExit(f"error: {error}") from None
+    results = evaluate_captioning(data, model_args)
     if results is not None:
         print(f"{data.format}: CIDEr {100 * results['cider']:.1f} (n={results['n']}, "
               f"{len(results['unreadable_videos'])} unreadable videos)")

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tarsier_hf.cli import renamed
+from tarsier_hf.cli import CommandStop, renamed
 from tarsier_hf.eval.autodq.judge import JudgeUnavailableError
 from tarsier_hf.eval.autodq.pipeline import build_judge
 from tarsier_hf.eval.autodq.scoring import get_config
@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 LIBRARY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "urllib3", "filelock")
 
 
-class PreflightError(RuntimeError):
-    """What would stop a run, found before its long work: every problem, one per line."""
+class PreflightError(CommandStop, RuntimeError):
+    """What would stop a run, found before its long work: every problem, one per line (a runner's `main` ends with
+    it: `tarsier_hf.cli.consent_boundary`)."""
 
 
 @dataclass

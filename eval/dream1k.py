@@ -39,7 +39,7 @@ from transformers import HfArgumentParser
 from tarsier_hf.eval.autodq.judge import JudgeUnavailableError
 from tarsier_hf.eval.autodq.pipeline import JudgeTimeoutError, run_autodq, samples_from_dream1k
 from tarsier_hf.cli import consent_boundary, help_text
-from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, PreflightError, configure_logging,
+from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, configure_logging,
                                     find_video_file, predictions_of, preflight)
 from tarsier_hf.inference.batch import get_state, run_inference
 from tarsier_hf.eval.prompts import get_preset
@@ -255,8 +255,6 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(log_args)
     try:
         results = evaluate_dream1k(data, model_args, judge_args)
-    except PreflightError as error:
-        raise SystemExit(f"error: {error}") from None
     except (JudgeTimeoutError, JudgeUnavailableError) as error:  # the judge failed once scoring started
         raise SystemExit(f"error: {error}\nThe predictions are kept in {Path(data.output_dir) / 'predictions.jsonl'}: "
                          "run the same command again once the judge answers (nothing is generated twice).") from None

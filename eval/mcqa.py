@@ -28,7 +28,7 @@ from typing import Sequence
 from transformers import HfArgumentParser
 
 from tarsier_hf.cli import consent_boundary, help_text
-from tarsier_hf.eval.common import (LoggingArguments, ModelArguments, PreflightError, configure_logging, find_video_file,
+from tarsier_hf.eval.common import (LoggingArguments, ModelArguments, configure_logging, find_video_file,
                                     generate_predictions, missing_videos, predictions_of, preflight, result_header,
                                     unreadable_videos)
 from tarsier_hf.inference.batch import get_state
@@ -393,10 +393,7 @@ def main(argv: list[str] | None = None) -> None:
         usage="%(prog)s --model_name_or_path MODEL --format FORMAT --annotations PATH --output_dir DIR [options]"))
     data, model_args, log_args = parser.parse_args_into_dataclasses(args=argv)
     configure_logging(log_args)
-    try:
-        results = evaluate_mcqa(data, model_args)
-    except PreflightError as error:
-        raise SystemExit(f"error: {error}") from None
+    results = evaluate_mcqa(data, model_args)
     if results is not None:
         print(f"{data.format}: accuracy {100 * results['accuracy']:.1f} ({results['correct']}/{results['total']}, "
               f"{results['unparsable']} unparsable counted wrong, {results['missing']} without prediction)")

@@ -32,7 +32,7 @@ from transformers import HfArgumentParser
 from tarsier_hf.eval.autodq.parsing import ParseError, load_structure
 from tarsier_hf.eval.autodq.pipeline import JudgeProgress, judge_defaults
 from tarsier_hf.cli import consent_boundary, help_text
-from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, PreflightError, configure_logging,
+from tarsier_hf.eval.common import (JudgeArguments, LoggingArguments, ModelArguments, configure_logging,
                                     find_video_file, generate_predictions, missing_videos, predictions_of, preflight,
                                     result_header, unreadable_videos)
 from tarsier_hf.inference.batch import get_state
@@ -310,10 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         usage="%(prog)s --model_name_or_path MODEL --format FORMAT --annotations PATH --output_dir DIR [options]"))
     data, model_args, judge_args, log_args = parser.parse_args_into_dataclasses(args=argv)
     configure_logging(log_args)
-    try:
-        results = evaluate_openqa(data, model_args, judge_args)
-    except PreflightError as error:
-        raise SystemExit(f"error: {error}") from None
+    results = evaluate_openqa(data, model_args, judge_args)
     if results is None:
         return
     if "accuracy" in results:

@@ -1,5 +1,5 @@
 """What the console scripts share: the flag vocabulary, the layout of `--help`, and how a load refused for want of
-consent ends.
+consent, or a run stopped before its work (`CommandStop`), ends.
 
 Vocabulary (README, "What is here"): the model a command reads is `--model_name_or_path`, the folder it writes is
 `--output_dir`, the one file it writes is `--output_file`, a folder of another command's results it reads is
@@ -73,15 +73,23 @@ def take_positional(parser: argparse.ArgumentParser, value: str | None, position
     return value
 
 
+class CommandStop(Exception):
+    """An error that ends a command with its message (`error: ...` on stderr, exit status 1), not a traceback: what
+    stopped it is said in full and nothing deeper is wrong (e.g. `tarsier_hf.eval.common.PreflightError`). Raise a
+    subclass; `consent_boundary` turns it into the exit."""
+
+
 def consent_boundary(main):
     """Wrap a command's `main`: a load that needs the checkpoint's own code and was not allowed ends with one line
     naming the flag (`error: ... pass --trust_remote_code true ...`) and `SystemExit(2)`, as argparse's usage
-    errors do, not a traceback."""
+    errors do, not a traceback; a `CommandStop` ends with `error: <message>` and `SystemExit(1)`."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
+        except CommandStop as error:
+            raise SystemExit(f"error: {error}") from None
         except ValueError as error:
             from tarsier_hf.families import RemoteCodeRequiredError  # torch: only once a command has failed
 
