@@ -149,6 +149,8 @@ CHAT_SEPARATORS = {"vicuna": "</s>", "yi": "<|endoftext|>"}
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SHARD_METADATA = {"format": "pt"}
+# Files an export (and the Tarsier2 conversion) copies unchanged when the input folder has them.
+CARRIED_FILES = ("generation_config.json", "README.md")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def stream_shards(
         save_file({name: tensors[name] for name in sorted(tensors)}, str(output / file_name), metadata=SHARD_METADATA)
         del tensors
     index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-    (output / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    write_json(output / INDEX_FILE, index)
     return weight_map
 
 
@@ -652,6 +654,26 @@ def _prepare_output(output: Path, overwrite: bool, source: Path) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
+def write_json(path: Path, data: dict) -> None:
+    """`data` as the converters write every JSON file: indented by 2, keys sorted, a final newline."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def copy_present(source: Path, output: Path, names: tuple[str, ...]) -> None:
+    """Copy each of `names` that `source` holds into `output`, unchanged."""
+    for name in names:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, output / name)
+
+
+def load_tokenizer(folder: Path):
+    """The folder's tokenizer (`CheckpointError` naming the folder when it does not load)."""
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # noqa: BLE001 - the tokenizer loaders raise many types
+        raise CheckpointError(f"{folder}: cannot load the tokenizer ({type(error).__name__}: {error})") from None
+
+
 def _drop_rebuilt(rename: Callable[[str, str], str], log: bool = True) -> Callable[[str, str], str | None]:
     def wrapped(name: str, source: str) -> str | None:
         if REBUILT_BUFFERS.search(name):
@@ -670,10 +692,7 @@ def convert_released(input_dir, output_dir, chat_template: str = "auto", overwri
     released = read_released_config(source)
     shards = list_shards(source)
     shapes = tensor_shapes(shards, _drop_rebuilt(released_to_ours, log=False))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception as error:  # noqa: BLE001 - the tokenizer loaders raise many types
-        raise CheckpointError(f"{source}: cannot load the tokenizer ({type(error).__name__}: {error})") from None
+    tokenizer = load_tokenizer(source)
     vocab_size = released["text_config"].get("vocab_size", released.get("vocab_size"))
     if vocab_size is None:
         raise CheckpointError(f"{source / 'config.json'}: text_config.vocab_size is missing")
@@ -745,14 +764,14 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
 
     _prepare_output(output, overwrite, source)
     stream_shards(shards, output, ours_to_released, "exporting shards")
-    (output / "config.json").write_text(json.dumps(released, indent=2, sort_keys=True) + "\n")
+    write_json(output / "config.json", released)
     tokenizer.save_pretrained(output)
     # The released folder has no processing_tarsier.py: its tokenizer must not point at our processor.
     tokenizer_config = read_json(output / "tokenizer_config.json")
     tokenizer_config.pop("auto_map", None)
     tokenizer_config["processor_class"] = "LlavaProcessor"
     tokenizer_config.update(released_tokenizer_fields(tokenizer))
-    (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
+    write_json(output / "tokenizer_config.json", tokenizer_config)
     write_legacy_bpe_merges(output / "tokenizer.json")
     preprocessor = {
         "image_processor_type": "CLIPImageProcessor",
@@ -769,7 +788,7 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
         "image_std": list(image_processor.get("image_std", CLIP_STD)),
         "do_convert_rgb": True,
     }
-    (output / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
+    write_json(output / "preprocessor_config.json", preprocessor)
     # vLLM's TarsierProcessor (a LlavaProcessor) counts rows * (cols + 1) + num_additional_image_tokens + 1 - 1
     # positions per image with the "default" strategy: num_additional_image_tokens=1 (CLIP's CLS) gives 601.
     llava_processor = {
@@ -779,11 +798,8 @@ def export_released(input_dir, output_dir, overwrite: bool = False) -> Path:
         "vision_feature_select_strategy": config.vision_feature_select_strategy,
         "num_additional_image_tokens": 1 if config.vision_config.model_type == "clip_vision_model" else 0,
     }
-    (output / "processor_config.json").write_text(json.dumps(llava_processor, indent=2, sort_keys=True) + "\n")
-    if (source / "generation_config.json").is_file():
-        shutil.copyfile(source / "generation_config.json", output / "generation_config.json")
-    if (source / "README.md").is_file():
-        shutil.copyfile(source / "README.md", output / "README.md")
+    write_json(output / "processor_config.json", llava_processor)
+    copy_present(source, output, CARRIED_FILES)
     return output
 
 

@@ -61,19 +61,18 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from jinja2 import TemplateError
-from transformers import AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 from processing_tarsier2 import build_tarsier2_processor
 
 from tarsier_hf.hub.checkpoint import CheckpointError, read_json
-from tarsier_hf.hub.convert import (_prepare_output, _swap_prefix, check_weights_fit, list_shards, stream_shards,
-                                     tensor_shapes)
+from tarsier_hf.hub.convert import (CARRIED_FILES, _prepare_output, _swap_prefix, check_weights_fit, copy_present,
+                                     list_shards, load_tokenizer, stream_shards, tensor_shapes, write_json)
 
 RELEASED_MODEL_TYPE = "llava"
 RELEASED_ARCHITECTURE = "TarsierForConditionalGeneration"
@@ -274,14 +273,6 @@ def qwen2vl_to_released(name: str, source: str = "checkpoint") -> str | None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_tokenizer(folder: Path):
-    """The folder's tokenizer (`CheckpointError` naming the folder when it does not load)."""
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except Exception as error:  # noqa: BLE001 - the tokenizer loaders raise many types
-        raise CheckpointError(f"{folder}: cannot load the tokenizer ({type(error).__name__}: {error})") from None
-
-
 def check_token_ids(config: Qwen2VLConfig, tokenizer, source: str) -> None:
     """Each config id of `TOKEN_KEYS` must be the tokenizer's id of its Qwen2-VL token and a row of the embedding
     table."""
@@ -446,11 +437,9 @@ def convert_released_tarsier2(input_dir, output_dir, overwrite: bool = False) ->
     _prepare_output(output, overwrite, source)
     stream_shards(shards, output, released_to_qwen2vl, "converting shards")
     config.save_pretrained(output)
-    (output / RELEASED_CONFIG_FILE).write_text(json.dumps(released, indent=2, sort_keys=True) + "\n")
+    write_json(output / RELEASED_CONFIG_FILE, released)
     processor.save_pretrained(output)
-    for name in ("generation_config.json", "README.md"):
-        if (source / name).is_file():
-            shutil.copyfile(source / name, output / name)
+    copy_present(source, output, CARRIED_FILES)
     return output
 
 
@@ -509,22 +498,18 @@ def export_released_tarsier2(input_dir, output_dir, overwrite: bool = False) -> 
 
     _prepare_output(output, overwrite, source)
     stream_shards(shards, output, qwen2vl_to_released, "exporting shards")
-    (output / "config.json").write_text(json.dumps(released, indent=2, sort_keys=True) + "\n")
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, output / name)
-    (output / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, sort_keys=True) + "\n")
-    (output / "chat_template.json").write_text(json.dumps({"chat_template": released_template}, indent=2) + "\n")
+    write_json(output / "config.json", released)
+    copy_present(source, output, TOKENIZER_FILES)
+    write_json(output / "tokenizer_config.json", tokenizer_config)
+    write_json(output / "chat_template.json", {"chat_template": released_template})
     vision = config.vision_config
     preprocessor = {
         **QWEN2VL_IMAGE_PROCESSOR, "min_pixels": min_pixels, "max_pixels": max_pixels,
         "size": {"min_pixels": min_pixels, "max_pixels": max_pixels}, "patch_size": vision.patch_size,
         "temporal_patch_size": vision.temporal_patch_size, "merge_size": vision.spatial_merge_size,
     }
-    (output / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor, indent=2, sort_keys=True) + "\n")
-    for name in ("generation_config.json", "README.md"):
-        if (source / name).is_file():
-            shutil.copyfile(source / name, output / name)
+    write_json(output / PREPROCESSOR_FILE, preprocessor)
+    copy_present(source, output, CARRIED_FILES)
     return output
 
 
