@@ -174,6 +174,25 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def timed_steps(model, inputs: dict, optimizer, steps: int, device) -> tuple[torch.Tensor, float]:
+    """One warm-up and `steps` timed optimizer steps on `inputs` (peak memory counted from here on CUDA):
+    `(last loss, median step seconds)`."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for step in range(steps + 1):  # the first step warms up
+        synchronize(device)
+        start = time.perf_counter()
+        loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if step:
+            times.append(time.perf_counter() - start)
+    return loss, sorted(times)[len(times) // 2]
+
+
 def check_training(model, config, device, frames, steps) -> dict:
     set_trainable_parts(model, train_vision_tower=False, train_projector=False, train_language_model=True)
     model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -184,21 +203,9 @@ def check_training(model, config, device, frames, steps) -> dict:
     vision_params = sum(p.numel() for p in model.model.vision_tower.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
     inputs = make_inputs(config, 1, frames, device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     tokens = inputs["input_ids"].numel()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for step in range(steps + 1):  # the first step warms up
-        synchronize(device)
-        start = time.perf_counter()
-        loss = model(**dict(inputs, pixel_values=inputs["pixel_values"].to(model.dtype))).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
-        if step:
-            times.append(time.perf_counter() - start)
-    step_time = sorted(times)[len(times) // 2]
+    loss, step_time = timed_steps(model, inputs, optimizer, steps, device)
     name, peak = peak_tflops(device)
     flops = model_flops(config, lm_params, vision_params, tokens, frames)
     del optimizer
@@ -304,20 +311,7 @@ def check_qwen2_vl(device, text, vision, grid, steps, batches, new_tokens, label
         inputs = make_qwen2_vl_inputs(config, 1, grid, device)
         tokens = inputs["input_ids"].numel()
         patches = inputs["pixel_values_videos"].shape[0]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for step in range(steps + 1):  # the first step warms up
-            synchronize(device)
-            start = time.perf_counter()
-            loss = model(**inputs).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            synchronize(device)
-            if step:
-                times.append(time.perf_counter() - start)
-        step_time = sorted(times)[len(times) // 2]
+        loss, step_time = timed_steps(model, inputs, optimizer, steps, device)
         text_config = config.text_config
         # LM 6 N T + causal attention 6 L d T^2; vision forward 2 N_v P + attention 4 L_v d_v (P / t)^2 per frame
         flops = (6 * lm_params * tokens + 6 * text_config.num_hidden_layers * text_config.hidden_size * tokens**2
