@@ -263,6 +263,15 @@ def test_n_answers_streamed_and_whole(client):
     assert reasons == [choice.finish_reason for choice in whole.choices]
 
 
+def test_an_empty_stop_string_stops_nothing(client):
+    """`"stop": [""]` answers as no stop, whole and streamed (the stream once held back -1 characters, dropping one
+    character of every piece after the first)."""
+    plain = ask(client, "Say hello.", max_tokens=16).choices[0].message.content
+    assert ask(client, "Say hello.", max_tokens=16, stop=[""]).choices[0].message.content == plain
+    chunks = list(ask(client, "Say hello.", max_tokens=16, stop=[""], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain
+
+
 def test_logprobs_in_openai_s_shape(client):
     """`choices[i].logprobs.content`, whole and streamed, one entry per completion token."""
     response = ask(client, "Say hello.", logprobs=True, top_logprobs=2)

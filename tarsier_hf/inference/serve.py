@@ -178,7 +178,7 @@ class Prepared:
             `pixel_values` `(F, 3, S, S)` and `num_frames` `(1,)`; Qwen2-VL's `pixel_values_videos` `(P, D)` and
             `video_grid_thw` `(1, 3)`).
         max_tokens: most new tokens of each answer.
-        stop: stop strings (left out of the answer).
+        stop: stop strings, none empty (left out of the answer).
         n: answers asked; each is one row of a batch.
         sampler: the request's sampling settings and random generator; None for greedy decoding.
         top_logprobs: None when no log-probabilities are asked, else the alternatives wanted per token (0-20).
@@ -506,6 +506,7 @@ class Engine:
         if any(len(s) > limits.max_stop_length for s in stop):
             raise RequestError(f"stop: a string of {max(map(len, stop))} characters; the limit is "
                                f"{limits.max_stop_length} (--max_stop_length)", param="stop")
+        stop = [s for s in stop if s]  # an empty string stops nothing
         if request.top_logprobs is not None and not request.logprobs:
             raise RequestError("top_logprobs: needs \"logprobs\": true", param="top_logprobs")
         sampler = self._sampler(request)
@@ -805,6 +806,8 @@ class _RowProgress(StoppingCriteria):
 
     def __init__(self, rows: list[_Row], logits: _RowLogits, tokenizer, eos_ids: set[int]):
         self.rows, self.logits, self.tokenizer, self.eos_ids = rows, logits, tokenizer, eos_ids
+        # per row, the new tokens a stop string completed by the newest one can span (see above)
+        self.stop_windows = [max(map(len, row.request.prepared.stop), default=0) + 4 for row in rows]
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         newest = input_ids[:, -1].tolist()
@@ -825,13 +828,13 @@ class _RowProgress(StoppingCriteria):
             if row.streamer is not None:
                 row.streamer.put(torch.tensor([token]))
             if (token in self.eos_ids or len(row.answer.ids) >= prepared.max_tokens
-                    or (prepared.stop and self._stopped(row.answer.ids, prepared.stop))):
+                    or (prepared.stop and self._stopped(row.answer.ids[-self.stop_windows[i]:], prepared.stop))):
                 self.finish(row)
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
-    def _stopped(self, ids: list[int], stop: list[str]) -> bool:
-        tail = self.tokenizer.decode(ids[-(max(map(len, stop)) + 4):], skip_special_tokens=True)
-        return any(s and s in tail for s in stop)
+    def _stopped(self, tail_ids: list[int], stop: list[str]) -> bool:
+        tail = self.tokenizer.decode(tail_ids, skip_special_tokens=True)
+        return any(s in tail for s in stop)
 
     def finish(self, row: _Row) -> None:
         """End `row`: flush its stream; answer its request when this was its last live row."""
@@ -865,7 +868,7 @@ def _eos_ids(model) -> set[int]:
 
 
 def _first_stop(text: str, stop: list[str]) -> int | None:
-    hits = [text.find(s) for s in stop if s and s in text]
+    hits = [text.find(s) for s in stop if s in text]
     return min(hits) if hits else None
 
 
