@@ -385,6 +385,12 @@ def test_bad_inputs_name_the_file_and_cause(released_tarsier2, converted, tmp_pa
         {"chat_template": "{% for m in messages %}USER: {{ m['content'][-1]['text'] }} {% endfor %}ASSISTANT:"}))
     refused(other_template, r"chat_template.json: the chat template renders 'USER: .* Qwen2-VL's ChatML renders")
 
+    broken_tokenizer = copy_release(released_tarsier2, tmp_path / "broken_tokenizer")
+    for name in ("tokenizer.json", "vocab.json", "merges.txt"):
+        if (broken_tokenizer / name).is_file():
+            (broken_tokenizer / name).write_text("{")
+    refused(broken_tokenizer, r"broken_tokenizer: cannot load the tokenizer \(")
+
     no_pixels = copy_release(released_tarsier2, tmp_path / "no_pixels")
     (no_pixels / "preprocessor_config.json").unlink()
     refused(no_pixels, r"no_pixels: no preprocessor_config.json")
