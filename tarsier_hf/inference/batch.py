@@ -211,12 +211,19 @@ class InferenceArguments(GenerationArguments):
     )
 
     def settings(self) -> InferenceSettings:
-        return InferenceSettings(
-            checkpoint=self.checkpoint,
-            frame_sampling=inference_sampling(self.num_frames, self.fps, self.max_frames,
-                                              default=lambda: default_frame_sampling(self.checkpoint, self.trust_remote_code)),
-            system_prompt=self.system_prompt, dtype=self.dtype, generation=self.generation_config(), seed=self.seed,
-        )
+        return settings_from(self)
+
+
+def settings_from(args) -> InferenceSettings:
+    """The `InferenceSettings` of a command line that generates (`tarsier-infer`'s `InferenceArguments`,
+    `tarsier-describe`'s): `args` has the `GenerationArguments` and `checkpoint`, `num_frames`, `fps`,
+    `max_frames`, `trust_remote_code`; without `--num_frames` / `--fps` the checkpoint's own frame sampling."""
+    return InferenceSettings(
+        checkpoint=args.checkpoint,
+        frame_sampling=inference_sampling(args.num_frames, args.fps, args.max_frames,
+                                          default=lambda: default_frame_sampling(args.checkpoint, args.trust_remote_code)),
+        system_prompt=args.system_prompt, dtype=args.dtype, generation=args.generation_config(), seed=args.seed,
+    )
 
 
 @consent_boundary

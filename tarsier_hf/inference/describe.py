@@ -24,11 +24,8 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from tarsier_hf.cli import consent_boundary, help_text, renamed
-from tarsier_hf.inference.batch import get_state, run_inference
-from tarsier_hf.families import default_frame_sampling
-from tarsier_hf.inference.engine import (
-    DEFAULT_DESCRIPTION_PROMPT, GenerationArguments, InferenceSettings, VideoRequest, inference_sampling,
-)
+from tarsier_hf.inference.batch import get_state, run_inference, settings_from
+from tarsier_hf.inference.engine import DEFAULT_DESCRIPTION_PROMPT, GenerationArguments, VideoRequest
 from video_processing_tarsier import VIDEO_EXTENSIONS
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
@@ -87,15 +84,6 @@ def collect_videos(inputs: list[str], recursive: bool = False) -> list[str]:
         else:
             raise FileNotFoundError(f"{item}: no such video file, folder or list")
     return list(dict.fromkeys(paths))
-
-
-def settings_from(args: DescribeArguments) -> InferenceSettings:
-    return InferenceSettings(
-        checkpoint=args.checkpoint,
-        frame_sampling=inference_sampling(args.num_frames, args.fps, args.max_frames,
-                                          default=lambda: default_frame_sampling(args.checkpoint, args.trust_remote_code)),
-        system_prompt=args.system_prompt, dtype=args.dtype, generation=args.generation_config(), seed=args.seed,
-    )
 
 
 def describe(inputs: list[str], args: DescribeArguments, model=None, processor=None) -> dict[str, dict]:
