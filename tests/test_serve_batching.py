@@ -19,6 +19,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from tarsier_hf.inference.engine import collate_left_padded
 from tarsier_hf.inference.serve import ChatCompletionRequest, Engine
 from tests.colour_clips import write_colour_clips
 from tests.sensitive_tarsier import input_sensitive_copy
@@ -176,9 +177,8 @@ class AdditivePenalties(LogitsProcessor):
         return scores
 
 
-def batch_of_one(prepared) -> dict:
-    return {key: value[None] if value.ndim == 1 and key in ("input_ids", "attention_mask") else value
-            for key, value in prepared.inputs.items()}
+def batch_of_one(engine: Engine, prepared) -> dict:
+    return collate_left_padded([prepared.inputs], engine.pad_token_id)
 
 
 def test_penalties_are_openai_s_additive_ones(tarsier_engine):
@@ -193,7 +193,7 @@ def test_penalties_are_openai_s_additive_ones(tarsier_engine):
         prepared = engine.prepare(request)
         with torch.inference_mode():
             out = engine.model.generate(
-                **batch_of_one(prepared), max_new_tokens=tokens, do_sample=False, pad_token_id=engine.pad_token_id,
+                **batch_of_one(engine, prepared), max_new_tokens=tokens, do_sample=False, pad_token_id=engine.pad_token_id,
                 logits_processor=LogitsProcessorList([AdditivePenalties(prepared.prompt_tokens, frequency, presence)]))
         expected = out[0, prepared.prompt_tokens:].tolist()
         assert engine.generate(prepared).result(timeout=300)[0].ids == expected
@@ -208,7 +208,7 @@ def test_logprobs_are_the_model_s_distribution(tarsier_engine):
     engine = tarsier_engine
     prepared = engine.prepare(chat_request("Say hello.", max_tokens=6, logprobs=True, top_logprobs=3))
     with torch.inference_mode():
-        out = engine.model.generate(**batch_of_one(prepared), max_new_tokens=6, do_sample=False,
+        out = engine.model.generate(**batch_of_one(engine, prepared), max_new_tokens=6, do_sample=False,
                                     pad_token_id=engine.pad_token_id, output_logits=True,
                                     return_dict_in_generate=True)
     expected = torch.log_softmax(torch.stack(out.logits)[:, 0].float(), dim=-1)  # (T, V)
