@@ -226,14 +226,17 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
             return sampling.with_num_frames(int(num_frames))
         return sampling
 
+    def _options(self, kwargs: dict, *names: str) -> dict[str, Any]:
+        """Each of `names` as this call's `kwargs` give it, else (absent or None) the processor's attribute."""
+        return {name: getattr(self, name) if kwargs.get(name) is None else kwargs[name] for name in names}
+
     # -- pixels -------------------------------------------------------------------------------------------------
 
     def frame_sizes(self, height: int, width: int, num_images: int = 0, **kwargs) -> tuple[tuple[int, int], tuple[int, int]]:
         """`((h1, w1), (h2, w2))`: the size after the release's first resize and after Qwen2-VL's resize of a
         `height x width` frame in a sample of `num_images` images (duplicates counted; the pixel budget)."""
-        options = {k: kwargs.get(k) if kwargs.get(k) is not None else getattr(self, k) for k in (
-            "frame_pre_resize_max_pixels", "frame_pre_resize_min_pixels", "max_pixels_per_sample", "min_pixels",
-            "max_pixels", "patch_size", "merge_size")}
+        options = self._options(kwargs, "frame_pre_resize_max_pixels", "frame_pre_resize_min_pixels",
+                                "max_pixels_per_sample", "min_pixels", "max_pixels", "patch_size", "merge_size")
         for key in ("frame_pre_resize_max_pixels", "max_pixels_per_sample"):  # None may be asked for explicitly
             if key in kwargs and kwargs[key] is None:
                 options[key] = None
@@ -273,9 +276,8 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
         `num_images` is the count of images in the video's sample for `max_pixels_per_sample` (default: this
         video's frames, duplicates counted); `kwargs` override the processor's attributes for this call.
         """
-        opt = {k: kwargs[k] if kwargs.get(k) is not None else getattr(self, k) for k in (
-            "duplicate_frames", "patch_size", "temporal_patch_size", "merge_size", "resample", "rescale_factor",
-            "image_mean", "image_std")}
+        opt = self._options(kwargs, "duplicate_frames", "patch_size", "temporal_patch_size", "merge_size", "resample",
+                            "rescale_factor", "image_mean", "image_std")
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
             raise ValueError(f"a video is (n, H, W, 3) uint8 frames with n >= 1, got {frames.dtype} {frames.shape}")
@@ -341,13 +343,10 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
             sample_ids = list(range(len(videos)))
         if len(sample_ids) != len(videos):
             raise ValueError(f"sample_ids has {len(sample_ids)} entries for {len(videos)} videos")
-        samples = []
-        for video in videos:
-            samples.append(load_video(video, sampling if do_sample_frames else _EveryFrame(), rng=rng))
+        policy = sampling if do_sample_frames else _EveryFrame()
+        samples = [load_video(video, policy, rng=rng) for video in videos]
 
-        duplicate = kwargs.get("duplicate_frames")
-        duplicate = self.duplicate_frames if duplicate is None else duplicate
-        tp = kwargs.get("temporal_patch_size") or self.temporal_patch_size
+        duplicate, tp, patch = self._options(kwargs, "duplicate_frames", "temporal_patch_size", "patch_size").values()
         images_in_sample: dict[int, int] = {}
         for sample_id, sample in zip(sample_ids, samples):
             images_in_sample[sample_id] = images_in_sample.get(sample_id, 0) + len(sample.frames) * (
@@ -361,7 +360,7 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
                 raise ValueError(f"{sample.source}: {error}") from None
             pixel_values.append(patches)
             grids.append(grid)
-        width = 3 * tp * (kwargs.get("patch_size") or self.patch_size) ** 2
+        width = 3 * tp * patch**2
         data = {
             "pixel_values_videos": np.concatenate(pixel_values) if pixel_values else np.zeros((0, width), np.float32),
             "video_grid_thw": np.array(grids, dtype=np.int64).reshape(-1, 3),
@@ -373,11 +372,10 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
     def get_num_of_video_patches(self, num_frames: int, height: int, width: int, videos_kwargs=None) -> int:
         """Patches (`t * h * w`) of a video of `num_frames` sampled `height x width` frames, before merging."""
         videos_kwargs = videos_kwargs or {}
-        duplicate = videos_kwargs.get("duplicate_frames", self.duplicate_frames)
-        tp = videos_kwargs.get("temporal_patch_size") or self.temporal_patch_size
+        options = self._options(videos_kwargs, "duplicate_frames", "temporal_patch_size", "patch_size")
+        duplicate, tp, p = options.values()
         images = num_frames * (tp if duplicate else 1)
         (_, _), (h2, w2) = self.frame_sizes(height, width, images, **videos_kwargs)
-        p = videos_kwargs.get("patch_size") or self.patch_size
         return -(-images // tp) * (h2 // p) * (w2 // p)
 
 
