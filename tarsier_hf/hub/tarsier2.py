@@ -71,8 +71,9 @@ from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 from processing_tarsier2 import build_tarsier2_processor
 
 from tarsier_hf.hub.checkpoint import CheckpointError, read_json
-from tarsier_hf.hub.convert import (CARRIED_FILES, _prepare_output, _swap_prefix, check_weights_fit, copy_present,
-                                     list_shards, load_tokenizer, stream_shards, tensor_shapes, write_json)
+from tarsier_hf.hub.convert import (CARRIED_FILES, CLIP_MEAN, CLIP_STD, _prepare_output, _swap_prefix,
+                                     check_weights_fit, copy_present, list_shards, load_tokenizer, stream_shards,
+                                     tensor_shapes, write_json)
 
 RELEASED_MODEL_TYPE = "llava"
 RELEASED_ARCHITECTURE = "TarsierForConditionalGeneration"
@@ -108,8 +109,7 @@ TOKENIZER_5X_KEYS = ("auto_map", "processor_class", "backend", "is_local", "loca
 # transformers 4.47 Qwen2VLImageProcessor fields besides the pixel bounds (Qwen2-VL's, as the release saved them).
 QWEN2VL_IMAGE_PROCESSOR = {
     "image_processor_type": "Qwen2VLImageProcessor", "do_convert_rgb": True, "do_normalize": True, "do_rescale": True,
-    "do_resize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "rescale_factor": 1 / 255,
+    "do_resize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "resample": 3, "rescale_factor": 1 / 255,
 }
 
 
