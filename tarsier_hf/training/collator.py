@@ -17,7 +17,6 @@ raise (`on_too_long="error"`); truncation is never applied, because it would cut
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -25,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from tarsier_hf.jsonl import append_jsonl
 from video_processing_tarsier import FrameSampling, VideoReadError
 
 logger = logging.getLogger(__name__)
@@ -196,10 +196,9 @@ class TarsierVideoCollator:
         logger.warning("skipping sample idx=%s (source %s): %s", row.get("idx"), row.get("source"), reason)
         if row.get("mix_index") is not None:
             self._known_bad.add(int(row["mix_index"]))
-        if self.skip_log:
-            line = json.dumps({"idx": row.get("idx"), "source": row.get("source"), "reason": reason, "rank": self.rank})
-            with open(self.skip_log, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
+        if self.skip_log:  # shared by the DataLoader workers and ranks: whole lines, under a lock
+            append_jsonl(self.skip_log, [{"idx": row.get("idx"), "source": row.get("source"), "reason": reason,
+                                          "rank": self.rank}])
 
     def _try_encode(self, row: dict, rng: np.random.Generator, counts: dict) -> dict | None:
         """The encoded sample, or `None` (counted and logged) when its media fail or it is too long."""

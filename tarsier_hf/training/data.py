@@ -62,7 +62,7 @@ import torch
 import yaml
 
 from processing_tarsier import IMAGE_TOKEN, VIDEO_TOKEN, _split_per_sample
-from tarsier_hf.jsonl import iter_jsonl
+from tarsier_hf.jsonl import append_jsonl, iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -787,10 +787,10 @@ class _Mixture:
         raise NotImplementedError
 
     def _record(self, bad: Sequence[BadRow]) -> None:
-        """Append bad rows to `bad_rows_log` (when set)."""
-        if self.bad_rows_log and bad:
-            with open(self.bad_rows_log, "a", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(asdict(row)) + "\n" for row in bad)
+        """Append bad rows to `bad_rows_log` (when set), whole lines under a lock (`append_jsonl`): the workers and
+        ranks of a streamed run append to one file."""
+        if self.bad_rows_log:
+            append_jsonl(self.bad_rows_log, [asdict(row) for row in bad])
 
 
 class ConversationDataset(_Mixture, torch.utils.data.Dataset):
