@@ -99,6 +99,11 @@ def _sft(tiny_tarsier, data_dir, data, output_dir, *extra) -> list[str]:
             "--max_length", "256", "--gradient_checkpointing", "false", "--logging_steps", "1", "--seed", "0", *extra]
 
 
+# What train_sft.py prints once it has loaded a model (transformers' weight-loading bar, then its own count of the
+# trainable parameters): absent from the log of a run stopped before the model, present in one that trained.
+MODEL_LOADED = ("Loading weights", "trainable parameters before adapters")
+
+
 def _run(cmd, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=cwd, env=child_env(), capture_output=True, text=True, timeout=400)
 
@@ -183,7 +188,9 @@ def test_a_kill_during_a_checkpoint_save_resumes_from_the_previous_complete_chec
 def test_the_working_directory_cannot_shadow_the_library_remote_code(tmp_path):
     """`python -m` puts the working directory first on sys.path: started in a folder holding booby-trapped
     remote-code files (a downloaded checkpoint), the library's own modules are imported, with a warning."""
-    names = ("configuration_tarsier", "modeling_tarsier", "processing_tarsier", "video_processing_tarsier")
+    from tarsier_hf.hub.checkpoint import CODE_FILES
+
+    names = [Path(name).stem for name in CODE_FILES]  # the remote-code modules a Tarsier checkpoint carries
     trap = tmp_path / "checkpoint"
     trap.mkdir()
     for name in names:
@@ -244,6 +251,8 @@ def test_a_streamed_run_card_counts_the_skipped_samples_of_its_record(tiny_tarsi
     result = _run(_sft(tiny_tarsier, data_dir, data, output_dir, "--max_steps", "2", "--save_strategy", "no",
                        "--dataset_streaming", "true"), tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
+    for marker in MODEL_LOADED:  # what a run stopped before the model must not print
+        assert marker in result.stdout + result.stderr, marker
     skipped = (output_dir / "skipped_samples.jsonl").read_text().splitlines()
     assert [json.loads(line)["idx"] for line in skipped] == [50]
     assert "| `skipped_samples` | `1` |" in (output_dir / "README.md").read_text()
@@ -319,7 +328,8 @@ def test_media_that_do_not_exist_stop_the_run_before_the_model_loads(tiny_tarsie
     log = result.stdout + result.stderr
     assert "none of the 3 rows with media has its files on disk" in log and "--video_roots" in log
     assert "videos/red.mp4" in log
-    assert "Loading weights" not in log  # stopped before the model
+    for marker in MODEL_LOADED:  # stopped before the model (a run that loads one prints them: the streamed run below)
+        assert marker not in log, marker
 
 
 @pytest.mark.slow
