@@ -309,9 +309,7 @@ class TarsierForConditionalGeneration(TarsierPreTrainedModel, GenerationMixin):
         super().save_pretrained(save_directory, *args, **kwargs)
         card = os.path.join(save_directory, CARD_FILE)
         if kwargs.get("is_main_process", True) and not os.path.exists(card):
-            name = os.path.basename(os.path.abspath(save_directory))
-            with open(card, "w", encoding="utf-8") as handle:
-                handle.write(render_model_card(name, details=card_details(self.config.to_dict())))
+            self._write_card(card, os.path.basename(os.path.abspath(save_directory)))
 
     def _upload_modified_files(self, working_dir: str | os.PathLike, repo_id: str, *args, **kwargs):
         """Before `push_to_hub` uploads `working_dir`: where it holds no card, or only the placeholder
@@ -319,10 +317,13 @@ class TarsierForConditionalGeneration(TarsierPreTrainedModel, GenerationMixin):
         `save_pretrained` made), the Tarsier card titled `repo_id` takes its place."""
         card = os.path.join(working_dir, CARD_FILE)
         if not os.path.exists(card) or is_placeholder_card(card):
-            with open(card, "w", encoding="utf-8") as handle:
-                handle.write(render_model_card(repo_id, details=card_details(self.config.to_dict())))
+            self._write_card(card, repo_id)
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
 
+    def _write_card(self, path: str, title: str) -> None:
+        """Write the generated card of this model, titled `title`, to `path`."""
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(render_model_card(title, details=card_details(self.config.to_dict())))
 
     def get_image_features(
         self, pixel_values: torch.FloatTensor, num_frames: torch.LongTensor | None = None
