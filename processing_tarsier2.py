@@ -101,11 +101,6 @@ class Tarsier2VideosKwargs(VideosKwargs, total=False):
     rng: Any
 
 
-_SAVED_OPTIONS = (
-    "resample", "image_mean", "image_std", "rescale_factor", "do_resize", "do_rescale", "do_normalize",
-    "do_sample_frames", "patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels",
-    "duplicate_frames", "frame_pre_resize_max_pixels", "frame_pre_resize_min_pixels", "max_pixels_per_sample",
-)
 # The saved form (see `Tarsier2VideoProcessor.to_dict`): transformers' Qwen2-VL video processor config, whose class
 # plain Qwen2-VL loads, with the options only Tarsier2 has in one block under this key (an attribute to Qwen2-VL).
 TARSIER2_OPTIONS_KEY = "tarsier2"
@@ -185,8 +180,6 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
         kwargs = {k: v for k, v in kwargs.items() if not (k in ("min_pixels", "max_pixels") and v is None)}
         super().__init__(**kwargs)
         self.frame_sampling = Tarsier2Sampling() if frame_sampling is None else as_frame_sampling(frame_sampling)
-        for name in _SAVED_OPTIONS:  # instance attributes, so that `to_dict` saves every option
-            setattr(self, name, getattr(self, name))
         for name in ("patch_size", "temporal_patch_size", "merge_size", "min_pixels", "max_pixels"):
             setattr(self, name, int(getattr(self, name)))
         self.resample = int(self.resample)
