@@ -190,3 +190,29 @@ def test_streamed_training_run_skips_and_records_bad_rows(tiny_tarsier, data_dir
     stopped = _train(tiny_tarsier, data_dir, path, tmp_path / "strict", *streaming, "--fail_fast", "true")
     assert stopped.returncode != 0
     assert f"bad training row (--fail_fast): {path}:3: no assistant turn" in stopped.stderr
+
+
+def test_media_are_looked_up_once_before_training_and_a_partly_missing_mixture_warns(data_dir, tmp_path, monkeypatch,
+                                                                                     caplog):
+    """`check_media`: rows that share a clip (several tasks of one video) look it up once; some missing files warn
+    with the count and the place, and none on disk is `MissingMediaError`."""
+    from tarsier_hf.training import data as data_module
+    from tarsier_hf.training.data import ConversationDataset, DatasetSpec, MissingMediaError
+
+    rows = [conversation_row("videos/red.mp4", "Red.", 0), conversation_row("videos/red.mp4", "Still red.", 1),
+            conversation_row("videos/gone.mp4", "Never read.", 2)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    looked_up = []
+    real_exists = os.path.exists
+    monkeypatch.setattr(data_module.os.path, "exists", lambda p: looked_up.append(p) or real_exists(p))
+    with caplog.at_level("WARNING", logger=data_module.__name__):
+        dataset = ConversationDataset([DatasetSpec(str(path), str(data_dir))], check_media=True)
+    media = [p for p in looked_up if p.endswith(".mp4")]
+    assert sorted(media) == sorted({str(data_dir / "videos/red.mp4"), str(data_dir / "videos/gone.mp4")})
+    assert "1 of 3 rows name a media file that does not exist" in caplog.text and f"{path}:3" in caplog.text
+    assert len(dataset) == 3  # they stay in the mixture: the collator skips them as they come
+
+    monkeypatch.setattr(data_module.os.path, "exists", real_exists)
+    with pytest.raises(MissingMediaError, match="none of the 3 rows with media has its files on disk"):
+        ConversationDataset([DatasetSpec(str(path), str(tmp_path))], check_media=True)

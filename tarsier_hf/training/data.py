@@ -48,6 +48,7 @@ Every row is normalised on the fly by `normalize_row` into `{"messages": [{"role
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -813,6 +814,7 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
         missing: list[tuple[str, str]] = []  # (place, first absent file) of trainable rows
         rows_with_media = 0
         self._offsets = [0]
+        on_disk = functools.cache(os.path.exists)  # a file many rows share (one clip, several tasks) is looked up once
         for spec in specs:
             rows, places, bad = load_rows_with_places(spec)
             for position, raw in enumerate(rows):
@@ -821,7 +823,7 @@ class ConversationDataset(_Mixture, torch.utils.data.Dataset):
                     bad.append(BadRow(places[position], reason))
                 elif self.check_media and (paths := media_paths(row)):
                     rows_with_media += 1
-                    absent = next((path for path in paths if not os.path.exists(path)), None)
+                    absent = next((path for path in paths if not on_disk(path)), None)
                     if absent is not None:
                         missing.append((str(places[position]), absent))
                 sources.append(None if row is None else row["source"])
