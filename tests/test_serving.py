@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tarsier_hf.inference.serve import ServeArguments
 from tests.colour_clips import write_colour_clips
 from tests.conftest import _free_port, wait_until_healthy
 from tests.sensitive_tarsier import input_sensitive_copy
@@ -192,17 +193,22 @@ def test_streaming_equals_non_streaming(client, media):
 
 @pytest.mark.slow
 def test_a_closed_stream_stops_its_generation(client):
-    """A streaming client that goes away frees the generation thread: the next request does not wait for the
-    abandoned one's remaining tokens (measured: ~2 s for 1,000 tokens of the tiny model vs ~0.03 s after). Several
+    """Streaming clients that go away free their generation threads: the next request does not wait for the
+    abandoned ones' remaining tokens (measured: ~2 s for 1,000 tokens of the tiny model vs ~0.03 s after). Each try
+    abandons one stream per generation thread (`--max_concurrent_generations`), so a missed cancel leaves no thread
+    free (with one stream a try, the other threads answered at once whether the cancel worked or not). Several
     tries, because a cancel left to the garbage collector was missed in about one try of twelve."""
     started = time.monotonic()
     assert ask(client, "Say hello.", max_tokens=1000).usage.completion_tokens == 1000
     whole = time.monotonic() - started
     waits = []
     for _ in range(4):
-        stream = ask(client, "Say hello.", max_tokens=1000, stream=True)
-        next(stream), next(stream), next(stream)
-        stream.close()
+        streams = []
+        for _ in range(ServeArguments.max_concurrent_generations):  # a batch each: the others generate already
+            streams.append(ask(client, "Say hello.", max_tokens=1000, stream=True))
+            next(streams[-1]), next(streams[-1]), next(streams[-1])
+        for stream in streams:
+            stream.close()
         started = time.monotonic()
         ask(client, "Say hello.")
         waits.append(time.monotonic() - started)
