@@ -114,6 +114,15 @@ QWEN2VL_SAMPLING_KEYS = ("do_sample_frames", "num_frames", "fps", "min_frames", 
                          "max_video_tokens")
 
 
+def _size_to_bounds(kwargs: dict) -> None:
+    """transformers' spelling of the pixel bounds, `size` (`{shortest_edge, longest_edge}`, or 4.47's `{min_pixels,
+    max_pixels}`), popped from `kwargs` into its `min_pixels` / `max_pixels` where those are not given."""
+    size = kwargs.pop("size", None)
+    if size:
+        kwargs.setdefault("min_pixels", size.get("shortest_edge", size.get("min_pixels")))
+        kwargs.setdefault("max_pixels", size.get("longest_edge", size.get("max_pixels")))
+
+
 class Tarsier2VideoProcessor(VideoProcessorMixin):
     r"""Videos -> Qwen2-VL `pixel_values_videos` and `video_grid_thw`, with Tarsier2's frame sampling and resizing.
 
@@ -173,10 +182,7 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
             kwargs.pop(key, None)
         frame_sampling = own.pop("frame_sampling", frame_sampling)
         kwargs.update(own)
-        size = kwargs.pop("size", None)  # transformers' spelling of the pixel bounds
-        if isinstance(size, dict):
-            kwargs.setdefault("min_pixels", size.get("shortest_edge", size.get("min_pixels")))
-            kwargs.setdefault("max_pixels", size.get("longest_edge", size.get("max_pixels")))
+        _size_to_bounds(kwargs)
         kwargs = {k: v for k, v in kwargs.items() if not (k in ("min_pixels", "max_pixels") and v is None)}
         super().__init__(**kwargs)
         self.frame_sampling = Tarsier2Sampling() if frame_sampling is None else as_frame_sampling(frame_sampling)
@@ -316,10 +322,7 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
         for name in ("do_convert_rgb", "default_to_square", "data_format", "input_data_format", "device",
                      "video_metadata"):
             kwargs.pop(name, None)
-        size = kwargs.pop("size", None)
-        if size:
-            kwargs.setdefault("min_pixels", size.get("shortest_edge"))
-            kwargs.setdefault("max_pixels", size.get("longest_edge"))
+        _size_to_bounds(kwargs)
         return_tensors = kwargs.pop("return_tensors", None)
         return_metadata = kwargs.pop("return_metadata", False)
         do_sample_frames = kwargs.pop("do_sample_frames", None)

@@ -199,6 +199,11 @@ def test_frames_over_max_pixels(demo_frames):
     assert (t, h, w) == (2, 20, 48) and h * w * 14 * 14 <= 200_000
     ref = image_processor(max_pixels=200_000)(list(frames))
     assert max_abs_diff(out["pixel_values_videos"], ref["pixel_values"]) == 0.0
+    # transformers' spelling of the bounds, as a call option, reads the same
+    by_size = video_processor(frame_pre_resize_max_pixels=None)(
+        frames, do_sample_frames=False, size={"shortest_edge": MIN_PIXELS, "longest_edge": 200_000})
+    assert by_size["video_grid_thw"].tolist() == [[2, 20, 48]]
+    assert max_abs_diff(by_size["pixel_values_videos"], out["pixel_values_videos"]) == 0.0
     with pytest.raises(ValueError, match="aspect ratio must be smaller than 200"):
         video_processor()(np.zeros((1, 2, 500, 3), np.uint8), do_sample_frames=False)
     with pytest.raises(ValueError, match="has no area"):
