@@ -992,17 +992,17 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
         created = int(time.time())
         if request.stream:
             include_usage = request.stream_options is not None and request.stream_options.include_usage
-            return _StreamThatCancels(_stream(prepared, future, pieces, request_id, created, include_usage, cancelled),
+            return _StreamThatCancels(_stream(prepared, future, pieces, request_id, created, include_usage),
                                       cancelled, media_type="text/event-stream")
         try:
-            answers = await _result_while_connected(future, http_request, cancelled)
+            answers = await _result_while_connected(future, http_request)
         except RequestError:
             raise
         except Exception as error:  # noqa: BLE001 - a failed generation is the server's fault: 500 with the reason
             logger.exception("generation failed")
             raise RequestError(f"generation failed: {type(error).__name__}: {error}", 500, kind="server_error")
         finally:
-            cancelled.set()  # a no-op once generation has ended; stops it when this handler is cancelled
+            cancelled.set()  # a no-op once generation has ended; stops it when the client left or the handler ends
         choices, completion_tokens = [], 0
         for index, answer in enumerate(answers):
             text, reason, tokens = engine.finish(prepared, answer.ids)
@@ -1018,17 +1018,15 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
         )
         return completion.model_dump(exclude_none=True)
 
-    async def _result_while_connected(future: Future, http_request: Request, cancelled: threading.Event,
-                                      poll_s: float = 0.2):
-        """The generation's result; a client that disconnects first sets `cancelled` (the generation stops at its
-        next token) and gets a 499 nobody reads."""
+    async def _result_while_connected(future: Future, http_request: Request, poll_s: float = 0.2):
+        """The generation's result; a client that disconnects first gets a 499 nobody reads (and the handler's
+        `cancelled.set()` stops the generation at its next token)."""
         waiting = asyncio.wrap_future(future)
         while True:
             done, _ = await asyncio.wait({waiting}, timeout=poll_s)
             if done:
                 return waiting.result()
             if await http_request.is_disconnected():
-                cancelled.set()
                 raise RequestError("the client closed the request; its generation was stopped", 499)
 
     class _StreamThatCancels(StreamingResponse):
@@ -1050,7 +1048,7 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
                 self.cancelled.set()
 
     async def _stream(prepared: Prepared, future: Future, pieces: queue.Queue, request_id: str, created: int,
-                      include_usage: bool, cancelled: threading.Event) -> AsyncIterator[str]:
+                      include_usage: bool) -> AsyncIterator[str]:
         """Server-sent chunks of every answer (`choices[0].index` tells which) from `pieces` (what the rows of
         `future`'s request put there), each answer's text held back by as many characters as a stop string could
         still need, so no part of one is ever sent. Log-probability entries, when asked, ride on the answer's next
@@ -1089,9 +1087,6 @@ def create_app(engine: Engine, max_request_bytes: int = 256 * 2**20):
                     sent[index] = end
                 stopped[index] = cut is not None
             answers = await asyncio.wrap_future(future)
-        except (asyncio.CancelledError, GeneratorExit):
-            cancelled.set()
-            raise
         except Exception as error:  # noqa: BLE001 - headers are sent: report in the stream, as OpenAI does
             logger.exception("generation failed")
             message = f"generation failed: {type(error).__name__}: {error}"
