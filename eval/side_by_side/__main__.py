@@ -57,14 +57,12 @@ class ReportArgs:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tarsier-side-by-side", **help_text(
-        "Blind A/B comparison of two models' descriptions (the paper's Table 4): serve the labelling page, then "
-        "report who won.",
-        "tarsier-side-by-side serve --results a.jsonl b.jsonl --videos clips/ --output_dir runs/sbs",
-        "tarsier-side-by-side report --input_dir runs/sbs --output_file table4.md"))
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     examples = {"serve": "tarsier-side-by-side serve --results a.jsonl b.jsonl --videos clips/ --output_dir runs/sbs",
                 "report": "tarsier-side-by-side report --input_dir runs/sbs --output_file table4.md"}
+    parser = argparse.ArgumentParser(prog="tarsier-side-by-side", **help_text(
+        "Blind A/B comparison of two models' descriptions (the paper's Table 4): serve the labelling page, then "
+        "report who won.", *examples.values()))
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     for name, cls in (("serve", ServeArgs), ("report", ReportArgs)):
         commands.add_parser(name, dataclass_types=cls, help=cls.__doc__, **help_text(cls.__doc__, examples[name]))
     namespace = vars(parser.parse_args(argv))
