@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.colour_clips import write_colour_clips  # noqa: E402 - after the repository is on the path
-from tests.conftest import _free_port, wait_until_healthy  # noqa: E402
+from tests import test_serving as serving_tests  # noqa: E402
 
 NAME = "tiny-tarsier"
 PROMPTS = ("Describe the video.", "Describe the video in detail: the colours, what moves, and how the camera moves.")
@@ -68,15 +67,10 @@ def build_tiny_tarsier(root: Path) -> Path:
 
 
 def start_server(folder: Path, media: Path, extra: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "tarsier_hf.inference.serve", "--model_name_or_path", str(folder),
-               "--trust_remote_code",
-               "--served_model_name", NAME, "--device", "cpu", "--allowed_local_media_path", str(media),
-               "--port", str(port), "--log_level", "warning", *extra]
-    with open(log, "w") as handle:
-        server = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    return server, wait_until_healthy(server, port, log, "tarsier_hf.inference.serve", 180)
+    """The served tiny Tarsier, started as the serving tests start theirs (one intra-op thread, offline)."""
+    return serving_tests.start_server(
+        ["--model_name_or_path", str(folder), "--trust_remote_code", "--served_model_name", NAME, "--device", "cpu",
+         "--allowed_local_media_path", str(media), "--log_level", "warning", *extra], log)
 
 
 def post(url: str, body: dict) -> dict:
