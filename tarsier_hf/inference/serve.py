@@ -68,6 +68,12 @@ from transformers import (
     StoppingCriteriaList,
     TextStreamer,
 )
+from transformers.generation.logits_process import (
+    MinPLogitsWarper,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from tarsier_hf import families
 from tarsier_hf.cli import consent_boundary, help_text, take_positional
@@ -722,13 +728,6 @@ class _RequestSampler:
 
     def __init__(self, temperature: float | None, top_k: int | None, top_p: float | None, min_p: float | None,
                  seed: int, device):
-        from transformers.generation.logits_process import (
-            MinPLogitsWarper,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
         warpers = []
         if temperature is not None and temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(temperature))
