@@ -69,7 +69,6 @@ class TarsierSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.skip_totals = {key: 0 for key in SKIP_KEYS}
         self._staging_dir: str | None = None  # set while a checkpoint is being written (`_save_checkpoint`)
-        self._push_pending = False
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
         if plugin is not None and plugin.activation_checkpointing and hasattr(self.model, "peft_config"):
             # measured (peft 0.21, accelerate 1.15): the checkpoint wrappers rename the LoRA modules and
@@ -150,8 +149,7 @@ class TarsierSFTTrainer(SFTTrainer):
         if self.args.should_save:
             self._publish_checkpoint(written, final)
         self.accelerator.wait_for_everyone()
-        if self._push_pending:
-            self._push_pending = False
+        if self.args.push_to_hub:  # the Trainer's own push was held back while the folder was staged
             self._push_from_checkpoint(final)
 
     def _publish_checkpoint(self, written: str, final: str) -> None:
@@ -172,10 +170,8 @@ class TarsierSFTTrainer(SFTTrainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """The Trainer's push of a checkpoint, deferred while it is staged (it uploads the folder in the
         background, which must be the published one)."""
-        if self._staging_dir is not None:
-            self._push_pending = True
-            return
-        super()._push_from_checkpoint(checkpoint_folder)
+        if self._staging_dir is None:  # while staged: none here, `_save_checkpoint` pushes the published folder
+            super()._push_from_checkpoint(checkpoint_folder)
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer; with `vision_learning_rate`, the vision tower and projector get their own groups."""
