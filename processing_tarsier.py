@@ -26,19 +26,18 @@ import torch
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack, VideosKwargs
-from transformers.video_utils import VideoMetadata
 
 try:  # copied next to a checkpoint by transformers (remote code)
     from .configuration_tarsier import frame_layout
     from .video_processing_tarsier import (
-        RESIZE_MODES, FpsSampling, FrameSampling, UniformSampling, _build_image_processor, _image_size_of,
-        _set_image_size, as_frame_sampling, is_frame_list, load_image, load_video, preprocess_frames, resize_frames,
+        RESIZE_MODES, FrameSampling, UniformSampling, _build_image_processor, _image_size_of, _set_image_size,
+        as_frame_sampling, call_sampling, is_frame_list, load_image, load_video, preprocess_frames, resize_frames,
     )
 except ImportError:  # installed as top-level modules of this repo
     from configuration_tarsier import frame_layout
     from video_processing_tarsier import (
-        RESIZE_MODES, FpsSampling, FrameSampling, UniformSampling, _build_image_processor, _image_size_of,
-        _set_image_size, as_frame_sampling, is_frame_list, load_image, load_video, preprocess_frames, resize_frames,
+        RESIZE_MODES, FrameSampling, UniformSampling, _build_image_processor, _image_size_of, _set_image_size,
+        as_frame_sampling, call_sampling, is_frame_list, load_image, load_video, preprocess_frames, resize_frames,
     )
 
 
@@ -247,11 +246,7 @@ class TarsierProcessor(ProcessorMixin):
     def _process_videos(self, videos: list, frame_sampling=None, complex_clip: bool = False, rng=None,
                         num_frames: int | None = None, fps: float | None = None, **kwargs) -> tuple[dict, list[str]]:
         """Sample, decode and resize every video (each distinct frame resized once, before repeats are copied)."""
-        sampling = self.frame_sampling if frame_sampling is None else as_frame_sampling(frame_sampling)
-        if fps is not None:
-            sampling = FpsSampling(fps, sampling.max_frames if isinstance(sampling, FpsSampling) else 64)
-        elif num_frames is not None:
-            sampling = sampling.with_num_frames(num_frames)
+        sampling = call_sampling(self.frame_sampling, frame_sampling, num_frames, fps)
         if rng is not None and not isinstance(rng, np.random.Generator):
             rng = np.random.default_rng(rng)  # one stream for the call: a seed does not repeat itself per video
         frames, metadata = [], []
@@ -259,11 +254,7 @@ class TarsierProcessor(ProcessorMixin):
             sample = load_video(video, sampling, complex_clip=complex_clip, rng=rng,
                                 transform=lambda frame: self.resize_frames([frame])[0])
             frames.append(list(sample.frames))
-            metadata.append(VideoMetadata(
-                total_num_frames=sample.total_frames, fps=sample.fps, video_backend="pyav",
-                frames_indices=[int(i) for i in sample.indices],
-                duration=sample.total_frames / sample.fps if sample.fps else None,
-            ))
+            metadata.append(sample.video_metadata())
         inputs = {"frames": frames, "video_metadata": metadata}
         return inputs, [self.replace_video_token(inputs, i) for i in range(len(videos))]
 

@@ -58,15 +58,14 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImage
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack, VideosKwargs
 from transformers.video_processing_utils import VideoProcessorMixin
-from transformers.video_utils import VideoMetadata
 
 try:  # copied next to a checkpoint by transformers (remote code)
     from .video_processing_tarsier import (
-        FpsSampling, FrameSampling, Tarsier2Sampling, VideoReadError, as_frame_sampling, is_frame_list, load_video,
+        FrameSampling, Tarsier2Sampling, VideoReadError, as_frame_sampling, call_sampling, is_frame_list, load_video,
     )
 except ImportError:  # installed as top-level modules of this repo
     from video_processing_tarsier import (
-        FpsSampling, FrameSampling, Tarsier2Sampling, VideoReadError, as_frame_sampling, is_frame_list, load_video,
+        FrameSampling, Tarsier2Sampling, VideoReadError, as_frame_sampling, call_sampling, is_frame_list, load_video,
     )
 
 
@@ -216,14 +215,7 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
     # -- sampling and decoding ----------------------------------------------------------------------------------
 
     def _sampling(self, frame_sampling=None, num_frames=None, fps=None) -> FrameSampling:
-        sampling = self.frame_sampling if frame_sampling is None else as_frame_sampling(frame_sampling)
-        if fps is not None and num_frames is not None:
-            raise ValueError("`num_frames` and `fps` are mutually exclusive")
-        if fps is not None:
-            return FpsSampling(float(fps), sampling.max_frames_per_video() or 64)
-        if num_frames is not None:
-            return sampling.with_num_frames(int(num_frames))
-        return sampling
+        return call_sampling(self.frame_sampling, frame_sampling, num_frames, fps)
 
     def _options(self, kwargs: dict, *names: str) -> dict[str, Any]:
         """Each of `names` as this call's `kwargs` give it, else (absent or None) the processor's attribute."""
@@ -362,7 +354,7 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
             "video_grid_thw": np.array(grids, dtype=np.int64).reshape(-1, 3),
         }
         if return_metadata:
-            data["video_metadata"] = [_metadata(sample) for sample in samples]
+            data["video_metadata"] = [sample.video_metadata() for sample in samples]
         return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["video_metadata"])
 
     def get_num_of_video_patches(self, num_frames: int, height: int, width: int, videos_kwargs=None) -> int:
@@ -383,14 +375,6 @@ class _EveryFrame(FrameSampling):
 
     def max_frames_per_video(self, complex_clip=False):
         return None
-
-
-def _metadata(sample) -> VideoMetadata:
-    return VideoMetadata(
-        total_num_frames=int(sample.total_frames), fps=sample.fps, video_backend="pyav",
-        frames_indices=[int(i) for i in sample.indices],
-        duration=sample.total_frames / sample.fps if sample.fps else None,
-    )
 
 
 def flatten_videos(videos) -> list:

@@ -426,6 +426,21 @@ class Tarsier2Sampling(FrameSampling):
         return self.num_frames
 
 
+def call_sampling(default: "FrameSampling | dict | str", frame_sampling: "FrameSampling | dict | str | None" = None,
+                  num_frames: int | None = None, fps: float | None = None) -> "FrameSampling":
+    """The sampling of one processor call: `frame_sampling` (else the processor's `default`), with transformers'
+    video options applied: `fps` switches to `FpsSampling` at that rate (keeping an fps policy's cap, else 64
+    frames), `num_frames` keeps the policy with another count. Both at once are refused."""
+    sampling = as_frame_sampling(default if frame_sampling is None else frame_sampling)
+    if fps is not None and num_frames is not None:
+        raise ValueError("`num_frames` and `fps` are mutually exclusive")
+    if fps is not None:
+        return FpsSampling(float(fps), sampling.max_frames if isinstance(sampling, FpsSampling) else 64)
+    if num_frames is not None:
+        return sampling.with_num_frames(int(num_frames))
+    return sampling
+
+
 def sample_frame_indices(
     timestamps: Sequence[float] | np.ndarray | int,
     sampling: FrameSampling | dict | str,
@@ -1020,6 +1035,17 @@ class VideoSample:
     fps: float
     source: str = ""
     metadata: dict = field(default_factory=dict)
+
+    def video_metadata(self):
+        """transformers' `VideoMetadata` of the sample (`frames_indices` the sampled indices), what processors return
+        with `return_metadata=True`."""
+        from transformers.video_utils import VideoMetadata
+
+        return VideoMetadata(
+            total_num_frames=int(self.total_frames), fps=self.fps, video_backend="pyav",
+            frames_indices=[int(i) for i in self.indices],
+            duration=self.total_frames / self.fps if self.fps else None,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
