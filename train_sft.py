@@ -58,6 +58,16 @@ def parse_llm_layers(value: str) -> bool | int:
         raise ValueError(f"--train_llm_layers must be 'all', 'none' or an integer, got {value!r}") from None
 
 
+def video_family(model_name_or_path: str) -> families.ModelFamily:
+    """The family of the checkpoint to train (`families.detect_family`, from its config); `ValueError` for a
+    text-only one: train_sft.py trains video models."""
+    family = families.detect_family(model_name_or_path)
+    if not family.multimodal:
+        raise ValueError(f"--model_name_or_path {model_name_or_path}: a text-only {family.name} checkpoint; "
+                         "train_sft.py trains video models (Tarsier, Tarsier2 / Qwen2-VL)")
+    return family
+
+
 def build_model(
     model_args: ModelConfig, tarsier_args: TarsierArguments, output_dir: str, is_main_process: bool = True
 ):
@@ -81,11 +91,9 @@ def build_model(
             kwargs["attn_implementation"] = model_args.attn_implementation
         if quantization_config is not None:
             kwargs["quantization_config"] = quantization_config
+        video_family(model_args.model_name_or_path)  # a text-only checkpoint is refused before its weights load
         dtype = families.resolve_dtype(model_args.dtype, "cuda" if torch.cuda.is_available() else "cpu")
-        model, processor, family = families.load_model_and_processor(model_args.model_name_or_path, dtype, **kwargs)
-        if not family.multimodal:
-            raise ValueError(f"--model_name_or_path {model_args.model_name_or_path}: a text-only {family.name} "
-                             "checkpoint; train_sft.py trains video models (Tarsier, Tarsier2 / Qwen2-VL)")
+        model, processor, _ = families.load_model_and_processor(model_args.model_name_or_path, dtype, **kwargs)
         base_name = model_args.model_name_or_path
     elif tarsier_args.vision_model and tarsier_args.language_model:
         if quantization_config is not None:
@@ -263,7 +271,9 @@ def main(
     # (a checkpoint's; a model built from parts uses Tarsier's). Every process streams its own rows; a map-style
     # mixture is checked alike by every process, recorded by one.
     set_seed(training_args.seed)
-    checking = families.load_processor(model_args.model_name_or_path) if model_args.model_name_or_path else None
+    checking = None
+    if model_args.model_name_or_path:
+        checking = families.load_processor(model_args.model_name_or_path, video_family(model_args.model_name_or_path))
     train_dataset = build_dataset(
         script_args, tarsier_args, training_args.seed, processor=checking,
         bad_rows_log=bad_rows_path if script_args.dataset_streaming or training_args.process_index == 0 else None,

@@ -802,3 +802,17 @@ def test_plain_loss_head_runs_under_the_trainers_mixed_precision(tiny_tarsier, d
     assert dtypes == {False: {torch.float32}, True: {torch.bfloat16}}
     assert losses[True].dtype == torch.float32  # the cross-entropy is taken in float32
     torch.testing.assert_close(losses[True], losses[False], atol=0.05, rtol=0.02)
+
+
+def test_a_text_only_checkpoint_is_refused_before_anything_loads(data_dir, tmp_path):
+    """train_sft.py trains video models: a causal LM folder stops with the one error that says so (not an
+    AttributeError of the data check that runs before the model, which reads the processor's video token)."""
+    folder = tmp_path / "text-lm"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    cmd = [sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(folder), "--max_steps", "1",
+           *sft_args(data_dir, tmp_path / "out", data="good.jsonl")]
+    done = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: ") and "a text-only causal_lm checkpoint" in last, done.stderr[-3000:]
