@@ -1,4 +1,4 @@
-"""Released Tarsier2 checkpoints -> standard Qwen2-VL folders and back (tarsier_hf/hub/tarsier2.py, `tarsier-convert`).
+"""Released Tarsier2 checkpoints -> standard Qwen2-VL folders and back (tarsier_hf/hub/convert/tarsier2.py, `tarsier-convert`).
 
 The released layout comes from `tests/tarsier2_release.py` (facts of bytedance/tarsier branch `tarsier2` and vLLM's
 Tarsier2 reader, with sources): a tiny random Qwen2-VL of transformers' own classes, saved under the release's
@@ -19,7 +19,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-from tarsier_hf.hub import convert, tarsier2
+from tarsier_hf.hub.convert import tarsier2
+from tarsier_hf.hub.convert.__main__ import main as convert_main
+from tarsier_hf.hub.convert.tarsier2_processor import PROBE_CONVERSATIONS, read_pixel_bounds
+from tarsier_hf.hub.convert.tarsier_layout import read_released_config
 from tarsier_hf.hub.checkpoint import CheckpointError
 from tests.conftest import console_script
 from tests.tarsier2_release import RELEASED_CHAT_TEMPLATE, reference_model, write_released_tarsier2
@@ -96,7 +99,7 @@ def test_converted_folder_is_standard_qwen2vl(released_tarsier2, converted):
     files = sorted(path.name for path in converted.iterdir())
     assert {"config.json", "model.safetensors.index.json", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-            "processing_tarsier2.py", "video_processing_tarsier.py"} <= set(files)
+            "processing_tarsier2.py", "video_processing_tarsier2.py", "video_processing_tarsier.py"} <= set(files)
     assert (converted / "generation_config.json").read_bytes() == (
         released_tarsier2["path"] / "generation_config.json").read_bytes()
 
@@ -134,7 +137,7 @@ def test_converted_processor_files(released_tarsier2, converted):
     tokenizer_config = json.loads((converted / "tokenizer_config.json").read_text())
     assert list(auto_maps(tokenizer_config)) == [] and tokenizer_config["processor_class"] == "Qwen2VLProcessor"
     assert not (converted / "preprocessor_config.json").exists()
-    assert tarsier2.read_pixel_bounds(converted) == (released_tarsier2["min_pixels"], released_tarsier2["max_pixels"])
+    assert read_pixel_bounds(converted) == (released_tarsier2["min_pixels"], released_tarsier2["max_pixels"])
 
     tokenizer = AutoTokenizer.from_pretrained(converted)
     original = AutoTokenizer.from_pretrained(released_tarsier2["path"])
@@ -277,7 +280,7 @@ def test_export_round_trip(released_tarsier2, converted, tmp_path):
     assert "<|video_pad|>" in tokenizer_config["additional_special_tokens"]
     tokenizer = AutoTokenizer.from_pretrained(exported)
     template = json.loads((exported / "chat_template.json").read_text())["chat_template"]
-    for messages, add_generation_prompt in tarsier2.PROBE_CONVERSATIONS:
+    for messages, add_generation_prompt in PROBE_CONVERSATIONS:
         assert tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
                                              add_generation_prompt=add_generation_prompt) == \
             tokenizer.apply_chat_template(messages, chat_template=RELEASED_CHAT_TEMPLATE, tokenize=False,
@@ -400,9 +403,9 @@ def test_bad_inputs_name_the_file_and_cause(released_tarsier2, converted, tmp_pa
     with pytest.raises(CheckpointError, match="model_type is 'llava', expected 'qwen2_vl'"):
         tarsier2.export_released_tarsier2(released_tarsier2["path"], tmp_path / "out-export")
     with pytest.raises(SystemExit, match=r"error: .*not empty \(pass --overwrite\)"):
-        convert.main(["--input", str(released_tarsier2["path"]), "--output", str(converted)])
-    with pytest.raises(CheckpointError, match="converted by tarsier_hf.hub.tarsier2"):
-        convert.read_released_config(released_tarsier2["path"])
+        convert_main(["--input", str(released_tarsier2["path"]), "--output", str(converted)])
+    with pytest.raises(CheckpointError, match="converted by tarsier_hf.hub.convert.tarsier2"):
+        read_released_config(released_tarsier2["path"])
 
 
 # ----------------------------------------------------------------------------------------------- the command

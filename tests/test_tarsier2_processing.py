@@ -24,7 +24,8 @@ from PIL import Image
 
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # the reference arithmetic
 
-from processing_tarsier2 import Tarsier2VideoProcessor, build_tarsier2_processor
+from processing_tarsier2 import build_tarsier2_processor
+from video_processing_tarsier2 import Tarsier2VideoProcessor
 from video_processing_tarsier import Tarsier2Sampling, as_frame_sampling, load_video, sample_tarsier2, sample_uniform
 
 # Qwen2-VL-7B-Instruct's preprocessor_config.json bounds, the checkpoint's (second) resize
@@ -116,17 +117,17 @@ def slow_qwen2vl_video(frames, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, pat
 
 def test_tarsier2_sampling_is_the_release_v1_rule(demo_video):
     # 84 frames -> 16 by round(i * 83 / 15), first and last included
-    assert sample_tarsier2(84, 16).tolist() == [0, 6, 11, 17, 22, 28, 33, 39, 44, 50, 55, 61, 66, 72, 77, 83]
-    assert load_video(demo_video, Tarsier2Sampling(16)).indices.tolist() == sample_tarsier2(84, 16).tolist()
-    assert sample_tarsier2(10, 16).tolist() == list(range(10))  # short clip: every frame once, no repeats
-    assert sample_tarsier2(16, 16).tolist() == list(range(16))
-    assert sample_tarsier2(84, 1).tolist() == [0] and sample_tarsier2(1, 16).tolist() == [0]
-    assert sample_uniform(10, 16).tolist() != list(range(10))  # the Tarsier-1 policy repeats frames instead
+    assert Tarsier2Sampling(16).indices(84).tolist() == [0, 6, 11, 17, 22, 28, 33, 39, 44, 50, 55, 61, 66, 72, 77, 83]
+    assert load_video(demo_video, Tarsier2Sampling(16)).indices.tolist() == Tarsier2Sampling(16).indices(84).tolist()
+    assert Tarsier2Sampling(16).indices(10).tolist() == list(range(10))  # short clip: every frame once, no repeats
+    assert Tarsier2Sampling(16).indices(16).tolist() == list(range(16))
+    assert Tarsier2Sampling(1).indices(84).tolist() == [0] and Tarsier2Sampling(16).indices(1).tolist() == [0]
+    assert UniformSampling(16).indices(10).tolist() != list(range(10))  # the Tarsier-1 policy repeats frames instead
     # by frame index: a variable-frame-rate clip samples the same indices as a constant-rate one of its length
     vfr = np.cumsum(np.r_[0.0, np.where(np.arange(83) < 40, 0.01, 0.2)])
-    assert sample_tarsier2(vfr, 16).tolist() == sample_tarsier2(84, 16).tolist() != sample_uniform(vfr, 16).tolist()
+    assert Tarsier2Sampling(16).indices(vfr).tolist() == Tarsier2Sampling(16).indices(84).tolist() != UniformSampling(16).indices(vfr).tolist()
     for total in range(17, 300):  # halves round to even, as Python's round in the release
-        assert sample_tarsier2(total, 16).tolist() == [round(i * (total - 1) / 15) for i in range(16)]
+        assert Tarsier2Sampling(16).indices(total).tolist() == [round(i * (total - 1) / 15) for i in range(16)]
     policy = as_frame_sampling({"policy": "tarsier2", "num_frames": 8})
     assert policy == Tarsier2Sampling(8) and policy.to_dict() == {"policy": "tarsier2", "num_frames": 8}
     assert policy.with_num_frames(4) == Tarsier2Sampling(4)
@@ -326,8 +327,8 @@ def test_saved_folder_is_plain_qwen2vl_with_tarsier2_remote_code(tokenizer, tmp_
     processor = build_tarsier2_processor(tokenizer, TEMPLATE, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
-    assert {"processing_tarsier2.py", "video_processing_tarsier.py", "processor_config.json",
-            "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
+    assert {"processing_tarsier2.py", "video_processing_tarsier2.py", "video_processing_tarsier.py",
+            "processor_config.json", "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
     assert not {"preprocessor_config.json", "video_preprocessor_config.json"} & {p.name for p in folder.iterdir()}
     config = json.loads((folder / "processor_config.json").read_text())
     assert config["processor_class"] == "Qwen2VLProcessor"
@@ -361,7 +362,7 @@ def test_saved_folder_is_plain_qwen2vl_with_tarsier2_remote_code(tokenizer, tmp_
             except Exception as error:
                 plain[name] = f"{{type(error).__name__}}: {{error}}"
         processor = AutoProcessor.from_pretrained("{folder}", trust_remote_code=True)
-        assert "processing_tarsier2" not in sys.modules and "video_processing_tarsier" not in sys.modules
+        assert not {{"processing_tarsier2", "video_processing_tarsier2", "video_processing_tarsier"}} & set(sys.modules)
         video = processor.video_processor
         options = {{name: getattr(video, name) for name in {sorted(RELEASE_VIDEO_OPTIONS)!r}}}
         options["frame_sampling"] = video.frame_sampling.to_dict()
