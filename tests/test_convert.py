@@ -1,4 +1,4 @@
-"""Released Tarsier checkpoints -> our format and back (tarsier_hf/hub/convert.py, tarsier_hf/hub/publish.py).
+"""Released Tarsier checkpoints -> our format and back (tarsier_hf/hub/convert/, tarsier_hf/hub/publish.py).
 
 A tiny checkpoint is written here in the released layout (bytedance/tarsier `models/modeling_tarsier.py`:
 `model_type` "llava", `TarsierForConditionalGeneration`, `vision_tower.vision_model.*`,
@@ -29,7 +29,11 @@ from safetensors.torch import save_file
 from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from tarsier_hf.hub import convert
+from tarsier_hf.hub.convert.__main__ import main as convert_main
+from tarsier_hf.hub.convert.shards import check_weights_fit, list_shards, stream_shards
+from tarsier_hf.hub.convert.tarsier import convert_released, export_released
+from tarsier_hf.hub.convert.tarsier_layout import released_config_from_tarsier, released_to_ours, tarsier_config_from_released
+from tarsier_hf.hub.convert.tarsier_processor import detect_chat_format, map_special_tokens
 from tarsier_hf.hub import publish as hub_publish
 from tarsier_hf.hub.checkpoint import CODE_FILES, CheckpointError
 from tests.released_layout import write_released_layout
@@ -257,7 +261,7 @@ def test_converted_folder_contents(release, converted):
 
 
 def test_export_then_convert_is_bit_identical(release, converted, workdir):
-    exported = convert.export_released(converted, workdir / "exported")
+    exported = export_released(converted, workdir / "exported")
     # The export is the released layout again: same tensor names and bytes (minus the rebuilt buffer) ...
     original = {k: v for k, v in release["tensors"].items() if not k.endswith("position_ids")}
     exported_tensors = load_tensors(exported)
@@ -286,7 +290,7 @@ def test_export_then_convert_is_bit_identical(release, converted, workdir):
 
     # export -> convert reproduces the converted folder byte for byte (weights, index, config, tokenizer, ...).
     again = workdir / "reconverted"
-    convert.convert_released(exported, again, chat_template="yi")
+    convert_released(exported, again, chat_template="yi")
     assert folder_digest(again) == folder_digest(converted)
 
 
@@ -380,10 +384,10 @@ def test_streaming_memory_stays_near_one_shard(tmp_path):
         return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
 
     (tmp_path / "out").mkdir()
-    shards = convert.list_shards(source)
+    shards = list_shards(source)
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = rss_kib("VmRSS")
-    convert.stream_shards(shards, tmp_path / "out", convert.released_to_ours, "streaming")
+    stream_shards(shards, tmp_path / "out", released_to_ours, "streaming")
     growth = (rss_kib("VmHWM") - before) / 1024
     assert growth < count * shard_mib / 2, f"peak RSS grew by {growth:.0f} MiB"
     assert len(list((tmp_path / "out").glob("*.safetensors"))) == count
@@ -406,11 +410,11 @@ def test_full_size_7b_names_and_shapes_fit():
     projector = {"linear_1.weight": (4096, 1024), "linear_1.bias": (4096,), "linear_2.weight": (4096, 4096),
                  "linear_2.bias": (4096,)}
     shapes.update({f"multi_modal_projector.{k}": v for k, v in projector.items()})
-    config = convert.tarsier_config_from_released(released, video_token_id=32004)
+    config = tarsier_config_from_released(released, video_token_id=32004)
     assert (config.image_token_id, config.image_newline_token_id, config.frame_end_token_id) == (32000, 32002, 32003)
     assert config.num_positions_per_frame == 601
-    convert.check_weights_fit(config, {convert.released_to_ours(k): v for k, v in shapes.items()}, "tarsier-7b")
-    assert convert.released_config_from_tarsier(config)["image_new_idx"] == 32003
+    check_weights_fit(config, {released_to_ours(k): v for k, v in shapes.items()}, "tarsier-7b")
+    assert released_config_from_tarsier(config)["image_new_idx"] == 32003
 
 
 def test_special_token_rows_are_named_in_place(release):
@@ -420,20 +424,20 @@ def test_special_token_rows_are_named_in_place(release):
 
     tokenizer = Tok.from_pretrained(release["path"])  # base vocabulary, then <image>, <pad>
     base = release["ids"]["image"]
-    ids = convert.map_special_tokens(tokenizer, base, base + 3, base + 4, base + 64)
+    ids = map_special_tokens(tokenizer, base, base + 3, base + 4, base + 64)
     assert (ids["<image>"], ids["<image_newline>"], ids["<frame_end>"]) == (base, base + 3, base + 4)
     assert ids["<video>"] == base + 2 and ids["placeholders"] == []
     assert tokenizer.convert_ids_to_tokens([base + 3, base + 4]) == ["<image_newline>", "<frame_end>"]
     assert tokenizer("a<frame_end>b").input_ids.count(base + 4) == 1
 
     again = Tok.from_pretrained(release["path"])
-    ids = convert.map_special_tokens(again, base, base + 5, base + 6, base + 64)
+    ids = map_special_tokens(again, base, base + 5, base + 6, base + 64)
     assert ids["<video>"] == base + 2 and ids["placeholders"] == [f"<tarsier_unused_{base + 3}>",
                                                                    f"<tarsier_unused_{base + 4}>"]
-    with pytest.raises(convert.CheckpointError, match=f"needs {base + 5} ids .* embedding table has {base + 4} rows"):
-        convert.map_special_tokens(Tok.from_pretrained(release["path"]), base, base + 2, base + 3, base + 4)
-    with pytest.raises(convert.CheckpointError, match=f"image_new_idx={base + 4} is outside the embedding table"):
-        convert.map_special_tokens(Tok.from_pretrained(release["path"]), base, base + 3, base + 4, base + 4)
+    with pytest.raises(CheckpointError, match=f"needs {base + 5} ids .* embedding table has {base + 4} rows"):
+        map_special_tokens(Tok.from_pretrained(release["path"]), base, base + 2, base + 3, base + 4)
+    with pytest.raises(CheckpointError, match=f"image_new_idx={base + 4} is outside the embedding table"):
+        map_special_tokens(Tok.from_pretrained(release["path"]), base, base + 3, base + 4, base + 4)
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -455,40 +459,40 @@ def test_bad_inputs_give_clear_errors(release, converted, tmp_path):
     wrong_type = copy_release("wrong_type")
     config = json.loads((wrong_type / "config.json").read_text())
     rewrite(wrong_type / "config.json", json.dumps({**config, "model_type": "llama"}))
-    with pytest.raises(convert.CheckpointError, match=r"config.json: model_type is 'llama'"):
-        convert.convert_released(wrong_type, tmp_path / "out1")
+    with pytest.raises(CheckpointError, match=r"config.json: model_type is 'llama'"):
+        convert_released(wrong_type, tmp_path / "out1")
 
     # A newline row that is the <image> row itself (an ordinary token row is accepted: test_release_parity.py).
     clash = copy_release("clash")
     rewrite(clash / "config.json", json.dumps({**config, "image_newline_idx": config["image_token_index"]}))
-    with pytest.raises(convert.CheckpointError, match="image_newline_idx=.* is the <image> row"):
-        convert.convert_released(clash, tmp_path / "out2", chat_template="yi")
+    with pytest.raises(CheckpointError, match="image_newline_idx=.* is the <image> row"):
+        convert_released(clash, tmp_path / "out2", chat_template="yi")
 
     # A tensor outside the released prefixes is named with its shard.
     extra = copy_release("extra")
     (extra / "model-00003-of-00003.safetensors").unlink()
     save_file({"mystery.weight": torch.zeros(1)}, str(extra / "model-00003-of-00003.safetensors"))
-    with pytest.raises(convert.CheckpointError, match=r"model-00003-of-00003.safetensors: tensor 'mystery.weight'"):
-        convert.convert_released(extra, tmp_path / "out3", chat_template="yi")
+    with pytest.raises(CheckpointError, match=r"model-00003-of-00003.safetensors: tensor 'mystery.weight'"):
+        convert_released(extra, tmp_path / "out3", chat_template="yi")
 
     # Weights that do not fit the config (vocab mismatch) are refused before anything is written.
     small_vocab = copy_release("small_vocab")
     text = {**config["text_config"], "vocab_size": config["text_config"]["vocab_size"] - 8}
     rewrite(small_vocab / "config.json", json.dumps({**config, "text_config": text, "vocab_size": text["vocab_size"]}))
-    with pytest.raises(convert.CheckpointError, match="shape mismatches .*embed_tokens"):
-        convert.convert_released(small_vocab, tmp_path / "out4", chat_template="yi")
+    with pytest.raises(CheckpointError, match="shape mismatches .*embed_tokens"):
+        convert_released(small_vocab, tmp_path / "out4", chat_template="yi")
     assert not (tmp_path / "out4").exists()
 
     # The chat format is read from the tokenizer: Vicuna's </s>, Yi's <|startoftext|>/<|endoftext|>, else ask.
     from types import SimpleNamespace
 
-    assert convert.detect_chat_format(SimpleNamespace(eos_token="</s>", bos_token="<s>")) == "vicuna"
-    assert convert.detect_chat_format(SimpleNamespace(eos_token="<|endoftext|>", bos_token="<|startoftext|>")) == "yi"
-    with pytest.raises(convert.CheckpointError, match="pass --chat_template vicuna or yi"):
-        convert.convert_released(release["path"], tmp_path / "out6")  # SmolLM2: eos <|im_end|>
+    assert detect_chat_format(SimpleNamespace(eos_token="</s>", bos_token="<s>")) == "vicuna"
+    assert detect_chat_format(SimpleNamespace(eos_token="<|endoftext|>", bos_token="<|startoftext|>")) == "yi"
+    with pytest.raises(CheckpointError, match="pass --chat_template vicuna or yi"):
+        convert_released(release["path"], tmp_path / "out6")  # SmolLM2: eos <|im_end|>
 
     # Exporting a folder that is already in the released layout, and a non-empty output folder.
-    with pytest.raises(convert.CheckpointError, match="expected 'tarsier'"):
-        convert.export_released(release["path"], tmp_path / "out5")
+    with pytest.raises(CheckpointError, match="expected 'tarsier'"):
+        export_released(release["path"], tmp_path / "out5")
     with pytest.raises(SystemExit, match=r"error: .*not empty \(pass --overwrite\)"):
-        convert.main(["--input", str(release["path"]), "--output", str(converted), "--chat_template", "yi"])
+        convert_main(["--input", str(release["path"]), "--output", str(converted), "--chat_template", "yi"])

@@ -51,7 +51,8 @@ from PIL import Image
 from safetensors import safe_open
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tarsier_hf.hub import convert
+from tarsier_hf.hub.convert import tarsier_processor
+from tarsier_hf.hub.convert.tarsier import convert_released, export_released
 from tests.released_layout import CLIP_MEAN, CLIP_STD, write_released_layout
 
 INSTRUCTION = "Describe the video in detail."  # DREAM-1K's prompt (data/annotations/DREAM-1k.jsonl)
@@ -314,7 +315,7 @@ def release(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def converted(release, tmp_path_factory) -> Path:
-    return convert.convert_released(release["path"], tmp_path_factory.mktemp("converted") / "out")
+    return convert_released(release["path"], tmp_path_factory.mktemp("converted") / "out")
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +370,7 @@ def test_released_checkpoint_converts_and_matches_the_release_exactly(release, c
 
 
 def test_export_writes_the_names_and_tokenizer_class_the_release_loads(release, converted, tmp_path):
-    exported = convert.export_released(converted, tmp_path / "exported")
+    exported = export_released(converted, tmp_path / "exported")
     tensors = load_tensors(exported)
     expected = {**released_vision_names(VISION["num_hidden_layers"]), **PROJECTOR_NAMES,
                 **released_text_names(TEXT["num_hidden_layers"], release["ids"]["vocab"])}
@@ -396,8 +397,8 @@ def test_newline_row_that_is_an_existing_token_is_accepted(tmp_path, frames, cap
     from modeling_tarsier import TarsierForConditionalGeneration
 
     release = write_released_checkpoint(tmp_path / "newline13", newline_row=13)
-    with caplog.at_level(logging.WARNING, logger=convert.__name__):
-        out = convert.convert_released(release["path"], tmp_path / "converted")
+    with caplog.at_level(logging.WARNING, logger=tarsier_processor.__name__):
+        out = convert_released(release["path"], tmp_path / "converted")
     assert any("row 13" in r.message and "<0x0A>" in r.message for r in caplog.records)
     processor, _, inputs = our_inputs(out, frames)
     assert processor.image_newline_token == "<0x0A>" and processor.image_newline_token_id == 13

@@ -29,7 +29,7 @@ def _moving_square(frames: int, height: int, width: int, colour: tuple[int, int,
 
 @pytest.fixture(scope="module")
 def tarsier2_folder(released_tarsier2, tmp_path_factory) -> Path:
-    from tarsier_hf.hub.tarsier2 import convert_released_tarsier2
+    from tarsier_hf.hub.convert.tarsier2 import convert_released_tarsier2
 
     return convert_released_tarsier2(released_tarsier2["path"], tmp_path_factory.mktemp("t2") / "tarsier2-hf")
 

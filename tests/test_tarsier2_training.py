@@ -26,8 +26,8 @@ ANSWER = "The screen stays red."
 
 @pytest.fixture(scope="module")
 def tarsier2_folder(released_tarsier2, tmp_path_factory) -> Path:
-    """The released-layout checkpoint converted to a Qwen2-VL folder (`tarsier_hf.hub.tarsier2`)."""
-    from tarsier_hf.hub import tarsier2
+    """The released-layout checkpoint converted to a Qwen2-VL folder (`tarsier_hf.hub.convert.tarsier2`)."""
+    from tarsier_hf.hub.convert import tarsier2
 
     return tarsier2.convert_released_tarsier2(released_tarsier2["path"], tmp_path_factory.mktemp("tarsier2") / "hf")
 
