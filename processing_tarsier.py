@@ -1,9 +1,10 @@
 """Tarsier processor: conversations with videos and images -> `input_ids`, assistant masks and `pixel_values`.
 
-This file is remote code: it is copied next to every checkpoint, with the two files it imports relatively
-(`video_processing_tarsier.py`: frame sampling, PyAV reading, media loaders, frame preprocessing;
-`configuration_tarsier.py`: the per-frame token layout), and loaded with
-`AutoProcessor.from_pretrained(folder, trust_remote_code=True)`.
+This file is remote code: it is copied next to every checkpoint, with the files it imports relatively
+(`frame_sampling_tarsier.py`: the frame-sampling policies; `media_loading_tarsier.py`: media loaders, with
+`video_reader_tarsier.py` and `media_limits_tarsier.py` under them: PyAV reading, safe opening and limits;
+`video_processing_tarsier.py`: frame preprocessing; `configuration_tarsier.py`: the per-frame token layout), and
+loaded with `AutoProcessor.from_pretrained(folder, trust_remote_code=True)`.
 
 It is the one place where (conversation, frames) become model inputs: training (the video collator), inference,
 the reference loss and the tiny-recipe sweep all call `apply_chat_template` / `__call__` here. Every `<video>` and
@@ -29,15 +30,17 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpa
 
 try:  # copied next to a checkpoint by transformers (remote code)
     from .configuration_tarsier import frame_layout
+    from .frame_sampling_tarsier import FrameSampling, UniformSampling, as_frame_sampling, call_sampling
+    from .media_loading_tarsier import is_frame_list, load_image, load_video
     from .video_processing_tarsier import (
-        RESIZE_MODES, FrameSampling, UniformSampling, _build_image_processor, _image_size_of, _set_image_size,
-        as_frame_sampling, call_sampling, is_frame_list, load_image, load_video, preprocess_frames, resize_frames,
+        RESIZE_MODES, build_image_processor, image_size_of, preprocess_frames, resize_frames, set_image_size,
     )
 except ImportError:  # installed as top-level modules of this repo
     from configuration_tarsier import frame_layout
+    from frame_sampling_tarsier import FrameSampling, UniformSampling, as_frame_sampling, call_sampling
+    from media_loading_tarsier import is_frame_list, load_image, load_video
     from video_processing_tarsier import (
-        RESIZE_MODES, FrameSampling, UniformSampling, _build_image_processor, _image_size_of, _set_image_size,
-        as_frame_sampling, call_sampling, is_frame_list, load_image, load_video, preprocess_frames, resize_frames,
+        RESIZE_MODES, build_image_processor, image_size_of, preprocess_frames, resize_frames, set_image_size,
     )
 
 
@@ -169,9 +172,9 @@ class TarsierProcessor(ProcessorMixin):
         from tokenizers import AddedToken
 
         if isinstance(image_processor, str):
-            image_processor = _build_image_processor(image_processor, image_size)
+            image_processor = build_image_processor(image_processor, image_size)
         elif image_size is not None:
-            _set_image_size(image_processor, image_size)
+            set_image_size(image_processor, image_size)
         tokens = (IMAGE_TOKEN, VIDEO_TOKEN, kwargs.get("image_newline_token", IMAGE_NEWLINE_TOKEN),
                   kwargs.get("frame_end_token", FRAME_END_TOKEN))
         missing = [t for t in tokens if t not in tokenizer.get_vocab()]
@@ -183,7 +186,7 @@ class TarsierProcessor(ProcessorMixin):
             raise ValueError(f"unknown chat template name {chat_template!r}; known: {sorted(CHAT_TEMPLATES)} "
                              f"(files in {CHAT_TEMPLATE_DIR}), or pass the Jinja text")
         if "patch_size" not in kwargs and type(image_processor).__name__.startswith("Siglip"):
-            kwargs["patch_size"] = 16 if _image_size_of(image_processor) % 14 else 14
+            kwargs["patch_size"] = 16 if image_size_of(image_processor) % 14 else 14
         return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs)
 
     @classmethod
@@ -206,7 +209,7 @@ class TarsierProcessor(ProcessorMixin):
 
     @property
     def image_size(self) -> int:
-        return _image_size_of(self.image_processor)
+        return image_size_of(self.image_processor)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -267,7 +270,7 @@ class TarsierProcessor(ProcessorMixin):
         Args:
             images: images in text order: a flat list over the batch, or one list per sample.
             text: one prompt or a batch; each `<video>` / `<image>` consumes the next video / image.
-            videos: video sources (see `video_processing_tarsier.load_video`) in text order: flat over the batch,
+            videos: video sources (see `media_loading_tarsier.load_video`) in text order: flat over the batch,
                 or one list per sample.
             **kwargs: `TarsierProcessorKwargs`: tokenizer options (`padding`, `padding_side`, `max_length`,
                 `truncation`, `add_special_tokens`, `return_tensors`, ...) and video options
@@ -281,7 +284,7 @@ class TarsierProcessor(ProcessorMixin):
         unknown = sorted(set(kwargs) - _valid_options(self.image_processor))
         if unknown:  # the mixin would only warn and go on without them
             raise TypeError(f"TarsierProcessor got unknown options {unknown}; frame sampling is one `frame_sampling` "
-                            "object (video_processing_tarsier.FrameSampling), adjusted by `num_frames` / `fps`")
+                            "object (frame_sampling_tarsier.FrameSampling), adjusted by `num_frames` / `fps`")
         merged = self._merge_kwargs(TarsierProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
         text_kwargs, videos_kwargs = merged["text_kwargs"], merged["videos_kwargs"]
         texts = [text] if isinstance(text, str) else list(text)

@@ -45,12 +45,12 @@ from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpa
 from transformers.video_processing_utils import VideoProcessorMixin
 
 try:  # copied next to a checkpoint by transformers (remote code)
-    from .video_processing_tarsier import FrameSampling
+    from .frame_sampling_tarsier import FrameSampling
     from .video_processing_tarsier2 import (
         RELEASE_FRAME_PRE_RESIZE_MAX_PIXELS, RELEASE_MAX_PIXELS_PER_SAMPLE, Tarsier2VideoProcessor, Tarsier2VideosKwargs,
     )
 except ImportError:  # installed as top-level modules of this repo
-    from video_processing_tarsier import FrameSampling
+    from frame_sampling_tarsier import FrameSampling
     from video_processing_tarsier2 import (
         RELEASE_FRAME_PRE_RESIZE_MAX_PIXELS, RELEASE_MAX_PIXELS_PER_SAMPLE, Tarsier2VideoProcessor, Tarsier2VideosKwargs,
     )

@@ -6,7 +6,8 @@ additions (bytedance/tarsier branch `tarsier2`): every frame resized first to at
 (`TarsierProcessor.resize2pixels`), and every frame given twice (`use_multi_images_for_video`), so one temporal
 patch of 2 holds one frame: 16 frames give `grid_t = 16`. `processing_tarsier2.Tarsier2Processor` pairs it with the
 tokenizer and expands `<|video_pad|>`; this module travels with a converted folder beside it (imported relatively),
-and itself imports `video_processing_tarsier.py` (the PyAV reader, the `FrameSampling` policies).
+and itself imports `frame_sampling_tarsier.py` (the `FrameSampling` policies) and `media_loading_tarsier.py` (the PyAV
+loader).
 
 Pixel arithmetic, as transformers' slow `Qwen2VLImageProcessor` (4.47, the release's) and its PIL twin (5.23) do it:
 PIL bicubic resize of uint8 RGB, `float32(float64(x) * rescale_factor)`, `(x - mean) / std` in float32, patches
@@ -31,13 +32,13 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import VideoProcessorMixin
 
 try:  # copied next to a checkpoint by transformers (remote code)
-    from .video_processing_tarsier import (
-        FrameSampling, Tarsier2Sampling, VideoReadError, as_frame_sampling, call_sampling, is_frame_list, load_video,
-    )
+    from .frame_sampling_tarsier import FrameSampling, Tarsier2Sampling, as_frame_sampling, call_sampling
+    from .media_limits_tarsier import VideoReadError
+    from .media_loading_tarsier import is_frame_list, load_video
 except ImportError:  # installed as top-level modules of this repo
-    from video_processing_tarsier import (
-        FrameSampling, Tarsier2Sampling, VideoReadError, as_frame_sampling, call_sampling, is_frame_list, load_video,
-    )
+    from frame_sampling_tarsier import FrameSampling, Tarsier2Sampling, as_frame_sampling, call_sampling
+    from media_limits_tarsier import VideoReadError
+    from media_loading_tarsier import is_frame_list, load_video
 
 
 # The release's inference settings (configs/tarser2_default_config.yaml and dataset/tarsier_processor.py).
@@ -268,7 +269,7 @@ class Tarsier2VideoProcessor(VideoProcessorMixin):
 
         Args:
             videos: one video or a list (nested lists, e.g. one per sample, are flattened in order). A video is a
-                file path or URL (`video_processing_tarsier.load_video`: mp4/mkv/webm/..., frame folders, `file://`,
+                file path or URL (`media_loading_tarsier.load_video`: mp4/mkv/webm/..., frame folders, `file://`,
                 `data:`), a `(T, H, W, 3)` uint8 array or tensor, or a list of `(H, W, 3)` frames / PIL images / image
                 files.
             **kwargs: `Tarsier2VideosKwargs`; `return_tensors` ("pt", "np") and `return_metadata` as in transformers.

@@ -35,7 +35,8 @@ from tarsier_hf.inference.batch import run_inference
 from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
 from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 from tarsier_hf.training.model_builder import build_from_parts
-from video_processing_tarsier import UniformSampling, load_video
+from frame_sampling_tarsier import UniformSampling
+from media_loading_tarsier import load_video
 
 from bench_training import make_videos  # a sibling script (benchmarks/ is on sys.path when a script runs)
 

@@ -33,7 +33,7 @@ from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 from tarsier_hf.training.freezing import set_trainable_parts
 from tarsier_hf.training.model_builder import build_from_parts
 from tarsier_hf.training.trainer import TarsierSFTTrainer
-from video_processing_tarsier import RandomSegmentsSampling
+from frame_sampling_tarsier import RandomSegmentsSampling
 
 
 def make_videos(root: Path, count: int, seconds: float, size: tuple[int, int]) -> Path:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from processing_tarsier import TarsierProcessor
-from video_processing_tarsier import VideoReader, sample_uniform
+from frame_sampling_tarsier import UniformSampling
+from video_reader_tarsier import VideoReader
 from transformers import HfArgumentParser
 
 from tarsier_hf.dream_s.video_writer import draw_frame_code, write_video
@@ -124,7 +125,7 @@ def main(args: Args) -> None:
         with VideoReader(path) as reader:
             total, size = reader.num_frames, reader.get_frames([0]).shape[1:3]
         for n in args.frames:
-            indices = sample_uniform(total, n)
+            indices = UniformSampling(n).indices(total)
             readers = {"ours": read_tarsier, "hf": read_transformers} if args.baselines else {"ours": read_tarsier}
             # transformers decodes every frame up to the last wanted one: a single run on long videos is plenty.
             repeats = {"ours": args.repeats, "hf": args.repeats if total < 1000 else 1}

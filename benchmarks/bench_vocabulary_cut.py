@@ -30,7 +30,7 @@ from tarsier_hf.training.data import ConversationDataset, DatasetSpec
 from tarsier_hf.training.freezing import set_trainable_parts
 from tarsier_hf.training.model_builder import build_from_parts
 from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
-from video_processing_tarsier import UniformSampling
+from frame_sampling_tarsier import UniformSampling
 
 
 @dataclass

@@ -23,7 +23,8 @@ from tarsier_hf.eval.autodq.scoring import get_config
 from tarsier_hf.eval.prompts import get_preset
 from tarsier_hf.inference.batch import get_state, run_inference
 from tarsier_hf.inference.engine import GenerationArguments, InferenceSettings, inference_sampling
-from video_processing_tarsier import VIDEO_EXTENSIONS, FrameSampling
+from frame_sampling_tarsier import FrameSampling
+from media_limits_tarsier import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ class ModelPreset:
         num_frames: frames sampled by `frame_sampling` (uniform: first and last included); None when `fps` is used.
         fps: sampling rate for models that sample by time (Gemini 1.5 Pro: 1 fps); None otherwise.
         description_prompt: the DREAM-1K prompt (Appendix C).
-        frame_sampling: the frame-sampling policy (`video_processing_tarsier.FRAME_SAMPLING_POLICIES`): `uniform`
+        frame_sampling: the frame-sampling policy (`frame_sampling_tarsier.FRAME_SAMPLING_POLICIES`): `uniform`
             (Tarsier, §5.1), `tarsier2` (the Tarsier2 release's rule: every frame of a clip of at most
             `num_frames` frames, else `round(i * (T - 1) / (n - 1))`).
         benchmark_frames: frames on the public benchmarks when the model's own setting differs from Tarsier's

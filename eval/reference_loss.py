@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from video_processing_tarsier import UniformSampling
+from frame_sampling_tarsier import UniformSampling
 
 IGNORE_INDEX = -100
 

@@ -86,7 +86,7 @@ def _answers(processor, batch) -> set[str]:
 
 def _encode_all(processor, dataset):
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from video_processing_tarsier import UniformSampling
+    from frame_sampling_tarsier import UniformSampling
 
     rows = list(dataset) if not hasattr(dataset, "__len__") else [dataset[i] for i in range(len(dataset))]
     batch = TarsierVideoCollator(processor, UniformSampling(2))(rows)

@@ -70,7 +70,7 @@ ENGINE = textwrap.dedent(
     from tarsier_hf.training.data import normalize_row
     from tarsier_hf.training.freezing import set_trainable_parts
     from tarsier_hf.families import load_model_and_processor
-    from video_processing_tarsier import UniformSampling
+    from frame_sampling_tarsier import UniformSampling
 
     recipe, folder, data_dir, out = sys.argv[1:5]
     deepspeed.init_distributed(dist_backend="gloo")

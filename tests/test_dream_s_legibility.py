@@ -24,7 +24,8 @@ from tarsier_hf.dream_s.build import load_clip_spec
 from tarsier_hf.dream_s.render import compute_tracks, to_image
 from tarsier_hf.dream_s.scene import GRID
 from tarsier_hf.dream_s.vocab import COLOURS, SHAPES
-from video_processing_tarsier import _build_image_processor, load_video, preprocess_frames
+from media_loading_tarsier import load_video
+from video_processing_tarsier import build_image_processor, preprocess_frames
 
 REPO = Path(__file__).resolve().parents[1]
 TOWER = json.loads((REPO / "recipes" / "tiny" / "vision_tower.json").read_text())
@@ -123,7 +124,7 @@ def probe_result(tmp_path_factory):
     data = tmp_path_factory.mktemp("legibility") / "data"
     build_dataset(BuildConfig(out=str(data), seed=11, num_train=NUM_TRAIN_CLIPS, num_test=60, size=TOWER["image_size"],
                               max_subjects=2, num_workers=2), progress=False)
-    image_processor = _build_image_processor("clip", TOWER["image_size"])
+    image_processor = build_image_processor("clip", TOWER["image_size"])
     x_train, y_train = _load_split(data, "train", image_processor)
     x_test, y_test = _load_split(data, "test", image_processor)
     torch.manual_seed(0)

@@ -270,7 +270,7 @@ def test_a_checkpoint_is_pushed_from_its_published_folder(tiny_tarsier, data_dir
     from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
     from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
-    from video_processing_tarsier import UniformSampling
+    from frame_sampling_tarsier import UniformSampling
 
     _, model, processor = tiny_tarsier
     rows = [normalize_row(conversation_row(f"videos/{c}.mp4", f"The screen stays {c}.", i), str(data_dir))
@@ -297,7 +297,7 @@ def test_a_streamed_batch_of_only_bad_samples_does_not_stop_training(tiny_tarsie
     from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
     from tests.colour_clips import BAD_FILES
-    from video_processing_tarsier import UniformSampling
+    from frame_sampling_tarsier import UniformSampling
 
     _, _, processor = tiny_tarsier
     good = normalize_row(conversation_row("videos/red.mp4", "The screen stays red.", 0), str(data_dir))

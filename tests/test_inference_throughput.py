@@ -14,7 +14,7 @@ from transformers import GenerationConfig
 
 from tarsier_hf.inference.engine import VideoTextGenerator
 from tests.test_eval_runner import build_tiny_checkpoint, write_stand_in_videos
-from video_processing_tarsier import UniformSampling
+from frame_sampling_tarsier import UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from video_processing_tarsier import UniformSampling, VideoReadError, load_image, load_video
+from frame_sampling_tarsier import UniformSampling
+from media_limits_tarsier import VideoReadError
+from media_loading_tarsier import load_image, load_video
 from tests.colour_clips import write_colour_clips
 
 

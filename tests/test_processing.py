@@ -19,7 +19,8 @@ from PIL import Image
 
 from tarsier_hf.dream_s.video_writer import coded_frames, write_video
 from processing_tarsier import CHAT_TEMPLATES, SPECIAL_TOKENS, TarsierProcessor
-from video_processing_tarsier import FpsSampling, RandomSegmentsSampling, UniformSampling, load_video, sample_uniform
+from frame_sampling_tarsier import FpsSampling, RandomSegmentsSampling, UniformSampling
+from media_loading_tarsier import load_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,8 +109,8 @@ def test_batched_conversations_frame_order_and_counts(processor, clip, padding_s
     expected_frames = [
         *load_video(clip, UniformSampling(4)).frames,
         image,
-        *video_array[sample_uniform(12, 4)],
-        *video_array[:5][sample_uniform(5, 4)],
+        *video_array[UniformSampling(4).indices(12)],
+        *video_array[:5][UniformSampling(4).indices(5)],
     ]
     torch.testing.assert_close(out["pixel_values"], processor.preprocess_frames(expected_frames))
     ids, mask = out["input_ids"], out["attention_mask"]
@@ -190,7 +191,9 @@ def test_save_and_load_with_auto_processor_remote_code(tokenizer, clip, tmp_path
     )
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
-    for code in ("processing_tarsier.py", "video_processing_tarsier.py", "configuration_tarsier.py"):
+    for code in ("processing_tarsier.py", "video_processing_tarsier.py", "configuration_tarsier.py",
+                 "frame_sampling_tarsier.py", "media_loading_tarsier.py", "video_reader_tarsier.py",
+                 "media_limits_tarsier.py"):
         assert (folder / code).read_text() == (REPO / code).read_text()
     assert (folder / "chat_template.jinja").read_text() == CHAT_TEMPLATES["chatml"]
     config = json.loads((folder / "processor_config.json").read_text())
@@ -264,9 +267,9 @@ def test_frame_sampling_round_trips_through_save_pretrained(tokenizer, clip, tmp
 
 
 def test_a_policy_added_to_the_registry_works_end_to_end(tokenizer, clip, tmp_path):
-    """Adding a policy is one registered FrameSampling subclass (video_processing_tarsier's registry): the processor
+    """Adding a policy is one registered FrameSampling subclass (frame_sampling_tarsier's registry): the processor
     samples with it, saves it and loads it back, with no other file touched."""
-    from video_processing_tarsier import FRAME_SAMPLING_POLICIES, FrameSampling, register_frame_sampling
+    from frame_sampling_tarsier import FRAME_SAMPLING_POLICIES, FrameSampling, register_frame_sampling
 
     @register_frame_sampling
     @dataclass(frozen=True)
@@ -299,7 +302,8 @@ def test_a_policy_added_to_the_registry_works_end_to_end(tokenizer, clip, tmp_pa
 def test_call_options_adjust_the_default_sampling(processor, clip):
     """transformers' `num_frames` / `fps` video options adjust the processor's sampling object for one call."""
     meta = lambda out: out["video_metadata"][0].frames_indices  # noqa: E731
-    assert meta(processor(text="<video>", videos=[str(clip)], return_metadata=True)) == sample_uniform(30, 4).tolist()
+    uniform4 = UniformSampling(4).indices(30).tolist()
+    assert meta(processor(text="<video>", videos=[str(clip)], return_metadata=True)) == uniform4
     assert meta(processor(text="<video>", videos=[str(clip)], num_frames=3, return_metadata=True)) == [0, 14, 29]
     # a 30-frame clip at 30 fps: the frames on screen at 0, 0.25, 0.5 and 0.75 s
     assert meta(processor(text="<video>", videos=[str(clip)], fps=4.0, return_metadata=True)) == [0, 7, 15, 22]

@@ -21,7 +21,7 @@ def colour_reader(tiny_tarsier, data_dir):
     """The tiny Tarsier after memorising which colour each clip shows (so it can only be right by looking)."""
     from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
-    from video_processing_tarsier import UniformSampling
+    from frame_sampling_tarsier import UniformSampling
 
     _, model, processor = tiny_tarsier
     model = copy.deepcopy(model).train()
@@ -42,7 +42,7 @@ def colour_reader(tiny_tarsier, data_dir):
 def test_own_video_scores_like_the_training_loss(colour_reader, data_dir):
     from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
-    from video_processing_tarsier import UniformSampling
+    from frame_sampling_tarsier import UniformSampling
 
     model, processor = colour_reader
     rows = _rows(data_dir)
@@ -102,7 +102,7 @@ def test_bad_rows_are_named(colour_reader, data_dir):
 def test_in_memory_clips_score_as_their_files(colour_reader, data_dir):
     """`videos=` (frames held in memory, as the tiny sweep passes them) goes through the same sampling and encoding
     as the files: every frame of each clip decoded once, then scored from the array."""
-    from video_processing_tarsier import VideoReader
+    from video_reader_tarsier import VideoReader
 
     model, processor = colour_reader
     rows = _rows(data_dir)

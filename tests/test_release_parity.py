@@ -430,12 +430,12 @@ def test_released_resize_is_two_resamplings(tmp_path):
 
 
 def test_sampling_follows_the_release_for_one_frame_and_instruction_counts():
-    from video_processing_tarsier import InstructionSampling, sample_frame_indices, sample_uniform
+    from frame_sampling_tarsier import InstructionSampling, UniformSampling
 
     # dataset/utils.py sample_frame_indices: n == 1 -> [0]; else round(i * (T - 1) / (n - 1)).
-    assert sample_uniform(100, 1).tolist() == [0]
-    assert sample_uniform(100, 8).tolist() == [round(i * 99 / 7) for i in range(8)]
+    assert UniformSampling(1).indices(100).tolist() == [0]
+    assert UniformSampling(8).indices(100).tolist() == [round(i * 99 / 7) for i in range(8)]
     # "instruction" honours num_frames; complex clips get twice as many (the paper's 16 vs 8).
-    assert len(sample_frame_indices(100, InstructionSampling(16))) == 16
-    assert len(sample_frame_indices(100, InstructionSampling(8), complex_clip=True)) == 16
-    assert sample_frame_indices(100, InstructionSampling(4)).tolist() == [0, 33, 66, 99]
+    assert len(InstructionSampling(16).indices(100)) == 16
+    assert len(InstructionSampling(8).indices(100, complex_clip=True)) == 16
+    assert InstructionSampling(4).indices(100).tolist() == [0, 33, 66, 99]

@@ -148,7 +148,8 @@ def test_video_by_path_url_and_data_uri(client, reference, media):
 
 
 def test_video_as_base64_jpeg_frames(client, reference, media):
-    from video_processing_tarsier import UniformSampling, load_video
+    from frame_sampling_tarsier import UniformSampling
+    from media_loading_tarsier import load_video
 
     frames = load_video(str(media / "red.mp4"), UniformSampling(8)).frames
     encoded = []

@@ -155,7 +155,9 @@ def test_a_playlist_in_the_allowed_folder_cannot_reach_outside(server, allowed, 
 def test_the_reader_opens_one_self_contained_file(tmp_path):
     """The reader itself (what describe, eval and training use too): an ffconcat script naming a video beside it
     and an image2 file-name pattern are refused; real containers and raw streams still read."""
-    from video_processing_tarsier import UniformSampling, VideoReadError, load_video
+    from frame_sampling_tarsier import UniformSampling
+    from media_limits_tarsier import VideoReadError
+    from media_loading_tarsier import load_video
 
     write_clip(tmp_path / "real.mp4")
     (tmp_path / "script.mp4").write_text("ffconcat version 1.0\nfile real.mp4\n")
@@ -194,7 +196,7 @@ def test_an_unreadable_file_says_permission_denied():
         clip = write_clip(folder / "locked.mp4")
         clip.chmod(0o000)
         # the interpreter may lie under a folder only root can enter: drop to `nobody` once it has started
-        code = ("import os, sys; from video_processing_tarsier import load_video\n"
+        code = ("import os, sys; from media_loading_tarsier import load_video\n"
                 "if os.geteuid() == 0:\n    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
                 "try:\n    load_video(sys.argv[1])\nexcept Exception as error:\n    print(error)")
         result = subprocess.run([sys.executable, "-c", code, str(clip)], capture_output=True, text=True, timeout=60,

@@ -99,7 +99,8 @@ def test_converted_folder_is_standard_qwen2vl(released_tarsier2, converted):
     files = sorted(path.name for path in converted.iterdir())
     assert {"config.json", "model.safetensors.index.json", "generation_config.json", "tokenizer.json",
             "tokenizer_config.json", "chat_template.jinja", "processor_config.json",
-            "processing_tarsier2.py", "video_processing_tarsier2.py", "video_processing_tarsier.py"} <= set(files)
+            "processing_tarsier2.py", "video_processing_tarsier2.py", "frame_sampling_tarsier.py",
+            "media_loading_tarsier.py", "video_reader_tarsier.py", "media_limits_tarsier.py"} <= set(files)
     assert (converted / "generation_config.json").read_bytes() == (
         released_tarsier2["path"] / "generation_config.json").read_bytes()
 

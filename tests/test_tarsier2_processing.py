@@ -24,9 +24,10 @@ from PIL import Image
 
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # the reference arithmetic
 
+from frame_sampling_tarsier import Tarsier2Sampling, UniformSampling, as_frame_sampling
+from media_loading_tarsier import load_video
 from processing_tarsier2 import build_tarsier2_processor
 from video_processing_tarsier2 import Tarsier2VideoProcessor
-from video_processing_tarsier import Tarsier2Sampling, as_frame_sampling, load_video, sample_tarsier2, sample_uniform
 
 # Qwen2-VL-7B-Instruct's preprocessor_config.json bounds, the checkpoint's (second) resize
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 14 * 14 * 4 * 16384
@@ -125,7 +126,8 @@ def test_tarsier2_sampling_is_the_release_v1_rule(demo_video):
     assert UniformSampling(16).indices(10).tolist() != list(range(10))  # the Tarsier-1 policy repeats frames instead
     # by frame index: a variable-frame-rate clip samples the same indices as a constant-rate one of its length
     vfr = np.cumsum(np.r_[0.0, np.where(np.arange(83) < 40, 0.01, 0.2)])
-    assert Tarsier2Sampling(16).indices(vfr).tolist() == Tarsier2Sampling(16).indices(84).tolist() != UniformSampling(16).indices(vfr).tolist()
+    by_index = Tarsier2Sampling(16).indices(vfr).tolist()
+    assert by_index == Tarsier2Sampling(16).indices(84).tolist() != UniformSampling(16).indices(vfr).tolist()
     for total in range(17, 300):  # halves round to even, as Python's round in the release
         assert Tarsier2Sampling(16).indices(total).tolist() == [round(i * (total - 1) / 15) for i in range(16)]
     policy = as_frame_sampling({"policy": "tarsier2", "num_frames": 8})
@@ -327,7 +329,8 @@ def test_saved_folder_is_plain_qwen2vl_with_tarsier2_remote_code(tokenizer, tmp_
     processor = build_tarsier2_processor(tokenizer, TEMPLATE, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     folder = tmp_path / "saved"
     processor.save_pretrained(folder)
-    assert {"processing_tarsier2.py", "video_processing_tarsier2.py", "video_processing_tarsier.py",
+    assert {"processing_tarsier2.py", "video_processing_tarsier2.py", "frame_sampling_tarsier.py",
+            "media_loading_tarsier.py", "video_reader_tarsier.py", "media_limits_tarsier.py",
             "processor_config.json", "chat_template.jinja"} <= {p.name for p in folder.iterdir()}
     assert not {"preprocessor_config.json", "video_preprocessor_config.json"} & {p.name for p in folder.iterdir()}
     config = json.loads((folder / "processor_config.json").read_text())
@@ -362,7 +365,8 @@ def test_saved_folder_is_plain_qwen2vl_with_tarsier2_remote_code(tokenizer, tmp_
             except Exception as error:
                 plain[name] = f"{{type(error).__name__}}: {{error}}"
         processor = AutoProcessor.from_pretrained("{folder}", trust_remote_code=True)
-        assert not {{"processing_tarsier2", "video_processing_tarsier2", "video_processing_tarsier"}} & set(sys.modules)
+        assert not {{"processing_tarsier2", "video_processing_tarsier2", "frame_sampling_tarsier",
+                     "media_loading_tarsier"}} & set(sys.modules)
         video = processor.video_processor
         options = {{name: getattr(video, name) for name in {sorted(RELEASE_VIDEO_OPTIONS)!r}}}
         options["frame_sampling"] = video.frame_sampling.to_dict()

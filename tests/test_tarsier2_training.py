@@ -18,7 +18,7 @@ import torch
 
 from tests.colour_clips import COLORS, conversation_row
 from tests.training_runs import run_checked, sft_args, trainer_state
-from video_processing_tarsier import UniformSampling
+from frame_sampling_tarsier import UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWER = "The screen stays red."

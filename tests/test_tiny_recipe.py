@@ -187,7 +187,7 @@ def test_ablations_are_the_rows_of_table_6():
 def test_tower_probe_reads_the_facts_stage_0_was_trained_on(quick_run):
     """The probe's facts of a frame (row, column, shape, colour of its one shape) are the stage-0 labels of that
     frame, its frames are the decoded video frames it names, and it scores every single-shape held-out frame."""
-    from video_processing_tarsier import load_video
+    from media_loading_tarsier import load_video
     from tarsier_hf.tiny_recipe.tower_probe import FACTS, probe_tower, single_object_frames
 
     out, _ = quick_run

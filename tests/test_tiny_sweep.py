@@ -19,7 +19,8 @@ def test_sweep_samples_in_memory_clips_with_the_recipe_policies():
     import numpy as np
 
     from tarsier_hf.tiny_recipe.sweep import stage1_sampling
-    from video_processing_tarsier import UniformSampling, load_video
+    from frame_sampling_tarsier import UniformSampling
+    from media_loading_tarsier import load_video
 
     clip = np.arange(16, dtype=np.uint8)[:, None, None, None].repeat(4, 1).repeat(4, 2).repeat(3, 3)
     frame_numbers = lambda sample: sample.frames[:, 0, 0, 0].tolist()  # noqa: E731 - each frame holds its index

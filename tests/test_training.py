@@ -20,7 +20,7 @@ import torch
 from tarsier_hf.hub.checkpoint import check_checkpoint
 from tests.colour_clips import COLORS, conversation_row
 from tests.training_runs import child_env, run_checked, sft_args, trainer_state, weights
-from video_processing_tarsier import InstructionSampling, RandomSegmentsSampling, UniformSampling
+from frame_sampling_tarsier import InstructionSampling, RandomSegmentsSampling, UniformSampling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -203,7 +203,8 @@ def test_training_inference_and_reference_loss_encode_a_prompt_identically(tiny_
     from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
     from tarsier_hf.training.collator import TarsierVideoCollator
     from tarsier_hf.training.data import normalize_row
-    from video_processing_tarsier import VideoReader, sample_uniform
+    from frame_sampling_tarsier import UniformSampling
+    from video_reader_tarsier import VideoReader
 
     _, model, processor = tiny_tarsier
     raw = conversation_row("videos/green.mp4", "The screen stays green.", 0)
@@ -217,7 +218,7 @@ def test_training_inference_and_reference_loss_encode_a_prompt_identically(tiny_
     assert inferred["input_ids"].tolist() == trained["input_ids"][:first_label].tolist()
     torch.testing.assert_close(inferred["pixel_values"], trained["pixel_values"], rtol=0, atol=0)
     with VideoReader(data_dir / "videos/green.mp4") as reader:
-        assert inferred["frame_indices"] == sample_uniform(reader.timestamps, 3).tolist()
+        assert inferred["frame_indices"] == UniformSampling(3).indices(reader.timestamps).tolist()
     # the reference loss scores exactly the training labels
     scored = score_references(model, processor, [raw], video_root=str(data_dir), num_frames=3)
     labels = trained["labels"][1:]
@@ -545,7 +546,8 @@ def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distribu
     files = check_checkpoint(output_dir)
     for name in ("config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
                  "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "video_processing_tarsier.py",
-                 "README.md"):
+                 "frame_sampling_tarsier.py", "media_loading_tarsier.py", "video_reader_tarsier.py",
+                 "media_limits_tarsier.py", "README.md"):
         assert name in files
     assert not any(f.startswith("checkpoint-") or f.startswith("skipped") for f in files)
 

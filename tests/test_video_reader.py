@@ -16,18 +16,16 @@ import pytest
 from PIL import Image
 
 from tarsier_hf.dream_s.video_writer import coded_frames, read_frame_code, write_video
-from video_processing_tarsier import (
+from frame_sampling_tarsier import (
     FpsSampling,
+    InstructionSampling,
+    RandomSegmentsSampling,
     UniformSampling,
-    VideoReader,
-    VideoReadError,
-    load_video,
-    sample_by_fps,
-    sample_frame_indices,
-    sample_instruction_tuning,
-    sample_random_segments,
-    sample_uniform,
+    as_frame_sampling,
 )
+from media_limits_tarsier import VideoReadError
+from media_loading_tarsier import load_video
+from video_reader_tarsier import VideoReader
 
 FRAMES = 90
 HEIGHT, WIDTH = 48, 64
@@ -47,7 +45,7 @@ def sequential_decode(path, keep=None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Sampling policies (pure functions)
+# Sampling policies (pure: timestamps -> indices)
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -55,7 +53,7 @@ def sequential_decode(path, keep=None) -> np.ndarray:
 @pytest.mark.parametrize("n", [1, 2, 3, 8, 16, 32])
 def test_uniform_matches_released_rule_for_constant_frame_rate(total, n):
     timestamps = np.arange(total) / 29.97
-    got = sample_uniform(timestamps, n)
+    got = UniformSampling(n).indices(timestamps)
     if n == 1:
         expected = [0]  # bytedance/tarsier dataset/utils.py sample_frame_indices: "sample first frame in default"
     else:
@@ -69,7 +67,7 @@ def test_uniform_samples_instants_not_indices_on_variable_frame_rate():
     # 50 frames in the first second, then 10 frames over the next 9 s: uniform-in-time must spend most samples
     # on the slow part, which index-uniform sampling would not.
     timestamps = np.concatenate([np.arange(50) / 50, 1 + np.arange(10)])
-    got = sample_uniform(timestamps, 10)
+    got = UniformSampling(10).indices(timestamps)
     times = timestamps[got]
     targets = np.linspace(0, timestamps[-1], 10)
     for chosen, target in zip(times, targets):
@@ -80,26 +78,27 @@ def test_uniform_samples_instants_not_indices_on_variable_frame_rate():
 def test_random_segments_one_frame_per_segment_and_seedable():
     timestamps = np.arange(300) / 30
     for seed in range(20):
-        got = sample_random_segments(timestamps, (8, 32), rng=seed)
+        got = RandomSegmentsSampling((8, 32)).indices(timestamps, rng=seed)
         n = len(got)
         assert 8 <= n <= 32
         for segment, index in enumerate(got):  # segment s holds frames [s * 300 / n, (s + 1) * 300 / n)
             assert segment * 300 <= index * n < (segment + 1) * 300
-        assert got.tolist() == sample_random_segments(timestamps, (8, 32), rng=seed).tolist()
-    draws = {len(sample_random_segments(timestamps, (8, 32), rng=seed)) for seed in range(200)}
+        assert got.tolist() == RandomSegmentsSampling((8, 32)).indices(timestamps, rng=seed).tolist()
+    draws = {len(RandomSegmentsSampling((8, 32)).indices(timestamps, rng=seed)) for seed in range(200)}
     assert min(draws) == 8 and max(draws) == 32
     # Different seeds give different frames.
-    assert len({tuple(sample_random_segments(timestamps, 16, rng=s)) for s in range(10)}) > 1
+    assert len({tuple(RandomSegmentsSampling(16).indices(timestamps, rng=s)) for s in range(10)}) > 1
 
 
 def test_random_segments_short_video_repeats_in_order():
-    got = sample_random_segments(np.arange(3) / 30, 8, rng=0)
+    got = RandomSegmentsSampling(8).indices(np.arange(3) / 30, rng=0)
     assert len(got) == 8 and sorted(got.tolist()) == got.tolist() and set(got.tolist()) == {0, 1, 2}
 
 
 def test_instruction_tuning_first_last_and_count():
     timestamps = np.arange(500) / 25
-    simple, complex_ = sample_instruction_tuning(timestamps), sample_instruction_tuning(timestamps, complex_clip=True)
+    simple = InstructionSampling().indices(timestamps)
+    complex_ = InstructionSampling().indices(timestamps, complex_clip=True)
     assert len(simple) == 8 and len(complex_) == 16
     for got in (simple, complex_):
         assert got[0] == 0 and got[-1] == 499
@@ -109,27 +108,27 @@ def test_instruction_tuning_first_last_and_count():
 
 def test_fps_sampling_and_cap():
     timestamps = np.arange(300) / 30  # 10 s at 30 fps
-    assert sample_by_fps(timestamps, 1.0).tolist() == list(range(0, 300, 30))
-    assert sample_by_fps(timestamps, 2.0, max_frames=64).tolist() == list(range(0, 300, 15))
-    capped = sample_by_fps(timestamps, 10.0, max_frames=16)
-    assert capped.tolist() == sample_uniform(timestamps, 16).tolist()
+    assert FpsSampling(1.0).indices(timestamps).tolist() == list(range(0, 300, 30))
+    assert FpsSampling(2.0, max_frames=64).indices(timestamps).tolist() == list(range(0, 300, 15))
+    capped = FpsSampling(10.0, max_frames=16).indices(timestamps)
+    assert capped.tolist() == UniformSampling(16).indices(timestamps).tolist()
     # A rate above the video's never repeats frames.
-    assert sample_by_fps(np.arange(5) / 5, 50.0).tolist() == [0, 1, 2, 3, 4]
+    assert FpsSampling(50.0).indices(np.arange(5) / 5).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_short_video_uniform_repeats_every_frame_in_order():
-    got = sample_uniform(np.arange(3) / 30, 8)
+    got = UniformSampling(8).indices(np.arange(3) / 30)
     assert got.tolist() == [0, 0, 1, 1, 1, 1, 2, 2]
-    assert sample_uniform(np.array([0.0]), 8).tolist() == [0] * 8
+    assert UniformSampling(8).indices(np.array([0.0])).tolist() == [0] * 8
 
 
 def test_policy_errors_are_clear():
     with pytest.raises(ValueError, match="unknown frame sampling policy"):
-        sample_frame_indices(10, "nope")
+        as_frame_sampling("nope").indices(10)
     with pytest.raises(ValueError, match="strictly increasing"):
-        sample_uniform(np.array([0.0, 0.0, 1.0]), 2)
+        UniformSampling(2).indices(np.array([0.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match="needs fps"):
-        sample_frame_indices(10, "fps")
+        as_frame_sampling("fps").indices(10)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -163,11 +162,11 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 
 def policy_indices(timestamps: np.ndarray) -> dict[str, np.ndarray]:
     return {
-        "uniform8": sample_uniform(timestamps, 8),
-        "uniform16": sample_uniform(timestamps, 16),
-        "random_segments": sample_random_segments(timestamps, (8, 32), rng=3),
-        "instruction": sample_instruction_tuning(timestamps, complex_clip=True),
-        "fps": sample_by_fps(timestamps, 4.0, max_frames=64),
+        "uniform8": UniformSampling(8).indices(timestamps),
+        "uniform16": UniformSampling(16).indices(timestamps),
+        "random_segments": RandomSegmentsSampling((8, 32)).indices(timestamps, rng=3),
+        "instruction": InstructionSampling().indices(timestamps, complex_clip=True),
+        "fps": FpsSampling(4.0, max_frames=64).indices(timestamps),
         "shuffled_with_repeats": np.array([77, 3, 3, 89, 0, 45, 44, 46, 12]),
         "all": np.arange(FRAMES),
     }
@@ -216,7 +215,7 @@ def test_variable_frame_rate_timestamps_and_uniform_instants(tmp_path):
     with VideoReader(path) as reader:
         assert reader.num_frames == 60 and reader.index_source == "demux"
         np.testing.assert_allclose(reader.timestamps, timestamps, atol=1e-4)
-        indices = sample_uniform(reader.timestamps, 8)
+        indices = UniformSampling(8).indices(reader.timestamps)
         # Uniform in time: the slow tail (20 frames, most of the duration) gets most of the samples.
         assert (indices >= 40).sum() >= 6
         assert codes(reader.get_frames(indices)) == indices.tolist()
@@ -249,9 +248,9 @@ def test_demo_video_matches_full_sequential_decode(demo_video):
     with VideoReader(demo_video) as reader:
         assert reader.num_frames == 84
         cases = [
-            sample_uniform(reader.timestamps, 8),
-            sample_uniform(reader.timestamps, 16),
-            sample_random_segments(reader.timestamps, (8, 32), rng=0),
+            UniformSampling(8).indices(reader.timestamps),
+            UniformSampling(16).indices(reader.timestamps),
+            RandomSegmentsSampling((8, 32)).indices(reader.timestamps, rng=0),
             np.array([83, 0, 41, 42, 40]),
         ]
         keep = sorted(set(np.concatenate(cases).tolist()))
@@ -276,7 +275,7 @@ def test_frame_sequences_and_arrays(tmp_path):
     for i, frame in enumerate(frames):  # natural order: frame_2 before frame_10
         Image.fromarray(frame).save(folder / f"frame_{i}.png")
     files = [folder / f"frame_{i}.png" for i in range(20)]
-    expected = sample_uniform(20, 8).tolist()
+    expected = UniformSampling(8).indices(20).tolist()
     for source in (
         folder,
         files,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tarsier_hf.training.vision_pretraining import FrameLabelDataset, frames_to_pixels, read_frame_labels
-from video_processing_tarsier import _build_image_processor, preprocess_frames
+from video_processing_tarsier import build_image_processor, preprocess_frames
 
 REPO = Path(__file__).resolve().parents[1]
 TOWER = {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 16, "hidden_size": 32,
@@ -39,7 +39,7 @@ def test_targets_are_multi_hot_over_the_sorted_label_names():
     dataset = FrameLabelDataset(pixels, [["red circle", "red row top"], ["blue square"]])
     assert dataset.label_names == ["blue square", "red circle", "red row top"]
     assert dataset[0]["labels"].tolist() == [0.0, 1.0, 1.0] and dataset[1]["labels"].tolist() == [1.0, 0.0, 0.0]
-    expected = preprocess_frames(frames, _build_image_processor("clip", 8))
+    expected = preprocess_frames(frames, build_image_processor("clip", 8))
     assert pixels.shape == (2, 3, 8, 8) and torch.equal(pixels, expected)
     assert not torch.equal(dataset[0]["pixel_values"], dataset[1]["pixel_values"])
     with pytest.raises(ValueError, match="2 frames but 1 label lists"):

@@ -26,7 +26,7 @@ from transformers import HfArgumentParser
 from tarsier_hf.cli import consent_boundary, help_text, renamed
 from tarsier_hf.inference.batch import get_state, run_inference, settings_from
 from tarsier_hf.inference.engine import DEFAULT_DESCRIPTION_PROMPT, GenerationArguments, VideoRequest
-from video_processing_tarsier import VIDEO_EXTENSIONS
+from media_limits_tarsier import VIDEO_EXTENSIONS
 
 LIST_EXTENSIONS = {".txt", ".lst", ".list"}
 

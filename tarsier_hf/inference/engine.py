@@ -17,7 +17,7 @@ import torch
 from transformers import GenerationConfig
 
 from tarsier_hf import families
-from video_processing_tarsier import FpsSampling, FrameSampling, UniformSampling
+from frame_sampling_tarsier import FpsSampling, FrameSampling, UniformSampling
 
 VIDEO_PLACEHOLDER = "<video>"
 # Processor outputs with one value per token: left-padded in a batch (every other tensor is concatenated).

@@ -78,18 +78,9 @@ from transformers.generation.logits_process import (
 from tarsier_hf import families
 from tarsier_hf.cli import consent_boundary, help_text, take_positional
 from tarsier_hf.inference.engine import collate_left_padded, one_sample
-from video_processing_tarsier import (
-    DEFAULT_SEQUENCE_FPS,
-    FpsSampling,
-    FrameSampling,
-    MediaLimitError,
-    MediaLimits,
-    VideoReadError,
-    as_frame_sampling,
-    load_image,
-    load_video,
-    media_limits,
-)
+from frame_sampling_tarsier import FpsSampling, FrameSampling, as_frame_sampling
+from media_limits_tarsier import MediaLimitError, MediaLimits, VideoReadError, media_limits
+from media_loading_tarsier import DEFAULT_SEQUENCE_FPS, load_image, load_video
 
 logger = logging.getLogger(__name__)
 
@@ -344,8 +335,8 @@ def load_media(conversation: list[dict], sampling: FrameSampling, resize, limits
     sees: a video block's `url` becomes `video`, its sampled frames resized by `resize` (Tarsier: `(S, S, 3)` uint8
     each) or, with `resize=None`, as decoded (Qwen2-VL's processor resizes them itself);
     an image block's becomes `image`, its `(H, W, 3)` uint8 pixels. Media are read by this installation's
-    `video_processing_tarsier` (allow-listed demuxers, one self-contained file each), never by a checkpoint's copy
-    of it. Returns the frame count of every video, in order.
+    `media_loading_tarsier` / `media_limits_tarsier` (allow-listed demuxers, one self-contained file each), never by
+    a checkpoint's copy of them. Returns the frame count of every video, in order.
 
     A source that cannot be read, or that would pass `max_frame_pixels` / `max_request_pixels`, raises
     `RequestError` naming its field.

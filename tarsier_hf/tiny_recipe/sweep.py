@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tarsier_hf.jsonl import read_jsonl_objects
-from video_processing_tarsier import RandomSegmentsSampling, UniformSampling
+from frame_sampling_tarsier import RandomSegmentsSampling, UniformSampling
 
 TEST_PROMPT = "Describe the video in detail."
 

@@ -26,7 +26,8 @@ from tarsier_hf.dream_s.build import load_clip_spec
 from tarsier_hf.dream_s.grammar import frame_objects
 from tarsier_hf.dream_s.render import compute_tracks
 from tarsier_hf.jsonl import read_jsonl_objects
-from video_processing_tarsier import _build_image_processor, load_video, preprocess_frames
+from media_loading_tarsier import load_video
+from video_processing_tarsier import build_image_processor, preprocess_frames
 
 FACTS = ("row", "column", "shape", "colour")
 
@@ -64,7 +65,7 @@ def single_object_frames(data_dir: Path, split: str, max_clips: int | None) -> t
 @torch.no_grad()
 def pooled_features(tower: CLIPVisionModel, frames: np.ndarray, batch_size: int = 256) -> torch.Tensor:
     """`(N, H, W, 3)` uint8 -> `(N, hidden)`: the mean of the last layer's patch tokens (the LM's frame feature)."""
-    processor = _build_image_processor("clip", tower.config.image_size)
+    processor = build_image_processor("clip", tower.config.image_size)
     out = []
     for start in range(0, len(frames), batch_size):
         pixels = preprocess_frames(frames[start:start + batch_size], processor)

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from video_processing_tarsier import FRAME_SAMPLING_POLICIES, FrameSampling, as_frame_sampling
+from frame_sampling_tarsier import FRAME_SAMPLING_POLICIES, FrameSampling, as_frame_sampling
 
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from tarsier_hf.jsonl import append_jsonl
-from video_processing_tarsier import FrameSampling, VideoReadError
+from frame_sampling_tarsier import FrameSampling
+from media_limits_tarsier import VideoReadError
 
 logger = logging.getLogger(__name__)
 

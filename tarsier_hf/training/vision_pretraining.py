@@ -33,7 +33,8 @@ import torch
 from transformers import (CLIPConfig, CLIPForImageClassification, CLIPVisionConfig, Trainer, TrainingArguments,
                           set_seed)
 
-from video_processing_tarsier import _build_image_processor, load_video, preprocess_frames
+from media_loading_tarsier import load_video
+from video_processing_tarsier import build_image_processor, preprocess_frames
 from tarsier_hf.cli import help_text
 from tarsier_hf.jsonl import read_jsonl_objects
 
@@ -96,7 +97,7 @@ def frames_to_pixels(frames: np.ndarray, image_size: int, resize_mode: str = "st
     """`(N, H, W, 3)` uint8 -> `(N, 3, S, S)` float32 through `preprocess_frames` with a CLIP image processor of
     side `image_size`: the pixels a Tarsier with this tower computes for the same frames. Done once, before
     training (each frame is processed on its own, so the result does not depend on the chunking)."""
-    processor = _build_image_processor("clip", image_size)
+    processor = build_image_processor("clip", image_size)
     return torch.cat([preprocess_frames(frames[i : i + chunk], processor, resize_mode)
                       for i in range(0, len(frames), chunk)])
 
