@@ -37,11 +37,13 @@ from tarsier_hf.training.arguments import (
     DEFAULT_LORA_TARGETS, REFUSED_SFT_OPTIONS, TarsierArguments, check_sft_config, refused_help,
 )
 from tarsier_hf.training.collator import TarsierVideoCollator
-from tarsier_hf.training.data import (
-    ConversationDataset, DatasetSpec, StreamingConversationDataset, has_splits, load_prompt_pools, parse_weights,
-)
+from tarsier_hf.training.conversation_dataset import ConversationDataset, StreamingConversationDataset
+from tarsier_hf.training.dataset_spec import DatasetSpec
 from tarsier_hf.training.freezing import set_trainable_parts
+from tarsier_hf.training.loading import has_splits
+from tarsier_hf.training.mixing import parse_weights
 from tarsier_hf.training.model_builder import build_from_parts, save_tarsier
+from tarsier_hf.training.prompt_pools import load_prompt_pools
 from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer, last_complete_checkpoint
 
 logger = logging.getLogger("train_sft")
@@ -162,7 +164,7 @@ def build_dataset(
 ) -> ConversationDataset | StreamingConversationDataset:
     """The training mixture (`split=None`: `--dataset_train_split`), streamed with `--dataset_streaming`.
 
-    Every row is validated (`tarsier_hf.training.data.check_row`, against the visual placeholders of `processor`):
+    Every row is validated (`tarsier_hf.training.row_checks.check_row`, against the visual placeholders of `processor`):
     here, before training, or, streamed, as it streams past; bad rows are appended to `bad_rows_log` and skipped,
     or fatal under --fail_fast.
     """

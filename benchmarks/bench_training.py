@@ -29,7 +29,8 @@ from transformers import HfArgumentParser
 from tarsier_hf.dream_s.video_writer import write_video
 from tarsier_hf.tiny_recipe.local_llm import materialize_smollm2
 from tarsier_hf.training.collator import TarsierVideoCollator
-from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+from tarsier_hf.training.conversation_dataset import ConversationDataset
+from tarsier_hf.training.dataset_spec import DatasetSpec
 from tarsier_hf.training.freezing import set_trainable_parts
 from tarsier_hf.training.model_builder import build_from_parts
 from tarsier_hf.training.trainer import TarsierSFTTrainer

@@ -26,7 +26,8 @@ from transformers import HfArgumentParser
 from tarsier_hf.dream_s import BuildConfig, build_dataset
 from tarsier_hf.tiny_recipe.__main__ import RECIPES, make_language_model
 from tarsier_hf.training.collator import TarsierVideoCollator
-from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+from tarsier_hf.training.conversation_dataset import ConversationDataset
+from tarsier_hf.training.dataset_spec import DatasetSpec
 from tarsier_hf.training.freezing import set_trainable_parts
 from tarsier_hf.training.model_builder import build_from_parts
 from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer

@@ -46,7 +46,8 @@ def rows_file(data_dir, tmp_path) -> tuple[Path, dict[int, str]]:
 
 
 def test_every_bad_row_is_named_with_file_line_and_reason_and_left_out(rows_file, data_dir):
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
 
     path, expected = rows_file
     dataset = ConversationDataset([DatasetSpec(str(path), str(data_dir))])
@@ -60,7 +61,9 @@ def test_every_bad_row_is_named_with_file_line_and_reason_and_left_out(rows_file
 
 
 def test_fail_fast_lists_every_bad_row(rows_file, data_dir):
-    from tarsier_hf.training.data import BadRowsError, ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
+    from tarsier_hf.training.row_checks import BadRowsError
 
     path, expected = rows_file
     with pytest.raises(BadRowsError) as info:
@@ -70,7 +73,8 @@ def test_fail_fast_lists_every_bad_row(rows_file, data_dir):
 
 
 def test_empty_file_is_named(tmp_path):
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
 
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ValueError, match=r"empty\.jsonl: no rows \(the file is empty\)"):
@@ -116,7 +120,9 @@ def test_bad_rows_of_every_layout_and_source_are_named_with_dataset_and_row(data
     import datasets
 
     from tests.test_datasets_layouts import LLAVA_VIDEO_178K, SHAREGPT4VIDEO, WEBVID
-    from tarsier_hf.training.data import BadRowsError, ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
+    from tarsier_hf.training.row_checks import BadRowsError
 
     llava = [*LLAVA_VIDEO_178K[:2], {**LLAVA_VIDEO_178K[2], "conversations": LLAVA_VIDEO_178K[2]["conversations"][:1]}]
     (tmp_path / "llava.json").write_text(json.dumps(llava))  # a JSON list, as LLaVA-Video-178K ships it
@@ -144,7 +150,9 @@ def test_streamed_rows_are_checked_as_they_stream(rows_file, data_dir, tmp_path)
     dataset and position."""
     import datasets
 
-    from tarsier_hf.training.data import BadRowsError, DatasetSpec, StreamingConversationDataset
+    from tarsier_hf.training.conversation_dataset import StreamingConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
+    from tarsier_hf.training.row_checks import BadRowsError
 
     path, expected = rows_file
     log = tmp_path / "bad_rows.jsonl"
@@ -196,8 +204,10 @@ def test_media_are_looked_up_once_before_training_and_a_partly_missing_mixture_w
                                                                                      caplog):
     """`check_media`: rows that share a clip (several tasks of one video) look it up once; some missing files warn
     with the count and the place, and none on disk is `MissingMediaError`."""
-    from tarsier_hf.training import data as data_module
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec, MissingMediaError
+    from tarsier_hf.training import row_checks
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
+    from tarsier_hf.training.row_checks import MissingMediaError
 
     rows = [conversation_row("videos/red.mp4", "Red.", 0), conversation_row("videos/red.mp4", "Still red.", 1),
             conversation_row("videos/gone.mp4", "Never read.", 2)]
@@ -205,14 +215,14 @@ def test_media_are_looked_up_once_before_training_and_a_partly_missing_mixture_w
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     looked_up = []
     real_exists = os.path.exists
-    monkeypatch.setattr(data_module.os.path, "exists", lambda p: looked_up.append(p) or real_exists(p))
-    with caplog.at_level("WARNING", logger=data_module.__name__):
+    monkeypatch.setattr(os.path, "exists", lambda p: looked_up.append(p) or real_exists(p))
+    with caplog.at_level("WARNING", logger=row_checks.__name__):
         dataset = ConversationDataset([DatasetSpec(str(path), str(data_dir))], check_media=True)
     media = [p for p in looked_up if p.endswith(".mp4")]
     assert sorted(media) == sorted({str(data_dir / "videos/red.mp4"), str(data_dir / "videos/gone.mp4")})
     assert "1 of 3 rows name a media file that does not exist" in caplog.text and f"{path}:3" in caplog.text
     assert len(dataset) == 3  # they stay in the mixture: the collator skips them as they come
 
-    monkeypatch.setattr(data_module.os.path, "exists", real_exists)
+    monkeypatch.setattr(os.path, "exists", real_exists)
     with pytest.raises(MissingMediaError, match="none of the 3 rows with media has its files on disk"):
         ConversationDataset([DatasetSpec(str(path), str(tmp_path))], check_media=True)

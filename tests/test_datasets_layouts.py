@@ -98,7 +98,8 @@ def test_each_published_layout_reads_unchanged_and_trains_on_its_answer(tiny_tar
     import datasets
     import pandas
 
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
 
     _, _, processor = tiny_tarsier
     files = {
@@ -149,7 +150,8 @@ def test_each_published_layout_reads_unchanged_and_trains_on_its_answer(tiny_tar
 def test_in_memory_and_streamed_datasets(tiny_tarsier, layout_root, tmp_path):
     import datasets
 
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec, StreamingConversationDataset
+    from tarsier_hf.training.conversation_dataset import ConversationDataset, StreamingConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
 
     _, _, processor = tiny_tarsier
     in_memory = datasets.Dataset.from_list(SHAREGPT4VIDEO)
@@ -176,7 +178,7 @@ def test_in_memory_and_streamed_datasets(tiny_tarsier, layout_root, tmp_path):
 
 
 def test_layout_errors_name_the_row_and_the_cause():
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     bad_turn = {"id": "v1", "video": "a.mp4", "conversations": [{"from": "robot", "value": "<image>\nHi"}]}
     with pytest.raises(ValueError, match=r"idx=\?.*conversations\[0\] needs 'from'"):
@@ -199,7 +201,7 @@ def test_layout_errors_name_the_row_and_the_cause():
 
 def test_sharegpt_images_text_only_and_markers_in_place():
     """Images by a list in `image`, markers inside the text, a system turn, and a text-only ShareGPT row."""
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     row = normalize_row({"id": 7, "image": ["a.jpg", "b.jpg"], "conversations": [
         {"from": "system", "value": "Be brief."},

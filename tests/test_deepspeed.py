@@ -67,7 +67,7 @@ ENGINE = textwrap.dedent(
     from tests.test_deepspeed import deepspeed_config
     from pathlib import Path
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from tarsier_hf.training.freezing import set_trainable_parts
     from tarsier_hf.families import load_model_and_processor
     from frame_sampling_tarsier import UniformSampling

@@ -134,7 +134,8 @@ def test_task_sources_set_the_stage2_mix_through_source_weights(built):
     """The recipe's stage-2 mix (recipes/tiny/stage2.yaml: `source_weights`) is train_sft.py's real re-sampling."""
     from collections import Counter
 
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
 
     spec = DatasetSpec(str(built / "stage2.jsonl"), str(built), "train")
     plain = ConversationDataset([spec], seed=0)

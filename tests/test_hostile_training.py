@@ -58,9 +58,9 @@ def hostile_file(tmp_path) -> tuple[Path, dict[int, str]]:
 
 def test_rows_of_wrong_types_or_spelling_placeholders_are_bad_rows(hostile_file, data_dir, tmp_path):
     """Each hostile row is reported with its file:line and reason, recorded and left out, up front and streamed."""
-    from tarsier_hf.training.data import (
-        BadRowsError, ConversationDataset, DatasetSpec, StreamingConversationDataset,
-    )
+    from tarsier_hf.training.conversation_dataset import ConversationDataset, StreamingConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
+    from tarsier_hf.training.row_checks import BadRowsError
 
     path, expected = hostile_file
     spec = DatasetSpec(str(path), str(data_dir))
@@ -83,7 +83,9 @@ def test_rows_of_wrong_types_or_spelling_placeholders_are_bad_rows(hostile_file,
 
 
 def test_a_pooled_prompt_that_spells_a_placeholder_is_refused(hostile_file, data_dir):
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec, load_prompt_pools
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
+    from tarsier_hf.training.prompt_pools import load_prompt_pools
 
     pools = {**load_prompt_pools(None), "caption_short": ["Describe <image> briefly."]}
     with pytest.raises(ValueError, match=r"caption_short.*1 <image> placeholders but 0 images"):
@@ -268,7 +270,7 @@ def test_a_checkpoint_is_pushed_from_its_published_folder(tiny_tarsier, data_dir
 
     from tarsier_hf.training.arguments import video_sft_config
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
     from frame_sampling_tarsier import UniformSampling
 
@@ -295,7 +297,7 @@ def test_a_streamed_batch_of_only_bad_samples_does_not_stop_training(tiny_tarsie
     import torch
 
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from tests.colour_clips import BAD_FILES
     from frame_sampling_tarsier import UniformSampling
 

@@ -20,7 +20,7 @@ def _rows(data_dir):
 def colour_reader(tiny_tarsier, data_dir):
     """The tiny Tarsier after memorising which colour each clip shows (so it can only be right by looking)."""
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from frame_sampling_tarsier import UniformSampling
 
     _, model, processor = tiny_tarsier
@@ -41,7 +41,7 @@ def colour_reader(tiny_tarsier, data_dir):
 
 def test_own_video_scores_like_the_training_loss(colour_reader, data_dir):
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from frame_sampling_tarsier import UniformSampling
 
     model, processor = colour_reader

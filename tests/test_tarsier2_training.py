@@ -54,7 +54,7 @@ def colour_classes(tokens: list[str]) -> list[str]:
 
 def test_collator_encodes_like_the_processor_and_masks_the_prompt(tarsier2, data_dir):
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     model, processor = tarsier2
     row = normalize_row(conversation_row("videos/red.mp4", ANSWER, 0), str(data_dir))
@@ -88,7 +88,7 @@ def test_collator_batches_videos_images_and_text_only_rows(tarsier2, data_dir, t
     from PIL import Image
 
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     model, processor = tarsier2
     Image.new("RGB", (40, 30), (255, 0, 0)).save(tmp_path / "a.png")
@@ -127,7 +127,7 @@ def test_plain_and_fused_loss_heads_agree_and_the_vision_tower_gets_its_own_rate
     from datasets import Dataset
 
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from tarsier_hf.training.freezing import set_trainable_parts
     from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
@@ -274,7 +274,7 @@ def test_full_and_lora_runs_reload_with_transformers_class(tarsier2_folder, tars
     from processing_tarsier2 import Tarsier2Processor
     from tarsier_hf.hub.checkpoint import check_checkpoint
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     full = tmp_path / "full"
     run_checked([sys.executable, str(REPO / "train_sft.py"), "--model_name_or_path", str(tarsier2_folder),

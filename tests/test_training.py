@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_normalize_reads_all_three_layouts(dream1k_path):
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     ours = normalize_row(conversation_row("videos/a.mp4", "Yes.", 3), "/data")
     assert ours["messages"][0]["content"][0] == {"type": "video", "path": "/data/videos/a.mp4"}
@@ -72,7 +72,9 @@ def test_normalize_reads_all_three_layouts(dream1k_path):
 def test_prompt_pools_and_mixing_weights(tmp_path):
     import random
 
-    from tarsier_hf.training.data import apply_prompt_pool, load_prompt_pools, mixture_indices, normalize_row, parse_weights
+    from tarsier_hf.training.layouts import normalize_row
+    from tarsier_hf.training.mixing import mixture_indices, parse_weights
+    from tarsier_hf.training.prompt_pools import apply_prompt_pool, load_prompt_pools
 
     pools_file = tmp_path / "pools.json"
     pools_file.write_text(json.dumps({"count": ["How many?", "Count them."]}))
@@ -102,7 +104,8 @@ def test_prompt_pools_and_mixing_weights(tmp_path):
 def test_released_and_dream_layouts_load_mix_and_encode(tiny_tarsier, data_dir, tmp_path):
     """The released Tarsier layout and the DREAM-1K layout, read unchanged through `datasets`, feed the collator."""
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
 
     released = [{"messages": [
         {"role": "user", "content": [{"type": "video", "video": {"video_file": f"videos/{name}.mp4"}},
@@ -135,7 +138,8 @@ def test_length_column_lets_the_trainer_group_rows_of_similar_length(tiny_tarsie
     from transformers import Trainer, TrainingArguments
 
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
 
     words = np.random.default_rng(0).integers(1, 60, size=64)
     rows = [conversation_row(f"videos/{list(COLORS)[i % len(COLORS)]}.mp4", " ".join(["word"] * int(n)), i)
@@ -171,7 +175,7 @@ def test_length_column_lets_the_trainer_group_rows_of_similar_length(tiny_tarsie
 
 def test_collator_matches_processor_and_masks_assistant_only(tiny_tarsier, data_dir):
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     _, _, processor = tiny_tarsier
     row = normalize_row(conversation_row("videos/red.mp4", "The screen stays red.", 0), str(data_dir))
@@ -202,7 +206,7 @@ def test_training_inference_and_reference_loss_encode_a_prompt_identically(tiny_
     from tarsier_hf.eval.reference_loss import score_references
     from tarsier_hf.inference.engine import InferenceSettings, VideoRequest, VideoTextGenerator
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from frame_sampling_tarsier import UniformSampling
     from video_reader_tarsier import VideoReader
 
@@ -230,7 +234,7 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
 
     from tarsier_hf.training.collator import TarsierVideoCollator
 
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     _, _, processor = tiny_tarsier
     for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
@@ -259,7 +263,8 @@ def test_collator_batches_images_multi_image_and_text_only(tiny_tarsier, data_di
 
 def test_collator_skips_bad_videos_and_too_long_samples(tiny_tarsier, data_dir, tmp_path):
     from tarsier_hf.training.collator import MediaError, SampleTooLongError, TarsierVideoCollator
-    from tarsier_hf.training.data import ConversationDataset, DatasetSpec
+    from tarsier_hf.training.conversation_dataset import ConversationDataset
+    from tarsier_hf.training.dataset_spec import DatasetSpec
 
     _, _, processor = tiny_tarsier
     dataset = ConversationDataset([DatasetSpec(str(data_dir / "with_bad.jsonl"), str(data_dir))])
@@ -451,7 +456,7 @@ def test_plain_sft_trainer_with_video_sft_config_trains_and_without_it_says_what
 
     from tarsier_hf.training.arguments import video_sft_config
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
 
     _, model, processor = tiny_tarsier
     rows = [normalize_row(conversation_row(f"videos/{name}.mp4", f"The screen stays {name}.", i), str(data_dir))
@@ -700,7 +705,7 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
 
     from tarsier_hf.training.collator import TarsierVideoCollator
 
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from tarsier_hf.training.freezing import set_trainable_parts
     from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
@@ -725,7 +730,8 @@ def test_plain_loss_head_matches_fused_loss_and_gradients(tiny_tarsier, data_dir
         loss = trainer.compute_loss(copy_, inputs)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in copy_.named_parameters() if p.grad is not None}
-        accuracy = trainer._metrics["train"]["mean_token_accuracy"][-1]
+        trainer.log({})  # the batch's metrics, as the Trainer logs them
+        accuracy = trainer.state.log_history[-1]["mean_token_accuracy"]
         # gradient accumulation: the sum is divided by the tokens of the whole accumulated batch
         scaled = trainer.compute_loss(copy_, {k: v.clone() for k, v in batch.items()}, num_items_in_batch=torch.tensor(100))
         results[head] = (loss.detach(), grads, accuracy, scaled.detach())
@@ -779,7 +785,7 @@ def test_plain_loss_head_runs_under_the_trainers_mixed_precision(tiny_tarsier, d
     from datasets import Dataset
 
     from tarsier_hf.training.collator import TarsierVideoCollator
-    from tarsier_hf.training.data import normalize_row
+    from tarsier_hf.training.layouts import normalize_row
     from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer
 
     _, model, processor = tiny_tarsier

@@ -52,7 +52,7 @@ def _unwrap(example: dict) -> dict:
 @dataclass
 class TarsierVideoCollator:
     """
-    Turn normalised conversation rows (see `tarsier_hf.training.data`) into a training batch of either family.
+    Turn normalised conversation rows (see `tarsier_hf.training.layouts`) into a training batch of either family.
 
     Args:
         processor: a `TarsierProcessor` or a `Tarsier2Processor` (its chat template with `{% generation %}`).
