@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tarsier_hf.eval.autodq.judge import JudgeCache, JudgeCallError, OpenAIChatJudge
+from tarsier_hf.eval.autodq.judge import JudgeCallError
+from tarsier_hf.eval.autodq.judge_cache import JudgeCache
+from tarsier_hf.eval.autodq.openai_judge import OpenAIChatJudge
 from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
 from tarsier_hf.eval.autodq.prompts import get_prompts
 from tarsier_hf.eval.autodq.scoring import get_config
@@ -148,7 +150,7 @@ def test_unparsable_answer_is_asked_again_with_another_seed(tmp_path):
 
 _CLIENT = """
 import json, sys
-from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+from tarsier_hf.eval.autodq.openai_judge import OpenAIChatJudge
 from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
 from tarsier_hf.eval.autodq.scoring import get_config
 base_url, cache, out, n, concurrency = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])

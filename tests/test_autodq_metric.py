@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tarsier_hf.eval.autodq.judge import ChatJudge, JudgeCache, JudgeSettings
+from tarsier_hf.eval.autodq.judge import ChatJudge
+from tarsier_hf.eval.autodq.judge_cache import JudgeCache, JudgeSettings
 from tarsier_hf.eval.autodq.pipeline import make_samples, run_autodq
 from tarsier_hf.eval.autodq.scoring import get_config
 
@@ -257,7 +258,7 @@ with FaultServer() as server:
         out[where] = {{"name": metric.name, "f1": r["f1"], "recall": r["recall"], "judge": r["judge"],
                       "preset": r["preset"], "module": type(metric).__module__}}
     # a judge object built from the package (not from evaluate's copy) whose calls keep failing
-    from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+    from tarsier_hf.eval.autodq.openai_judge import OpenAIChatJudge
 with FaultServer(always="500") as server:
     judge = OpenAIChatJudge("rule-judge", base_url=server.base_url, max_attempts=2)
     r = metric.compute(predictions=["A man runs."], references=["A man runs."], judge=judge, bootstrap=0)

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+from tarsier_hf.eval.autodq.openai_judge import OpenAIChatJudge
 from tarsier_hf.eval.autodq.parsing import (
     ParseError,
     parse_entailment,

@@ -79,7 +79,8 @@ def test_http_judge_through_evaluate(judge_server, smollm2_dir, dream_samples, t
 
 @pytest.mark.slow
 def test_in_process_transformers_judge(smollm2_dir, dream_samples, tmp_path, request):
-    from tarsier_hf.eval.autodq.judge import JudgeCache, TransformersChatJudge
+    from tarsier_hf.eval.autodq.judge_cache import JudgeCache
+    from tarsier_hf.eval.autodq.transformers_judge import TransformersChatJudge
     from tarsier_hf.eval.autodq.pipeline import run_autodq, samples_from_dream1k
     from tarsier_hf.eval.autodq.scoring import get_config
 

@@ -84,7 +84,7 @@ def test_progress_bar_and_defaults_scaled_for_a_local_judge(capsys):
 
 def test_fails_fast_with_advice_when_the_first_calls_time_out():
     """A judge slower than its timeout: stop after the first wave instead of failing all 40 samples."""
-    from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+    from tarsier_hf.eval.autodq.openai_judge import OpenAIChatJudge
     from tarsier_hf.eval.autodq.pipeline import JudgeTimeoutError, run_autodq
     from tarsier_hf.eval.autodq.scoring import Sample, get_config
 

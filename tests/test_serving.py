@@ -261,7 +261,7 @@ def test_request_errors(client):
 
 
 def test_autodq_judge_client_on_the_served_tarsier(base_url, reference):
-    from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+    from tarsier_hf.eval.autodq.openai_judge import OpenAIChatJudge
 
     judge = OpenAIChatJudge(NAME, base_url=base_url, endpoint_kind="tarsier-serve", max_tokens=MAX_TOKENS,
                             timeout=60)

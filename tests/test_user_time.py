@@ -222,7 +222,7 @@ def restore_library_loggers():
 
 
 def test_http_library_chatter_stays_at_warning_unless_verbose(restore_library_loggers, caplog):
-    from tarsier_hf.eval.autodq.judge import OpenAIChatJudge
+    from tarsier_hf.eval.autodq.openai_judge import OpenAIChatJudge
 
     with FaultServer() as server:
         judge = OpenAIChatJudge("rule-judge", base_url=server.base_url)
@@ -355,7 +355,8 @@ def test_publish_plan_of_a_lora_adapter_folder(tiny_tarsier, tmp_path):
 def test_autodq_stops_on_the_first_samples_when_the_endpoint_refuses_them():
     """A judge whose model list is fine but whose chat endpoint refuses every request (an unknown model, a key
     only checked there) stops after the first sample, not after scoring every sample 0."""
-    from tarsier_hf.eval.autodq.judge import JudgeUnavailableError, OpenAIChatJudge
+    from tarsier_hf.eval.autodq.judge import JudgeUnavailableError
+    from tarsier_hf.eval.autodq.openai_judge import OpenAIChatJudge
     from tarsier_hf.eval.autodq.pipeline import make_samples, run_autodq
     from tarsier_hf.eval.autodq.scoring import get_config
 

@@ -13,7 +13,8 @@ by the reference, F1 of the two.
     autodq = evaluate.load("path/to/eval/autodq", config_name="robust", judge="openai",
                            base_url="http://127.0.0.1:8000/v1", judge_model="my-model")
 
-Every helper is imported here directly (relative imports) so that `evaluate` copies them next to this file.
+Every helper module is imported here directly (relative imports) so that `evaluate` copies them next to this file:
+it copies only the modules this script itself imports, so some names below are imported for that alone.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ import evaluate
 
 from .aggregate import BUCKETS
 from .judge import ChatJudge
+from .judge_cache import JudgeCache
+from .openai_judge import OpenAIChatJudge
 from .parsing import LABELS
 from .pipeline import build_judge, make_samples, run_autodq
 from .prompts import DEFAULT_PROMPT_VERSION
 from .scoring import PRESETS, get_config
+from .transformers_judge import TransformersChatJudge
 
 _CITATION = """\
 @article{wang2024tarsier,

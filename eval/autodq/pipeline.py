@@ -28,8 +28,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .aggregate import bootstrap_ci, mean_std, summarize
-from .judge import LOCAL_HOSTS, ChatJudge, JudgeCache, JudgeUnavailableError, OpenAIChatJudge, TransformersChatJudge
+from .judge import ChatJudge, JudgeUnavailableError
+from .judge_cache import JudgeCache
+from .openai_judge import LOCAL_HOSTS, OpenAIChatJudge
 from .scoring import AutoDQConfig, AutoDQScorer, Sample
+from .transformers_judge import TransformersChatJudge
 
 # Unset judge options per kind of judge: a hosted API takes many requests at once and answers in seconds; a judge
 # on this machine (often a CPU) generates one answer at a time, slowly, and a timed-out request will time out again.
