@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from transformers import set_seed
@@ -30,9 +29,6 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 
 from tarsier_hf import families
 from tarsier_hf.cli import help_text
-from tarsier_hf.hub.checkpoint import check_checkpoint, copy_code_files
-from tarsier_hf.hub.model_card import render_model_card
-from tarsier_hf.hub.publish import push_to_hub as publish
 from tarsier_hf.training.arguments import (
     DEFAULT_LORA_TARGETS, REFUSED_SFT_OPTIONS, TarsierArguments, check_sft_config, refused_help,
 )
@@ -44,6 +40,7 @@ from tarsier_hf.training.loading import has_splits
 from tarsier_hf.training.mixing import parse_weights
 from tarsier_hf.training.model_builder import build_from_parts, save_tarsier
 from tarsier_hf.training.prompt_pools import load_prompt_pools
+from tarsier_hf.training.run_output import RunRecords, save_run
 from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer, last_complete_checkpoint
 
 logger = logging.getLogger("train_sft")
@@ -181,15 +178,6 @@ def build_dataset(
     return ConversationDataset(specs, check_media=True, **options)
 
 
-def count_lines(path: str) -> int:
-    """Lines of a text file (0 when it does not exist): the entries of a JSONL record (`bad_rows.jsonl`,
-    `skipped_samples.jsonl`)."""
-    if not os.path.exists(path):
-        return 0
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for _ in handle)
-
-
 def check_data_arguments(script_args: ScriptArguments, training_args, tarsier_args: TarsierArguments) -> None:
     """Refuse, before anything loads, data options that cannot work together."""
     tarsier_args.sampling()  # an unknown policy or a missing parameter fails here, with its name
@@ -242,58 +230,48 @@ def resolve_resume(value: str | None, output_dir: str) -> str | None:
     return value
 
 
-def main(
-    script_args: ScriptArguments, training_args: TarsierSFTConfig, model_args: ModelConfig,
-    tarsier_args: TarsierArguments,
-) -> str:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+def prepare_run(script_args: ScriptArguments, training_args: TarsierSFTConfig, tarsier_args: TarsierArguments) -> bool:
+    """Check the options before anything loads and set TRL's for video (it has no video support: our columns are
+    kept, its tokenisation skipped, batches come from our collator). Returns `--push_to_hub`, which is held back
+    from the Trainer: the finished folder is pushed once, by `save_run`."""
     if not torch.cuda.is_available():  # DeepSpeed, when installed, would warn on every save that it fell back to CPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     check_sft_config(training_args)
-    # TRL has no video support: keep our columns, skip its tokenisation, feed batches through our collator.
     training_args.remove_unused_columns = False
     training_args.dataset_kwargs = {**(training_args.dataset_kwargs or {}), "skip_prepare_dataset": True}
     check_data_arguments(script_args, training_args, tarsier_args)
-    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once at the end, below
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    return push_to_hub
 
-    # The records of this run, which the model card counts: the bad rows (found anew, before or while training) and
-    # the samples the collator skipped; a resumed map-style run keeps the latter (the Trainer skips the batches
-    # before the checkpoint without collating them; a stream is read and collated again up to it)
-    bad_rows_path = os.path.join(training_args.output_dir, "bad_rows.jsonl")
-    skip_log = os.path.join(training_args.output_dir, "skipped_samples.jsonl")
-    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
-    keep_skip_log = resume_from is not None and not script_args.dataset_streaming
-    if training_args.process_index == 0:
-        for record in [bad_rows_path] + ([] if keep_skip_log else [skip_log]):
-            if os.path.exists(record):
-                os.remove(record)
-    os.makedirs(training_args.output_dir, exist_ok=True)
-    # The data is checked before the model loads (every row, and whether its media exist), so a run that cannot
-    # train stops in seconds; rows are checked against the visual placeholders of the processor to be trained
-    # (a checkpoint's; a model built from parts uses Tarsier's). Every process streams its own rows; a map-style
-    # mixture is checked alike by every process, recorded by one.
+
+def build_datasets(
+    script_args: ScriptArguments, training_args: TarsierSFTConfig, model_args: ModelConfig,
+    tarsier_args: TarsierArguments, records: RunRecords,
+) -> tuple[ConversationDataset | StreamingConversationDataset, ConversationDataset | StreamingConversationDataset | None]:
+    """The training and evaluation mixtures, checked before the model loads (every row, and whether its media
+    exist), so a run that cannot train stops in seconds. Rows are checked against the visual placeholders of the
+    processor to be trained (a checkpoint's; a model built from parts uses Tarsier's). Every process streams its own
+    rows; a map-style mixture is checked alike by every process, recorded by one."""
     set_seed(training_args.seed)
     checking = None
     if model_args.model_name_or_path:
         checking = families.load_processor(model_args.model_name_or_path, video_family(model_args.model_name_or_path))
     train_dataset = build_dataset(
         script_args, tarsier_args, training_args.seed, processor=checking,
-        bad_rows_log=bad_rows_path if script_args.dataset_streaming or training_args.process_index == 0 else None,
+        bad_rows_log=records.bad_rows if script_args.dataset_streaming or training_args.process_index == 0 else None,
     )
     eval_dataset = None
     if training_args.eval_strategy != "no":
         eval_dataset = build_dataset(script_args, tarsier_args, training_args.seed, split=script_args.dataset_test_split,
                                      processor=checking)
-    # the parts' fresh weights (vision tower, projector, new token rows) come from the global RNG: seed it (again,
-    # after the data) or the same --seed builds a different model every run (the Trainer only seeds once the model
-    # exists)
-    set_seed(training_args.seed)
-    model, processor, peft_config, base_name = build_model(
-        model_args, tarsier_args, training_args.output_dir, is_main_process=training_args.process_index == 0
-    )
-    warn_if_max_length_too_short(tarsier_args, processor, training_args.max_length)
+    return train_dataset, eval_dataset
+
+
+def build_collator(processor, train_dataset, training_args: TarsierSFTConfig, tarsier_args: TarsierArguments,
+                   records: RunRecords) -> TarsierVideoCollator:
+    """The video collator of `processor`, with the frame sampling and length policy of the arguments."""
     streaming = isinstance(train_dataset, StreamingConversationDataset)
-    collator = TarsierVideoCollator(
+    return TarsierVideoCollator(
         processor,
         tarsier_args.sampling(),
         complex_sources=tarsier_args.complex_sources or (),
@@ -301,50 +279,61 @@ def main(
         on_too_long=tarsier_args.on_too_long,
         fail_fast=tarsier_args.fail_fast,
         dataset=None if streaming else train_dataset,  # a stream cannot be drawn from: bad samples are dropped
-        skip_log=skip_log,
+        skip_log=records.skipped_samples,
         seed=training_args.seed,
         rank=training_args.process_index,
     )
+
+
+def card_training(training_args: TarsierSFTConfig, model_args: ModelConfig, tarsier_args: TarsierArguments) -> dict:
+    """How the run trained, for its model card: the Tarsier options given and the Trainer's main ones."""
+    return {**{k: v for k, v in asdict(tarsier_args).items() if v not in (None, [], "")},
+            "learning_rate": training_args.learning_rate, "max_steps": training_args.max_steps,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+            "world_size": training_args.world_size, "use_peft": model_args.use_peft}
+
+
+def main(
+    script_args: ScriptArguments, training_args: TarsierSFTConfig, model_args: ModelConfig,
+    tarsier_args: TarsierArguments,
+) -> str:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    push_to_hub = prepare_run(script_args, training_args, tarsier_args)
+    resume_from = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    records = RunRecords.in_folder(training_args.output_dir)
+    records.start(training_args.process_index == 0,
+                  keep_skipped_samples=resume_from is not None and not script_args.dataset_streaming)
+    os.makedirs(training_args.output_dir, exist_ok=True)
+
+    # Dataset (checked before the model loads)
+    train_dataset, eval_dataset = build_datasets(script_args, training_args, model_args, tarsier_args, records)
+
+    # Model, processor and collator. The parts' fresh weights (vision tower, projector, new token rows) come from the
+    # global RNG: seed it (again, after the data) or the same --seed builds a different model every run (the Trainer
+    # only seeds once the model exists)
+    set_seed(training_args.seed)
+    model, processor, peft_config, base_name = build_model(
+        model_args, tarsier_args, training_args.output_dir, is_main_process=training_args.process_index == 0
+    )
+    warn_if_max_length_too_short(tarsier_args, processor, training_args.max_length)
+    collator = build_collator(processor, train_dataset, training_args, tarsier_args, records)
+
+    # Training
     trainer = TarsierSFTTrainer(
         model=model, args=training_args, data_collator=collator, processing_class=processor, peft_config=peft_config,
         train_dataset=as_hf_dataset(train_dataset, training_args), eval_dataset=as_hf_dataset(eval_dataset, training_args),
     )
     trainer.train(resume_from_checkpoint=resume_from)
-    if trainer.is_fsdp_enabled:  # SHARDED_STATE_DICT checkpoints stay sharded; the final folder is gathered in full
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()  # trainer_state.json (log history, global step) next to the final weights
 
-    output_dir = training_args.output_dir
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(output_dir)
-        if model_args.use_peft:
-            if tarsier_args.merge_lora_on_save:
-                merged = trainer.model.merge_and_unload()
-                save_tarsier(merged, processor, os.path.join(output_dir, "merged"))
-        elif model.config.model_type == families.TARSIER.model_type:  # Qwen2-VL loads with transformers' own class
-            copy_code_files(output_dir)
-        datasets_used = [s.path if isinstance(s.path, str) else type(s.path).__name__
-                         for s in dataset_specs(script_args, tarsier_args, script_args.dataset_train_split)]
-        card = render_model_card(
-            Path(output_dir).name if training_args.hub_model_id is None else training_args.hub_model_id,
-            base_name, datasets_used,
-            training={**{k: v for k, v in asdict(tarsier_args).items() if v not in (None, [], "")},
-                      "learning_rate": training_args.learning_rate, "max_steps": training_args.max_steps,
-                      "per_device_train_batch_size": training_args.per_device_train_batch_size,
-                      "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-                      "world_size": training_args.world_size, "use_peft": model_args.use_peft,
-                      "skipped_rows": count_lines(bad_rows_path), "skipped_samples": count_lines(skip_log)},
-            is_adapter=model_args.use_peft, qwen2_vl=model.config.model_type == families.QWEN2_VL.model_type,
-        )
-        (Path(output_dir) / "README.md").write_text(card, encoding="utf-8")
-        check_checkpoint(output_dir)
-        if push_to_hub:
-            repo_id = training_args.hub_model_id or Path(output_dir).name
-            plan = publish(output_dir, repo_id, private=training_args.hub_private_repo, token=training_args.hub_token)
-            logger.info("pushed %d files to %s", len(plan.files), plan.commit_url)
-    trainer.accelerator.wait_for_everyone()
-    return output_dir
+    # Save (and push)
+    datasets_used = [s.path if isinstance(s.path, str) else type(s.path).__name__
+                     for s in dataset_specs(script_args, tarsier_args, script_args.dataset_train_split)]
+    return save_run(
+        trainer, model, processor, records, base_model=base_name, datasets=datasets_used,
+        training=card_training(training_args, model_args, tarsier_args), use_peft=model_args.use_peft,
+        merge_lora=tarsier_args.merge_lora_on_save, push_to_hub=push_to_hub,
+    )
 
 
 # TRL's help texts that speak of options this script does not have (its `datasets` mixture) or of defaults it changes

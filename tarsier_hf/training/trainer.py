@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
@@ -68,6 +69,10 @@ class TarsierSFTTrainer(SFTTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skip_totals = {key: 0 for key in SKIP_KEYS}
+        # this trainer's per-batch metrics, averaged into each log (`log`), and the input tokens of the training
+        # batches the plain head has seen (TRL's `SFTTrainer.compute_loss` keeps the fused head's own)
+        self.batch_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.plain_head_tokens = 0
         self._staging_dir: str | None = None  # set while a checkpoint is being written (`_save_checkpoint`)
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
         if plugin is not None and plugin.activation_checkpointing and hasattr(self.model, "peft_config"):
@@ -87,10 +92,21 @@ class TarsierSFTTrainer(SFTTrainer):
             total = self.accelerator.gather_for_metrics(count.reshape(1).to(self.accelerator.device)).sum()
             if mode == "train":
                 self.skip_totals[key] += int(total)
-            self._metrics[mode][key] = [self.skip_totals[key] if mode == "train" else int(total)]
+            self.batch_metrics[mode][key] = [self.skip_totals[key] if mode == "train" else int(total)]
         if getattr(self.args, "loss_head", "fused") == "plain":
             return self._plain_head_loss(model, inputs, return_outputs, num_items_in_batch)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's log plus this trainer's `batch_metrics` (skip counts; the plain head's `entropy`,
+        `mean_token_accuracy`, `num_tokens`), each averaged over the batches since the last log, as TRL averages its
+        own; `eval_`-prefixed in evaluation. Kept here because TRL adds to its per-batch metrics only through its
+        private `_metrics`."""
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        logs.update({f"{prefix}{key}": sum(values) / len(values) for key, values in self.batch_metrics[mode].items()})
+        self.batch_metrics[mode].clear()
+        super().log(logs, start_time)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None, **kwargs):
         """The card `Trainer.push_to_hub` uploads: this project's (`tarsier_hf.hub.model_card`, the one
@@ -225,11 +241,12 @@ class TarsierSFTTrainer(SFTTrainer):
             entropy_sum = -(log_probs.exp() * log_probs).sum()
             num_correct = (logits.detach().argmax(dim=-1) == targets).sum()
             num_valid = mask.sum()
-        self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
-        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        metrics = self.batch_metrics[mode]
+        metrics["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        metrics["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
         if mode == "train":
-            self._total_train_tokens += int(inputs["attention_mask"].sum())
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            self.plain_head_tokens += int(inputs["attention_mask"].sum())
+        metrics["num_tokens"] = [self.plain_head_tokens]
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**inputs, use_cache=False)
