@@ -7,6 +7,9 @@
     >>> cider.compute(predictions=["a man walks"], references=["a man is walking"])  # one reference each
 
 (One sample scores 0 with corpus document frequencies: see the metric card.)
+
+Every helper module is imported here directly (relative imports) so that `evaluate` copies them next to this file:
+it copies only the modules this script itself imports, so `ptb_rules` is imported for that alone.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import datasets
 import evaluate
 
 from .cider_scorer import DocumentFrequencies, cider_d
+from .ptb_rules import RULES
 from .ptb_tokenizer import PTBTokenizer
 
 _CITATION = """\
