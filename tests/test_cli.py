@@ -147,7 +147,7 @@ def test_side_by_side_old_and_new_flags(monkeypatch, tmp_path):
 
 
 def test_serve_model_flag_and_deprecated_positional(monkeypatch):
-    from tarsier_hf.inference import serve
+    from tarsier_hf.inference.serve import __main__ as serve
 
     def stop(model, *args, **kwargs):
         raise Parsed(model)

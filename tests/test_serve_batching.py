@@ -20,7 +20,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from tarsier_hf.inference.engine import collate_left_padded
-from tarsier_hf.inference.serve import ChatCompletionRequest, Engine
+from tarsier_hf.inference.serve.engine import Engine
+from tarsier_hf.inference.serve.protocol import ChatCompletionRequest
 from tests.colour_clips import write_colour_clips
 from tests.sensitive_tarsier import input_sensitive_copy
 from tests.test_serving import start_server, stop_server

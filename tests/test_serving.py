@@ -24,7 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tarsier_hf.inference.serve import ServeArguments
+from tarsier_hf.inference.serve.__main__ import ServeArguments
 from tests.colour_clips import write_colour_clips
 from tests.conftest import _free_port, wait_until_healthy
 from tests.sensitive_tarsier import input_sensitive_copy

@@ -263,6 +263,7 @@ def test_a_declared_body_over_the_limit_is_refused_unread(server):
     ({"num_frames": 0}, "mm_processor_kwargs.num_frames", ["greater than or equal to 1"]),
     ({"fps": -1}, "mm_processor_kwargs.fps", ["greater than 0"]),
     ({"frame_sampling": {"policy": "nope"}}, "mm_processor_kwargs.frame_sampling", ["unknown frame sampling"]),
+    ({"num_frames": 4, "fps": 1}, "mm_processor_kwargs", ["mutually exclusive"]),  # the processors' rule
 ])
 def test_frame_counts_over_the_limits_are_refused_before_decoding(server, allowed, options, param, words):
     status, body = post(server, chat([video(str(allowed / "red.mp4"))], mm_processor_kwargs=options))
