@@ -44,6 +44,7 @@ from tarsier_hf.training.run_output import RunRecords, save_run
 from tarsier_hf.training.trainer import TarsierSFTConfig, TarsierSFTTrainer, last_complete_checkpoint
 
 logger = logging.getLogger("train_sft")
+Mixture = ConversationDataset | StreamingConversationDataset  # a training mixture, map-style or streamed
 
 
 def parse_llm_layers(value: str) -> bool | int:
@@ -158,7 +159,7 @@ def dataset_specs(script_args: ScriptArguments, tarsier_args: TarsierArguments, 
 def build_dataset(
     script_args: ScriptArguments, tarsier_args: TarsierArguments, seed: int, split: str | None = None,
     bad_rows_log: str | None = None, processor=None,
-) -> ConversationDataset | StreamingConversationDataset:
+) -> Mixture:
     """The training mixture (`split=None`: `--dataset_train_split`), streamed with `--dataset_streaming`.
 
     Every row is validated (`tarsier_hf.training.row_checks.check_row`, against the visual placeholders of `processor`):
@@ -247,9 +248,9 @@ def prepare_run(script_args: ScriptArguments, training_args: TarsierSFTConfig, t
 def build_datasets(
     script_args: ScriptArguments, training_args: TarsierSFTConfig, model_args: ModelConfig,
     tarsier_args: TarsierArguments, records: RunRecords,
-) -> tuple[ConversationDataset | StreamingConversationDataset, ConversationDataset | StreamingConversationDataset | None]:
-    """The training and evaluation mixtures, checked before the model loads (every row, and whether its media
-    exist), so a run that cannot train stops in seconds. Rows are checked against the visual placeholders of the
+) -> tuple[Mixture, Mixture | None]:
+    """The training and evaluation (or None) mixtures, checked before the model loads (every row, and whether its
+    media exist), so a run that cannot train stops in seconds. Rows are checked against the visual placeholders of the
     processor to be trained (a checkpoint's; a model built from parts uses Tarsier's). Every process streams its own
     rows; a map-style mixture is checked alike by every process, recorded by one."""
     set_seed(training_args.seed)

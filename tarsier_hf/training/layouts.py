@@ -14,8 +14,9 @@
   `{"type": "text", "text": ...}`. Several images in one turn make a multi-image sample; a row without visual items
   is text-only. `content` may also be a plain string (text only).
 - Paths are relative to the `video_root` given with the dataset (absolute paths are kept).
-- `task` names the task (it selects the prompt pool, `tarsier_hf.training.prompt_pools`); `source` names the source dataset (it selects the
-  mixing weight). `idx` is any identifier, used in log messages.
+- `task` names the task (it selects the prompt pool, `tarsier_hf.training.prompt_pools`); `source` names the
+  source dataset (it selects the mixing weight, `tarsier_hf.training.mixing`). `idx` is any identifier, used in log
+  messages.
 - A user turn with no text item gets a prompt drawn from the pool of its `task` (paper section 3.2.1: the prompt
   defines the output format); `resample_prompts=True` also replaces existing user prompts of pooled tasks.
 
