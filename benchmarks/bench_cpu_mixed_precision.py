@@ -21,7 +21,7 @@ from transformers import HfArgumentParser
 
 from bench_vocabulary_cut import BenchArgs, alternate, build
 from tarsier_hf.dream_s import BuildConfig, build_dataset
-from tarsier_hf.tiny_recipe.__main__ import make_language_model
+from tarsier_hf.tiny_recipe.stages import make_language_model
 
 
 def cpu_bf16_flags() -> str:

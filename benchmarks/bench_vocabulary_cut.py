@@ -24,7 +24,8 @@ import torch
 from transformers import HfArgumentParser
 
 from tarsier_hf.dream_s import BuildConfig, build_dataset
-from tarsier_hf.tiny_recipe.__main__ import RECIPES, make_language_model
+from tarsier_hf.tiny_recipe.phases import RECIPES
+from tarsier_hf.tiny_recipe.stages import make_language_model
 from tarsier_hf.training.collator import TarsierVideoCollator
 from tarsier_hf.training.conversation_dataset import ConversationDataset
 from tarsier_hf.training.dataset_spec import DatasetSpec

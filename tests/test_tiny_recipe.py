@@ -149,7 +149,9 @@ print("GENERATED", out.shape[1] - inputs["input_ids"].shape[1])
 
 
 def test_results_table_times_each_run_and_marks_reused_stages():
-    from tarsier_hf.tiny_recipe.__main__ import ABLATIONS, PhaseTimer, RunSpec, results_table, timed_phases
+    from tarsier_hf.tiny_recipe.phases import PhaseTimer
+    from tarsier_hf.tiny_recipe.report import results_table
+    from tarsier_hf.tiny_recipe.runs import ABLATIONS, RunSpec, timed_phases
 
     scores = {"num_frames": 8, "cider": 0.5, "precision": 0.1, "recall": 0.2, "f1": 0.13, "nll_own_video": 0.6,
               "nll_other_video": 0.7, "nll_by_word_class": {"colour": {"own_video": 1.6, "other_video": 1.9,
@@ -173,7 +175,7 @@ def test_results_table_times_each_run_and_marks_reused_stages():
 
 def test_ablations_are_the_rows_of_table_6():
     """--ablations trains the paper's Table 6 rows in miniature, plus the tower-from-scratch row of stage 0."""
-    from tarsier_hf.tiny_recipe.__main__ import ABLATIONS, RunSpec
+    from tarsier_hf.tiny_recipe.runs import ABLATIONS, RunSpec
 
     labels = [spec.label for spec in (RunSpec("full"), *ABLATIONS)]
     assert labels == ["full recipe (stage 0 + 1 + 2)", "w/o stage 1", "w/o stage 2", "single-frame input",

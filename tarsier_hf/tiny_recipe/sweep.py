@@ -249,7 +249,7 @@ def score(model, processor, frames, rows, config: SweepConfig) -> dict:
 
 
 def run_config(config: SweepConfig, args: SweepArguments) -> dict:
-    from tarsier_hf.tiny_recipe.__main__ import make_language_model
+    from tarsier_hf.tiny_recipe.stages import make_language_model
 
     started = time.perf_counter()
     frames, rows = render_dataset(config, args.data_workers)
