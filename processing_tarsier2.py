@@ -12,8 +12,9 @@ A converted Tarsier2 checkpoint is a plain Qwen2-VL folder that carries this fil
   with `auto_map.AutoVideoProcessor` and `video_processor_type` Tarsier2VideoProcessor, a class transformers does
   not have, makes `AutoVideoProcessor`, hence `Qwen2VLProcessor.from_pretrained` (vLLM's way) and `AutoProcessor`,
   ask for `trust_remote_code`; so does `processor_class` Tarsier2Processor for `AutoProcessor`.)
-- this file, `video_processing_tarsier2.py` (the video processor) and `video_processing_tarsier.py` (the PyAV
-  reader, the `FrameSampling` policies), imported relatively.
+- this file and the modules it imports relatively, recursively: `video_processing_tarsier2.py` (the video
+  processor), `frame_sampling_tarsier.py` (the `FrameSampling` policies), `media_loading_tarsier.py` and what it
+  imports (the PyAV reader).
 
 transformers 5.23 then resolves: `AutoProcessor.from_pretrained(folder)` -> its own `Qwen2VLProcessor` (a local
 `processor_class` wins without `trust_remote_code`; its video processor needs torchvision);
@@ -165,9 +166,10 @@ class Tarsier2Processor(ProcessorMixin):
 
         Files: the tokenizer's (`tokenizer_config.json` with `processor_class` Qwen2VLProcessor, no `auto_map`),
         `chat_template.jinja`, `processor_config.json` (`to_dict`), and this module with the modules it imports
-        relatively, `video_processing_tarsier2.py` and `video_processing_tarsier.py` (the remote code). transformers' own saving of a registered class would put an `auto_map` into every nested
-        sub-processor config and into `tokenizer_config.json` and name this class as `processor_class`; a plain
-        loader without `trust_remote_code` then refuses (module docstring). Here only the top level names the remote
+        relatively, recursively (the remote code: `video_processing_tarsier2.py` and the modules it imports).
+        transformers' own saving of a registered class would put an `auto_map` into every nested sub-processor
+        config and into `tokenizer_config.json` and name this class as `processor_class`; a plain loader without
+        `trust_remote_code` then refuses (module docstring). Here only the top level names the remote
         class: `AutoProcessor` takes it with `trust_remote_code=True`, and otherwise the local `processor_class`.
         """
         from transformers.dynamic_module_utils import custom_object_save

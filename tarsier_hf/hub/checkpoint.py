@@ -26,7 +26,7 @@ import configuration_tarsier
 # The remote-code modules, found where the running code imports them from (the repo root, or site-packages).
 CODE_FILES = ("configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "video_processing_tarsier.py",
               "frame_sampling_tarsier.py", "media_loading_tarsier.py", "video_reader_tarsier.py",
-              "media_limits_tarsier.py")
+              "media_limits_tarsier.py", "model_card_tarsier.py")
 CODE_DIR = Path(configuration_tarsier.__file__).resolve().parent
 
 INDEX_FILE = "model.safetensors.index.json"

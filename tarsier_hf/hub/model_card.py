@@ -1,6 +1,6 @@
 """Model cards (Hub metadata + usage) for Tarsier checkpoints: trained, converted, or of unknown origin.
 
-The renderer lives in the remote code (`modeling_tarsier.render_model_card`), because a checkpoint carries its
+The renderer lives in the remote code (`model_card_tarsier.render_model_card`), because a checkpoint carries its
 card from `TarsierForConditionalGeneration.save_pretrained` on and remote code cannot import this package; this
 module is its home for the library: the same functions, plus what publishing needs to read a folder's card.
 """
@@ -11,8 +11,8 @@ import os
 import re
 from pathlib import Path
 
-from modeling_tarsier import (CARD_FILE, PIPELINE_TAG, PLACEHOLDER_CARD_HEADING, TAGS, card_details, is_placeholder_card,
-                              render_model_card)
+from model_card_tarsier import (CARD_FILE, PIPELINE_TAG, PLACEHOLDER_CARD_HEADING, TAGS, card_details,
+                                is_placeholder_card, render_model_card)
 from tarsier_hf.hub.checkpoint import read_json
 
 __all__ = ["CARD_FILE", "PIPELINE_TAG", "PLACEHOLDER_CARD_HEADING", "TAGS", "card_details", "card_details_from_folder",
