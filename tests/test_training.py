@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tarsier_hf.hub.checkpoint import check_checkpoint
+from tarsier_hf.hub.checkpoint import CODE_FILES, check_checkpoint
 from tests.colour_clips import COLORS, conversation_row
 from tests.training_runs import child_env, run_checked, sft_args, trainer_state, weights
 from frame_sampling_tarsier import InstructionSampling, RandomSegmentsSampling, UniformSampling
@@ -549,10 +549,8 @@ def test_distributed_run_learns_skips_bad_videos_and_keeps_frozen_parts(distribu
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: image-text-to-text" in card and "random_segments" in card
     files = check_checkpoint(output_dir)
-    for name in ("config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
-                 "configuration_tarsier.py", "modeling_tarsier.py", "processing_tarsier.py", "video_processing_tarsier.py",
-                 "frame_sampling_tarsier.py", "media_loading_tarsier.py", "video_reader_tarsier.py",
-                 "media_limits_tarsier.py", "README.md"):
+    for name in ("config.json", "model.safetensors", "processor_config.json", "chat_template.jinja", "README.md",
+                 *CODE_FILES):
         assert name in files
     assert not any(f.startswith("checkpoint-") or f.startswith("skipped") for f in files)
 
