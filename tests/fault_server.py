@@ -15,7 +15,8 @@ and "neutral" otherwise. Faults are taken from a script, one per request, in ord
     "drip_headers"   the status line and headers one byte every `drip_seconds` (the body never comes)
     "ok"             the normal answer
 
-`always` applies one fault to every request after the script is used up. `kill_at=(pid, n)` sends SIGKILL to
+`always` applies one fault to every request after the script is used up; `models_status` is the status of
+`GET /v1/models` (200 lists "rule-judge"; 500 is what `transformers serve` answers without a Hub cache folder). `kill_at=(pid, n)` sends SIGKILL to
 `pid` when the n-th request (1-based) arrives, before answering it. `log` records every request:
 (request number, fault, sha256 of the request body).
 """
@@ -64,9 +65,10 @@ class FaultServer:
 
     def __init__(
         self, script=(), always: str = "ok", slow_seconds: float = 2.0, kill_at: tuple[int, int] | None = None,
-        drip_seconds: float = 2.0,
+        drip_seconds: float = 2.0, models_status: int = 200,
     ):
         self.script = list(script)
+        self.models_status = models_status
         self.always = always
         self.slow_seconds = slow_seconds
         self.drip_seconds = drip_seconds
@@ -108,6 +110,8 @@ class FaultServer:
                     pass
 
             def do_GET(self):
+                if server.models_status != 200:
+                    return self._send(server.models_status, b'{"error": {"message": "no cache folder"}}')
                 self._send(200, json.dumps({"object": "list", "data": [{"id": "rule-judge", "object": "model"}]}).encode())
 
             def do_POST(self):

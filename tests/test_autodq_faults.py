@@ -52,6 +52,22 @@ def test_transient_faults_are_retried(fault):
     assert judge.stats.requests == 3 and judge.stats.completed == 1 and judge.stats.failed_calls == 0
 
 
+def test_a_failing_model_list_is_judged_by_one_chat_request():
+    """`transformers serve` answers 500 on /v1/models on a machine without a Hub cache folder, yet judges: the
+    preflight then asks for one token and passes; an endpoint whose chat fails too is refused."""
+    from tarsier_hf.eval.autodq.judge import JudgeUnavailableError
+
+    with FaultServer(models_status=500) as server:
+        note = _judge(server).check(seconds=5)
+        assert "model list failed with HTTP 500" in note and len(server.log) == 1
+    with FaultServer(models_status=500, always="500") as server:
+        with pytest.raises(JudgeUnavailableError, match=r"failed \(HTTP 500\)"):
+            _judge(server).check(seconds=5)
+        assert len(server.log) == 1
+    with FaultServer(models_status=404) as server:  # no /models at all: passes without a request
+        assert "lists no models" in _judge(server).check(seconds=5) and server.log == []
+
+
 def test_client_errors_are_not_retried():
     with FaultServer(script=["400"]) as server:
         judge = _judge(server)

@@ -166,7 +166,9 @@ class OpenAIChatJudge(ChatJudge):
         Raises `JudgeUnavailableError` when it cannot be reached, refuses the key, fails, or lists models without
         this one. An endpoint without `/models` passes (the first request then tells), and so does a model that is
         not listed by `transformers serve` (which lists its Hub cache but loads any model a request names) or that
-        is a folder on this machine served by a local endpoint.
+        is a folder on this machine served by a local endpoint. When `/models` fails with a server error, one
+        1-token chat request (within `seconds` more) decides: `transformers serve` answers 500 there on a machine
+        without a Hub cache folder, yet judges.
         """
         import openai
 
@@ -193,7 +195,10 @@ class OpenAIChatJudge(ChatJudge):
         except (openai.NotFoundError, openai.UnprocessableEntityError):
             return f"judge endpoint {where} answers (it lists no models; the first request checks {self.settings.model!r})"
         except openai.APIStatusError as error:
-            raise JudgeUnavailableError(f"judge endpoint {where} failed (HTTP {error.status_code}): {advice}") from None
+            if error.status_code < 500 or not self._answers_chat(seconds):
+                raise JudgeUnavailableError(f"judge endpoint {where} failed (HTTP {error.status_code}): {advice}") from None
+            return (f"judge endpoint {where} answers {self.settings.model!r} (its model list failed with HTTP "
+                    f"{error.status_code})")
         model = self.settings.model
         if model in listed:
             return f"judge endpoint {where} serves {model!r}"
@@ -205,6 +210,24 @@ class OpenAIChatJudge(ChatJudge):
         raise JudgeUnavailableError(
             f"judge endpoint {where} does not list model {model!r} (it lists {shown or 'none'}): fix --judge_model, "
             "or pass --judge_endpoint_kind transformers-serve for a server that loads models on demand")
+
+    def _answers_chat(self, seconds: float) -> bool:
+        """Whether the endpoint answers a 1-token chat request to this judge's model within `seconds`."""
+        import openai
+
+        client_class, options = self._client_options
+
+        async def one_token() -> None:
+            async with client_class(**options, timeout=seconds, max_retries=0) as client:
+                await asyncio.wait_for(client.chat.completions.create(
+                    model=self.settings.model, messages=[{"role": "user", "content": "Say OK."}], max_tokens=1),
+                    seconds)
+
+        try:
+            asyncio.run_coroutine_threadsafe(one_token(), self._loop).result()
+        except (asyncio.TimeoutError, openai.APIError):
+            return False
+        return True
 
     def _complete(self, messages: list[dict], settings: JudgeSettings) -> str:
         return asyncio.run_coroutine_threadsafe(self._acomplete(messages, settings), self._loop).result()
