@@ -29,10 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tarsier_hf.jsonl import read_jsonl_objects
 from frame_sampling_tarsier import RandomSegmentsSampling, UniformSampling
-
-TEST_PROMPT = "Describe the video in detail."
+from tarsier_hf.jsonl import read_jsonl_objects
+from tarsier_hf.tiny_recipe.phases import TEST_PROMPT
 
 
 @dataclass
